@@ -1,0 +1,60 @@
+# Meter Relay: everything runs through the project's own .venv (CPython 3.13, the
+# Lambda runtime's version). `make test` builds it on first use.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON ?= $(shell scripts/find-python313)
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+export AWS_DEFAULT_REGION ?= us-east-1
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: help venv test lint typecheck validate unit pytest emulator emulator-bench invoke build clean
+
+help:
+	@echo "make test            venv + ruff + mypy + sam validate --lint + the whole test suite"
+	@echo "make emulator ARGS=  run the Stripe meter API emulator (e.g. ARGS=\"--port 12111\")"
+	@echo "make emulator-bench  measure the emulator's stream requests/s"
+	@echo "make invoke FN=LogicalId EVENT=events/x.json   invoke a function as sam local invoke would"
+	@echo "make build           sam build (Python 3.13 from .venv on PATH)"
+
+$(STAMP): requirements-dev.txt layers/meter_relay/requirements.txt constraints.txt pyproject.toml
+	@test -n "$(PYTHON)" || { echo "no Python 3.13: see the message above" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+validate: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam validate --lint
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(ARGS)
+
+test: lint typecheck validate pytest
+
+emulator: $(STAMP)
+	$(BIN)/python -m devkit.emulator $(ARGS)
+
+emulator-bench: $(STAMP)
+	$(BIN)/python -m devkit.emulator.loadtest $(ARGS)
+
+invoke: $(STAMP)
+	$(BIN)/python -m devkit.invoke $(FN) -e $(EVENT) $(if $(ENV_VARS),--env-vars $(ENV_VARS)) $(ARGS)
+
+build: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam build
+
+clean:
+	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache .hypothesis
