@@ -1,0 +1,136 @@
+"""A Python client of the emulator's inspection API, for tests and the local stack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+DEFAULT_SECRET_KEY = "sk_test_meter_relay_local"  # noqa: S105 (emulator placeholder, no secret)
+
+
+class EmulatorClient:
+    """Reads and steers a running emulator over HTTP (the /_emulator/ routes)."""
+
+    def __init__(self, url: str, secret_key: str = DEFAULT_SECRET_KEY) -> None:
+        self.url = url.rstrip("/")
+        self.secret_key = secret_key
+        self._http = requests.Session()
+
+    def _get(self, route: str, **params: Any) -> Any:
+        response = self._http.get(f"{self.url}/_emulator/{route}", params=params, timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+    def _post(self, route: str, body: dict[str, Any] | None = None) -> Any:
+        response = self._http.post(f"{self.url}/_emulator/{route}", json=body or {}, timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+    # ----- reading -------------------------------------------------------------------------
+    def health(self) -> bool:
+        return bool(self._get("health")["ok"])
+
+    def events(self, **filters: str) -> list[dict[str, Any]]:
+        """Every received event (filters: identifier, event_name, customer, status, source)."""
+        data: list[dict[str, Any]] = self._get("events", **filters)["data"]
+        return data
+
+    def identifiers(self) -> dict[str, dict[str, int]]:
+        """identifier -> {"received": n, "counted": n}."""
+        data: dict[str, dict[str, int]] = self._get("identifiers")["identifiers"]
+        return data
+
+    def counted_more_than_once(self) -> list[str]:
+        data: list[str] = self._get("identifiers")["counted_more_than_once"]
+        return data
+
+    def errors(self) -> dict[str, Any]:
+        """Asynchronous validation failures: {"total", "counts": {code: n}, "data": [...]}."""
+        data: dict[str, Any] = self._get("errors")
+        return data
+
+    def adjustments(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self._get("adjustments")["data"]
+        return data
+
+    def requests(
+        self, endpoint: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {}
+        if endpoint:
+            params["endpoint"] = endpoint
+        if limit:
+            params["limit"] = limit
+        data: list[dict[str, Any]] = self._get("requests", **params)["data"]
+        return data
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = self._get("stats")
+        return data
+
+    def config(self) -> dict[str, Any]:
+        data: dict[str, Any] = self._get("config")
+        return data
+
+    # ----- steering ------------------------------------------------------------------------
+    def reset(self, *, meters: bool = True, config: bool = True) -> None:
+        """Forget events, sessions, logs; by default also meters and config (to start-up's)."""
+        self._post("reset", {"meters": meters, "config": config})
+
+    def configure(self, **config: Any) -> dict[str, Any]:
+        """Faults, rate limits, session_ttl, value_rule...: see POST /_emulator/config."""
+        data: dict[str, Any] = self._post("config", config)
+        return data
+
+    def set_faults(self, endpoint: str, seed: int | None = None, **spec: Any) -> dict[str, Any]:
+        config: dict[str, Any] = {"faults": {endpoint: spec}}
+        if seed is not None:
+            config["seed"] = seed
+        return self.configure(**config)
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        data: dict[str, Any] = self._post("clock", {"advance": seconds})
+        return data
+
+    def expire_sessions(self) -> int:
+        return int(self._post("sessions/expire")["expired"])
+
+    # ----- Stripe-side helpers (through the real v1 API, as an operator would) -------------
+    def create_meter(
+        self,
+        event_name: str,
+        *,
+        customer_key: str = "stripe_customer_id",
+        value_key: str = "value",
+        formula: str = "sum",
+    ) -> dict[str, Any]:
+        response = self._http.post(
+            f"{self.url}/v1/billing/meters",
+            data={
+                "display_name": event_name,
+                "event_name": event_name,
+                "default_aggregation[formula]": formula,
+                "customer_mapping[event_payload_key]": customer_key,
+                "customer_mapping[type]": "by_id",
+                "value_settings[event_payload_key]": value_key,
+            },
+            headers={"Authorization": f"Bearer {self.secret_key}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        meter: dict[str, Any] = response.json()
+        return meter
+
+    def deactivate_meter(self, meter_id: str) -> dict[str, Any]:
+        response = self._http.post(
+            f"{self.url}/v1/billing/meters/{meter_id}/deactivate",
+            headers={"Authorization": f"Bearer {self.secret_key}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        meter: dict[str, Any] = response.json()
+        return meter
+
+    def close(self) -> None:
+        self._http.close()
