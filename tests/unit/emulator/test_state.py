@@ -1,0 +1,294 @@
+"""The emulated account's rules, without HTTP: validation codes, deduplication, cancels,
+summaries. The clock is moved instead of waited for."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from devkit.emulator.state import DAY, ApiError, EmulatorState, Settings
+
+METERS: list[dict[str, Any]] = [
+    {"id": "mtr_api", "event_name": "api_requests", "default_aggregation": {"formula": "sum"}},
+    {
+        "id": "mtr_search",
+        "event_name": "search_calls",
+        "customer_mapping": {"event_payload_key": "customer"},
+        "value_settings": {"event_payload_key": "calls"},
+    },
+    {"id": "mtr_logins", "event_name": "logins", "default_aggregation": {"formula": "count"}},
+    {"id": "mtr_last", "event_name": "seats", "default_aggregation": {"formula": "last"}},
+    {"id": "mtr_old", "event_name": "legacy", "status": "inactive"},
+]
+
+
+@pytest.fixture
+def state() -> EmulatorState:
+    account = EmulatorState(settings=Settings())
+    account.load_meters([dict(m) for m in METERS])
+    return account
+
+
+def event(
+    identifier: str, value: str = "5", name: str = "api_requests", **payload: str
+) -> dict[str, Any]:
+    body = {"stripe_customer_id": "cus_1", "value": value, **payload}
+    return {"event_name": name, "identifier": identifier, "payload": body}
+
+
+def stream(state: EmulatorState, *events: dict[str, Any], at: float | None = None) -> None:
+    state.accept_stream(list(events), [at] * len(events))
+
+
+def statuses(state: EmulatorState) -> dict[str, str]:
+    return {e.identifier: e.status for e in state.events()}
+
+
+def test_stream_events_are_counted_once_validated(state: EmulatorState) -> None:
+    stream(state, event("a"), event("b"))
+    assert statuses(state) == {"a": "counted", "b": "counted"}
+    assert state.errors() == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (event("x", name="unknown"), "no_meter"),
+        (event("x", name="legacy"), "archived_meter"),
+        (
+            {"event_name": "api_requests", "identifier": "x", "payload": {"value": "1"}},
+            "meter_event_no_customer_defined",
+        ),
+        (
+            {
+                "event_name": "api_requests",
+                "identifier": "x",
+                "payload": {"stripe_customer_id": "cus_1"},
+            },
+            "meter_event_invalid_value",
+        ),
+        (event("x", value="0"), "meter_event_invalid_value"),
+        (event("x", value="-3"), "meter_event_invalid_value"),
+        (event("x", value="2.5"), "meter_event_invalid_value"),
+        (event("x", value="ten"), "meter_event_invalid_value"),
+        # the meter's own keys: "customer" and "calls", not the defaults
+        (event("x", name="search_calls"), "meter_event_no_customer_defined"),
+    ],
+)
+def test_async_validation_reports_stripes_codes(
+    state: EmulatorState, raw: dict[str, Any], code: str
+) -> None:
+    stream(state, raw, event("good"))
+    reports = state.errors()
+    assert [(r.code, r.identifier) for r in reports] == [(code, "x")]
+    assert statuses(state) == {"x": "invalid", "good": "counted"}
+
+
+def test_custom_payload_keys_are_honoured(state: EmulatorState) -> None:
+    stream(
+        state,
+        {
+            "event_name": "search_calls",
+            "identifier": "s",
+            "payload": {"customer": "cus_9", "calls": "3"},
+        },
+    )
+    assert statuses(state) == {"s": "counted"}
+
+
+def test_timestamps_outside_35_days_back_or_5_minutes_ahead(state: EmulatorState) -> None:
+    now = state.clock.now()
+    stream(state, event("old"), at=now - 36 * DAY)
+    stream(state, event("ahead"), at=now + 600)
+    stream(state, event("edge"), at=now - 34 * DAY)
+    stream(state, event("soon"), at=now + 60)
+    codes = {r.identifier: r.code for r in state.errors()}
+    assert codes == {"old": "timestamp_too_far_in_past", "ahead": "timestamp_in_future"}
+    assert statuses(state)["edge"] == statuses(state)["soon"] == "counted"
+
+
+def test_decimal_value_rule_admits_decimals_and_zero(state: EmulatorState) -> None:
+    state.settings.value_rule = "decimal"
+    stream(state, event("a", value="2.5"), event("b", value="0"), event("c", value="-1"))
+    assert statuses(state) == {"a": "counted", "b": "counted", "c": "invalid"}
+
+
+def test_duplicates_within_24_hours_are_accepted_not_counted(state: EmulatorState) -> None:
+    stream(state, event("a"))
+    state.clock.advance(DAY - 60)
+    stream(state, event("a"))
+    counts = state.identifiers()["a"]
+    assert (counts.received, counts.counted) == (2, 1)
+    state.clock.advance(120)  # now more than 24 hours after the counted one
+    stream(state, event("a"))
+    counts = state.identifiers()["a"]
+    assert (counts.received, counts.counted) == (3, 2)
+
+
+def test_an_invalid_event_does_not_hold_its_identifier(state: EmulatorState) -> None:
+    stream(state, event("a", value="0"))
+    stream(state, event("a", value="4"))
+    assert state.identifiers()["a"].counted == 1
+
+
+def test_events_without_identifier_get_distinct_generated_ones(state: EmulatorState) -> None:
+    raw = {"event_name": "api_requests", "payload": {"stripe_customer_id": "c", "value": "1"}}
+    stream(state, dict(raw), dict(raw))
+    identifiers = [e.identifier for e in state.events()]
+    assert len(set(identifiers)) == 2
+    assert all(identifiers)
+
+
+def test_backlog_is_judged_by_the_meters_of_its_arrival(state: EmulatorState) -> None:
+    stream(state, event("before"))
+    state.set_meter_status("mtr_api", active=False)
+    stream(state, event("after"))
+    assert statuses(state) == {"before": "counted", "after": "invalid"}
+    assert [r.code for r in state.errors()] == ["archived_meter"]
+
+
+def test_sync_event_errors_use_the_endpoint_codes(state: EmulatorState) -> None:
+    cases = [
+        (event("x", name="unknown"), 400, "no_meter"),
+        (event("x", name="legacy"), 400, "archived_meter"),
+        (
+            {"event_name": "api_requests", "payload": {"value": "1"}},
+            400,
+            "payload_no_customer_defined",
+        ),
+        (
+            {"event_name": "api_requests", "payload": {"stripe_customer_id": "c"}},
+            400,
+            "payload_no_value_defined",
+        ),
+        (event("x", value="1.5"), 400, "payload_invalid_value"),
+    ]
+    for raw, status, code in cases:
+        with pytest.raises(ApiError) as caught:
+            state.create_sync_event(raw, None, hold=0)
+        assert (caught.value.status, caught.value.code) == (status, code)
+    assert state.events() == []
+
+
+def test_sync_duplicate_after_a_stream_event(state: EmulatorState) -> None:
+    stream(state, event("a"))
+    with pytest.raises(ApiError) as caught:
+        state.create_sync_event(event("a"), None, hold=0)
+    assert caught.value.code == "duplicate_meter_event"
+    assert state.identifiers()["a"].counted == 1
+
+
+def test_sync_concurrent_same_customer_and_meter_is_409(state: EmulatorState) -> None:
+    results: list[str] = []
+
+    def send(identifier: str, hold: float) -> None:
+        try:
+            state.create_sync_event(event(identifier), None, hold=hold)
+            results.append("ok")
+        except ApiError as error:
+            results.append(f"{error.status} {error.code}")
+
+    first = threading.Thread(target=send, args=("a", 0.5))
+    first.start()
+    while not state._inflight:  # the first request holds its slot
+        threading.Event().wait(0.005)
+    send("b", 0)
+    first.join()
+    assert sorted(results) == ["409 too_many_concurrent_requests", "ok"]
+    send("c", 0)  # the slot is free again
+    assert results[-1] == "ok"
+
+
+def test_cancel_within_24_hours_then_counts_no_more(state: EmulatorState) -> None:
+    stream(state, event("a", value="7"), event("b", value="3"))
+    adjustment = state.cancel("api_requests", "a")
+    assert adjustment.status == "pending"
+    assert state.adjustments()[0].status == "complete"
+    meter = state.get_meter("mtr_api")
+    now = int(state.clock.now())
+    start = now - now % 60 - 3600
+    [summary] = state.summaries(meter, "cus_1", start, start + 7200, None)
+    assert summary["aggregated_value"] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("name", "identifier", "advance"),
+    [
+        ("api_requests", "missing", 0.0),
+        ("logins", "a", 0.0),  # wrong event_name for that identifier
+        ("api_requests", "a", DAY + 1),  # past Stripe's 24-hour cancel window
+    ],
+)
+def test_impossible_cancels_are_invalid_cancel_configuration(
+    state: EmulatorState, name: str, identifier: str, advance: float
+) -> None:
+    stream(state, event("a"))
+    state.clock.advance(advance)
+    with pytest.raises(ApiError) as caught:
+        state.cancel(name, identifier)
+    assert (caught.value.status, caught.value.code) == (400, "invalid_cancel_configuration")
+
+
+def test_cancelling_twice_is_refused(state: EmulatorState) -> None:
+    stream(state, event("a"))
+    state.cancel("api_requests", "a")
+    with pytest.raises(ApiError, match="already cancelled"):
+        state.cancel("api_requests", "a")
+
+
+def test_summaries_aggregate_by_formula_and_window(state: EmulatorState) -> None:
+    hour = int(state.clock.now()) // 3600 * 3600 - 3 * 3600
+    for i, (offset, value) in enumerate([(60, "2"), (120, "3"), (3600 + 5, "10")]):
+        for name in ("api_requests", "logins", "seats"):
+            stream(state, event(f"{name}{i}", value=value, name=name), at=float(hour + offset))
+    cases = {"mtr_api": [5.0, 10.0], "mtr_logins": [2.0, 1.0], "mtr_last": [3.0, 10.0]}
+    for meter_id, expected in cases.items():
+        meter = state.get_meter(meter_id)
+        hourly = state.summaries(meter, "cus_1", hour, hour + 7200, 3600)
+        assert [s["aggregated_value"] for s in hourly] == expected
+        assert [s["start_time"] for s in hourly] == [hour, hour + 3600]
+    other = state.summaries(state.get_meter("mtr_api"), "cus_2", hour, hour + 7200, None)
+    assert other[0]["aggregated_value"] == 0.0
+
+
+def test_duplicate_active_event_names_are_refused(state: EmulatorState) -> None:
+    with pytest.raises(ApiError) as caught:
+        state.create_meter(
+            {
+                "display_name": "x",
+                "event_name": "api_requests",
+                "default_aggregation": {"formula": "sum"},
+            }
+        )
+    assert caught.value.code == "resource_already_exists"
+    created = state.create_meter(
+        {"display_name": "x", "event_name": "legacy", "default_aggregation": {"formula": "sum"}}
+    )
+    assert created.status == "active"  # the inactive one does not block its name
+
+
+def test_sessions_expire_after_their_ttl(state: EmulatorState) -> None:
+    state.settings.session_ttl = 60
+    session = state.create_session()
+    state.check_session_token(session.token)
+    state.clock.advance(61)
+    with pytest.raises(ApiError) as caught:
+        state.check_session_token(session.token)
+    assert (caught.value.status, caught.value.error_type) == (401, "temporary_session_expired")
+    with pytest.raises(ApiError) as unknown:
+        state.check_session_token("token_nope")
+    assert unknown.value.code == "unauthorized"
+
+
+def test_reset_forgets_events_and_restores_meters(state: EmulatorState) -> None:
+    stream(state, event("a"))
+    state.create_meter(
+        {"display_name": "n", "event_name": "new_one", "default_aggregation": {"formula": "sum"}}
+    )
+    state.set_meter_status("mtr_api", active=False)
+    state.reset(meters=True)
+    assert state.events() == []
+    assert state.get_meter("mtr_api").status == "active"
+    assert {m.event_name for m in state.list_meters()} == {m["event_name"] for m in METERS}
