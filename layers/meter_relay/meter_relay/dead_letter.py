@@ -1,0 +1,129 @@
+"""Dead-lettering: one DLQ message per failed event, its reason in message attributes.
+
+The body is the event with its identifier written in (or the raw message body when it could
+not be parsed), so a replay sends exactly what failed and Stripe's deduplication still
+recognises it. A dead letter that cannot be sent is reported back, so its source message is
+retried rather than lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import (
+        MessageAttributeValueTypeDef,
+        SendMessageBatchRequestEntryTypeDef,
+    )
+
+MAX_BATCH_ENTRIES = 10
+MAX_BATCH_BYTES = 256 * 1024  # SQS counts bodies and attributes together
+MAX_ATTRIBUTE_TEXT = 1024
+SEND_ATTEMPTS = 3
+
+# Message attribute names: the contract between the forwarder and the DLQ tools.
+ATTR_ERROR_CODE = "ErrorCode"
+ATTR_ERROR_MESSAGE = "ErrorMessage"
+ATTR_ERROR_PARAM = "ErrorParam"
+ATTR_SOURCE_MESSAGE_ID = "SourceMessageId"
+ATTR_EVENT_INDEX = "EventIndex"
+ATTR_FIRST_SEEN = "FirstSeen"
+ATTR_EVENT_NAME = "EventName"
+ATTR_IDENTIFIER = "Identifier"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    body: str
+    code: str
+    message: str
+    source_message_id: str
+    first_seen: str
+    event_index: int | None = None
+    event_name: str | None = None
+    identifier: str | None = None
+    param: str | None = None
+
+    def attributes(self) -> dict[str, MessageAttributeValueTypeDef]:
+        texts = {
+            ATTR_ERROR_CODE: self.code,
+            ATTR_ERROR_MESSAGE: self.message,
+            ATTR_ERROR_PARAM: self.param,
+            ATTR_SOURCE_MESSAGE_ID: self.source_message_id,
+            ATTR_FIRST_SEEN: self.first_seen,
+            ATTR_EVENT_NAME: self.event_name,
+            ATTR_IDENTIFIER: self.identifier,
+        }
+        attributes: dict[str, MessageAttributeValueTypeDef] = {
+            name: {"DataType": "String", "StringValue": value[:MAX_ATTRIBUTE_TEXT]}
+            for name, value in texts.items()
+            if value  # SQS refuses empty attribute values
+        }
+        if self.event_index is not None:
+            attributes[ATTR_EVENT_INDEX] = {
+                "DataType": "Number",
+                "StringValue": str(self.event_index),
+            }
+        return attributes
+
+    def size(self) -> int:
+        attributes = self.attributes()
+        return len(self.body.encode()) + sum(
+            len(name) + len(value["DataType"]) + len(value.get("StringValue", "").encode())
+            for name, value in attributes.items()
+        )
+
+
+class DeadLetterQueue:
+    """Sends dead letters in batches of 10 (and 256 KiB), retrying the entries SQS refused."""
+
+    def __init__(self, queue_url: str, sqs: SQSClient) -> None:
+        self.queue_url = queue_url
+        self._sqs = sqs
+
+    def send(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+        """Send every letter; returns the ones that could not be sent after retries."""
+        unsent: list[DeadLetter] = []
+        for batch in _batches(letters):
+            unsent.extend(self._send_batch(batch))
+        return unsent
+
+    def _send_batch(self, batch: list[DeadLetter]) -> list[DeadLetter]:
+        pending = {f"e{i}": letter for i, letter in enumerate(batch)}
+        for _ in range(SEND_ATTEMPTS):
+            entries: list[SendMessageBatchRequestEntryTypeDef] = [
+                {
+                    "Id": entry_id,
+                    "MessageBody": letter.body,
+                    "MessageAttributes": letter.attributes(),
+                }
+                for entry_id, letter in pending.items()
+            ]
+            try:
+                response = self._sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            except (BotoCoreError, ClientError):
+                continue  # botocore already retried with backoff; try the whole batch again
+            failed = {entry["Id"] for entry in response.get("Failed", [])}
+            pending = {entry_id: pending[entry_id] for entry_id in failed}
+            if not pending:
+                return []
+        return list(pending.values())
+
+
+def _batches(letters: list[DeadLetter]) -> Iterator[list[DeadLetter]]:
+    batch: list[DeadLetter] = []
+    size = 0
+    for letter in letters:
+        letter_size = letter.size()
+        if batch and (len(batch) == MAX_BATCH_ENTRIES or size + letter_size > MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(letter)
+        size += letter_size
+    if batch:
+        yield batch

@@ -1,0 +1,204 @@
+"""Batching and delivery: events go to the stream in calls of at most 100, several at once.
+
+Each call retries on its own: a 429 waits for Retry-After (plus jitter), 5xx, timeouts and
+dropped connections back off exponentially with full jitter, an expired session is replaced
+once for every thread that saw it fail, and a 400 for a whole call is split in halves until
+the events Stripe rejects stand alone. Nothing waits past the Lambda deadline minus a margin:
+what is not delivered by then is reported for retry, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from meter_relay.config import RetryPolicy
+from meter_relay.events import MeterEvent, Rejection
+from meter_relay.session import SessionTokenSource, SessionUnavailable
+from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer
+
+MAX_EVENTS_PER_CALL = 100
+MIN_CALL_SECONDS = 0.25  # no call is started with less time than this left
+MAX_SESSION_RENEWALS = 2  # per call: a third 401 in a row means something else is wrong
+
+logger = logging.getLogger(__name__)
+
+
+def chunked(items: Sequence[int], size: int = MAX_EVENTS_PER_CALL) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+@dataclass
+class DeliveryReport:
+    """Where each event (by position in the list given to `deliver`) ended up."""
+
+    delivered: set[int] = field(default_factory=set)
+    rejected: dict[int, Rejection] = field(default_factory=dict)
+    retry: set[int] = field(default_factory=set)
+    calls: int = 0
+    retried_calls: int = 0
+    rate_limited_calls: int = 0
+    split_calls: int = 0
+    session_renewals: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    retry_reasons: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: DeliveryReport) -> None:
+        self.delivered |= other.delivered
+        self.rejected.update(other.rejected)
+        self.retry |= other.retry
+        self.calls += other.calls
+        self.retried_calls += other.retried_calls
+        self.rate_limited_calls += other.rate_limited_calls
+        self.split_calls += other.split_calls
+        self.session_renewals += other.session_renewals
+        self.latencies_ms.extend(other.latencies_ms)
+        for reason, count in other.retry_reasons.items():
+            self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + count
+
+    def give_up(self, positions: list[int], reason: str) -> None:
+        self.retry.update(positions)
+        self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + len(positions)
+
+
+class StreamDelivery:
+    """Delivers normalised events to the meter event stream; see the module docstring."""
+
+    def __init__(
+        self,
+        stream: MeterEventStream,
+        tokens: SessionTokenSource,
+        policy: RetryPolicy,
+        executor: Executor,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self._stream = stream
+        self._tokens = tokens
+        self._policy = policy
+        self._executor = executor
+        self._sleep = sleep
+        self._jitter = jitter
+
+    def deliver(
+        self, events: Sequence[MeterEvent], remaining: Callable[[], float]
+    ) -> DeliveryReport:
+        """Send every event; `remaining()` gives the seconds left before the Lambda deadline."""
+        bodies = [event.to_stripe() for event in events]
+        report = DeliveryReport()
+        futures = [
+            self._executor.submit(self._deliver_chunk, chunk, bodies, remaining)
+            for chunk in chunked(range(len(bodies)))
+        ]
+        for chunk, future in zip(chunked(range(len(bodies))), futures, strict=True):
+            try:
+                report.merge(future.result())
+            except Exception:
+                logger.exception("delivery of a chunk failed unexpectedly; it will be retried")
+                report.give_up(chunk, "internal_error")
+        return report
+
+    def _deliver_chunk(
+        self, chunk: list[int], bodies: list[dict[str, Any]], remaining: Callable[[], float]
+    ) -> DeliveryReport:
+        report = DeliveryReport()
+        parts = [chunk]
+        while parts:
+            part = parts.pop()
+            answer = self._send_with_retries(part, bodies, remaining, report)
+            if answer is None:
+                continue  # given up: already in report.retry
+            if answer.kind is Kind.OK:
+                report.delivered.update(part)
+            elif len(part) == 1:
+                report.rejected[part[0]] = _rejection(answer)
+            else:
+                report.split_calls += 1
+                middle = len(part) // 2
+                parts.extend([part[middle:], part[:middle]])
+        return report
+
+    def _send_with_retries(
+        self,
+        part: list[int],
+        bodies: list[dict[str, Any]],
+        remaining: Callable[[], float],
+        report: DeliveryReport,
+    ) -> StripeAnswer | None:
+        """OK or REJECTED answer; None once the part is given up (reported for retry)."""
+        policy = self._policy
+        payload = [bodies[i] for i in part]
+        attempts = renewals = 0
+        while True:
+            budget = remaining() - policy.deadline_margin
+            if budget < MIN_CALL_SECONDS:
+                report.give_up(part, "deadline")
+                return None
+            try:
+                session = self._tokens.current()
+            except SessionUnavailable as error:
+                logger.warning("no usable session token: %s", error)
+                report.give_up(part, "session_unavailable")
+                return None
+            answer = self._stream.send(session.token, payload, min(policy.request_timeout, budget))
+            report.calls += 1
+            if answer.status:
+                report.latencies_ms.append(answer.elapsed * 1000)
+            if attempts or renewals:
+                report.retried_calls += 1
+            if answer.kind in (Kind.OK, Kind.REJECTED):
+                return answer
+            if answer.kind is Kind.SESSION_EXPIRED:
+                renewals += 1
+                report.session_renewals += 1
+                if renewals > MAX_SESSION_RENEWALS:
+                    report.give_up(part, "session_refused")
+                    return None
+                try:
+                    self._tokens.expired(session)
+                except SessionUnavailable as error:
+                    logger.warning("the session could not be renewed: %s", error)
+                    report.give_up(part, "session_unavailable")
+                    return None
+                continue
+            if answer.kind is Kind.FAILED:
+                logger.error("stream call failed, not retried now: %s", answer.error)
+                report.give_up(part, f"http_{answer.status}")
+                return None
+            attempts += 1
+            if answer.kind is Kind.RATE_LIMITED:
+                report.rate_limited_calls += 1
+            if attempts >= policy.max_attempts:
+                report.give_up(part, "rate_limited" if answer.status == 429 else "transient")
+                return None
+            delay = self._delay(attempts, answer)
+            if delay > remaining() - policy.deadline_margin - MIN_CALL_SECONDS:
+                report.give_up(part, "deadline")
+                return None
+            self._sleep(delay)
+
+    def _delay(self, attempt: int, answer: StripeAnswer) -> float:
+        """Full-jitter exponential backoff; after a 429, Retry-After plus that jitter."""
+        policy = self._policy
+        ceiling = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+        jitter = self._jitter(0.0, ceiling)
+        if answer.kind is Kind.RATE_LIMITED and answer.retry_after is not None:
+            return answer.retry_after + jitter
+        return jitter
+
+
+def _rejection(answer: StripeAnswer) -> Rejection:
+    error = (answer.body or {}).get("error")
+    param = error.get("param") if isinstance(error, dict) else None
+    return Rejection(
+        answer.code or f"http_{answer.status}",
+        answer.message or "Stripe rejected the event",
+        param if isinstance(param, str) else None,
+    )

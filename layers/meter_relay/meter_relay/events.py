@@ -1,0 +1,394 @@
+"""The message contract: parsing, normalisation and validation of usage events.
+
+A message body is one meter event in Stripe's v2 shape or an envelope `{"events": [...]}`.
+Form is normalised (numbers in the payload become strings, epoch seconds become RFC 3339);
+anything Stripe would certainly reject is judged here, with Stripe's own error code, so that it
+is dead-lettered before it costs a call or blocks its batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any, Literal
+
+MAX_IDENTIFIER_LENGTH = 100
+MAX_TIMESTAMP_AGE = timedelta(days=35)
+MAX_TIMESTAMP_LEAD = timedelta(minutes=5)
+DEFAULT_CUSTOMER_KEY = "stripe_customer_id"
+DEFAULT_VALUE_KEY = "value"
+EVENT_FIELDS = frozenset({"event_name", "payload", "identifier", "timestamp"})
+
+ValueRule = Literal["positive_integer", "decimal"]
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+_POSITIVE_INTEGER = re.compile(r"^[0-9]+$")
+
+
+class ErrorCode(StrEnum):
+    """Why an event is dead-lettered. Where Stripe has a code for the case, it is Stripe's."""
+
+    MESSAGE_NOT_JSON = "message_not_json"
+    MESSAGE_NOT_CONTRACT = "message_not_contract"
+    PARAMETER_MISSING = "parameter_missing"
+    PARAMETER_INVALID = "parameter_invalid"
+    PARAMETER_UNKNOWN = "parameter_unknown"
+    PAYLOAD_NO_CUSTOMER_DEFINED = "payload_no_customer_defined"
+    PAYLOAD_NO_VALUE_DEFINED = "payload_no_value_defined"
+    PAYLOAD_INVALID_VALUE = "payload_invalid_value"
+    TIMESTAMP_TOO_FAR_IN_PAST = "timestamp_too_far_in_past"
+    TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A permanent failure: a code (Stripe's where it has one), a readable message, the field."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
+class EventRejected(Exception):
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.message)
+        self.rejection = rejection
+
+
+def _reject(code: ErrorCode, message: str, param: str | None = None) -> EventRejected:
+    return EventRejected(Rejection(code.value, message, param))
+
+
+@dataclass(frozen=True, slots=True)
+class MeterKeys:
+    """Where a meter finds the customer and the value in an event's payload."""
+
+    customer_key: str = DEFAULT_CUSTOMER_KEY
+    value_key: str = DEFAULT_VALUE_KEY
+
+
+@dataclass(frozen=True)
+class ValidationRules:
+    """Stripe's rules as configured for this account (payload keys per event_name, value rule)."""
+
+    meter_keys: Mapping[str, MeterKeys] = field(default_factory=dict)
+    value_rule: ValueRule = "positive_integer"
+
+    def keys_for(self, event_name: str) -> MeterKeys:
+        return self.meter_keys.get(event_name, _DEFAULT_KEYS)
+
+    @classmethod
+    def from_settings(cls, meter_keys_json: str, value_rule: str) -> ValidationRules:
+        """From METER_KEYS (JSON: {event_name: {"customer_key", "value_key"}}) and VALUE_RULE."""
+        try:
+            raw = json.loads(meter_keys_json or "{}")
+        except ValueError as error:
+            raise ValueError(f"METER_KEYS is not JSON: {error}") from None
+        if not isinstance(raw, dict):
+            raise ValueError("METER_KEYS must be a JSON object keyed by event_name")
+        keys = {}
+        for name, spec in raw.items():
+            if not isinstance(spec, dict) or set(spec) - {"customer_key", "value_key"}:
+                raise ValueError(
+                    f"METER_KEYS[{name!r}] must be an object with customer_key and/or value_key"
+                )
+            keys[name] = MeterKeys(
+                spec.get("customer_key", DEFAULT_CUSTOMER_KEY),
+                spec.get("value_key", DEFAULT_VALUE_KEY),
+            )
+        if value_rule not in ("positive_integer", "decimal"):
+            raise ValueError(f"VALUE_RULE must be positive_integer or decimal, not {value_rule!r}")
+        rule: ValueRule = "decimal" if value_rule == "decimal" else "positive_integer"
+        return cls(keys, rule)
+
+
+_DEFAULT_KEYS = MeterKeys()
+
+
+@dataclass(frozen=True, slots=True)
+class MeterEvent:
+    """A normalised event, ready for Stripe: payload values are strings, timestamp RFC 3339."""
+
+    event_name: str
+    payload: dict[str, str]
+    identifier: str
+    timestamp: str
+
+    def to_stripe(self) -> dict[str, Any]:
+        return {
+            "event_name": self.event_name,
+            "payload": self.payload,
+            "identifier": self.identifier,
+            "timestamp": self.timestamp,
+        }
+
+
+@dataclass(slots=True)
+class ParsedEvent:
+    """One event of a message: normalised and valid, or rejected with the producer's form kept."""
+
+    index: int
+    identifier: str | None
+    event: MeterEvent | None
+    raw: Any
+    rejection: Rejection | None = None
+
+    @property
+    def event_name(self) -> str | None:
+        if self.event is not None:
+            return self.event.event_name
+        name = self.raw.get("event_name") if isinstance(self.raw, dict) else None
+        return name if isinstance(name, str) else None
+
+    def dead_letter_body(self) -> str:
+        """The event as the DLQ keeps it: normalised if it was, else as sent, identifier in."""
+        if self.event is not None:
+            return json.dumps(self.event.to_stripe())
+        if isinstance(self.raw, dict) and self.identifier is not None:
+            return json.dumps({**self.raw, "identifier": self.identifier})
+        return json.dumps(self.raw)
+
+
+@dataclass(slots=True)
+class ParsedMessage:
+    """What one SQS message holds. `rejection` set: the body itself is unusable."""
+
+    message_id: str
+    events: list[ParsedEvent]
+    rejection: Rejection | None = None
+
+
+def derive_identifier(message_id: str, index: int) -> str:
+    """The identifier of an event that came without one: stable across redeliveries."""
+    return f"{message_id}-{index}"
+
+
+def format_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: str) -> datetime | None:
+    """A strict RFC 3339 date-time (what Stripe's `format: date-time` means), else None."""
+    match = _RFC3339.match(text)
+    if match is None:
+        return None
+    fraction = match.group(1)
+    cleaned = text.replace("t", "T").replace("z", "Z")
+    if fraction and len(fraction) > 7:  # Python takes at most microseconds
+        cleaned = cleaned.replace(fraction, fraction[:7], 1)
+    try:
+        return datetime.fromisoformat(cleaned)
+    except ValueError:
+        return None
+
+
+def parse_message(
+    body: str,
+    message_id: str,
+    sent_at: datetime,
+    rules: ValidationRules,
+    now: datetime,
+) -> ParsedMessage:
+    """Parse one SQS message body once; every event comes back normalised or rejected."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        return ParsedMessage(
+            message_id, [], Rejection(ErrorCode.MESSAGE_NOT_JSON, f"body is not JSON: {reason}")
+        )
+    if isinstance(document, dict) and "events" in document:
+        raw_events = document["events"]
+        if set(document) != {"events"}:
+            extra = sorted(set(document) - {"events"})
+            return ParsedMessage(
+                message_id,
+                [],
+                Rejection(
+                    ErrorCode.MESSAGE_NOT_CONTRACT, f"an envelope holds only 'events', not {extra}"
+                ),
+            )
+        if not isinstance(raw_events, list) or not raw_events:
+            return ParsedMessage(
+                message_id,
+                [],
+                Rejection(
+                    ErrorCode.MESSAGE_NOT_CONTRACT, "an envelope's 'events' is a non-empty array"
+                ),
+            )
+    elif isinstance(document, dict):
+        raw_events = [document]
+    else:
+        kind = type(document).__name__
+        return ParsedMessage(
+            message_id,
+            [],
+            Rejection(
+                ErrorCode.MESSAGE_NOT_CONTRACT,
+                f"body is a JSON {kind}, not an event object or an envelope",
+            ),
+        )
+    events = [
+        normalise_event(raw, index, message_id, sent_at, rules, now)
+        for index, raw in enumerate(raw_events)
+    ]
+    return ParsedMessage(message_id, events)
+
+
+def normalise_event(
+    raw: Any,
+    index: int,
+    message_id: str,
+    sent_at: datetime,
+    rules: ValidationRules,
+    now: datetime,
+) -> ParsedEvent:
+    """Normalise one event's form and apply Stripe's rules to it."""
+    identifier = _identifier_of(raw, index, message_id)
+    try:
+        event = _normalised(raw, identifier, sent_at, rules, now)
+    except EventRejected as rejected:
+        return ParsedEvent(index, identifier, None, raw, rejected.rejection)
+    return ParsedEvent(index, identifier, event, raw)
+
+
+def _identifier_of(raw: Any, index: int, message_id: str) -> str | None:
+    """The producer's identifier when usable; derived when absent; None when it is broken."""
+    if not isinstance(raw, dict) or raw.get("identifier") is None:
+        return derive_identifier(message_id, index)
+    given = raw["identifier"]
+    if isinstance(given, str) and 0 < len(given) <= MAX_IDENTIFIER_LENGTH:
+        return given
+    return None
+
+
+def _normalised(
+    raw: Any, identifier: str | None, sent_at: datetime, rules: ValidationRules, now: datetime
+) -> MeterEvent:
+    if not isinstance(raw, dict):
+        raise _reject(
+            ErrorCode.PARAMETER_INVALID, f"an event is a JSON object, not {type(raw).__name__}"
+        )
+    unknown = sorted(set(raw) - EVENT_FIELDS)
+    if unknown:
+        raise _reject(ErrorCode.PARAMETER_UNKNOWN, f"unknown event fields {unknown}", unknown[0])
+    event_name = raw.get("event_name")
+    if event_name is None:
+        raise _reject(ErrorCode.PARAMETER_MISSING, "event_name is required", "event_name")
+    if not isinstance(event_name, str) or not event_name.strip():
+        raise _reject(ErrorCode.PARAMETER_INVALID, "event_name is a non-empty string", "event_name")
+    if identifier is None:
+        raise _reject(
+            ErrorCode.PARAMETER_INVALID,
+            f"identifier is a string of 1 to {MAX_IDENTIFIER_LENGTH} characters",
+            "identifier",
+        )
+    payload = _payload(raw.get("payload"), rules.keys_for(event_name), rules.value_rule)
+    timestamp = _timestamp(raw.get("timestamp"), sent_at, now)
+    return MeterEvent(event_name, payload, identifier, timestamp)
+
+
+def _payload(raw: Any, keys: MeterKeys, value_rule: ValueRule) -> dict[str, str]:
+    if raw is None:
+        raise _reject(ErrorCode.PARAMETER_MISSING, "payload is required", "payload")
+    if not isinstance(raw, dict):
+        raise _reject(ErrorCode.PARAMETER_INVALID, "payload is an object of strings", "payload")
+    payload = {key: _payload_string(key, value) for key, value in raw.items()}
+    if not payload.get(keys.customer_key, "").strip():
+        raise _reject(
+            ErrorCode.PAYLOAD_NO_CUSTOMER_DEFINED,
+            f"payload has no customer under {keys.customer_key!r}",
+            f"payload.{keys.customer_key}",
+        )
+    value = payload.get(keys.value_key)
+    if value is None or value == "":
+        raise _reject(
+            ErrorCode.PAYLOAD_NO_VALUE_DEFINED,
+            f"payload has no value under {keys.value_key!r}",
+            f"payload.{keys.value_key}",
+        )
+    if not value_allowed(value, value_rule):
+        wanted = "a positive integer" if value_rule == "positive_integer" else "a number >= 0"
+        raise _reject(
+            ErrorCode.PAYLOAD_INVALID_VALUE,
+            f"value {value[:40]!r} is not {wanted}",
+            f"payload.{keys.value_key}",
+        )
+    return payload
+
+
+def _payload_string(key: str, value: Any) -> str:
+    """Stripe takes strings only: numbers become their plain decimal text, the rest is refused."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _reject(
+            ErrorCode.PARAMETER_INVALID,
+            f"payload.{key} is a {type(value).__name__}; values are strings or numbers",
+            f"payload.{key}",
+        )
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        raise _reject(ErrorCode.PARAMETER_INVALID, f"payload.{key} is {value}", f"payload.{key}")
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return format(Decimal(repr(value)), "f")
+
+
+def value_allowed(value: str, rule: ValueRule) -> bool:
+    """Stripe documents a positive integer; the "decimal" rule admits any finite number >= 0."""
+    if rule == "positive_integer":
+        return bool(_POSITIVE_INTEGER.match(value)) and int(value) > 0
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        return False
+    return number.is_finite() and number >= 0
+
+
+def _timestamp(raw: Any, sent_at: datetime, now: datetime) -> str:
+    """RFC 3339 text inside Stripe's window. Absent: when the producer sent the message."""
+    if raw is None:
+        moment = sent_at
+    elif isinstance(raw, str):
+        parsed = parse_rfc3339(raw)
+        if parsed is None:
+            raise _reject(
+                ErrorCode.PARAMETER_INVALID,
+                f"timestamp {raw[:40]!r} is not an RFC 3339 date-time",
+                "timestamp",
+            )
+        moment = parsed
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        try:
+            moment = datetime.fromtimestamp(raw, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise _reject(
+                ErrorCode.PARAMETER_INVALID, f"timestamp {raw} is not epoch seconds", "timestamp"
+            ) from None
+    else:
+        raise _reject(
+            ErrorCode.PARAMETER_INVALID,
+            f"timestamp is RFC 3339 text or epoch seconds, not {type(raw).__name__}",
+            "timestamp",
+        )
+    if moment < now - MAX_TIMESTAMP_AGE:
+        raise _reject(
+            ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST,
+            f"timestamp {format_timestamp(moment)} is more than 35 days ago",
+            "timestamp",
+        )
+    if moment > now + MAX_TIMESTAMP_LEAD:
+        raise _reject(
+            ErrorCode.TIMESTAMP_IN_FUTURE,
+            f"timestamp {format_timestamp(moment)} is more than 5 minutes ahead",
+            "timestamp",
+        )
+    return raw if isinstance(raw, str) else format_timestamp(moment)

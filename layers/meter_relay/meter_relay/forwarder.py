@@ -1,0 +1,275 @@
+"""The forwarder: one SQS batch in, events to Stripe, dead letters to the DLQ, partial response out.
+
+Built on Powertools' batch utility: a custom processor, because the records of a batch are
+delivered together (up to 100 events a call) rather than one by one. Each record is parsed
+once; the valid events of all records are delivered; then each record is settled:
+- an event still to retry fails its whole message (redelivered later with the same
+  identifiers, so what was delivered is not counted twice);
+- otherwise its rejected events are dead-lettered, and the message succeeds only if every
+  dead letter was sent.
+A record's failure never raises: it is reported in `batchItemFailures`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.utilities.batch import (
+    BasePartialBatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
+
+from meter_relay.config import AWS_CLIENT_CONFIG, ForwarderConfig
+from meter_relay.dead_letter import DeadLetter, DeadLetterQueue
+from meter_relay.delivery import DeliveryReport, StreamDelivery
+from meter_relay.events import (
+    ParsedMessage,
+    Rejection,
+    ValidationRules,
+    format_timestamp,
+    parse_message,
+)
+from meter_relay.observability import logger, metrics
+from meter_relay.session import LambdaRefresher, SessionStore, SessionTokenSource
+from meter_relay.stripe_client import MeterEventStream, StripeHttp
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+
+
+class RetryLater(Exception):
+    """A message with events still to deliver: it goes back to the queue."""
+
+
+@dataclass
+class Settled:
+    """What became of one invocation's batch, for the response, logs and metrics."""
+
+    received: int = 0
+    delivered: int = 0
+    failed_messages: int = 0
+    dead_lettered: Counter[str] | None = None
+    retried_events: int = 0
+
+
+class Forwarder:
+    """Holds what lives across invocations: clients, pools, the cached session token."""
+
+    def __init__(
+        self,
+        config: ForwarderConfig,
+        delivery: StreamDelivery,
+        dead_letters: DeadLetterQueue,
+        tokens: SessionTokenSource,
+    ) -> None:
+        self.config = config
+        self.delivery = delivery
+        self.dead_letters = dead_letters
+        self.tokens = tokens
+
+    @classmethod
+    def from_environment(cls) -> Forwarder:
+        config = ForwarderConfig.from_env()
+        session = boto3.session.Session()
+        ssm = session.client("ssm", config=AWS_CLIENT_CONFIG)
+        sqs = session.client("sqs", config=AWS_CLIENT_CONFIG)
+        refresher = None
+        if config.refresher_function_name:
+            lambda_client = session.client(
+                "lambda", config=AWS_CLIENT_CONFIG.merge(Config(read_timeout=35))
+            )
+            refresher = LambdaRefresher(config.refresher_function_name, lambda_client)
+        tokens = SessionTokenSource(
+            SessionStore(config.session_parameter, ssm), refresher, config.token_margin
+        )
+        http = StripeHttp(
+            config.meter_events_base, config.api_version, pool_size=config.stream_concurrency
+        )
+        executor = ThreadPoolExecutor(config.stream_concurrency, thread_name_prefix="stream")
+        delivery = StreamDelivery(MeterEventStream(http), tokens, config.retry, executor)
+        return cls(config, delivery, DeadLetterQueue(config.dead_letter_queue_url, sqs), tokens)
+
+    def handle(self, event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+        processor = ForwardingProcessor(self, context)
+        response = process_partial_response(
+            event=event, record_handler=processor.parse, processor=processor, context=context
+        )
+        settled = processor.settled
+        logger.info(
+            "batch settled",
+            extra={
+                "records": len(processor.records),
+                "events_received": settled.received,
+                "events_delivered": settled.delivered,
+                "events_dead_lettered": dict(settled.dead_lettered or {}),
+                "events_to_retry": settled.retried_events,
+                "messages_failed": settled.failed_messages,
+            },
+        )
+        return response
+
+
+class ForwardingProcessor(BasePartialBatchProcessor):
+    """Powertools batch processor whose records are delivered together, then settled one by one."""
+
+    def __init__(self, forwarder: Forwarder, context: LambdaContext) -> None:
+        super().__init__(EventType.SQS, raise_on_entire_batch_failure=False)
+        self.forwarder = forwarder
+        self.context = context
+        self.settled = Settled(dead_lettered=Counter())
+        self._now = datetime.now(UTC)
+
+    def _process_record(self, record: dict[str, Any]) -> tuple[Any, ...]:  # pragma: no cover
+        raise NotImplementedError("records are processed together in process()")
+
+    async def _async_process_record(self, record: dict[str, Any]) -> tuple[Any, ...]:
+        raise NotImplementedError("records are processed together in process()")
+
+    def parse(self, record: SQSRecord) -> ParsedMessage:
+        """The record handler: one parse per record, never raising."""
+        sent = record.attributes.get("SentTimestamp")
+        sent_at = datetime.fromtimestamp(int(sent) / 1000, UTC) if sent else self._now
+        rules: ValidationRules = self.forwarder.config.rules
+        return parse_message(record.body or "", record.message_id, sent_at, rules, self._now)
+
+    def process(self) -> list[tuple[Any, ...]]:
+        records = [SQSRecord(raw) for raw in self.records]
+        parsed = [self.parse(record) for record in records]
+        valid = [
+            (m, event.event)
+            for m, message in enumerate(parsed)
+            for event in message.events
+            if event.event is not None
+        ]
+        self.settled.received = sum(len(m.events) or 1 for m in parsed)
+        report = self.forwarder.delivery.deliver([e for _, e in valid], self._remaining)
+        retry_messages = {valid[i][0] for i in report.retry}
+        rejected_by_stripe: dict[tuple[int, str], Rejection] = {}
+        for position, rejection in report.rejected.items():
+            message_index, event = valid[position]
+            rejected_by_stripe[(message_index, event.identifier)] = rejection
+        letters: dict[int, list[DeadLetter]] = {}
+        for m, (record, message) in enumerate(zip(records, parsed, strict=True)):
+            if m not in retry_messages:
+                letters[m] = self._dead_letters(record, message, rejected_by_stripe, m)
+        all_letters = [letter for group in letters.values() for letter in group]
+        unsent = {id(letter) for letter in self.forwarder.dead_letters.send(all_letters)}
+        results = []
+        for m, record in enumerate(records):
+            group = letters.get(m)
+            if group is None:
+                reason = f"{sum(1 for i in report.retry if valid[i][0] == m)} events to retry"
+                results.append(self.failure_handler(record, _exc_info(RetryLater(reason))))
+            elif any(id(letter) in unsent for letter in group):
+                reason = "a dead letter could not be sent"
+                results.append(self.failure_handler(record, _exc_info(RetryLater(reason))))
+            else:
+                results.append(self.success_handler(record, len(parsed[m].events)))
+        self._account(report, letters, unsent, retry_messages, parsed)
+        return results
+
+    def _dead_letters(
+        self,
+        record: SQSRecord,
+        message: ParsedMessage,
+        rejected_by_stripe: dict[tuple[int, str], Rejection],
+        m: int,
+    ) -> list[DeadLetter]:
+        first_seen = record.attributes.get("ApproximateFirstReceiveTimestamp")
+        seen = format_timestamp(
+            datetime.fromtimestamp(int(first_seen) / 1000, UTC) if first_seen else self._now
+        )
+        if message.rejection is not None:
+            unusable = message.rejection
+            return [
+                DeadLetter(
+                    record.body or "",
+                    unusable.code,
+                    unusable.message,
+                    record.message_id,
+                    seen,
+                    param=unusable.param,
+                )
+            ]
+        letters = []
+        for parsed in message.events:
+            rejection: Rejection | None = parsed.rejection
+            if rejection is None and parsed.event is not None:
+                rejection = rejected_by_stripe.get((m, parsed.event.identifier))
+            if rejection is None:
+                continue
+            letters.append(
+                DeadLetter(
+                    parsed.dead_letter_body(),
+                    rejection.code,
+                    rejection.message,
+                    record.message_id,
+                    seen,
+                    event_index=parsed.index,
+                    event_name=parsed.event_name,
+                    identifier=parsed.identifier,
+                    param=rejection.param,
+                )
+            )
+        return letters
+
+    def _remaining(self) -> float:
+        return self.context.get_remaining_time_in_millis() / 1000.0
+
+    def _account(
+        self,
+        report: DeliveryReport,
+        letters: dict[int, list[DeadLetter]],
+        unsent: set[int],
+        retry_messages: set[int],
+        parsed: list[ParsedMessage],
+    ) -> None:
+        settled = self.settled
+        codes: Counter[str] = Counter(
+            letter.code
+            for group in letters.values()
+            for letter in group
+            if id(letter) not in unsent
+        )
+        settled.dead_lettered = codes
+        settled.delivered = len(report.delivered)
+        settled.retried_events = sum(len(parsed[m].events) for m in retry_messages)
+        settled.failed_messages = len(self.fail_messages)
+        metrics.add_metric("EventsReceived", MetricUnit.Count, settled.received)
+        metrics.add_metric("EventsDelivered", MetricUnit.Count, settled.delivered)
+        metrics.add_metric("EventsDeadLettered", MetricUnit.Count, sum(codes.values()))
+        metrics.add_metric("EventsRetried", MetricUnit.Count, settled.retried_events)
+        metrics.add_metric("MessagesFailed", MetricUnit.Count, settled.failed_messages)
+        metrics.add_metric("StreamCalls", MetricUnit.Count, report.calls)
+        metrics.add_metric("StreamCallsRetried", MetricUnit.Count, report.retried_calls)
+        metrics.add_metric("StreamCallsRateLimited", MetricUnit.Count, report.rate_limited_calls)
+        metrics.add_metric("SessionRenewals", MetricUnit.Count, report.session_renewals)
+        tokens = self.forwarder.tokens.stats
+        metrics.add_metric("TokenParameterReads", MetricUnit.Count, tokens.parameter_reads)
+        metrics.add_metric("TokenRefresherCalls", MetricUnit.Count, tokens.refresher_calls)
+        tokens.parameter_reads = tokens.refresher_calls = 0
+        for latency in report.latencies_ms[:100]:
+            metrics.add_metric("StreamCallLatency", MetricUnit.Milliseconds, latency)
+        for code, count in codes.items():
+            with single_metric(
+                name="EventsDeadLetteredByCode",
+                unit=MetricUnit.Count,
+                value=count,
+                namespace=metrics.namespace,
+                default_dimensions=metrics.default_dimensions,
+            ) as metric:
+                metric.add_dimension(name="ErrorCode", value=code)
+
+
+def _exc_info(error: Exception) -> tuple[type[BaseException], BaseException, None]:
+    return (type(error), error, None)

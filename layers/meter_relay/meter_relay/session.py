@@ -1,0 +1,265 @@
+"""The meter event session token: stored in SSM, cached by the forwarder, renewed by the refresher.
+
+The forwarder never holds the secret key. It reads the SecureString parameter (token, session
+id, expires_at) once, keeps it in memory across invocations, and reads it again only when it
+nears `expires_at` or Stripe says it expired; if the parameter is stale too, it asks the
+refresher function to renew it. The refresher is the only one that creates sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.utilities.parameters import SSMProvider
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+from meter_relay.events import format_timestamp, parse_rfc3339
+from meter_relay.stripe_client import Kind, StripeApi
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_ssm import SSMClient
+
+
+class SessionUnavailable(Exception):
+    """No live session token could be had; the events wait in the queue for a later try."""
+
+
+class SessionFormatError(ValueError):
+    """The parameter does not hold a session as the refresher writes it."""
+
+
+class RefreshError(Exception):
+    """Stripe or the network refused a new session. The message names no secret."""
+
+
+@dataclass(frozen=True)
+class MeterEventSession:
+    session_id: str
+    expires_at: datetime
+    token: str = field(repr=False)  # never in a repr, a log line or an exception
+
+    def seconds_left(self, now: float) -> float:
+        return self.expires_at.timestamp() - now
+
+    def to_parameter_value(self) -> str:
+        return json.dumps(
+            {
+                "token": self.token,
+                "session_id": self.session_id,
+                "expires_at": format_timestamp(self.expires_at),
+            }
+        )
+
+    @classmethod
+    def from_parameter_value(cls, text: str) -> MeterEventSession:
+        try:
+            data = json.loads(text)
+            expires_at = parse_rfc3339(data["expires_at"])
+            token, session_id = data["token"], data["session_id"]
+        except (ValueError, KeyError, TypeError):
+            raise SessionFormatError("the session parameter is not the refresher's JSON") from None
+        if expires_at is None or not isinstance(token, str) or not isinstance(session_id, str):
+            raise SessionFormatError("the session parameter is not the refresher's JSON")
+        return cls(session_id, expires_at, token)
+
+    @classmethod
+    def from_stripe(cls, body: dict[str, Any]) -> MeterEventSession:
+        """From a `v2.billing.meter_event_session` object."""
+        expires_at = parse_rfc3339(str(body.get("expires_at", "")))
+        token, session_id = body.get("authentication_token"), body.get("id")
+        if expires_at is None or not isinstance(token, str) or not isinstance(session_id, str):
+            raise RefreshError("Stripe answered the session request with an unexpected object")
+        return cls(session_id, expires_at, token)
+
+
+class SessionStore:
+    """The SecureString parameter, read through Powertools (decrypted), written with boto3."""
+
+    def __init__(self, name: str, ssm: SSMClient) -> None:
+        self.name = name
+        self._ssm = ssm
+        self._provider = SSMProvider(boto3_client=ssm)
+
+    def read(self) -> MeterEventSession | None:
+        """The stored session, or None when the parameter does not exist yet."""
+        try:
+            value = self._provider.get(self.name, decrypt=True, force_fetch=True)
+        except GetParameterError as error:
+            if "ParameterNotFound" in str(error):
+                return None
+            raise
+        return MeterEventSession.from_parameter_value(str(value))
+
+    def write(self, session: MeterEventSession) -> None:
+        self._ssm.put_parameter(
+            Name=self.name,
+            Value=session.to_parameter_value(),
+            Type="SecureString",
+            Overwrite=True,
+            Description="Stripe meter event session (written by Meter Relay's refresher)",
+        )
+
+
+class LambdaRefresher:
+    """Asks the refresher function, synchronously, to replace a session that went stale."""
+
+    def __init__(self, function_name: str, client: LambdaClient) -> None:
+        self.function_name = function_name
+        self._client = client
+
+    def __call__(self, stale_session_id: str | None) -> None:
+        payload = {"replace_session_id": stale_session_id} if stale_session_id else {}
+        response = self._client.invoke(
+            FunctionName=self.function_name,
+            InvocationType="RequestResponse",
+            Payload=json.dumps(payload).encode(),
+        )
+        if response.get("FunctionError"):
+            detail = response["Payload"].read()[:300].decode("utf-8", "replace")
+            raise SessionUnavailable(f"the refresher failed: {detail}")
+
+
+@dataclass
+class TokenStats:
+    parameter_reads: int = 0
+    refresher_calls: int = 0
+
+
+class SessionTokenSource:
+    """The forwarder's view of the session: cached, re-read before it expires, healed on 401."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        refresher: Callable[[str | None], None] | None,
+        margin: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._refresher = refresher
+        self._margin = margin
+        self._clock = clock
+        self._cached: MeterEventSession | None = None
+        self._lock = threading.Lock()
+        self.stats = TokenStats()
+
+    def current(self) -> MeterEventSession:
+        """A session good for at least `margin` seconds; no SSM call while the cache is."""
+        cached = self._cached
+        if cached is not None and cached.seconds_left(self._clock()) > self._margin:
+            return cached
+        with self._lock:
+            cached = self._cached
+            if cached is not None and cached.seconds_left(self._clock()) > self._margin:
+                return cached
+            return self._renew(refused=None)
+
+    def expired(self, session: MeterEventSession) -> MeterEventSession:
+        """Stripe refused `session`: get another one (once for all threads that saw it fail)."""
+        with self._lock:
+            cached = self._cached
+            if cached is not None and cached.session_id != session.session_id:
+                return cached  # another thread already replaced it
+            return self._renew(refused=session)
+
+    def _renew(self, refused: MeterEventSession | None) -> MeterEventSession:
+        """Re-read the parameter; if that is stale too, have the refresher replace it."""
+        stored = self._read()
+        if not self._usable(stored, refused):
+            if self._refresher is None:
+                raise SessionUnavailable("the stored session is stale and no refresher is set")
+            self.stats.refresher_calls += 1
+            self._refresher(stored.session_id if stored is not None else None)
+            stored = self._read()
+            if not self._usable(stored, refused):
+                raise SessionUnavailable("the refresher ran but the stored session is still stale")
+        assert stored is not None
+        self._cached = stored
+        return stored
+
+    def _read(self) -> MeterEventSession | None:
+        self.stats.parameter_reads += 1
+        try:
+            return self._store.read()
+        except (GetParameterError, SessionFormatError) as error:
+            raise SessionUnavailable(f"cannot read the session parameter: {error}") from None
+
+    def _usable(self, stored: MeterEventSession | None, refused: MeterEventSession | None) -> bool:
+        if stored is None or stored.seconds_left(self._clock()) <= self._margin:
+            return False
+        # The session Stripe just refused is no good, whatever its expires_at says.
+        return refused is None or stored.session_id != refused.session_id
+
+
+@dataclass(frozen=True)
+class RefreshSummary:
+    """What the refresher did; deliberately without the token."""
+
+    refreshed: bool
+    reason: str
+    session_id: str
+    expires_at: str
+    seconds_left: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "refreshed": self.refreshed,
+            "reason": self.reason,
+            "session_id": self.session_id,
+            "expires_at": self.expires_at,
+            "seconds_left": round(self.seconds_left, 1),
+        }
+
+
+def refresh_session(
+    store: SessionStore,
+    api: StripeApi,
+    *,
+    margin: float,
+    force: bool = False,
+    replace_session_id: str | None = None,
+    timeout: float = 10.0,
+    now: Callable[[], float] = time.time,
+) -> RefreshSummary:
+    """Create a session when the stored one is missing, near expiry, refused, or forced."""
+    try:
+        stored = store.read()
+    except SessionFormatError:
+        stored, unreadable = None, True
+    else:
+        unreadable = False
+    if stored is None:
+        reason = "the stored value is unreadable" if unreadable else "no stored session"
+    elif force:
+        reason = "forced"
+    elif replace_session_id is not None and stored.session_id == replace_session_id:
+        reason = "the forwarder reported it expired"
+    elif stored.seconds_left(now()) <= margin:
+        reason = f"expires within {margin:.0f}s"
+    else:
+        return RefreshSummary(
+            False,
+            "still valid",
+            stored.session_id,
+            format_timestamp(stored.expires_at),
+            stored.seconds_left(now()),
+        )
+    answer = api.create_session(timeout)
+    if answer.kind is not Kind.OK or answer.body is None:
+        raise RefreshError(f"Stripe refused a new meter event session: {answer.error}")
+    session = MeterEventSession.from_stripe(answer.body)
+    store.write(session)
+    return RefreshSummary(
+        True,
+        reason,
+        session.session_id,
+        format_timestamp(session.expires_at),
+        session.seconds_left(now()),
+    )

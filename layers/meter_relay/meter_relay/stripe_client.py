@@ -1,0 +1,192 @@
+"""Stripe's meter endpoints over one pooled keep-alive `requests.Session` per client.
+
+Answers are classified, not raised: the caller decides to retry, refresh the session or
+dead-letter from the `Kind`. Nothing here logs, and no secret or token is ever put in a
+message or an exception.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+SESSION_EXPIRED_CODE = "billing_meter_event_session_expired"
+USER_AGENT = "meter-relay/0.1 (+python-requests)"
+
+
+class Kind(Enum):
+    """What an answer means to the caller."""
+
+    OK = "ok"
+    SESSION_EXPIRED = "session_expired"  # 401 (expired or unknown token): new session, retry
+    RATE_LIMITED = "rate_limited"  # 429: wait Retry-After (with jitter), then retry
+    TRANSIENT = "transient"  # 5xx, timeout, dropped connection: back off and retry
+    REJECTED = "rejected"  # 400: Stripe will not take this body as it is
+    FAILED = "failed"  # anything else (403, 404, ...): not the event's fault; retry later
+
+
+@dataclass(frozen=True)
+class StripeAnswer:
+    kind: Kind
+    status: int  # 0 when no HTTP answer came
+    code: str | None = None
+    message: str = ""
+    retry_after: float | None = None
+    body: dict[str, Any] | None = None
+    elapsed: float = 0.0
+
+    @property
+    def error(self) -> str:
+        """A short description for logs and dead letters (never contains credentials)."""
+        code = f" {self.code}" if self.code else ""
+        return f"HTTP {self.status}{code}: {self.message}" if self.status else self.message
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds, from either of its HTTP forms."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def classify(response: requests.Response, elapsed: float) -> StripeAnswer:
+    """Turn an HTTP answer into what the caller should do about it."""
+    status = response.status_code
+    try:
+        body = response.json() if response.content else {}
+    except ValueError:
+        body = {}
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    code = error.get("code") if isinstance(error.get("code"), str) else None
+    message = str(error.get("message") or response.reason or "")[:500]
+    if 200 <= status < 300:
+        kind = Kind.OK
+    elif status == 401:
+        kind = Kind.SESSION_EXPIRED
+    elif status == 429:
+        kind = Kind.RATE_LIMITED
+    elif status >= 500 or status == 409:
+        kind = Kind.TRANSIENT
+    elif status == 400:
+        kind = Kind.REJECTED
+    else:
+        kind = Kind.FAILED
+    return StripeAnswer(
+        kind,
+        status,
+        code,
+        message,
+        _retry_after(response.headers.get("Retry-After")),
+        body if isinstance(body, dict) else None,
+        elapsed,
+    )
+
+
+class StripeHttp:
+    """One base URL, one pooled keep-alive session, reused across invocations."""
+
+    def __init__(self, base_url: str, api_version: str, *, pool_size: int = 8) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_version = api_version
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.session.headers.update({"User-Agent": USER_AGENT, "Stripe-Version": api_version})
+
+    def post_json(self, path: str, credential: str, body: Any, timeout: float) -> StripeAnswer:
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Authorization": f"Bearer {credential}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        return self._send("POST", path, headers, data, timeout)
+
+    def get(
+        self, path: str, credential: str, params: dict[str, Any], timeout: float
+    ) -> StripeAnswer:
+        headers = {"Authorization": f"Bearer {credential}"}
+        return self._send("GET", path, headers, None, timeout, params)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        data: bytes | None,
+        timeout: float,
+        params: dict[str, Any] | None = None,
+    ) -> StripeAnswer:
+        started = time.perf_counter()
+        try:
+            response = self.session.request(
+                method,
+                f"{self.base_url}{path}",
+                headers=headers,
+                data=data,
+                params=params,
+                timeout=timeout,
+            )
+        except requests.Timeout:
+            return StripeAnswer(Kind.TRANSIENT, 0, None, f"timed out after {timeout:.1f}s")
+        except requests.RequestException as error:
+            return StripeAnswer(
+                Kind.TRANSIENT, 0, None, f"connection failed: {type(error).__name__}"
+            )
+        return classify(response, time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class MeterEventStream:
+    """POST /v2/billing/meter_event_stream on the meter events host, with a session token."""
+
+    PATH = "/v2/billing/meter_event_stream"
+
+    def __init__(self, http: StripeHttp) -> None:
+        self.http = http
+
+    def send(self, token: str, events: list[dict[str, Any]], timeout: float) -> StripeAnswer:
+        return self.http.post_json(self.PATH, token, {"events": events}, timeout)
+
+
+class StripeApi:
+    """Calls made with the secret key on the API host (sessions; sync events and cancels)."""
+
+    def __init__(self, http: StripeHttp, secret_key: str) -> None:
+        self.http = http
+        self._secret_key = secret_key
+
+    def __repr__(self) -> str:
+        return f"StripeApi({self.http.base_url!r}, secret_key=<hidden>)"
+
+    def create_session(self, timeout: float) -> StripeAnswer:
+        return self.http.post_json(
+            "/v2/billing/meter_event_session", self._secret_key, None, timeout
+        )
+
+    def create_meter_event(self, event: dict[str, Any], timeout: float) -> StripeAnswer:
+        return self.http.post_json("/v2/billing/meter_events", self._secret_key, event, timeout)
+
+    def cancel_meter_event(self, event_name: str, identifier: str, timeout: float) -> StripeAnswer:
+        body = {"event_name": event_name, "type": "cancel", "cancel": {"identifier": identifier}}
+        return self.http.post_json(
+            "/v2/billing/meter_event_adjustments", self._secret_key, body, timeout
+        )
