@@ -27,8 +27,8 @@ EVENT_FIELDS = frozenset({"event_name", "payload", "identifier", "timestamp"})
 
 ValueRule = Literal["positive_integer", "decimal"]
 
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
-_POSITIVE_INTEGER = re.compile(r"^[0-9]+$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
+_POSITIVE_INTEGER = re.compile(r"^[0-9]+\Z")  # not $: it lets "5\n" through
 
 
 class ErrorCode(StrEnum):
