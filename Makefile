@@ -10,10 +10,11 @@ ARGS ?=
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv test lint typecheck validate unit pytest emulator emulator-bench invoke build clean
+.PHONY: help venv test lint typecheck validate pytest run emulator emulator-bench invoke build clean
 
 help:
 	@echo "make test            venv + ruff + mypy + sam validate --lint + the whole test suite"
+	@echo "make run ARGS=       the local stack: moto + emulator + forwarder, 20,000 events by default"
 	@echo "make emulator ARGS=  run the Stripe meter API emulator (e.g. ARGS=\"--port 12111\")"
 	@echo "make emulator-bench  measure the emulator's stream requests/s"
 	@echo "make invoke FN=LogicalId EVENT=events/x.json   invoke a function as sam local invoke would"
@@ -35,6 +36,8 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	@# each function is its own top-level `app` module, so each is checked on its own
+	@for fn in functions/*/app.py; do echo "mypy $$fn"; $(BIN)/mypy --no-error-summary $$fn || exit 1; done
 
 validate: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam validate --lint
@@ -43,6 +46,9 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(ARGS)
 
 test: lint typecheck validate pytest
+
+run: $(STAMP)
+	$(BIN)/python -m devkit.local_stack $(ARGS)
 
 emulator: $(STAMP)
 	$(BIN)/python -m devkit.emulator $(ARGS)

@@ -14,6 +14,7 @@ import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from meter_relay.config import AWS_CLIENT_CONFIG, RefresherConfig
 from meter_relay.observability import logger, metrics
@@ -46,6 +47,12 @@ class Refresher:
         try:
             value = self._secrets.get(self.config.secret_id, max_age=SECRET_MAX_AGE_SECONDS)
         except GetParameterError as error:
+            if "ResourceNotFoundException" in str(error):
+                # The template creates the secret empty: no value until the operator sets one.
+                raise RefreshError(
+                    f"the secret {self.config.secret_id} has no value yet (or does not exist): "
+                    "set the Stripe secret key (see docs/deploy.md)"
+                ) from None
             raise RefreshError(
                 f"cannot read the Stripe secret key from {self.config.secret_id}: "
                 f"{type(error.__cause__ or error).__name__}"
@@ -54,7 +61,7 @@ class Refresher:
         if not key or key == SECRET_PLACEHOLDER:
             raise RefreshError(
                 f"the secret {self.config.secret_id} holds no Stripe key yet: set its value "
-                "(see README, Deploy)"
+                "(see docs/deploy.md)"
             )
         if not key.startswith(("sk_", "rk_")):
             raise RefreshError(f"the secret {self.config.secret_id} does not hold a Stripe key")
@@ -72,10 +79,17 @@ class Refresher:
                 replace_session_id=replace if isinstance(replace, str) else None,
                 timeout=self.config.request_timeout,
             )
-        except RefreshError as error:
+        except (RefreshError, BotoCoreError, ClientError, GetParameterError) as error:
             metrics.add_metric("RefreshFailures", MetricUnit.Count, 1)
-            logger.error("session refresh failed", extra={"reason": str(error)})
-            raise
+            reason = (
+                str(error)
+                if isinstance(error, RefreshError)
+                else (f"an AWS call failed: {type(error).__name__}: {error}")
+            )
+            logger.error("session refresh failed", extra={"reason": reason})
+            if isinstance(error, RefreshError):
+                raise
+            raise RefreshError(reason) from None
         metrics.add_metric("SessionsCreated", MetricUnit.Count, 1 if summary.refreshed else 0)
         metrics.add_metric("SessionSecondsLeft", MetricUnit.Seconds, summary.seconds_left)
         result = summary.to_dict()

@@ -1,0 +1,652 @@
+"""`make run`: the whole stack on this machine, driven as Lambda's event source mapping would.
+
+Starts moto server and the Stripe emulator (each in its own process), provisions the queues,
+dead-letter queue and secret as template.yaml declares them, runs the refresher, produces
+usage events (a share of them invalid, single events and envelopes) and drives the forwarder
+through the invocation harness: batches of up to BatchSize gathered within the batching
+window, a visibility timeout, partial batch responses, redrive to the DLQ after
+maxReceiveCount. It ends with a report and exits non-zero if any event is unaccounted for or
+counted twice.
+
+Differences from AWS, on purpose: one invocation at a time (the harness runs functions in this
+process), and a short visibility timeout (`--visibility-timeout`, default 5 s instead of the
+template's 360 s) so that retried messages come back within the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from meter_relay.dead_letter import ATTR_ERROR_CODE, ATTR_IDENTIFIER, ATTR_SOURCE_MESSAGE_ID
+from meter_relay.events import derive_identifier, format_timestamp
+from meter_relay.producer import UsageProducer
+
+from devkit.emulator.client import DEFAULT_SECRET_KEY, EmulatorClient
+from devkit.harness import LambdaFunction, load_function, load_template
+from devkit.moto_server import aws_env
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+METERS = Path(__file__).resolve().parent / "local_meters.json"
+SESSION_PARAMETER = "/meter-relay/local/meter-event-session"
+SECRET_NAME = "meter-relay-local/stripe-secret-key"  # noqa: S105 (a name, not a secret)
+MAX_QUEUE_DEPTH = 300  # moto slows down on deep queues: the producer waits above this
+MAX_PAYLOAD_BYTES = 5_500_000  # Lambda's 6 MB invocation payload, with room for the envelope
+DELIVERED = "delivered"
+REJECTED_LATER = "rejected_by_stripe_later"
+
+
+@dataclass
+class Options:
+    events: int = 20_000
+    invalid_share: float = 0.02
+    envelope_size: int = 20
+    batch_size: int | None = None  # None: the template's default
+    window: float | None = None
+    visibility_timeout: int = 5
+    max_receive_count: int | None = None
+    seed: int = 1
+    timeout: float = 600.0
+    faults: dict[str, Any] = field(default_factory=dict)
+    session_ttl: float = 900.0
+    refresh_every: float = 300.0
+    quiet: bool = False
+
+
+# ----- processes ------------------------------------------------------------------------------
+@contextmanager
+def _server_process(args: list[str], lifetime: float) -> Iterator[str]:
+    """Run `python -m <args>` (a server printing its URL first) and yield that URL."""
+    command = [sys.executable, "-m", *args, "--port", "0", "--lifetime", str(int(lifetime))]
+    process = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        url = line.split()[-1] if line else ""
+        if not url.startswith("http"):
+            raise RuntimeError(f"{args[0]} did not start: {line!r}")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# ----- provisioning ---------------------------------------------------------------------------
+@dataclass
+class Stack:
+    moto_url: str
+    emulator_url: str
+    queue_url: str
+    queue_arn: str
+    dlq_url: str
+    env: dict[str, str]
+    env_vars: dict[str, dict[str, str]]
+    batch_size: int
+    window: float
+    max_receive_count: int
+
+
+def _parameter_default(template: dict[str, Any], name: str) -> Any:
+    return template["Parameters"][name]["Default"]
+
+
+def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
+    """Create what template.yaml declares for the forwarder and refresher, in moto."""
+    template = load_template(TEMPLATE)
+    resources = template["Resources"]
+    env = aws_env(moto_url)
+    sqs = boto3.client("sqs", endpoint_url=moto_url, region_name=env["AWS_DEFAULT_REGION"])
+    secrets = boto3.client(
+        "secretsmanager", endpoint_url=moto_url, region_name=env["AWS_DEFAULT_REGION"]
+    )
+    dlq_props = resources["UsageDeadLetterQueue"]["Properties"]
+    dlq_url = sqs.create_queue(
+        QueueName="meter-relay-local-usage-dlq",
+        Attributes={"MessageRetentionPeriod": str(dlq_props["MessageRetentionPeriod"])},
+    )["QueueUrl"]
+    dlq_arn = _queue_arn(sqs, dlq_url)
+    max_receive = options.max_receive_count or int(_parameter_default(template, "MaxReceiveCount"))
+    queue_props = resources["UsageQueue"]["Properties"]
+    queue_url = sqs.create_queue(
+        QueueName="meter-relay-local-usage",
+        Attributes={
+            "MessageRetentionPeriod": str(queue_props["MessageRetentionPeriod"]),
+            "VisibilityTimeout": str(options.visibility_timeout),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive}
+            ),
+        },
+    )["QueueUrl"]
+    secrets.create_secret(Name=SECRET_NAME, SecretString=DEFAULT_SECRET_KEY)
+    common = {"SESSION_TOKEN_PARAMETER": SESSION_PARAMETER}
+    env_vars = {
+        "Parameters": common,
+        "ForwarderFunction": {
+            "STRIPE_METER_EVENTS_BASE": emulator_url,
+            "DEAD_LETTER_QUEUE_URL": dlq_url,
+            "REFRESHER_FUNCTION_NAME": "",
+            "METER_KEYS": json.dumps(
+                {"search_calls": {"customer_key": "customer", "value_key": "calls"}}
+            ),
+        },
+        "RefresherFunction": {"STRIPE_API_BASE": emulator_url, "STRIPE_SECRET_ID": SECRET_NAME},
+    }
+    return Stack(
+        moto_url,
+        emulator_url,
+        queue_url,
+        _queue_arn(sqs, queue_url),
+        dlq_url,
+        env,
+        env_vars,
+        options.batch_size or int(_parameter_default(template, "BatchSize")),
+        options.window
+        if options.window is not None
+        else float(_parameter_default(template, "BatchingWindowSeconds")),
+        max_receive,
+    )
+
+
+def _queue_arn(sqs: SQSClient, url: str) -> str:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return attributes["Attributes"]["QueueArn"]
+
+
+# ----- production -----------------------------------------------------------------------------
+@dataclass
+class Expected:
+    """What should become of each produced event, by identifier (or message id)."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)  # identifier -> delivered | code
+    raw_messages: dict[str, str] = field(default_factory=dict)  # message id -> code
+    produced: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+INVALID_KINDS: list[tuple[str, str]] = [
+    ("payload_no_customer_defined", "no customer"),
+    ("payload_invalid_value", "value 0"),
+    ("timestamp_too_far_in_past", "40 days old"),
+    ("parameter_unknown", "unknown field"),
+    (REJECTED_LATER, "no meter at Stripe"),
+]
+
+
+def _event(rng: random.Random, now: datetime, with_identifier: bool) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_name": rng.choice(["api_requests", "search_calls"]),
+        "payload": {"stripe_customer_id": f"cus_{rng.randrange(50):04d}"},
+        "timestamp": format_timestamp(now - timedelta(seconds=rng.randrange(3600))),
+    }
+    value = rng.randrange(1, 100)
+    if event["event_name"] == "search_calls":
+        event["payload"] = {"customer": event["payload"]["stripe_customer_id"], "calls": value}
+    else:
+        event["payload"]["value"] = str(value)
+    if with_identifier:
+        event["identifier"] = f"local-{uuid.UUID(int=rng.getrandbits(128)).hex}"
+    return event
+
+
+def _spoil(event: dict[str, Any], kind: str) -> None:
+    payload = event["payload"]
+    if kind == "payload_no_customer_defined":
+        payload.pop("stripe_customer_id", None)
+        payload.pop("customer", None)
+    elif kind == "payload_invalid_value":
+        for key in ("value", "calls"):
+            if key in payload:
+                payload[key] = "0"
+    elif kind == "timestamp_too_far_in_past":
+        event["timestamp"] = format_timestamp(datetime.now(UTC) - timedelta(days=40))
+    elif kind == "parameter_unknown":
+        event["note"] = "not part of the contract"
+    elif kind == REJECTED_LATER:  # well formed, but Stripe has no meter for it
+        event["event_name"] = "unmetered_feature"
+        event["payload"] = {"stripe_customer_id": "cus_0001", "value": "1"}
+
+
+def produce(stack: Stack, options: Options, expected: Expected, stop: threading.Event) -> None:
+    """Put `options.events` events on the usage queue, keeping the queue shallow."""
+    rng = random.Random(options.seed)  # noqa: S311 (test data)
+    sqs = boto3.client("sqs", endpoint_url=stack.moto_url, region_name=stack.env["AWS_REGION"])
+    producer = UsageProducer(stack.queue_url, sqs, envelope_size=options.envelope_size)
+    now = datetime.now(UTC)
+    chunk = max(options.envelope_size * 10, 100)
+    remaining = options.events
+    chunks = 0
+    while remaining > 0 and not stop.is_set():
+        _wait_for_room(sqs, stack.queue_url, stop)
+        count = min(chunk, remaining)
+        events, kinds = [], []
+        for _ in range(count):
+            event = _event(rng, now, with_identifier=rng.random() < 0.5)
+            kind = DELIVERED
+            if rng.random() < options.invalid_share:
+                kind = rng.choice(INVALID_KINDS)[0]
+                _spoil(event, kind)
+            events.append(event)
+            kinds.append(kind)
+        report = producer.send(events)
+        if report.failed:
+            raise RuntimeError(f"the producer could not send {report.events_failed} events")
+        position = 0
+        with expected.lock:
+            for message in report.sent:
+                for index, event in enumerate(message.events):
+                    identifier = event.get("identifier") or derive_identifier(
+                        message.message_id, index
+                    )
+                    expected.outcomes[identifier] = kinds[position]
+                    position += 1
+            expected.produced += count
+        if options.invalid_share and chunks % 10 == 0:  # now and then, a body that is not JSON
+            sent = sqs.send_message(QueueUrl=stack.queue_url, MessageBody="{not json")
+            with expected.lock:
+                expected.raw_messages[sent["MessageId"]] = "message_not_json"
+        chunks += 1
+        remaining -= count
+
+
+def _wait_for_room(sqs: SQSClient, queue_url: str, stop: threading.Event) -> None:
+    while not stop.is_set() and _depth(sqs, queue_url)[0] > MAX_QUEUE_DEPTH:
+        time.sleep(0.2)
+
+
+def _depth(sqs: SQSClient, queue_url: str) -> tuple[int, int]:
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+# ----- the event source mapping ---------------------------------------------------------------
+@dataclass
+class MappingStats:
+    invocations: int = 0
+    records: int = 0
+    failed_records: int = 0
+    errors: int = 0
+
+
+class EventSourceMapping:
+    """Lambda's SQS poller, in miniature: gather a batch, invoke, delete what succeeded."""
+
+    def __init__(self, sqs: SQSClient, stack: Stack, function: LambdaFunction, visibility: int):
+        self._sqs = sqs
+        self._stack = stack
+        self._function = function
+        self._visibility = visibility
+        self.stats = MappingStats()
+
+    def poll(self) -> int:
+        """One batch: returns how many records were handed to the function."""
+        messages = self._gather()
+        if not messages:
+            return 0
+        event = {"Records": [self._record(message) for message in messages]}
+        invocation = self._function.invoke(event)
+        self.stats.invocations += 1
+        self.stats.records += len(messages)
+        if not invocation.ok or not isinstance(invocation.result, dict):
+            self.stats.errors += 1  # as Lambda: the whole batch becomes visible again later
+            return len(messages)
+        failed = {f["itemIdentifier"] for f in invocation.result.get("batchItemFailures", [])}
+        self.stats.failed_records += len(failed)
+        done = [m for m in messages if m["MessageId"] not in failed]
+        delete_messages(self._sqs, self._stack.queue_url, done)
+        return len(messages)
+
+    def _gather(self) -> list[MessageTypeDef]:
+        batch: list[MessageTypeDef] = []
+        size = 0
+        deadline = time.monotonic() + self._stack.window
+        while len(batch) < self._stack.batch_size and size < MAX_PAYLOAD_BYTES:
+            received = self._sqs.receive_message(
+                QueueUrl=self._stack.queue_url,
+                MaxNumberOfMessages=min(10, self._stack.batch_size - len(batch)),
+                VisibilityTimeout=self._visibility,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            batch.extend(received)
+            size += sum(len(m["Body"]) for m in received)
+            if not received:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        return batch
+
+    def _record(self, message: MessageTypeDef) -> dict[str, Any]:
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": message.get("Attributes", {}),
+            "messageAttributes": message.get("MessageAttributes", {}),
+            "md5OfBody": message.get("MD5OfBody", ""),
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self._stack.queue_arn,
+            "awsRegion": self._stack.env["AWS_REGION"],
+        }
+
+
+# ----- accounting -----------------------------------------------------------------------------
+@dataclass
+class Report:
+    produced: int
+    delivered: int
+    counted_twice: int
+    rejected_later: int
+    dead_lettered: Counter[str]
+    unaccounted: list[str]
+    misplaced: list[str]
+    seconds: float
+    stats: MappingStats
+
+    @property
+    def ok(self) -> bool:
+        return not self.unaccounted and not self.counted_twice and not self.misplaced
+
+    def render(self) -> str:
+        rate = self.delivered / self.seconds if self.seconds else 0.0
+        lines = [
+            "",
+            "Meter Relay local run",
+            f"  produced                  {self.produced:>8}",
+            f"  delivered (counted once)  {self.delivered:>8}",
+            f"  counted twice             {self.counted_twice:>8}",
+            f"  rejected later by Stripe  {self.rejected_later:>8}  (accepted, in error reports)",
+            f"  dead-lettered             {sum(self.dead_lettered.values()):>8}",
+        ]
+        lines += [f"    {code:<24}{n:>8}" for code, n in sorted(self.dead_lettered.items())]
+        lines += [
+            f"  unaccounted               {len(self.unaccounted):>8}",
+            f"  in the wrong place        {len(self.misplaced):>8}",
+            f"  invocations {self.stats.invocations}, records {self.stats.records}, "
+            f"records returned for retry {self.stats.failed_records}, "
+            f"failed invocations {self.stats.errors}",
+            f"  {self.seconds:.1f} s, {rate:,.0f} events/s delivered",
+            "  result: " + ("OK" if self.ok else "FAILED"),
+        ]
+        if self.unaccounted:
+            lines.append(f"  first unaccounted: {self.unaccounted[:5]}")
+        if self.misplaced:
+            lines.append(f"  first misplaced: {self.misplaced[:5]}")
+        return "\n".join(lines)
+
+
+def read_dead_letters(sqs: SQSClient, dlq_url: str) -> dict[str, str]:
+    """identifier (or raw message id) -> error code, for every DLQ message, consuming them."""
+    found: dict[str, str] = {}
+    while True:
+        messages = sqs.receive_message(
+            QueueUrl=dlq_url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=60,
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        if not messages:
+            return found
+        for message in messages:
+            attributes = {
+                k: v.get("StringValue", "") for k, v in message.get("MessageAttributes", {}).items()
+            }
+            code = attributes.get(ATTR_ERROR_CODE, "max_receive_count_exceeded")
+            identifier = attributes.get(ATTR_IDENTIFIER)
+            if identifier:
+                found[identifier] = code
+            else:
+                found[attributes.get(ATTR_SOURCE_MESSAGE_ID, message["MessageId"])] = code
+        delete_messages(sqs, dlq_url, messages)
+
+
+def delete_messages(sqs: SQSClient, queue_url: str, messages: list[MessageTypeDef]) -> None:
+    for start in range(0, len(messages), 10):
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                for i, m in enumerate(messages[start : start + 10])
+            ],
+        )
+
+
+def account(
+    expected: Expected,
+    emulator: EmulatorClient,
+    dead: dict[str, str],
+    seconds: float,
+    stats: MappingStats,
+) -> Report:
+    counts = emulator.identifiers()
+    reported_later = {e["identifier"] for e in emulator.errors()["data"]}
+    delivered = counted_twice = rejected_later = 0
+    unaccounted, misplaced = [], []
+    codes: Counter[str] = Counter(dead.values())
+    for identifier, want in expected.outcomes.items():
+        counted = counts.get(identifier, {}).get("counted", 0)
+        if counted > 1:
+            counted_twice += 1
+        if counted:
+            delivered += 1
+            where = DELIVERED
+        elif identifier in reported_later:
+            rejected_later += 1
+            where = REJECTED_LATER
+        elif identifier in dead:
+            where = dead[identifier]
+        else:
+            unaccounted.append(identifier)
+            continue
+        if where != want:
+            misplaced.append(f"{identifier}: expected {want}, found {where}")
+    for message_id, want in expected.raw_messages.items():
+        if message_id not in dead:
+            unaccounted.append(message_id)
+        elif dead[message_id] != want:
+            misplaced.append(f"{message_id}: expected {want}, found {dead[message_id]}")
+    produced = expected.produced + len(expected.raw_messages)
+    return Report(
+        produced,
+        delivered,
+        counted_twice,
+        rejected_later,
+        codes,
+        unaccounted,
+        misplaced,
+        seconds,
+        stats,
+    )
+
+
+# ----- the run --------------------------------------------------------------------------------
+def run(options: Options) -> Report:
+    lifetime = options.timeout + 120
+    emulator_args = [
+        "devkit.emulator",
+        "--meters",
+        str(METERS),
+        "--seed",
+        str(options.seed),
+        "--session-ttl",
+        str(options.session_ttl),
+    ]
+    with ExitStack() as stack_scope:
+        moto_url = stack_scope.enter_context(_server_process(["devkit.moto_server"], lifetime))
+        emulator_url = stack_scope.enter_context(_server_process(emulator_args, lifetime))
+        emulator = EmulatorClient(emulator_url)
+        if options.faults:
+            emulator.configure(faults=options.faults, seed=options.seed)
+        saved_env = dict(os.environ)
+        os.environ.update(aws_env(moto_url))
+        try:
+            return _drive(provision(moto_url, emulator_url, options), options, emulator)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
+
+
+def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
+    sqs = boto3.client("sqs", endpoint_url=stack.moto_url, region_name=stack.env["AWS_REGION"])
+    tuning = {"STREAM_CONCURRENCY": "8"}
+    refresher = load_function(
+        TEMPLATE, "RefresherFunction", env_vars=stack.env_vars, extra_env=stack.env
+    )
+    forwarder = load_function(
+        TEMPLATE, "ForwarderFunction", env_vars=stack.env_vars, extra_env={**stack.env, **tuning}
+    )
+    first = refresher.invoke({})
+    if not first.ok:
+        raise RuntimeError(f"the refresher failed: {first.error}")
+    _say(options, f"session ready: {first.result}")
+    expected = Expected()
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def producer() -> None:
+        try:
+            produce(stack, options, expected, stop)
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+
+    mapping = EventSourceMapping(sqs, stack, forwarder, options.visibility_timeout)
+    started = time.monotonic()
+    thread = threading.Thread(target=producer, name="producer", daemon=True)
+    thread.start()
+    last_refresh = last_progress = started
+    try:
+        while time.monotonic() - started < options.timeout:
+            handed = mapping.poll()
+            now = time.monotonic()
+            if now - last_refresh >= options.refresh_every:
+                refresher.invoke({})
+                last_refresh = now
+            if now - last_progress >= 2:
+                _progress(options, expected, mapping, sqs, stack)
+                last_progress = now
+            if failures:
+                raise RuntimeError(f"the producer failed: {failures[0]}")
+            if not thread.is_alive() and handed == 0 and sum(_depth(sqs, stack.queue_url)) == 0:
+                break
+        else:
+            _say(options, "timed out before the queue drained")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        forwarder.close()
+        refresher.close()
+    seconds = time.monotonic() - started
+    dead = read_dead_letters(sqs, stack.dlq_url)
+    return account(expected, emulator, dead, seconds, mapping.stats)
+
+
+def _progress(
+    options: Options, expected: Expected, mapping: EventSourceMapping, sqs: SQSClient, stack: Stack
+) -> None:
+    visible, in_flight = _depth(sqs, stack.queue_url)
+    _say(
+        options,
+        f"produced {expected.produced:>7}/{options.events}  "
+        f"records handled {mapping.stats.records:>6}  "
+        f"invocations {mapping.stats.invocations:>4}  "
+        f"queue {visible} visible, {in_flight} in flight",
+    )
+
+
+def _say(options: Options, text: str) -> None:
+    if not options.quiet:
+        print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000, help="events to produce")
+    parser.add_argument(
+        "--invalid-share", type=float, default=0.02, help="share of invalid events (0 to 1)"
+    )
+    parser.add_argument(
+        "--envelope-size",
+        type=int,
+        default=20,
+        help="events per SQS message (1: single-event messages)",
+    )
+    parser.add_argument("--batch-size", type=int, help="records per invocation (template default)")
+    parser.add_argument("--window", type=float, help="batching window, s (template default)")
+    parser.add_argument("--visibility-timeout", type=int, default=5)
+    parser.add_argument("--max-receive-count", type=int, help="redrive after this many receives")
+    parser.add_argument(
+        "--faults",
+        type=json.loads,
+        default={},
+        help='emulator faults as JSON, e.g. \'{"stream": {"error_rate": 0.05}}\'',
+    )
+    parser.add_argument("--session-ttl", type=float, default=900.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this long")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON too")
+    args = parser.parse_args(argv)
+    options = Options(
+        events=args.events,
+        invalid_share=args.invalid_share,
+        envelope_size=args.envelope_size,
+        batch_size=args.batch_size,
+        window=args.window,
+        visibility_timeout=args.visibility_timeout,
+        max_receive_count=args.max_receive_count,
+        seed=args.seed,
+        timeout=args.timeout,
+        faults=args.faults,
+        session_ttl=args.session_ttl,
+    )
+    report = run(options)
+    print(report.render())
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "produced": report.produced,
+                    "delivered": report.delivered,
+                    "counted_twice": report.counted_twice,
+                    "rejected_later": report.rejected_later,
+                    "dead_lettered": dict(report.dead_lettered),
+                    "unaccounted": len(report.unaccounted),
+                    "misplaced": len(report.misplaced),
+                    "seconds": round(report.seconds, 2),
+                }
+            )
+        )
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
