@@ -32,6 +32,7 @@ from devkit.emulator.state import (
 from devkit.emulator.timefmt import format_rfc3339, parse_rfc3339
 
 SECRET_HEADERS = ("authorization", "stripe-account", "cookie")
+_SECRET_KIND = re.compile(r"[a-z]{1,8}_(?:test_|live_)?")
 _EVENT_FIELDS = frozenset({"event_name", "payload", "identifier", "timestamp"})
 _METER_PATH = re.compile(
     r"^/v1/billing/meters/([^/]+)(?:/(deactivate|reactivate|event_summaries))?$"
@@ -42,13 +43,14 @@ Route = tuple[str, str, Callable[..., Response], dict[str, Any]]
 
 
 def mask_secret(value: str) -> str:
-    """Keep a secret's kind (its prefix up to the last underscore) and last 4 characters."""
+    """Keep a secret's kind (sk_test_, rk_live_, token_...) and its last 4 characters."""
     scheme, _, secret = value.partition(" ") if " " in value else ("", "", value)
     if len(secret) <= 12:
         masked = "****"
     else:
-        prefix = secret[: secret.rfind("_") + 1] if "_" in secret[:16] else ""
-        masked = f"{prefix}****{secret[-4:]}"
+        # the kind only: underscores further in belong to the secret (session tokens hold them)
+        kind = _SECRET_KIND.match(secret)
+        masked = f"{kind.group() if kind else ''}****{secret[-4:]}"
     return f"{scheme} {masked}" if scheme else masked
 
 

@@ -34,7 +34,7 @@ MAX_STREAM_EVENTS = 100
 
 Formula = Literal["sum", "count", "last"]
 ValueRule = Literal["positive_integer", "decimal"]
-_POSITIVE_INTEGER = re.compile(r"^[0-9]+$")
+_POSITIVE_INTEGER = re.compile(r"^[0-9]+\Z")  # not $: it would let "5\n" through
 
 
 class ApiError(Exception):
