@@ -187,8 +187,8 @@ class RateLimiter:
                     self._buckets.pop(name, None)
                     continue
                 rate = float(limit["rate"])
-                if rate <= 0:
-                    raise ValueError(f"rate for {name} must be positive")
+                if not math.isfinite(rate) or rate <= 0:
+                    raise ValueError(f"rate for {name} must be a positive number")
                 burst = float(limit.get("burst", rate))
                 self._buckets[name] = _Bucket(rate, burst, burst, now)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from botocore.config import Config
 
@@ -48,7 +49,11 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
 
 def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip() or default
-    if not value.startswith(("https://", "http://")):
+    try:  # a host is needed too: "https://" alone would fail only later, at every call
+        host = urlsplit(value).hostname
+    except ValueError:  # e.g. "http://[::1"
+        host = None
+    if not value.startswith(("https://", "http://")) or not host:
         raise ConfigError(f"{name}={value!r} is not an http(s) URL")
     return value.rstrip("/")
 

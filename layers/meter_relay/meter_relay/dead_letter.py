@@ -8,6 +8,7 @@ retried rather than lost.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,6 +38,15 @@ ATTR_EVENT_NAME = "EventName"
 ATTR_IDENTIFIER = "Identifier"
 
 
+# What SQS accepts in a message: anything else (control characters, lone surrogates from a
+# JSON "\ud800" escape) would make the letter unsendable, or its size() raise.
+_NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _sqs_text(value: str) -> str:
+    return _NOT_SQS_TEXT.sub("\ufffd", value)
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     body: str
@@ -60,7 +70,7 @@ class DeadLetter:
             ATTR_IDENTIFIER: self.identifier,
         }
         attributes: dict[str, MessageAttributeValueTypeDef] = {
-            name: {"DataType": "String", "StringValue": value[:MAX_ATTRIBUTE_TEXT]}
+            name: {"DataType": "String", "StringValue": _sqs_text(value)[:MAX_ATTRIBUTE_TEXT]}
             for name, value in texts.items()
             if value  # SQS refuses empty attribute values
         }

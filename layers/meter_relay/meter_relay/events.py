@@ -27,7 +27,9 @@ EVENT_FIELDS = frozenset({"event_name", "payload", "identifier", "timestamp"})
 
 ValueRule = Literal["positive_integer", "decimal"]
 
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z"
+)
 _POSITIVE_INTEGER = re.compile(r"^[0-9]+\Z")  # not $: it lets "5\n" through
 
 
@@ -94,9 +96,14 @@ class ValidationRules:
             raise ValueError("METER_KEYS must be a JSON object keyed by event_name")
         keys = {}
         for name, spec in raw.items():
-            if not isinstance(spec, dict) or set(spec) - {"customer_key", "value_key"}:
+            if (
+                not isinstance(spec, dict)
+                or set(spec) - {"customer_key", "value_key"}
+                or not all(isinstance(key, str) and key for key in spec.values())
+            ):
                 raise ValueError(
                     f"METER_KEYS[{name!r}] must be an object with customer_key and/or value_key"
+                    " (non-empty strings)"
                 )
             keys[name] = MeterKeys(
                 spec.get("customer_key", DEFAULT_CUSTOMER_KEY),
@@ -345,7 +352,8 @@ def _payload_string(key: str, value: Any) -> str:
 def value_allowed(value: str, rule: ValueRule) -> bool:
     """Stripe documents a positive integer; the "decimal" rule admits any finite number >= 0."""
     if rule == "positive_integer":
-        return bool(_POSITIVE_INTEGER.match(value)) and int(value) > 0
+        # not int(value) > 0: int() refuses texts of more than 4300 digits (ValueError)
+        return bool(_POSITIVE_INTEGER.match(value)) and value.strip("0") != ""
     try:
         number = Decimal(value)
     except InvalidOperation:
@@ -379,16 +387,18 @@ def _timestamp(raw: Any, sent_at: datetime, now: datetime) -> str:
             f"timestamp is RFC 3339 text or epoch seconds, not {type(raw).__name__}",
             "timestamp",
         )
+    # as given: converting "0001-01-01T00:00:00+01:00" to UTC overflows (OverflowError)
+    shown = raw[:40] if isinstance(raw, str) else format_timestamp(moment)
     if moment < now - MAX_TIMESTAMP_AGE:
         raise _reject(
             ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST,
-            f"timestamp {format_timestamp(moment)} is more than 35 days ago",
+            f"timestamp {shown} is more than 35 days ago",
             "timestamp",
         )
     if moment > now + MAX_TIMESTAMP_LEAD:
         raise _reject(
             ErrorCode.TIMESTAMP_IN_FUTURE,
-            f"timestamp {format_timestamp(moment)} is more than 5 minutes ahead",
+            f"timestamp {shown} is more than 5 minutes ahead",
             "timestamp",
         )
     return raw if isinstance(raw, str) else format_timestamp(moment)

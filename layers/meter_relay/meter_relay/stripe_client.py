@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -40,7 +40,7 @@ class StripeAnswer:
     code: str | None = None
     message: str = ""
     retry_after: float | None = None
-    body: dict[str, Any] | None = None
+    body: dict[str, Any] | None = field(default=None, repr=False)  # may hold a session token
     elapsed: float = 0.0
 
     @property
@@ -62,6 +62,8 @@ def _retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" or no zone: HTTP-dates are GMT (naive would raise below)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
