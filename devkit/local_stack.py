@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from meter_relay.dead_letter import ATTR_ERROR_CODE, ATTR_IDENTIFIER, ATTR_SOURCE_MESSAGE_ID
-from meter_relay.events import derive_identifier, format_timestamp
-from meter_relay.producer import UsageProducer
 
 from devkit.emulator.client import DEFAULT_SECRET_KEY, EmulatorClient
 from devkit.harness import LambdaFunction, load_function, load_template
 from devkit.moto_server import aws_env
+from meter_relay.dead_letter import ATTR_ERROR_CODE, ATTR_IDENTIFIER, ATTR_SOURCE_MESSAGE_ID
+from meter_relay.events import derive_identifier, format_timestamp
+from meter_relay.producer import UsageProducer
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

@@ -10,6 +10,7 @@ import functools
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from meter_relay.forwarder import Forwarder
 from meter_relay.observability import logger, metrics
 

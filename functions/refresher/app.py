@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from meter_relay.observability import logger, metrics
 from meter_relay.refresher import refresher
 

@@ -18,11 +18,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from meter_relay.config import AWS_CLIENT_CONFIG, RefresherConfig
 from meter_relay.observability import logger, metrics
+from meter_relay.secret_key import SECRET_PLACEHOLDER as SECRET_PLACEHOLDER  # re-exported
+from meter_relay.secret_key import SecretKeyError, read_secret_key
 from meter_relay.session import RefreshError, RefreshSummary, SessionStore, refresh_session
 from meter_relay.stripe_client import StripeApi, StripeHttp
-
-SECRET_PLACEHOLDER = "REPLACE_WITH_STRIPE_SECRET_KEY"  # noqa: S105 (the template's "not set yet")
-SECRET_MAX_AGE_SECONDS = 300  # a rotated key is picked up within five minutes
 
 
 class Refresher:
@@ -45,27 +44,9 @@ class Refresher:
 
     def _secret_key(self) -> str:
         try:
-            value = self._secrets.get(self.config.secret_id, max_age=SECRET_MAX_AGE_SECONDS)
-        except GetParameterError as error:
-            if "ResourceNotFoundException" in str(error):
-                # The template creates the secret empty: no value until the operator sets one.
-                raise RefreshError(
-                    f"the secret {self.config.secret_id} has no value yet (or does not exist): "
-                    "set the Stripe secret key (see docs/deploy.md)"
-                ) from None
-            raise RefreshError(
-                f"cannot read the Stripe secret key from {self.config.secret_id}: "
-                f"{type(error.__cause__ or error).__name__}"
-            ) from None
-        key = str(value).strip()
-        if not key or key == SECRET_PLACEHOLDER:
-            raise RefreshError(
-                f"the secret {self.config.secret_id} holds no Stripe key yet: set its value "
-                "(see docs/deploy.md)"
-            )
-        if not key.startswith(("sk_", "rk_")):
-            raise RefreshError(f"the secret {self.config.secret_id} does not hold a Stripe key")
-        return key
+            return read_secret_key(self._secrets, self.config.secret_id)
+        except SecretKeyError as error:
+            raise RefreshError(str(error)) from None
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:
         force = bool(event.get("force")) if isinstance(event, dict) else False

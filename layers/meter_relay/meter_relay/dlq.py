@@ -1,0 +1,662 @@
+"""Dead-letter operations: read the DLQ, select, correct, replay and cancel.
+
+What sits in the dead-letter queue is money not yet billed, or billed wrongly. Two kinds of
+message land there: the forwarder's own dead letters (one event, its identifier written in, the
+reason in message attributes) and whole messages that SQS moved after `maxReceiveCount`
+(the producer's body, no attributes; SQS keeps the messageId on that move, so identifiers are
+derived exactly as the forwarder derived them). Both are read into `DlqMessage`s.
+
+Principles kept here: identifiers never change; a message leaves the DLQ only after what it
+carries is safely elsewhere (on the usage queue, or accepted by Stripe); a dry run changes
+nothing; listing gives every message back at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from meter_relay.dead_letter import (
+    ATTR_ERROR_CODE,
+    ATTR_ERROR_MESSAGE,
+    ATTR_EVENT_INDEX,
+    ATTR_FIRST_SEEN,
+    ATTR_IDENTIFIER,
+    ATTR_SOURCE_MESSAGE_ID,
+)
+from meter_relay.events import (
+    ErrorCode,
+    MeterEvent,
+    ParsedEvent,
+    ValidationRules,
+    derive_identifier,
+    format_timestamp,
+    normalise_event,
+    parse_rfc3339,
+)
+from meter_relay.stripe_client import Kind, StripeAnswer, StripeApi
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef, MessageTypeDef
+
+REDRIVEN_CODE = "max_receive_count_exceeded"  # moved by the queue's RedrivePolicy
+DEDUP_WINDOW = timedelta(hours=24)
+CANCEL_WINDOW = timedelta(hours=24)
+SCAN_HOLD_SECONDS = 120  # messages stay hidden this long while a scan or a replay runs
+SYNC_ATTEMPTS = 4
+
+
+# ----- reading ---------------------------------------------------------------------------------
+@dataclass
+class DlqEvent:
+    """One event carried by a DLQ message, as it sits there (before any correction)."""
+
+    index: int
+    raw: Any
+    identifier: str | None
+    event_name: str | None
+    customer: str | None
+
+
+@dataclass
+class DlqMessage:
+    message_id: str
+    receipt_handle: str
+    body: str
+    code: str
+    error_message: str
+    source_message_id: str  # the usage-queue message it came from (identifiers derive from it)
+    sent_at: datetime  # when the producer sent the original (the forwarder's default timestamp)
+    first_seen: datetime  # when the forwarder first received it
+    attributes: dict[str, str]
+    events: list[DlqEvent]
+    redriven: bool
+
+    @property
+    def age(self) -> timedelta:
+        return datetime.now(UTC) - self.first_seen
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "code": self.code,
+            "error_message": self.error_message,
+            "source_message_id": self.source_message_id,
+            "sent_at": format_timestamp(self.sent_at),
+            "first_seen": format_timestamp(self.first_seen),
+            "redriven": self.redriven,
+            "attributes": self.attributes,
+            "identifiers": [e.identifier for e in self.events],
+            "body": self.body,
+        }
+
+
+def _millis(value: str | None, default: datetime) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(value or "") / 1000, UTC)
+    except ValueError:
+        return default
+
+
+def read_message(message: MessageTypeDef, rules: ValidationRules) -> DlqMessage:
+    """A received SQS message as a DlqMessage (both kinds; unparseable bodies carry no event)."""
+    attributes = {
+        name: value.get("StringValue", "")
+        for name, value in message.get("MessageAttributes", {}).items()
+    }
+    sqs_attributes = message.get("Attributes", {})
+    now = datetime.now(UTC)
+    sent_at = _millis(sqs_attributes.get("SentTimestamp"), now)
+    first_seen = parse_rfc3339(attributes.get(ATTR_FIRST_SEEN, "")) or _millis(
+        sqs_attributes.get("ApproximateFirstReceiveTimestamp"), sent_at
+    )
+    redriven = ATTR_ERROR_CODE not in attributes
+    source = attributes.get(ATTR_SOURCE_MESSAGE_ID) or message["MessageId"]
+    body = message.get("Body", "")
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if redriven:
+        raw_events = _events_of(document)
+    elif isinstance(document, dict) and "events" not in document and "event_name" in document:
+        raw_events = [document]
+    else:
+        raw_events = []  # a message-level letter: the body is what the producer sent, unusable
+    index_attr = attributes.get(ATTR_EVENT_INDEX)
+    events = []
+    for position, raw in enumerate(raw_events):
+        index = int(index_attr) if index_attr and not redriven else position
+        identifier = _identifier(raw, attributes, source, index, redriven)
+        events.append(DlqEvent(index, raw, identifier, *_name_and_customer(raw, rules)))
+    return DlqMessage(
+        message_id=message["MessageId"],
+        receipt_handle=message["ReceiptHandle"],
+        body=body,
+        code=attributes.get(ATTR_ERROR_CODE) or REDRIVEN_CODE,
+        error_message=attributes.get(ATTR_ERROR_MESSAGE, "moved after maxReceiveCount receives"),
+        source_message_id=source,
+        sent_at=sent_at,
+        first_seen=first_seen,
+        attributes=attributes,
+        events=events,
+        redriven=redriven,
+    )
+
+
+def _events_of(document: Any) -> list[Any]:
+    if isinstance(document, dict) and set(document) == {"events"}:
+        events = document["events"]
+        return events if isinstance(events, list) else []
+    return [document] if isinstance(document, dict) else []
+
+
+def _identifier(
+    raw: Any, attributes: dict[str, str], source: str, index: int, redriven: bool
+) -> str | None:
+    given = raw.get("identifier") if isinstance(raw, dict) else None
+    if isinstance(given, str) and given:
+        return given
+    if not redriven:
+        return attributes.get(ATTR_IDENTIFIER)
+    return derive_identifier(source, index) if given is None else None
+
+
+def _name_and_customer(raw: Any, rules: ValidationRules) -> tuple[str | None, str | None]:
+    if not isinstance(raw, dict):
+        return None, None
+    name = raw.get("event_name") if isinstance(raw.get("event_name"), str) else None
+    payload = raw.get("payload") if isinstance(raw.get("payload"), dict) else {}
+    customer = payload.get(rules.keys_for(name or "").customer_key) if payload else None
+    return name, customer if isinstance(customer, str) else None
+
+
+class DeadLetterReader:
+    """Receives DLQ messages without consuming them: hidden while in use, given back after."""
+
+    def __init__(self, sqs: SQSClient, queue_url: str, rules: ValidationRules) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.rules = rules
+
+    def scan(self, limit: int | None = None, hold: int = SCAN_HOLD_SECONDS) -> Iterator[DlqMessage]:
+        """Every message once (until the queue answers empty), hidden for `hold` seconds."""
+        seen: set[str] = set()
+        while limit is None or len(seen) < limit:
+            received = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=hold,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+                WaitTimeSeconds=1,  # long polling asks every server: no false "empty"
+            ).get("Messages", [])
+            if not received:
+                return
+            for message in received:
+                if message["MessageId"] in seen:
+                    continue
+                seen.add(message["MessageId"])
+                yield read_message(message, self.rules)
+
+    def release(self, messages: Iterable[DlqMessage]) -> None:
+        """Make messages visible again now (a scan must not hide the DLQ from others)."""
+        pending = list(messages)
+        for start in range(0, len(pending), 10):
+            self.sqs.change_message_visibility_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
+                    for i, m in enumerate(pending[start : start + 10])
+                ],
+            )
+
+    def delete(self, message: DlqMessage) -> None:
+        self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message.receipt_handle)
+
+    def replace(self, message: DlqMessage, code: str, error_message: str) -> None:
+        """Record a new reason: a copy with the new code goes in first, then the old one goes."""
+        attributes: dict[str, MessageAttributeValueTypeDef] = {
+            name: {
+                "DataType": "Number" if name == ATTR_EVENT_INDEX else "String",
+                "StringValue": value,
+            }
+            for name, value in message.attributes.items()
+            if value
+        }
+        attributes[ATTR_ERROR_CODE] = {"DataType": "String", "StringValue": code}
+        attributes[ATTR_ERROR_MESSAGE] = {"DataType": "String", "StringValue": error_message[:1024]}
+        attributes.setdefault(
+            ATTR_SOURCE_MESSAGE_ID, {"DataType": "String", "StringValue": message.source_message_id}
+        )
+        attributes.setdefault(
+            ATTR_FIRST_SEEN,
+            {"DataType": "String", "StringValue": format_timestamp(message.first_seen)},
+        )
+        body = message.body
+        if message.redriven:  # identifiers must survive the copy's new messageId
+            body = _with_identifiers(message)
+        self.sqs.send_message(
+            QueueUrl=self.queue_url, MessageBody=body, MessageAttributes=attributes
+        )
+        self.delete(message)
+
+
+def _with_identifiers(message: DlqMessage) -> str:
+    events = [
+        {**e.raw, "identifier": e.identifier} if isinstance(e.raw, dict) and e.identifier else e.raw
+        for e in message.events
+    ]
+    if not events:
+        return message.body
+    return json.dumps(events[0] if len(events) == 1 else {"events": events})
+
+
+# ----- selecting and correcting ---------------------------------------------------------------
+@dataclass
+class Filters:
+    """Which DLQ messages an operation takes. Empty sets match everything."""
+
+    codes: set[str] = field(default_factory=set)
+    event_names: set[str] = field(default_factory=set)
+    customers: set[str] = field(default_factory=set)
+    since: datetime | None = None
+    until: datetime | None = None
+    max_count: int | None = None
+
+    def matches(self, message: DlqMessage) -> bool:
+        if self.codes and message.code not in self.codes:
+            return False
+        if self.since and message.first_seen < self.since:
+            return False
+        if self.until and message.first_seen > self.until:
+            return False
+        if self.event_names and not any(e.event_name in self.event_names for e in message.events):
+            return False
+        return not self.customers or any(e.customer in self.customers for e in message.events)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Filters:
+        """The JSON form the Lambda entry points take (same names as the CLI flags)."""
+
+        def names(key: str) -> set[str]:
+            value = data.get(key) or []
+            return {value} if isinstance(value, str) else {str(v) for v in value}
+
+        def moment(key: str) -> datetime | None:
+            text = data.get(key)
+            if text is None:
+                return None
+            parsed = parse_rfc3339(str(text))
+            if parsed is None:
+                raise ValueError(f"{key} must be an RFC 3339 date-time, not {text!r}")
+            return parsed
+
+        unknown = set(data) - {"code", "event_name", "customer", "since", "until", "max"}
+        if unknown:
+            raise ValueError(f"unknown filters: {sorted(unknown)}")
+        max_count = data.get("max")
+        return cls(
+            names("code"),
+            names("event_name"),
+            names("customer"),
+            moment("since"),
+            moment("until"),
+            int(max_count) if max_count is not None else None,
+        )
+
+
+@dataclass
+class Fix:
+    """Corrections applied before a replay (see README, "Dead letters": the --fix format)."""
+
+    event_names: dict[str, str] = field(default_factory=dict)
+    customers: dict[str, str] = field(default_factory=dict)
+    payload_keys: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fix:
+        unknown = set(data) - {"event_names", "customers", "payload_keys"}
+        if unknown:
+            raise ValueError(f"unknown fix sections: {sorted(unknown)}")
+        sections = {}
+        for name in ("event_names", "customers", "payload_keys"):
+            mapping = data.get(name, {})
+            if not isinstance(mapping, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in mapping.items()
+            ):
+                raise ValueError(f"{name} must map strings to non-empty strings")
+            sections[name] = dict(mapping)
+        return cls(**sections)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Fix:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read the fix file {path}: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"the fix file {path} must hold a JSON object")
+        return cls.from_dict(data)
+
+    def apply(self, raw: Any, rules: ValidationRules) -> Any:
+        """The corrected event (a new dict); the identifier is never touched."""
+        if not isinstance(raw, dict):
+            return raw
+        event = dict(raw)
+        name = event.get("event_name")
+        if isinstance(name, str) and name in self.event_names:
+            event["event_name"] = self.event_names[name]
+        payload = event.get("payload")
+        if isinstance(payload, dict):
+            payload = {self.payload_keys.get(k, k): v for k, v in payload.items()}
+            key = rules.keys_for(str(event.get("event_name", ""))).customer_key
+            customer = payload.get(key)
+            if isinstance(customer, str) and customer in self.customers:
+                payload[key] = self.customers[customer]
+            event["payload"] = payload
+        return event
+
+    @property
+    def empty(self) -> bool:
+        return not (self.event_names or self.customers or self.payload_keys)
+
+
+# ----- outcomes --------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What happened (or, in a dry run, would happen) to one DLQ message."""
+
+    message_id: str
+    action: str  # replayed | would_replay | kept | skipped
+    detail: str = ""
+    identifiers: list[str] = field(default_factory=list)
+    code: str | None = None  # the reason it stays, when it stays
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "action": self.action,
+            "detail": self.detail,
+            "identifiers": self.identifiers,
+            "code": self.code,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class RunSummary:
+    outcomes: list[Outcome] = field(default_factory=list)
+    complete: bool = True  # False when a deadline or --max stopped the run early
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for o in self.outcomes if o.action == "kept")
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for outcome in self.outcomes:
+            counts[outcome.action] = counts.get(outcome.action, 0) + 1
+        return counts
+
+
+class RateLimit:
+    """At most `per_second` operations a second (None: unlimited)."""
+
+    def __init__(self, per_second: float | None, sleep: Callable[[float], None] = time.sleep):
+        self._interval = 1.0 / per_second if per_second else 0.0
+        self._next = 0.0
+        self._sleep = sleep
+
+    def wait(self) -> None:
+        if not self._interval:
+            return
+        now = time.monotonic()
+        if self._next > now:
+            self._sleep(self._next - now)
+        self._next = max(now, self._next) + self._interval
+
+
+# ----- replay ----------------------------------------------------------------------------------
+@dataclass
+class Replayer:
+    """Sends dead-lettered events again: to the usage queue, or through the sync endpoint."""
+
+    reader: DeadLetterReader
+    rules: ValidationRules
+    usage_queue_url: str | None = None
+    api: StripeApi | None = None
+    fix: Fix = field(default_factory=Fix)
+    dry_run: bool = False
+    rate: RateLimit = field(default_factory=lambda: RateLimit(None))
+    timeout: float = 10.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def replay(
+        self,
+        filters: Filters,
+        via: str = "queue",
+        *,
+        remaining: Callable[[], float] | None = None,
+        progress: Callable[[Outcome], None] | None = None,
+    ) -> RunSummary:
+        """Replay every matching message; `remaining()` (seconds) stops it early, cleanly."""
+        if via == "queue" and not self.usage_queue_url:
+            raise ValueError("replay to the queue needs the usage queue's URL")
+        if via == "sync" and self.api is None:
+            raise ValueError("replay through the sync endpoint needs the Stripe secret key")
+        summary = RunSummary()
+        untouched: list[DlqMessage] = []
+        taken = 0
+        try:
+            for message in self.reader.scan():
+                if remaining is not None and remaining() < 2 * self.timeout:
+                    summary.complete = False
+                    untouched.append(message)
+                    continue
+                if not filters.matches(message) or (
+                    filters.max_count is not None and taken >= filters.max_count
+                ):
+                    if filters.max_count is not None and taken >= filters.max_count:
+                        summary.complete = False
+                    untouched.append(message)
+                    continue
+                taken += 1
+                self.rate.wait()
+                outcome = self._replay_one(message, via)
+                summary.outcomes.append(outcome)
+                if outcome.action != "replayed":
+                    untouched.append(message)
+                if progress:
+                    progress(outcome)
+        finally:
+            self.reader.release(untouched)
+        return summary
+
+    def prepare(self, message: DlqMessage) -> tuple[list[MeterEvent], Outcome | None]:
+        """The corrected, normalised events of a message, or the reason it cannot be sent."""
+        outcome = Outcome(message.message_id, "kept")
+        if not message.events:
+            outcome.action, outcome.code = "skipped", message.code
+            outcome.detail = "the body is not an event (nothing to replay; inspect it by hand)"
+            return [], outcome
+        now = datetime.now(UTC)
+        if now - message.first_seen > DEDUP_WINDOW:
+            outcome.warnings.append(
+                "first seen more than 24 hours ago: Stripe's deduplication no longer protects "
+                "it, so an event Stripe already counted would be counted again"
+            )
+        events: list[MeterEvent] = []
+        for dlq_event in message.events:
+            raw = self.fix.apply(dlq_event.raw, self.rules)
+            if isinstance(raw, dict) and dlq_event.identifier and "identifier" not in raw:
+                raw = {**raw, "identifier": dlq_event.identifier}
+            parsed: ParsedEvent = normalise_event(
+                raw, dlq_event.index, message.source_message_id, message.sent_at, self.rules, now
+            )
+            if parsed.event is None:
+                rejection = parsed.rejection
+                assert rejection is not None
+                outcome.code = rejection.code
+                outcome.detail = f"event {dlq_event.index}: {rejection.message}"
+                if rejection.code == ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST:
+                    outcome.action = "skipped"
+                    outcome.detail += " (outside Stripe's 35-day window: not sent)"
+                return [], outcome
+            events.append(parsed.event)
+        outcome.identifiers = [e.identifier for e in events]
+        return events, (outcome if outcome.warnings else None)
+
+    def _replay_one(self, message: DlqMessage, via: str) -> Outcome:
+        events, problem = self.prepare(message)
+        if not events:
+            assert problem is not None
+            return problem
+        outcome = problem or Outcome(message.message_id, "kept")
+        outcome.identifiers = [e.identifier for e in events]
+        if self.dry_run:
+            outcome.action = "would_replay"
+            outcome.detail = f"{len(events)} events via {via}"
+            return outcome
+        if via == "queue":
+            assert self.usage_queue_url is not None
+            body = [e.to_stripe() for e in events]
+            self.reader.sqs.send_message(
+                QueueUrl=self.usage_queue_url,
+                MessageBody=json.dumps(body[0] if len(body) == 1 else {"events": body}),
+            )
+        else:
+            failure = self._send_sync(events)
+            if failure is not None:
+                outcome.code = failure.code or f"http_{failure.status}"
+                outcome.detail = failure.error
+                if failure.kind is Kind.REJECTED:  # the DLQ keeps it, with Stripe's new reason
+                    self.reader.replace(message, outcome.code, failure.error)
+                return outcome
+        self.reader.delete(message)  # only now: what it carried is safely elsewhere
+        outcome.action = "replayed"
+        outcome.detail = f"{len(events)} events via {via}"
+        return outcome
+
+    def _send_sync(self, events: list[MeterEvent]) -> StripeAnswer | None:
+        """Each event through /v2/billing/meter_events; None when all are counted at Stripe."""
+        assert self.api is not None
+        for event in events:
+            for attempt in range(1, SYNC_ATTEMPTS + 1):
+                answer = self.api.create_meter_event(event.to_stripe(), self.timeout)
+                if answer.kind is Kind.OK or answer.code == "duplicate_meter_event":
+                    break  # counted now, or already counted: either way it is at Stripe
+                if answer.kind in (Kind.TRANSIENT, Kind.RATE_LIMITED) and attempt < SYNC_ATTEMPTS:
+                    self.sleep(answer.retry_after or 0.25 * 2**attempt)
+                    continue
+                return answer
+        return None
+
+
+# ----- cancel ----------------------------------------------------------------------------------
+@dataclass
+class CancelTarget:
+    identifier: str
+    event_name: str
+    first_seen: datetime | None = None  # when known (from a DLQ message)
+
+
+@dataclass
+class AuditLine:
+    identifier: str
+    event_name: str
+    status: str  # pending | complete | refused | past_cancel_window | would_cancel | failed
+    adjustment_id: str | None = None
+    error: str | None = None
+    at: str = field(default_factory=lambda: format_timestamp(datetime.now(UTC)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identifier": self.identifier,
+            "event_name": self.event_name,
+            "adjustment_id": self.adjustment_id,
+            "status": self.status,
+            "at": self.at,
+            "error": self.error,
+        }
+
+
+def targets_from_file(path: str | Path, event_name: str) -> list[CancelTarget]:
+    lines = Path(path).read_text().splitlines()
+    return [CancelTarget(line.strip(), event_name) for line in lines if line.strip()]
+
+
+def targets_from_dlq(reader: DeadLetterReader, filters: Filters) -> list[CancelTarget]:
+    targets: list[CancelTarget] = []
+    seen: list[DlqMessage] = []
+    try:
+        for message in reader.scan():
+            seen.append(message)
+            if not filters.matches(message):
+                continue
+            if filters.max_count is not None and len(targets) >= filters.max_count:
+                break
+            for event in message.events:
+                if event.identifier and event.event_name:
+                    targets.append(
+                        CancelTarget(event.identifier, event.event_name, message.first_seen)
+                    )
+    finally:
+        reader.release(seen)
+    return targets
+
+
+def cancel(
+    api: StripeApi | None,
+    targets: list[CancelTarget],
+    *,
+    dry_run: bool = False,
+    rate: RateLimit | None = None,
+    timeout: float = 10.0,
+    remaining: Callable[[], float] | None = None,
+    progress: Callable[[AuditLine], None] | None = None,
+) -> tuple[list[AuditLine], bool]:
+    """Cancel each target through /v2/billing/meter_event_adjustments; (audit, complete)."""
+    audit: list[AuditLine] = []
+    now = datetime.now(UTC)
+    for target in targets:
+        if remaining is not None and remaining() < 2 * timeout:
+            return audit, False
+        late = target.first_seen is not None and now - target.first_seen > CANCEL_WINDOW
+        if dry_run:
+            line = AuditLine(
+                target.identifier,
+                target.event_name,
+                "past_cancel_window" if late else "would_cancel",
+            )
+        else:
+            assert api is not None
+            if rate:
+                rate.wait()
+            answer = api.cancel_meter_event(target.event_name, target.identifier, timeout)
+            body = answer.body or {}
+            if answer.kind is Kind.OK:
+                line = AuditLine(
+                    target.identifier,
+                    target.event_name,
+                    str(body.get("status", "pending")),
+                    str(body.get("id")),
+                )
+            elif answer.code == "invalid_cancel_configuration" and late:
+                line = AuditLine(
+                    target.identifier, target.event_name, "past_cancel_window", error=answer.error
+                )
+            else:
+                status = "refused" if answer.kind is Kind.REJECTED else "failed"
+                line = AuditLine(target.identifier, target.event_name, status, error=answer.error)
+        audit.append(line)
+        if progress:
+            progress(line)
+    return audit, True

@@ -1,0 +1,40 @@
+"""The Stripe secret key, read from Secrets Manager (only the refresher and operator tools do).
+
+The template creates the secret empty; until the operator sets it, every reader gets the
+same clear message. Messages name the secret, never its value.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.utilities.parameters import SecretsProvider
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+SECRET_PLACEHOLDER = "REPLACE_WITH_STRIPE_SECRET_KEY"  # noqa: S105 (means "not set yet")
+SECRET_MAX_AGE_SECONDS = 300  # a rotated key is picked up within five minutes
+
+
+class SecretKeyError(Exception):
+    """The key cannot be had: missing, empty, unreadable, or not a Stripe key."""
+
+
+def read_secret_key(secrets: SecretsProvider, secret_id: str) -> str:
+    try:
+        value = secrets.get(secret_id, max_age=SECRET_MAX_AGE_SECONDS)
+    except GetParameterError as error:
+        if "ResourceNotFoundException" in str(error):
+            raise SecretKeyError(
+                f"the secret {secret_id} has no value yet (or does not exist): set the Stripe "
+                "secret key (see docs/deploy.md)"
+            ) from None
+        raise SecretKeyError(
+            f"cannot read the Stripe secret key from {secret_id}: "
+            f"{type(error.__cause__ or error).__name__}"
+        ) from None
+    key = str(value).strip()
+    if not key or key == SECRET_PLACEHOLDER:
+        raise SecretKeyError(
+            f"the secret {secret_id} holds no Stripe key yet: set its value (see docs/deploy.md)"
+        )
+    if not key.startswith(("sk_", "rk_")):
+        raise SecretKeyError(f"the secret {secret_id} does not hold a Stripe key")
+    return key
