@@ -71,11 +71,13 @@ class Forwarder:
         delivery: StreamDelivery,
         dead_letters: DeadLetterQueue,
         tokens: SessionTokenSource,
+        refresher: LambdaRefresher | None = None,
     ) -> None:
         self.config = config
         self.delivery = delivery
         self.dead_letters = dead_letters
         self.tokens = tokens
+        self.refresher = refresher
 
     @classmethod
     def from_environment(cls) -> Forwarder:
@@ -97,9 +99,17 @@ class Forwarder:
         )
         executor = ThreadPoolExecutor(config.stream_concurrency, thread_name_prefix="stream")
         delivery = StreamDelivery(MeterEventStream(http), tokens, config.retry, executor)
-        return cls(config, delivery, DeadLetterQueue(config.dead_letter_queue_url, sqs), tokens)
+        dead_letters = DeadLetterQueue(config.dead_letter_queue_url, sqs)
+        return cls(config, delivery, dead_letters, tokens, refresher)
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+        if self.refresher is not None:
+            # waiting for the refresher must not carry this invocation past its deadline
+            margin = self.config.retry.deadline_margin
+            self.refresher.time_left = lambda: (
+                context.get_remaining_time_in_millis() / 1000.0 - margin
+            )
+        self.tokens.begin_invocation()
         processor = ForwardingProcessor(self, context)
         response = process_partial_response(
             event=event, record_handler=processor.parse, processor=processor, context=context

@@ -12,12 +12,14 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.parameters import SSMProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from meter_relay.events import format_timestamp, parse_rfc3339
 from meter_relay.stripe_client import Kind, StripeApi
@@ -107,20 +109,52 @@ class SessionStore:
         )
 
 
-class LambdaRefresher:
-    """Asks the refresher function, synchronously, to replace a session that went stale."""
+MIN_REFRESH_WAIT = 1.0  # seconds: with less time left, the refresher is not asked at all
 
-    def __init__(self, function_name: str, client: LambdaClient) -> None:
+
+class LambdaRefresher:
+    """Asks the refresher function, synchronously, to replace a session that went stale.
+
+    `time_left` (set per invocation by the forwarder) bounds the wait: the refresher may take
+    up to its own timeout, which must not carry the forwarder past its deadline. A call that
+    does not answer in time is left to finish in the background (its new session serves the
+    next invocation) and the events wait in the queue.
+    """
+
+    def __init__(
+        self,
+        function_name: str,
+        client: LambdaClient,
+        time_left: Callable[[], float] | None = None,
+    ) -> None:
         self.function_name = function_name
         self._client = client
+        self.time_left = time_left
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="refresher")
 
     def __call__(self, stale_session_id: str | None) -> None:
         payload = {"replace_session_id": stale_session_id} if stale_session_id else {}
-        response = self._client.invoke(
-            FunctionName=self.function_name,
-            InvocationType="RequestResponse",
-            Payload=json.dumps(payload).encode(),
-        )
+        if self.time_left is None:
+            self._invoke(payload)
+            return
+        wait = self.time_left()
+        if wait < MIN_REFRESH_WAIT:
+            raise SessionUnavailable("no time left in this invocation to ask the refresher")
+        future = self._executor.submit(self._invoke, payload)
+        try:
+            future.result(timeout=wait)
+        except TimeoutError:
+            raise SessionUnavailable(f"the refresher did not answer within {wait:.1f}s") from None
+
+    def _invoke(self, payload: dict[str, Any]) -> None:
+        try:
+            response = self._client.invoke(
+                FunctionName=self.function_name,
+                InvocationType="RequestResponse",
+                Payload=json.dumps(payload).encode(),
+            )
+        except (BotoCoreError, ClientError) as error:
+            raise SessionUnavailable(f"the refresher could not be invoked: {error}") from None
         if response.get("FunctionError"):
             detail = response["Payload"].read()[:300].decode("utf-8", "replace")
             raise SessionUnavailable(f"the refresher failed: {detail}")
@@ -147,6 +181,7 @@ class SessionTokenSource:
         self._margin = margin
         self._clock = clock
         self._cached: MeterEventSession | None = None
+        self._renewal_failed = False
         self._lock = threading.Lock()
         self.stats = TokenStats()
 
@@ -170,7 +205,24 @@ class SessionTokenSource:
             return self._renew(refused=session)
 
     def _renew(self, refused: MeterEventSession | None) -> MeterEventSession:
-        """Re-read the parameter; if that is stale too, have the refresher replace it."""
+        """Re-read the parameter; if that is stale too, have the refresher replace it.
+
+        A failed renewal is remembered until `begin_invocation()`: during an outage every chunk
+        of a big batch then fails at once, instead of each asking SSM and the refresher again.
+        """
+        if self._renewal_failed:
+            raise SessionUnavailable("a session renewal already failed in this invocation")
+        try:
+            return self._renew_now(refused)
+        except SessionUnavailable:
+            self._renewal_failed = True
+            raise
+
+    def begin_invocation(self) -> None:
+        """A new invocation may try to renew again."""
+        self._renewal_failed = False
+
+    def _renew_now(self, refused: MeterEventSession | None) -> MeterEventSession:
         stored = self._read()
         if not self._usable(stored, refused):
             if self._refresher is None:

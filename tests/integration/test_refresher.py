@@ -1,0 +1,322 @@
+"""RefresherFunction through the harness, against moto (SSM, Secrets Manager) and the emulator."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from devkit.harness import Invocation
+from meter_relay.refresher import SECRET_PLACEHOLDER
+from tests.plugins.relay import API_VERSION, ROOT, Relay
+
+pytestmark = pytest.mark.integration
+
+REFRESHER_SAMPLES = sorted((ROOT / "events").glob("refresher-*.json"))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _in(seconds: float) -> str:
+    return _iso(datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+def _emf_metrics(output: str) -> dict[str, list[float]]:
+    """Every EMF document's metric values in captured stdout, by metric name."""
+    found: dict[str, list[float]] = {}
+    for line in output.splitlines():
+        if not line.startswith("{") or '"_aws"' not in line:
+            continue
+        document = json.loads(line)
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                values = document[metric["Name"]]
+                found.setdefault(metric["Name"], []).extend(
+                    values if isinstance(values, list) else [values]
+                )
+    return found
+
+
+def _session_calls(relay: Relay) -> int:
+    return len(relay.emulator.requests(endpoint="session"))
+
+
+def _stream_accepts(relay: Relay, token: str) -> int:
+    response = requests.post(
+        f"{relay.emulator_url}/v2/billing/meter_event_stream",
+        json={
+            "events": [
+                {"event_name": "api_requests", "payload": {"stripe_customer_id": "c", "value": "1"}}
+            ]
+        },
+        headers={"Authorization": f"Bearer {token}", "Stripe-Version": API_VERSION},
+        timeout=10,
+    )
+    return response.status_code
+
+
+def _ok(invocation: Invocation) -> dict[str, Any]:
+    assert invocation.error is None, invocation.error
+    result: dict[str, Any] = invocation.result
+    return result
+
+
+# ----- the sample events ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", REFRESHER_SAMPLES, ids=lambda path: path.name)
+def test_sample_event(relay: Relay, sample: Path) -> None:
+    event = json.loads(sample.read_text())
+    with relay.refresher() as refresher:
+        first = _ok(refresher.invoke(sample))
+        stored = relay.stored_session()
+        assert first["refreshed"] is True
+        assert first["reason"] == "no stored session"
+        assert stored is not None
+        assert stored["session_id"] == first["session_id"]
+        assert stored["expires_at"] == first["expires_at"]
+        again = _ok(refresher.invoke(sample))  # the same sample on a live session
+    if event.get("force"):
+        assert again["refreshed"] is True
+        assert again["reason"] == "forced"
+        assert again["session_id"] != first["session_id"]
+    else:
+        assert again["refreshed"] is False
+        assert again["reason"] == "still valid"
+        assert again["session_id"] == first["session_id"]
+    latest = relay.stored_session()
+    assert latest is not None
+    assert latest["session_id"] == again["session_id"]
+    assert _stream_accepts(relay, latest["token"]) == 200
+
+
+# ----- creating and keeping the session -------------------------------------------------------
+
+
+def test_first_run_creates_the_secure_string_parameter(relay: Relay) -> None:
+    assert relay.stored_session() is None
+    with relay.refresher() as refresher:
+        result = _ok(refresher.invoke({}))
+
+    ssm = relay.aws.client("ssm")
+    parameter = ssm.get_parameter(Name=relay.parameter, WithDecryption=True)["Parameter"]
+    assert parameter["Type"] == "SecureString"
+    value = json.loads(parameter["Value"])
+    assert set(value) == {"token", "session_id", "expires_at"}
+    assert value["session_id"] == result["session_id"]
+    assert value["session_id"].startswith("mtres_")
+    assert value["token"]
+    expires_at = datetime.fromisoformat(value["expires_at"])
+    assert timedelta(minutes=14) < expires_at - datetime.now(UTC) <= timedelta(minutes=15)
+    # the stored token is one the stream accepts
+    assert _stream_accepts(relay, value["token"]) == 200
+    # without decryption, moto shows the KMS-wrapped form: the value really is encrypted
+    raw = ssm.get_parameter(Name=relay.parameter)["Parameter"]["Value"]
+    assert raw != parameter["Value"]
+
+
+def test_valid_session_beyond_the_margin_is_left_alone(relay: Relay) -> None:
+    stored = relay.put_session(expires_at=_in(600))  # margin is 420 s by default
+    calls = _session_calls(relay)
+    with relay.refresher() as refresher:
+        result = _ok(refresher.invoke({}))
+    assert result["refreshed"] is False
+    assert result["reason"] == "still valid"
+    assert result["session_id"] == stored["session_id"]
+    assert relay.stored_session() == stored
+    assert _session_calls(relay) == calls
+
+
+def test_session_within_the_margin_is_renewed(relay: Relay) -> None:
+    stored = relay.put_session(expires_at=_in(300))
+    with relay.refresher() as refresher:
+        result = _ok(refresher.invoke({}))
+    assert result["refreshed"] is True
+    assert result["reason"].startswith("expires within")
+    assert result["session_id"] != stored["session_id"]
+    latest = relay.stored_session()
+    assert latest is not None
+    assert latest["session_id"] == result["session_id"]
+
+
+def test_unreadable_parameter_is_replaced(relay: Relay) -> None:
+    relay.aws.client("ssm").put_parameter(
+        Name=relay.parameter, Value="not the refresher's JSON", Type="SecureString"
+    )
+    with relay.refresher() as refresher:
+        result = _ok(refresher.invoke({}))
+    assert result["refreshed"] is True
+    assert result["reason"] == "the stored value is unreadable"
+    latest = relay.stored_session()
+    assert latest is not None
+    assert latest["session_id"] == result["session_id"]
+
+
+def test_force_refreshes_a_valid_session(relay: Relay) -> None:
+    stored = relay.put_session()
+    with relay.refresher() as refresher:
+        result = _ok(refresher.invoke({"force": True}))
+    assert result["refreshed"] is True
+    assert result["reason"] == "forced"
+    assert result["session_id"] != stored["session_id"]
+
+
+def test_replace_session_id_refreshes_only_the_current_session(relay: Relay) -> None:
+    stored = relay.put_session()
+    with relay.refresher() as refresher:
+        stale = _ok(refresher.invoke({"replace_session_id": "mtres_someone_elses_old_one"}))
+        assert stale["refreshed"] is False
+        assert stale["session_id"] == stored["session_id"]
+
+        current = _ok(refresher.invoke({"replace_session_id": stored["session_id"]}))
+        assert current["refreshed"] is True
+        assert current["reason"] == "the forwarder reported it expired"
+        assert current["session_id"] != stored["session_id"]
+
+        # a second forwarder reporting the session that was just replaced changes nothing
+        late = _ok(refresher.invoke({"replace_session_id": stored["session_id"]}))
+        assert late["refreshed"] is False
+        assert late["session_id"] == current["session_id"]
+
+
+# ----- secrets stay secret --------------------------------------------------------------------
+
+
+def test_summary_and_logs_hold_neither_token_nor_secret_key(
+    relay: Relay, capfd: pytest.CaptureFixture[str]
+) -> None:
+    relay.put_session(expires_at=_in(100))
+    with relay.refresher() as refresher:
+        results = [
+            _ok(refresher.invoke({})),
+            _ok(refresher.invoke({"force": True})),
+            _ok(refresher.invoke({})),
+        ]
+    captured = capfd.readouterr()
+    logs = captured.out + captured.err
+    stored = relay.stored_session()
+    assert stored is not None
+    tokens = {stored["token"]}
+    for result in results:
+        assert set(result) == {"refreshed", "reason", "session_id", "expires_at", "seconds_left"}
+    summaries = json.dumps(results)
+    assert "session checked" in logs  # the logs were captured, so their absence means something
+    for secret in (*tokens, relay.secret_key):
+        assert secret not in summaries
+        assert secret not in logs
+    assert "sk_test_" not in logs
+
+
+def test_stripe_failure_is_an_error_naming_no_secret(
+    relay: Relay, capfd: pytest.CaptureFixture[str]
+) -> None:
+    relay.emulator.set_faults("session", error_rate=1.0)
+    with relay.refresher() as refresher:
+        invocation = refresher.invoke({})
+    captured = capfd.readouterr()
+    assert invocation.error is not None
+    assert invocation.error["errorType"] == "RefreshError"
+    message = invocation.error["errorMessage"]
+    assert "Stripe refused a new meter event session" in message
+    assert relay.secret_key not in message
+    assert "sk_test_" not in message
+    assert relay.secret_key not in captured.out + captured.err
+    assert _emf_metrics(captured.out).get("RefreshFailures") == [1.0]
+    assert relay.stored_session() is None  # nothing half-written
+
+
+def test_rejected_secret_key_error_shows_no_more_than_stripe_masks(
+    relay: Relay, capfd: pytest.CaptureFixture[str]
+) -> None:
+    relay.emulator.configure(accepted_keys=["sk_test_only_this_one_is_valid"])
+    with relay.refresher() as refresher:
+        invocation = refresher.invoke({"force": True})
+    captured = capfd.readouterr()
+    assert invocation.error is not None
+    assert "api_key_invalid" in invocation.error["errorMessage"]
+    for text in (json.dumps(invocation.error), captured.out, captured.err):
+        assert relay.secret_key not in text
+    assert _emf_metrics(captured.out).get("RefreshFailures") == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("placeholder", "holds no Stripe key yet"),
+        ("empty", "holds no Stripe key yet"),
+        ("no value", "has no value"),
+        ("missing", "does not exist"),
+        ("not a key", "does not hold a Stripe key"),
+    ],
+)
+def test_secret_not_set_is_a_clear_error(
+    relay: Relay, capfd: pytest.CaptureFixture[str], case: str, expected: str
+) -> None:
+    secrets = relay.aws.client("secretsmanager")
+    if case == "placeholder":
+        secrets.put_secret_value(SecretId=relay.secret_id, SecretString=SECRET_PLACEHOLDER)
+    elif case == "empty":
+        secrets.put_secret_value(SecretId=relay.secret_id, SecretString="  ")
+    elif case == "no value":  # what the template creates: a secret without a version
+        secrets.delete_secret(SecretId=relay.secret_id, ForceDeleteWithoutRecovery=True)
+        secrets.create_secret(Name=relay.secret_id)
+    elif case == "missing":
+        secrets.delete_secret(SecretId=relay.secret_id, ForceDeleteWithoutRecovery=True)
+    else:
+        secrets.put_secret_value(SecretId=relay.secret_id, SecretString="hunter2-not-a-key")
+    with relay.refresher() as refresher:
+        invocation = refresher.invoke({})
+    captured = capfd.readouterr()
+    assert invocation.error is not None
+    assert invocation.error["errorType"] == "RefreshError"
+    message = invocation.error["errorMessage"]
+    assert expected in message
+    assert relay.secret_id in message
+    assert "hunter2" not in message + captured.out + captured.err
+    assert _emf_metrics(captured.out).get("RefreshFailures") == [1.0]
+    assert _session_calls(relay) == 0
+    assert relay.stored_session() is None
+
+
+# ----- as the forwarder calls it: through the local Lambda endpoint -----------------------------
+
+
+def test_refresher_through_the_local_lambda_endpoint(relay: Relay) -> None:
+    client = relay.lambda_client()
+    response = client.invoke(
+        FunctionName="RefresherFunction",
+        InvocationType="RequestResponse",
+        Payload=json.dumps({}).encode(),
+    )
+    assert response["StatusCode"] == 200
+    assert "FunctionError" not in response
+    created = json.loads(response["Payload"].read())
+    assert created["refreshed"] is True
+    stored = relay.stored_session()
+    assert stored is not None
+    assert stored["session_id"] == created["session_id"]
+
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:local-RefresherFunction:$LATEST"
+    response = client.invoke(
+        FunctionName=arn, Payload=json.dumps({"replace_session_id": created["session_id"]})
+    )
+    replaced = json.loads(response["Payload"].read())
+    assert replaced["refreshed"] is True
+    assert replaced["session_id"] != created["session_id"]
+
+    relay.emulator.set_faults("session", error_rate=1.0)
+    response = client.invoke(FunctionName="RefresherFunction", Payload=b'{"force": true}')
+    assert response["StatusCode"] == 200
+    assert response.get("FunctionError") == "Unhandled"
+    error = json.loads(response["Payload"].read())
+    assert error["errorType"] == "RefreshError"
+    assert relay.secret_key not in json.dumps(error)
+
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.invoke(FunctionName="NoSuchFunction", Payload=b"{}")
