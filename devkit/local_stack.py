@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,9 +36,10 @@ import boto3
 
 from devkit.emulator.client import DEFAULT_SECRET_KEY, EmulatorClient
 from devkit.harness import LambdaFunction, load_function, load_template
+from devkit.lambda_endpoint import LambdaEndpoint
 from devkit.moto_server import aws_env
-from meter_relay.dead_letter import ATTR_ERROR_CODE, ATTR_IDENTIFIER, ATTR_SOURCE_MESSAGE_ID
-from meter_relay.events import derive_identifier, format_timestamp
+from meter_relay.dlq import read_message
+from meter_relay.events import ValidationRules, derive_identifier, format_timestamp
 from meter_relay.producer import UsageProducer
 
 if TYPE_CHECKING:
@@ -144,17 +145,23 @@ def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
     )["QueueUrl"]
     secrets.create_secret(Name=SECRET_NAME, SecretString=DEFAULT_SECRET_KEY)
     common = {"SESSION_TOKEN_PARAMETER": SESSION_PARAMETER}
+    # Margins in proportion when the emulator's sessions live shorter than Stripe's 15 minutes.
+    refresh_margin = min(420.0, options.session_ttl / 2)
     env_vars = {
         "Parameters": common,
         "ForwarderFunction": {
             "STRIPE_METER_EVENTS_BASE": emulator_url,
             "DEAD_LETTER_QUEUE_URL": dlq_url,
-            "REFRESHER_FUNCTION_NAME": "",
+            "REFRESHER_FUNCTION_NAME": "RefresherFunction",  # served by the local endpoint
             "METER_KEYS": json.dumps(
                 {"search_calls": {"customer_key": "customer", "value_key": "calls"}}
             ),
         },
-        "RefresherFunction": {"STRIPE_API_BASE": emulator_url, "STRIPE_SECRET_ID": SECRET_NAME},
+        "RefresherFunction": {
+            "STRIPE_API_BASE": emulator_url,
+            "STRIPE_SECRET_ID": SECRET_NAME,
+            "REFRESH_MARGIN_SECONDS": str(refresh_margin),
+        },
     }
     return Stack(
         moto_url,
@@ -406,27 +413,29 @@ class Report:
 
 
 def read_dead_letters(sqs: SQSClient, dlq_url: str) -> dict[str, str]:
-    """identifier (or raw message id) -> error code, for every DLQ message, consuming them."""
+    """identifier (or message id, for a body with no event) -> error code, consuming the DLQ.
+
+    Messages SQS moved after maxReceiveCount carry the producer's body: their events'
+    identifiers are derived as the forwarder derives them (meter_relay.dlq.read_message).
+    """
     found: dict[str, str] = {}
+    rules = ValidationRules()
     while True:
         messages = sqs.receive_message(
             QueueUrl=dlq_url,
             MaxNumberOfMessages=10,
             VisibilityTimeout=60,
+            AttributeNames=["All"],
             MessageAttributeNames=["All"],
         ).get("Messages", [])
         if not messages:
             return found
         for message in messages:
-            attributes = {
-                k: v.get("StringValue", "") for k, v in message.get("MessageAttributes", {}).items()
-            }
-            code = attributes.get(ATTR_ERROR_CODE, "max_receive_count_exceeded")
-            identifier = attributes.get(ATTR_IDENTIFIER)
-            if identifier:
-                found[identifier] = code
-            else:
-                found[attributes.get(ATTR_SOURCE_MESSAGE_ID, message["MessageId"])] = code
+            letter = read_message(message, rules)
+            for event in letter.events:
+                found[event.identifier or letter.source_message_id] = letter.code
+            if not letter.events:
+                found[letter.source_message_id] = letter.code
         delete_messages(sqs, dlq_url, messages)
 
 
@@ -518,17 +527,45 @@ def run(options: Options) -> Report:
 
 def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
     sqs = boto3.client("sqs", endpoint_url=stack.moto_url, region_name=stack.env["AWS_REGION"])
-    tuning = {"STREAM_CONCURRENCY": "8"}
-    refresher = load_function(
-        TEMPLATE, "RefresherFunction", env_vars=stack.env_vars, extra_env=stack.env
-    )
-    forwarder = load_function(
-        TEMPLATE, "ForwarderFunction", env_vars=stack.env_vars, extra_env={**stack.env, **tuning}
-    )
-    first = refresher.invoke({})
-    if not first.ok:
-        raise RuntimeError(f"the refresher failed: {first.error}")
-    _say(options, f"session ready: {first.result}")
+    # The refresher runs behind a local Lambda endpoint (its own process): the schedule and
+    # the forwarder (when Stripe refuses a token) both reach it through boto3's invoke.
+    endpoint = LambdaEndpoint(TEMPLATE, stack.env_vars, stack.env, lifetime=options.timeout + 60)
+    with endpoint:
+        lambda_client = boto3.client(
+            "lambda", endpoint_url=endpoint.url, region_name=stack.env["AWS_REGION"]
+        )
+
+        def refresh() -> dict[str, Any]:
+            response = lambda_client.invoke(FunctionName="RefresherFunction", Payload=b"{}")
+            result: dict[str, Any] = json.loads(response["Payload"].read())
+            if response.get("FunctionError"):
+                raise RuntimeError(f"the refresher failed: {result}")
+            return result
+
+        tuning = {
+            "STREAM_CONCURRENCY": "8",
+            "TOKEN_MARGIN_SECONDS": str(min(60.0, options.session_ttl / 4)),
+            **endpoint.client_env,
+        }
+        forwarder = load_function(
+            TEMPLATE,
+            "ForwarderFunction",
+            env_vars=stack.env_vars,
+            extra_env={**stack.env, **tuning},
+        )
+        with forwarder:
+            return _loop(stack, options, emulator, sqs, forwarder, refresh)
+
+
+def _loop(
+    stack: Stack,
+    options: Options,
+    emulator: EmulatorClient,
+    sqs: SQSClient,
+    forwarder: LambdaFunction,
+    refresh: Callable[[], dict[str, Any]],
+) -> Report:
+    _say(options, f"session ready: {refresh()}")
     expected = Expected()
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -548,8 +585,8 @@ def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
         while time.monotonic() - started < options.timeout:
             handed = mapping.poll()
             now = time.monotonic()
-            if now - last_refresh >= options.refresh_every:
-                refresher.invoke({})
+            if now - last_refresh >= min(options.refresh_every, options.session_ttl / 3):
+                refresh()  # the schedule (every 5 minutes in the template)
                 last_refresh = now
             if now - last_progress >= 2:
                 _progress(options, expected, mapping, sqs, stack)
@@ -563,8 +600,6 @@ def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
     finally:
         stop.set()
         thread.join(timeout=30)
-        forwarder.close()
-        refresher.close()
     seconds = time.monotonic() - started
     dead = read_dead_letters(sqs, stack.dlq_url)
     return account(expected, emulator, dead, seconds, mapping.stats)

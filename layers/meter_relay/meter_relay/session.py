@@ -110,6 +110,7 @@ class SessionStore:
 
 
 MIN_REFRESH_WAIT = 1.0  # seconds: with less time left, the refresher is not asked at all
+MIN_FRESH_SECONDS = 5.0  # a session the refresher has just made is used if it lives this long
 
 
 class LambdaRefresher:
@@ -224,13 +225,14 @@ class SessionTokenSource:
 
     def _renew_now(self, refused: MeterEventSession | None) -> MeterEventSession:
         stored = self._read()
-        if not self._usable(stored, refused):
+        if not self._usable(stored, refused, self._margin):
             if self._refresher is None:
                 raise SessionUnavailable("the stored session is stale and no refresher is set")
             self.stats.refresher_calls += 1
             self._refresher(stored.session_id if stored is not None else None)
             stored = self._read()
-            if not self._usable(stored, refused):
+            # Just made: usable even if its whole life is shorter than the margin.
+            if not self._usable(stored, refused, MIN_FRESH_SECONDS):
                 raise SessionUnavailable("the refresher ran but the stored session is still stale")
         assert stored is not None
         self._cached = stored
@@ -243,8 +245,10 @@ class SessionTokenSource:
         except (GetParameterError, SessionFormatError) as error:
             raise SessionUnavailable(f"cannot read the session parameter: {error}") from None
 
-    def _usable(self, stored: MeterEventSession | None, refused: MeterEventSession | None) -> bool:
-        if stored is None or stored.seconds_left(self._clock()) <= self._margin:
+    def _usable(
+        self, stored: MeterEventSession | None, refused: MeterEventSession | None, margin: float
+    ) -> bool:
+        if stored is None or stored.seconds_left(self._clock()) <= margin:
             return False
         # The session Stripe just refused is no good, whatever its expires_at says.
         return refused is None or stored.session_id != refused.session_id
