@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from meter_relay.sqs_batches import MAX_BATCH_BYTES as MAX_BATCH_BYTES  # re-exported
+from meter_relay.sqs_batches import MAX_BATCH_ENTRIES as MAX_BATCH_ENTRIES  # re-exported
+from meter_relay.sqs_batches import batches
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import (
@@ -22,8 +26,6 @@ if TYPE_CHECKING:
         SendMessageBatchRequestEntryTypeDef,
     )
 
-MAX_BATCH_ENTRIES = 10
-MAX_BATCH_BYTES = 256 * 1024  # SQS counts bodies and attributes together
 MAX_ATTRIBUTE_TEXT = 1024
 SEND_ATTEMPTS = 3
 
@@ -126,14 +128,4 @@ class DeadLetterQueue:
 
 
 def _batches(letters: list[DeadLetter]) -> Iterator[list[DeadLetter]]:
-    batch: list[DeadLetter] = []
-    size = 0
-    for letter in letters:
-        letter_size = letter.size()
-        if batch and (len(batch) == MAX_BATCH_ENTRIES or size + letter_size > MAX_BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(letter)
-        size += letter_size
-    if batch:
-        yield batch
+    return batches(letters, DeadLetter.size)

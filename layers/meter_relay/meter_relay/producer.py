@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from meter_relay.sqs_batches import batches
+
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
-MAX_ENTRIES = 10
-MAX_BATCH_BYTES = 256 * 1024
 MAX_MESSAGE_BYTES = 256 * 1024
 
 
@@ -140,14 +140,4 @@ class UsageProducer:
 
 
 def _batches(messages: Iterable[_Message]) -> Iterator[list[_Message]]:
-    batch: list[_Message] = []
-    size = 0
-    for message in messages:
-        message_size = len(message.body.encode())
-        if batch and (len(batch) == MAX_ENTRIES or size + message_size > MAX_BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(message)
-        size += message_size
-    if batch:
-        yield batch
+    return batches(messages, lambda message: len(message.body.encode()))
