@@ -1,0 +1,122 @@
+"""The producer helper against moto server: envelopes, batches of ten, refused entries retried."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from botocore.stub import Stubber
+
+from meter_relay.producer import UsageProducer, message_body
+from tests.plugins.aws import AwsEnv
+
+pytestmark = pytest.mark.integration
+
+
+def usage(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_name": "api_requests",
+            "identifier": f"p-{i}",
+            "payload": {"stripe_customer_id": f"cus_{i % 3}", "value": str(i + 1)},
+        }
+        for i in range(n)
+    ]
+
+
+def drain(aws: AwsEnv, url: str) -> list[str]:
+    sqs = aws.client("sqs")
+    bodies: list[str] = []
+    while True:
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        if not messages:
+            return bodies
+        bodies.extend(m["Body"] for m in messages)
+        sqs.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
+
+
+@pytest.mark.parametrize(("envelope_size", "messages"), [(1, 23), (5, 5), (50, 1)])
+def test_events_arrive_once_grouped_into_envelopes(
+    aws: AwsEnv, envelope_size: int, messages: int
+) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=f"usage-{envelope_size}")["QueueUrl"]
+    report = UsageProducer(url, sqs, envelope_size=envelope_size).send(usage(23))
+    assert report.failed == []
+    assert report.events_sent == 23
+    assert len(report.sent) == messages
+    bodies = drain(aws, url)
+    assert len(bodies) == messages
+    received = []
+    for body in bodies:
+        document = json.loads(body)
+        received.extend(document.get("events", [document]))
+    assert sorted(e["identifier"] for e in received) == sorted(f"p-{i}" for i in range(23))
+
+
+def test_a_single_event_is_sent_as_itself_several_as_an_envelope() -> None:
+    one, two = usage(2)
+    assert json.loads(message_body([one])) == one
+    assert json.loads(message_body([one, two])) == {"events": [one, two]}
+
+
+def test_refused_entries_are_retried_and_permanent_ones_reported(aws: AwsEnv) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="usage-stubbed")["QueueUrl"]
+    events = usage(3)
+    with Stubber(sqs) as stub:
+        stub.add_response(
+            "send_message_batch",
+            {
+                "Successful": [{"Id": "m0", "MessageId": "id-0", "MD5OfMessageBody": "x"}],
+                "Failed": [
+                    {"Id": "m1", "SenderFault": False, "Code": "ServiceUnavailable"},
+                    {"Id": "m2", "SenderFault": True, "Code": "InvalidMessageContents"},
+                ],
+            },
+        )
+        stub.add_response(
+            "send_message_batch",
+            {
+                "Successful": [{"Id": "m1", "MessageId": "id-1", "MD5OfMessageBody": "x"}],
+                "Failed": [],
+            },
+        )
+        sleeps: list[float] = []
+        report = UsageProducer(url, sqs, sleep=sleeps.append).send(events)
+        stub.assert_no_pending_responses()
+    assert [m.message_id for m in report.sent] == ["id-0", "id-1"]
+    assert [m.events[0]["identifier"] for m in report.sent] == ["p-0", "p-1"]
+    assert len(report.failed) == 1
+    assert report.failed[0][0][0]["identifier"] == "p-2"
+    assert "InvalidMessageContents" in report.failed[0][1]
+    assert len(sleeps) == 1  # backed off once before the retry
+
+
+def test_gives_up_after_max_attempts_and_says_why(aws: AwsEnv) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="usage-down")["QueueUrl"]
+    with Stubber(sqs) as stub:
+        for _ in range(3):
+            stub.add_response(
+                "send_message_batch",
+                {
+                    "Successful": [],
+                    "Failed": [{"Id": "m0", "SenderFault": False, "Code": "InternalError"}],
+                },
+            )
+        report = UsageProducer(url, sqs, max_attempts=3, sleep=lambda _: None).send(usage(1))
+    assert report.sent == []
+    assert report.events_failed == 1
+    assert "InternalError" in report.failed[0][1]
+
+
+def test_envelope_size_is_checked(aws: AwsEnv) -> None:
+    with pytest.raises(ValueError, match="envelope_size"):
+        UsageProducer("https://queue", aws.client("sqs"), envelope_size=0)
