@@ -1,0 +1,195 @@
+"""Dead letters without AWS: their message attributes, their size, and how they are batched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from meter_relay.dead_letter import (
+    ATTR_ERROR_CODE,
+    ATTR_ERROR_MESSAGE,
+    ATTR_ERROR_PARAM,
+    ATTR_EVENT_INDEX,
+    ATTR_EVENT_NAME,
+    ATTR_FIRST_SEEN,
+    ATTR_IDENTIFIER,
+    ATTR_SOURCE_MESSAGE_ID,
+    MAX_ATTRIBUTE_TEXT,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_ENTRIES,
+    DeadLetter,
+    _batches,
+)
+
+KIB = 1024
+
+
+def letter(body: str = '{"event_name": "api_requests"}', **fields: Any) -> DeadLetter:
+    base: dict[str, Any] = {
+        "code": "payload_invalid_value",
+        "message": "value '0' is not a positive integer",
+        "source_message_id": "3f1c0d8e-1b2a-4c5d-9e8f-0a1b2c3d4e5f",
+        "first_seen": "2026-06-01T12:00:00.000Z",
+    }
+    base.update(fields)
+    return DeadLetter(body, **base)
+
+
+def texts(attributes: dict[str, Any]) -> dict[str, str]:
+    return {name: value["StringValue"] for name, value in attributes.items()}
+
+
+# ----- attributes -------------------------------------------------------------------------------
+
+
+def test_every_attribute_of_an_event_letter() -> None:
+    attributes = letter(
+        event_index=3,
+        event_name="api_requests",
+        identifier="3f1c0d8e-1b2a-4c5d-9e8f-0a1b2c3d4e5f-3",
+        param="payload.value",
+    ).attributes()
+    assert attributes == {
+        ATTR_ERROR_CODE: {"DataType": "String", "StringValue": "payload_invalid_value"},
+        ATTR_ERROR_MESSAGE: {
+            "DataType": "String",
+            "StringValue": "value '0' is not a positive integer",
+        },
+        ATTR_ERROR_PARAM: {"DataType": "String", "StringValue": "payload.value"},
+        ATTR_SOURCE_MESSAGE_ID: {
+            "DataType": "String",
+            "StringValue": "3f1c0d8e-1b2a-4c5d-9e8f-0a1b2c3d4e5f",
+        },
+        ATTR_FIRST_SEEN: {"DataType": "String", "StringValue": "2026-06-01T12:00:00.000Z"},
+        ATTR_EVENT_NAME: {"DataType": "String", "StringValue": "api_requests"},
+        ATTR_IDENTIFIER: {
+            "DataType": "String",
+            "StringValue": "3f1c0d8e-1b2a-4c5d-9e8f-0a1b2c3d4e5f-3",
+        },
+        ATTR_EVENT_INDEX: {"DataType": "Number", "StringValue": "3"},
+    }
+
+
+def test_a_whole_message_letter_has_no_event_attributes() -> None:
+    attributes = letter(
+        "not json", code="message_not_json", message="body is not JSON"
+    ).attributes()
+    assert set(attributes) == {
+        ATTR_ERROR_CODE,
+        ATTR_ERROR_MESSAGE,
+        ATTR_SOURCE_MESSAGE_ID,
+        ATTR_FIRST_SEEN,
+    }
+
+
+def test_empty_values_are_left_out_since_sqs_refuses_them() -> None:
+    attributes = letter(message="", event_name="", identifier="", param="").attributes()
+    assert set(attributes) == {ATTR_ERROR_CODE, ATTR_SOURCE_MESSAGE_ID, ATTR_FIRST_SEEN}
+    assert all(value["StringValue"] for value in attributes.values())
+
+
+def test_event_index_zero_is_kept_as_a_number() -> None:
+    attributes = letter(event_index=0).attributes()
+    assert attributes[ATTR_EVENT_INDEX] == {"DataType": "Number", "StringValue": "0"}
+
+
+def test_long_texts_are_cut_to_1024_characters() -> None:
+    attributes = texts(
+        letter(message="m" * 5000, event_name="é" * 1025, identifier="i" * 1024).attributes()
+    )
+    assert MAX_ATTRIBUTE_TEXT == 1024
+    assert attributes[ATTR_ERROR_MESSAGE] == "m" * 1024
+    assert attributes[ATTR_EVENT_NAME] == "é" * 1024
+    assert attributes[ATTR_IDENTIFIER] == "i" * 1024
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("\ud800lone", "\ufffdlone"),  # a lone surrogate, as JSON's "\ud800" escape gives
+        ("a\x00b\x1fc", "a\ufffdb\ufffdc"),
+        ("tab\tnew\nline\rok", "tab\tnew\nline\rok"),
+        ("emoji 😀 日本 é", "emoji 😀 日本 é"),
+        ("\ufffe\uffff", "\ufffd\ufffd"),
+    ],
+)
+def test_text_sqs_refuses_is_replaced_in_attributes(text: str, kept: str) -> None:
+    dead = letter(event_name=text, param=text, identifier=text)
+    attributes = texts(dead.attributes())
+    assert attributes[ATTR_EVENT_NAME] == attributes[ATTR_ERROR_PARAM] == kept
+    assert attributes[ATTR_IDENTIFIER] == kept
+    assert dead.size() > 0  # encodable: it used to raise UnicodeEncodeError
+
+
+def test_the_size_counts_the_body_and_every_attribute_in_utf8_bytes() -> None:
+    dead = letter("é" * 10, event_index=12, event_name="日本")
+    attributes = dead.attributes()
+    expected = 20 + sum(
+        len(name) + len(value["DataType"]) + len(value["StringValue"].encode())
+        for name, value in attributes.items()
+    )
+    assert dead.size() == expected
+    assert dead.size() > len(dead.body.encode()) + len("日本".encode())
+
+
+# ----- batches ----------------------------------------------------------------------------------
+
+
+def sizes_of(batches: list[list[DeadLetter]]) -> list[int]:
+    return [sum(letter.size() for letter in batch) for batch in batches]
+
+
+def test_no_letters_make_no_batch() -> None:
+    assert list(_batches([])) == []
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"), [(1, [1]), (10, [10]), (11, [10, 1]), (25, [10, 10, 5])]
+)
+def test_a_batch_holds_at_most_ten_letters(count: int, expected: list[int]) -> None:
+    letters = [letter(event_index=i) for i in range(count)]
+    batches = list(_batches(letters))
+    assert MAX_BATCH_ENTRIES == 10
+    assert [len(batch) for batch in batches] == expected
+    assert [dead for batch in batches for dead in batch] == letters
+
+
+def test_a_batch_holds_at_most_256_kib() -> None:
+    letters = [letter("x" * (60 * KIB), event_index=i) for i in range(9)]
+    batches = list(_batches(letters))
+    assert MAX_BATCH_BYTES == 256 * KIB
+    assert [len(batch) for batch in batches] == [4, 4, 1]
+    assert all(size <= MAX_BATCH_BYTES for size in sizes_of(batches))
+    assert [dead for batch in batches for dead in batch] == letters
+
+
+def test_attributes_count_towards_the_256_kib() -> None:
+    """Four bodies of exactly 64 KiB fit only without their attributes: three go together."""
+    letters = [letter("x" * (64 * KIB), event_index=i) for i in range(4)]
+    assert sum(len(dead.body) for dead in letters) == MAX_BATCH_BYTES
+    assert [len(batch) for batch in _batches(letters)] == [3, 1]
+
+
+def test_letters_that_exactly_fill_256_kib_share_a_batch() -> None:
+    first = letter("x" * (100 * KIB))
+    second = letter("x")
+    room = MAX_BATCH_BYTES - first.size() - second.size()
+    overhead = letter("").size()  # the attributes
+    third = letter("x" * (room - overhead))
+    assert first.size() + second.size() + third.size() == MAX_BATCH_BYTES
+    assert [len(batch) for batch in _batches([first, second, third])] == [3]
+    fourth = letter("x" * (room - overhead + 1))
+    assert [len(batch) for batch in _batches([first, second, fourth])] == [2, 1]
+
+
+def test_a_letter_over_256_kib_goes_alone_and_the_rest_keep_their_order() -> None:
+    small = [letter(event_index=i) for i in range(3)]
+    huge = letter("x" * (300 * KIB), event_index=99)
+    batches = list(_batches([small[0], huge, small[1], small[2]]))
+    assert batches == [[small[0]], [huge], [small[1], small[2]]]
+
+
+def test_a_large_letter_after_a_full_count_starts_a_new_batch() -> None:
+    letters = [letter(event_index=i) for i in range(10)] + [letter("x" * (200 * KIB))]
+    assert [len(batch) for batch in _batches(letters)] == [10, 1]
