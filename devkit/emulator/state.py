@@ -653,9 +653,8 @@ class EmulatorState:
 def _value_allowed(rule: ValueRule, value: str) -> bool:
     """Stripe's documented rule is a positive integer; "decimal" admits any number >= 0."""
     if rule == "positive_integer":
-        return (
-            bool(_POSITIVE_INTEGER.match(value)) and value.strip("0") != ""
-        )  # no int(): 4300 digits
+        # not int(value) > 0: int() refuses texts of more than 4300 digits
+        return bool(_POSITIVE_INTEGER.match(value)) and value.strip("0") != ""
     try:
         number = Decimal(value)
     except InvalidOperation:

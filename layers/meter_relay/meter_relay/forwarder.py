@@ -12,8 +12,11 @@ A record's failure never raises: it is reported in `batchItemFailures`.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -111,9 +114,10 @@ class Forwarder:
             )
         self.tokens.begin_invocation()
         processor = ForwardingProcessor(self, context)
-        response = process_partial_response(
-            event=event, record_handler=processor.parse, processor=processor, context=context
-        )
+        with _cyclic_gc_paused():
+            response = process_partial_response(
+                event=event, record_handler=processor.parse, processor=processor, context=context
+            )
         settled = processor.settled
         logger.info(
             "batch settled",
@@ -195,6 +199,12 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         rejected_by_stripe: dict[tuple[int, str], Rejection],
         m: int,
     ) -> list[DeadLetter]:
+        if message.rejection is None and not any(
+            event.rejection is not None
+            or (event.event is not None and (m, event.event.identifier) in rejected_by_stripe)
+            for event in message.events
+        ):
+            return []  # the common case: nothing of this message to dead-letter
         first_seen = record.attributes.get("ApproximateFirstReceiveTimestamp")
         seen = format_timestamp(
             datetime.fromtimestamp(int(first_seen) / 1000, UTC) if first_seen else self._now
@@ -279,6 +289,20 @@ class ForwardingProcessor(BasePartialBatchProcessor):
                 default_dimensions=metrics.default_dimensions,
             ) as metric:
                 metric.add_dimension(name="ErrorCode", value=code)
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """A 10,000-record batch allocates millions of short-lived objects, freed by reference
+    counting; the cyclic collector's full passes over them cost more than the parsing itself.
+    It runs again, on its usual thresholds, once the batch is settled."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _exc_info(error: Exception) -> tuple[type[BaseException], BaseException, None]:
