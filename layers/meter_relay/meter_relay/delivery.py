@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,19 +91,20 @@ class StreamDelivery:
         self, events: Sequence[MeterEvent], remaining: Callable[[], float]
     ) -> DeliveryReport:
         """Send every event; `remaining()` gives the seconds left before the Lambda deadline."""
-        bodies = [event.to_stripe() for event in events]
-        report = DeliveryReport()
-        futures = [
-            self._executor.submit(self._deliver_chunk, chunk, bodies, remaining)
-            for chunk in chunked(range(len(bodies)))
-        ]
-        for chunk, future in zip(chunked(range(len(bodies))), futures, strict=True):
-            try:
-                report.merge(future.result())
-            except Exception:
-                logger.exception("delivery of a chunk failed unexpectedly; it will be retried")
-                report.give_up(chunk, "internal_error")
-        return report
+        run = self.start(remaining)
+        for event in events:
+            run.add(event)
+        return run.finish()
+
+    def start(self, remaining: Callable[[], float]) -> DeliveryRun:
+        """A delivery that sends each call as soon as its 100 events are known, so the
+        network works while the caller is still parsing the rest of the batch."""
+        return DeliveryRun(self, remaining)
+
+    def submit_chunk(
+        self, chunk: list[int], bodies: list[dict[str, Any]], remaining: Callable[[], float]
+    ) -> Future[DeliveryReport]:
+        return self._executor.submit(self._deliver_chunk, chunk, bodies, remaining)
 
     def _deliver_chunk(
         self, chunk: list[int], bodies: list[dict[str, Any]], remaining: Callable[[], float]
@@ -192,6 +193,42 @@ class StreamDelivery:
         if answer.kind is Kind.RATE_LIMITED and answer.retry_after is not None:
             return answer.retry_after + jitter
         return jitter
+
+
+class DeliveryRun:
+    """Events added one by one; a call leaves for every 100 of them; `finish()` waits for all."""
+
+    def __init__(self, delivery: StreamDelivery, remaining: Callable[[], float]) -> None:
+        self._delivery = delivery
+        self._remaining = remaining
+        self._bodies: list[dict[str, Any]] = []
+        self._chunks: list[tuple[list[int], Future[DeliveryReport]]] = []
+        self._unsent_from = 0
+
+    def add(self, event: MeterEvent) -> int:
+        """Queue one event; returns its position (the key of the report's sets)."""
+        self._bodies.append(event.to_stripe())
+        if len(self._bodies) - self._unsent_from == MAX_EVENTS_PER_CALL:
+            self._submit()
+        return len(self._bodies) - 1
+
+    def _submit(self) -> None:
+        chunk = list(range(self._unsent_from, len(self._bodies)))
+        self._unsent_from = len(self._bodies)
+        future = self._delivery.submit_chunk(chunk, self._bodies, self._remaining)
+        self._chunks.append((chunk, future))
+
+    def finish(self) -> DeliveryReport:
+        if self._unsent_from < len(self._bodies):
+            self._submit()
+        report = DeliveryReport()
+        for chunk, future in self._chunks:
+            try:
+                report.merge(future.result())
+            except Exception:
+                logger.exception("delivery of a chunk failed unexpectedly; it will be retried")
+                report.give_up(chunk, "internal_error")
+        return report
 
 
 def _rejection(answer: StripeAnswer) -> Rejection:

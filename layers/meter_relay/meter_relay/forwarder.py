@@ -36,6 +36,7 @@ from meter_relay.config import AWS_CLIENT_CONFIG, ForwarderConfig
 from meter_relay.dead_letter import DeadLetter, DeadLetterQueue
 from meter_relay.delivery import DeliveryReport, StreamDelivery
 from meter_relay.events import (
+    MeterEvent,
     ParsedMessage,
     Rejection,
     ValidationRules,
@@ -158,15 +159,18 @@ class ForwardingProcessor(BasePartialBatchProcessor):
 
     def process(self) -> list[tuple[Any, ...]]:
         records = [SQSRecord(raw) for raw in self.records]
-        parsed = [self.parse(record) for record in records]
-        valid = [
-            (m, event.event)
-            for m, message in enumerate(parsed)
-            for event in message.events
-            if event.event is not None
-        ]
+        run = self.forwarder.delivery.start(self._remaining)
+        parsed: list[ParsedMessage] = []
+        valid: list[tuple[int, MeterEvent]] = []  # by delivery position: (message, event)
+        for m, record in enumerate(records):
+            message = self.parse(record)
+            parsed.append(message)
+            for one in message.events:
+                if one.event is not None:
+                    run.add(one.event)
+                    valid.append((m, one.event))
         self.settled.received = sum(len(m.events) or 1 for m in parsed)
-        report = self.forwarder.delivery.deliver([e for _, e in valid], self._remaining)
+        report = run.finish()
         retry_messages = {valid[i][0] for i in report.retry}
         rejected_by_stripe: dict[tuple[int, str], Rejection] = {}
         for position, rejection in report.rejected.items():
