@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -599,3 +600,26 @@ def test_dead_letter_send_failure_returns_those_messages(relay: Relay) -> None:
     }
     assert counted(relay) == {"dlq-ok": 1, "dlq-env-ok": 1}
     assert relay.emulator.counted_more_than_once() == []
+
+
+def test_a_full_batch_reports_every_metric_in_one_document(
+    relay: Relay, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """100 stream calls: as many latency samples as Powertools holds before flushing by
+    itself; the invocation's counts must still be published (and no empty flush)."""
+    relay.put_session()
+    sqs_event = relay.sqs_event(
+        [{"events": [event(f"metrics-{m}-{n}") for n in range(100)]} for m in range(100)]
+    )
+    with relay.forwarder() as forwarder, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        capfd.readouterr()
+        invocation = forwarder.invoke(sqs_event)
+    assert failures(invocation, sqs_event) == set()
+    assert not [w for w in caught if "No application metrics" in str(w.message)]
+    out = capfd.readouterr().out
+    documents = [line for line in out.splitlines() if line.startswith('{"_aws"')]
+    assert len(documents) == 1  # not flushed early, nothing left for an empty flush
+    metrics = emf_metrics(out)
+    assert metrics["EventsDelivered"] == 10_000
+    assert metrics["StreamCalls"] == 100

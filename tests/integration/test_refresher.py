@@ -12,7 +12,7 @@ import requests
 
 from devkit.harness import Invocation
 from meter_relay.refresher import SECRET_PLACEHOLDER
-from tests.plugins.relay import API_VERSION, ROOT, Relay
+from tests.plugins.relay import API_VERSION, ROOT, Relay, emf_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -25,22 +25,6 @@ def _iso(moment: datetime) -> str:
 
 def _in(seconds: float) -> str:
     return _iso(datetime.now(UTC) + timedelta(seconds=seconds))
-
-
-def _emf_metrics(output: str) -> dict[str, list[float]]:
-    """Every EMF document's metric values in captured stdout, by metric name."""
-    found: dict[str, list[float]] = {}
-    for line in output.splitlines():
-        if not line.startswith("{") or '"_aws"' not in line:
-            continue
-        document = json.loads(line)
-        for directive in document["_aws"]["CloudWatchMetrics"]:
-            for metric in directive["Metrics"]:
-                values = document[metric["Name"]]
-                found.setdefault(metric["Name"], []).extend(
-                    values if isinstance(values, list) else [values]
-                )
-    return found
 
 
 def _session_calls(relay: Relay) -> int:
@@ -227,7 +211,7 @@ def test_stripe_failure_is_an_error_naming_no_secret(
     assert relay.secret_key not in message
     assert "sk_test_" not in message
     assert relay.secret_key not in captured.out + captured.err
-    assert _emf_metrics(captured.out).get("RefreshFailures") == [1.0]
+    assert emf_metrics(captured.out).get("RefreshFailures") == [1.0]
     assert relay.stored_session() is None  # nothing half-written
 
 
@@ -242,7 +226,7 @@ def test_rejected_secret_key_error_shows_no_more_than_stripe_masks(
     assert "api_key_invalid" in invocation.error["errorMessage"]
     for text in (json.dumps(invocation.error), captured.out, captured.err):
         assert relay.secret_key not in text
-    assert _emf_metrics(captured.out).get("RefreshFailures") == [1.0]
+    assert emf_metrics(captured.out).get("RefreshFailures") == [1.0]
 
 
 @pytest.mark.parametrize(
@@ -279,7 +263,7 @@ def test_secret_not_set_is_a_clear_error(
     assert expected in message
     assert relay.secret_id in message
     assert "hunter2" not in message + captured.out + captured.err
-    assert _emf_metrics(captured.out).get("RefreshFailures") == [1.0]
+    assert emf_metrics(captured.out).get("RefreshFailures") == [1.0]
     assert _session_calls(relay) == 0
     assert relay.stored_session() is None
 

@@ -362,3 +362,19 @@ def relay(
     yield stack
     stack.close()
     reset_powertools_logger()
+
+
+def emf_metrics(output: str) -> dict[str, list[float]]:
+    """Every EMF document's metric values in captured stdout, by metric name."""
+    found: dict[str, list[float]] = {}
+    for line in output.splitlines():
+        if not line.startswith("{") or '"_aws"' not in line:
+            continue
+        document = json.loads(line)
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                values = document[metric["Name"]]
+                found.setdefault(metric["Name"], []).extend(
+                    values if isinstance(values, list) else [values]
+                )
+    return found

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 
+MAX_LATENCY_SAMPLES = 99
+
+
 class RetryLater(Exception):
     """A message with events still to deliver: it goes back to the queue."""
 
@@ -282,7 +285,9 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         metrics.add_metric("TokenParameterReads", MetricUnit.Count, tokens.parameter_reads)
         metrics.add_metric("TokenRefresherCalls", MetricUnit.Count, tokens.refresher_calls)
         tokens.parameter_reads = tokens.refresher_calls = 0
-        for latency in report.latencies_ms[:100]:
+        # Powertools flushes a metric by itself once it holds 100 values: stay below, so that
+        # one EMF document per invocation carries every metric.
+        for latency in report.latencies_ms[:MAX_LATENCY_SAMPLES]:
             metrics.add_metric("StreamCallLatency", MetricUnit.Milliseconds, latency)
         for code, count in codes.items():
             with single_metric(
