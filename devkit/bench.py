@@ -1,0 +1,332 @@
+"""`make bench`: the forwarder's throughput against a baseline and the official SDK, side by side.
+
+Everything runs in one sitting on this machine against the Stripe emulator (its own process;
+moto server, in its own process too, only serves the one token read and is never on the hot
+path). Figures:
+- forwarder: the handler invoked as Lambda would (devkit.harness, warm), with SQS batches of
+  10,000 single-event records and of 100 envelope messages of 100 events: events/s, CPU
+  seconds per 100,000 events (this process: the harness runs the handler here), peak RSS;
+- baseline: the same events, pre-serialised into 100-event bodies, posted over one
+  keep-alive requests.Session at the same concurrency: what this machine allows at best;
+- the official stripe SDK as its users write it: (a) Stripe's example, a new client per send
+  and one event a call, (b) 100-event batches through one reused client at that concurrency;
+- cold start: the handler module's import time (fresh interpreter) and the first invocation.
+It prints a table, ends with `forwarder/baseline = X.XX` (single-event records) and writes
+bench/results.json. Ratios, not timed assertions: nothing here fails a build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import requests
+from requests.adapters import HTTPAdapter
+
+from devkit.emulator.client import DEFAULT_SECRET_KEY
+from devkit.harness import Invocation, load_function
+from devkit.local_stack import METERS, TEMPLATE, _server_process
+from devkit.moto_server import aws_env
+from meter_relay.events import format_timestamp
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
+PARAMETER = "/meter-relay/bench/session"
+API_VERSION = "2026-09-30.preview"
+
+
+def make_events(n: int) -> list[dict[str, Any]]:
+    now = format_timestamp(datetime.now(UTC))
+    return [
+        {
+            "event_name": "api_requests",
+            "identifier": uuid.uuid4().hex,
+            "timestamp": now,
+            "payload": {"stripe_customer_id": f"cus_{i % 500:04d}", "value": str(1 + i % 9)},
+        }
+        for i in range(n)
+    ]
+
+
+def sqs_event(bodies: list[str], queue_arn: str) -> dict[str, Any]:
+    sent = str(int(time.time() * 1000))
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": "bench",
+                "body": body,
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": sent,
+                    "ApproximateFirstReceiveTimestamp": sent,
+                    "SenderId": "bench",
+                },
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "us-east-1",
+            }
+            for body in bodies
+        ]
+    }
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def stack(emulator_url: str, moto_url: str) -> Iterator[dict[str, Any]]:
+    """A session in SSM, a DLQ, and the env-vars the forwarder runs with."""
+    env = aws_env(moto_url)
+    os.environ.update(env)
+    session = requests.post(
+        f"{emulator_url}/v2/billing/meter_event_session",
+        headers={"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"},
+        timeout=10,
+    ).json()
+    ssm = boto3.client("ssm")
+    ssm.put_parameter(
+        Name=PARAMETER,
+        Type="SecureString",
+        Overwrite=True,
+        Value=json.dumps(
+            {
+                "token": session["authentication_token"],
+                "session_id": session["id"],
+                "expires_at": session["expires_at"],
+            }
+        ),
+    )
+    dlq = boto3.client("sqs").create_queue(QueueName="bench-dlq")["QueueUrl"]
+    yield {
+        "env": env,
+        "token": session["authentication_token"],
+        "env_vars": {
+            "Parameters": {"SESSION_TOKEN_PARAMETER": PARAMETER},
+            "ForwarderFunction": {
+                "STRIPE_METER_EVENTS_BASE": emulator_url,
+                "DEAD_LETTER_QUEUE_URL": dlq,
+                "REFRESHER_FUNCTION_NAME": "",
+                "STREAM_CONCURRENCY": "8",
+            },
+        },
+    }
+
+
+def measure(events: int, run: Callable[[], None], rounds: int) -> dict[str, float]:
+    """Median events/s over `rounds` runs, and CPU seconds per 100,000 events of this process."""
+    rates, cpus = [], []
+    for _ in range(rounds):
+        cpu, wall = cpu_seconds(), time.perf_counter()
+        run()
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        rates.append(events / wall)
+        cpus.append(cpu / events * 100_000)
+    return {"events_per_s": statistics.median(rates), "cpu_s_per_100k": statistics.median(cpus)}
+
+
+def _check(invocation: Invocation) -> None:
+    """A benchmark of failures would be meaningless: every event must have gone through."""
+    if not invocation.ok or invocation.result["batchItemFailures"]:
+        raise RuntimeError(f"the forwarder did not deliver everything: {invocation.error}")
+
+
+def bench_forwarder(setup: dict[str, Any], n: int, rounds: int) -> dict[str, Any]:
+    arn = "arn:aws:sqs:us-east-1:123456789012:bench-usage"
+    started = time.perf_counter()
+    function = load_function(
+        TEMPLATE, "ForwarderFunction", env_vars=setup["env_vars"], extra_env=setup["env"]
+    )
+    first = function.invoke(sqs_event([json.dumps(e) for e in make_events(100)], arn))
+    first_ms = (time.perf_counter() - started) * 1000
+    _check(first)
+    results: dict[str, Any] = {"first_invocation_ms": first_ms, "init_ms": first.init_duration_ms}
+
+    def singles() -> None:
+        batch = sqs_event([json.dumps(e) for e in make_events(n)], arn)
+        _check(function.invoke(batch))
+
+    def envelopes() -> None:
+        events = make_events(n)
+        bodies = [json.dumps({"events": events[i : i + 100]}) for i in range(0, n, 100)]
+        _check(function.invoke(sqs_event(bodies, arn)))
+
+    results["singles"] = measure(n, singles, rounds)
+    results["envelopes"] = measure(n, envelopes, rounds)
+    results["peak_rss_mb"] = peak_rss_mb()
+    function.close()
+    return results
+
+
+def bench_baseline(emulator_url: str, token: str, n: int, rounds: int) -> dict[str, float]:
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=8, max_retries=0))
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Stripe-Version": API_VERSION,
+    }
+    url = f"{emulator_url}/v2/billing/meter_event_stream"
+    pool = ThreadPoolExecutor(8)
+
+    def run() -> None:
+        events = make_events(n)
+        bodies = [json.dumps({"events": events[i : i + 100]}).encode() for i in range(0, n, 100)]
+        statuses = list(
+            pool.map(
+                lambda b: session.post(url, data=b, headers=headers, timeout=30).status_code, bodies
+            )
+        )
+        assert set(statuses) == {200}, statuses
+
+    return measure(n, run, rounds)
+
+
+def bench_sdk(emulator_url: str, token: str, seconds: float) -> dict[str, dict[str, float]]:
+    import stripe  # the official SDK: a dev dependency, used for comparison only
+
+    bases: Any = {"api": emulator_url, "meter_events": emulator_url}
+
+    def example() -> None:  # Stripe's example: a new client for every send, one event a call
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            client = stripe.StripeClient(token, base_addresses=bases)
+            params: Any = {"events": make_events(1)}
+            client.v2.billing.meter_event_stream.create(params)
+            counter[0] += 1
+
+    counter = [0]
+    cpu, wall = cpu_seconds(), time.perf_counter()
+    example()
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    results = {
+        "example": {
+            "events_per_s": counter[0] / wall,
+            "cpu_s_per_100k": cpu / max(counter[0], 1) * 100_000,
+        }
+    }
+    client = stripe.StripeClient(token, base_addresses=bases)
+    pool = ThreadPoolExecutor(8)
+    n = 10_000
+
+    def batched() -> None:
+        events = make_events(n)
+        chunks = [events[i : i + 100] for i in range(0, n, 100)]
+        list(pool.map(lambda c: client.v2.billing.meter_event_stream.create({"events": c}), chunks))
+
+    results["batched"] = measure(n, batched, 3)
+    return results
+
+
+def import_time_ms() -> float:
+    code = (
+        "import sys, time; sys.path[:0] = ['functions/forwarder', 'layers/meter_relay'];"
+        "t = time.perf_counter(); import app; print((time.perf_counter() - t) * 1000)"
+    )
+    runs = []
+    for _ in range(3):
+        out = subprocess.run(  # noqa: S603 (our own interpreter and code)
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        runs.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000, help="events per forwarder batch")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sdk-seconds", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    with ExitStack() as scope:
+        emulator = scope.enter_context(
+            _server_process(
+                ["devkit.emulator", "--meters", str(METERS), "--request-log-size", "100"], 900
+            )
+        )
+        moto = scope.enter_context(_server_process(["devkit.moto_server"], 900))
+        setup = scope.enter_context(stack(emulator, moto))
+        imported = import_time_ms()
+        forwarder = bench_forwarder(setup, args.events, args.rounds)
+        baseline = bench_baseline(emulator, setup["token"], args.events, args.rounds)
+        sdk = bench_sdk(emulator, setup["token"], args.sdk_seconds)
+    ratio = forwarder["singles"]["events_per_s"] / baseline["events_per_s"]
+    envelope_ratio = forwarder["envelopes"]["events_per_s"] / baseline["events_per_s"]
+    rows = [
+        ("forwarder, 10,000 single-event records", forwarder["singles"]),
+        ("forwarder, 100 envelopes x 100 events", forwarder["envelopes"]),
+        ("baseline, pre-serialised, one session", baseline),
+        ("stripe SDK, example (new client, 1 event)", sdk["example"]),
+        ("stripe SDK, 100-event batches, one client", sdk["batched"]),
+    ]
+    print(f"{'':44}{'events/s':>12}{'CPU s/100k':>12}")
+    for name, row in rows:
+        print(f"{name:44}{row['events_per_s']:>12,.0f}{row['cpu_s_per_100k']:>12.2f}")
+    print(
+        f"forwarder peak RSS {forwarder['peak_rss_mb']:.0f} MB (the bench process); "
+        f"handler import {imported:.0f} ms; "
+        f"first invocation {forwarder['first_invocation_ms']:.0f} ms "
+        f"(init {forwarder['init_ms'] or 0:.0f} ms)"
+    )
+    print(f"envelopes/baseline = {envelope_ratio:.2f}")
+    print(f"forwarder/baseline = {ratio:.2f}")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "forwarder_events_per_s": forwarder["singles"]["events_per_s"],
+                "forwarder_envelope_events_per_s": forwarder["envelopes"]["events_per_s"],
+                "baseline_events_per_s": baseline["events_per_s"],
+                "sdk_example_events_per_s": sdk["example"]["events_per_s"],
+                "sdk_batched_events_per_s": sdk["batched"]["events_per_s"],
+                "forwarder_cpu_s_per_100k_events": forwarder["singles"]["cpu_s_per_100k"],
+                "forwarder_envelope_cpu_s_per_100k_events": forwarder["envelopes"][
+                    "cpu_s_per_100k"
+                ],
+                "baseline_cpu_s_per_100k_events": baseline["cpu_s_per_100k"],
+                "forwarder_peak_rss_mb": forwarder["peak_rss_mb"],
+                "handler_import_ms": imported,
+                "first_invocation_ms": forwarder["first_invocation_ms"],
+                "forwarder_to_baseline": ratio,
+                "envelopes_to_baseline": envelope_ratio,
+                "events_per_batch": args.events,
+                "rounds": args.rounds,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    sys.exit(main())
