@@ -10,11 +10,12 @@ ARGS ?=
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv test lint typecheck validate pytest run bench emulator emulator-bench invoke build clean
+.PHONY: help venv test lint typecheck validate pytest run chaos bench emulator emulator-bench invoke build clean
 
 help:
 	@echo "make test            venv + ruff + mypy + sam validate --lint + the whole test suite"
 	@echo "make run ARGS=       the local stack: moto + emulator + forwarder, 20,000 events by default"
+	@echo "make chaos           the local stack with every fault at once: must lose nothing"
 	@echo "make bench           forwarder vs baseline vs the stripe SDK (bench/results.json)"
 	@echo "make emulator ARGS=  run the Stripe meter API emulator (e.g. ARGS=\"--port 12111\")"
 	@echo "make emulator-bench  measure the emulator's stream requests/s"
@@ -50,6 +51,9 @@ test: lint typecheck validate pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m devkit.bench $(ARGS)
+
+chaos: $(STAMP)
+	$(BIN)/python -m devkit.chaos $(ARGS)
 
 run: $(STAMP)
 	$(BIN)/python -m devkit.local_stack $(ARGS)

@@ -393,6 +393,14 @@ class LambdaEndpoint:
             raise RuntimeError(f"the lambda endpoint did not start:\n{tail}")
         return self
 
+    def kill(self) -> None:
+        """SIGKILL the endpoint mid-work, as a crashed execution environment dies (chaos runs);
+        `start()` brings up a fresh one (a cold start) on a new port."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+        self.stop()
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None:

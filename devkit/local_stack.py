@@ -16,6 +16,7 @@ template's 360 s) so that retried messages come back within the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -33,11 +34,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from devkit.emulator.client import DEFAULT_SECRET_KEY, EmulatorClient
-from devkit.harness import LambdaFunction, load_function, load_template
+from devkit.harness import load_function, load_template
 from devkit.lambda_endpoint import LambdaEndpoint
 from devkit.moto_server import aws_env
+from devkit.throttle_proxy import ThrottleProxy
 from meter_relay.dlq import read_message
 from meter_relay.events import ValidationRules, derive_identifier, format_timestamp
 from meter_relay.producer import UsageProducer
@@ -72,6 +76,13 @@ class Options:
     session_ttl: float = 900.0
     refresh_every: float = 300.0
     quiet: bool = False
+    # chaos (make chaos): each off by default
+    forwarder_process: bool = False  # run the forwarder behind its own endpoint (killable)
+    kill_every: int = 0  # kill the forwarder during every Nth invocation
+    ssm_throttle_rate: float = 0.0  # share of SSM calls answered ThrottlingException
+    refresher_outage: tuple[float, float] | None = None  # (start, length) s into the run
+    expire_sessions_at: tuple[float, ...] = ()  # s into the run: Stripe ends every session
+    produce_for: float = 0.0  # spread production over this many seconds (0: as fast as it can)
 
 
 # ----- processes ------------------------------------------------------------------------------
@@ -247,7 +258,11 @@ def produce(stack: Stack, options: Options, expected: Expected, stop: threading.
     chunk = max(options.envelope_size * 10, 100)
     remaining = options.events
     chunks = 0
+    started = time.monotonic()
     while remaining > 0 and not stop.is_set():
+        if options.produce_for:  # keep pace: the share produced follows the share of time
+            due = started + options.produce_for * (options.events - remaining) / options.events
+            stop.wait(max(0.0, due - time.monotonic()))
         _wait_for_room(sqs, stack.queue_url, stop)
         count = min(chunk, remaining)
         events, kinds = [], []
@@ -297,6 +312,9 @@ def _depth(sqs: SQSClient, queue_url: str) -> tuple[int, int]:
 
 
 # ----- the event source mapping ---------------------------------------------------------------
+Invoke = Callable[[dict[str, Any]], dict[str, Any] | None]  # None: the invocation failed
+
+
 @dataclass
 class MappingStats:
     invocations: int = 0
@@ -308,10 +326,10 @@ class MappingStats:
 class EventSourceMapping:
     """Lambda's SQS poller, in miniature: gather a batch, invoke, delete what succeeded."""
 
-    def __init__(self, sqs: SQSClient, stack: Stack, function: LambdaFunction, visibility: int):
+    def __init__(self, sqs: SQSClient, stack: Stack, invoke: Invoke, visibility: int) -> None:
         self._sqs = sqs
         self._stack = stack
-        self._function = function
+        self._invoke = invoke
         self._visibility = visibility
         self.stats = MappingStats()
 
@@ -321,13 +339,13 @@ class EventSourceMapping:
         if not messages:
             return 0
         event = {"Records": [self._record(message) for message in messages]}
-        invocation = self._function.invoke(event)
+        result = self._invoke(event)
         self.stats.invocations += 1
         self.stats.records += len(messages)
-        if not invocation.ok or not isinstance(invocation.result, dict):
+        if result is None:
             self.stats.errors += 1  # as Lambda: the whole batch becomes visible again later
             return len(messages)
-        failed = {f["itemIdentifier"] for f in invocation.result.get("batchItemFailures", [])}
+        failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
         self.stats.failed_records += len(failed)
         done = [m for m in messages if m["MessageId"] not in failed]
         delete_messages(self._sqs, self._stack.queue_url, done)
@@ -379,6 +397,7 @@ class Report:
     misplaced: list[str]
     seconds: float
     stats: MappingStats
+    chaos: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -403,6 +422,7 @@ class Report:
             f"records returned for retry {self.stats.failed_records}, "
             f"failed invocations {self.stats.errors}",
             f"  {self.seconds:.1f} s, {rate:,.0f} events/s delivered",
+            *(f"  chaos: {name} {value}" for name, value in self.chaos.items()),
             "  result: " + ("OK" if self.ok else "FAILED"),
         ]
         if self.unaccounted:
@@ -527,12 +547,21 @@ def run(options: Options) -> Report:
 
 def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
     sqs = boto3.client("sqs", endpoint_url=stack.moto_url, region_name=stack.env["AWS_REGION"])
-    # The refresher runs behind a local Lambda endpoint (its own process): the schedule and
-    # the forwarder (when Stripe refuses a token) both reach it through boto3's invoke.
-    endpoint = LambdaEndpoint(TEMPLATE, stack.env_vars, stack.env, lifetime=options.timeout + 60)
-    with endpoint:
+    with ExitStack() as scope:
+        function_env = dict(stack.env)
+        proxy = None
+        if options.ssm_throttle_rate:
+            proxy = scope.enter_context(
+                ThrottleProxy(stack.moto_url, options.ssm_throttle_rate, options.seed)
+            )
+            function_env["AWS_ENDPOINT_URL_SSM"] = proxy.url
+        # The refresher runs behind a local Lambda endpoint (its own process): the schedule
+        # and the forwarder (when Stripe refuses a token) both reach it through boto3's invoke.
+        refresher_endpoint = scope.enter_context(
+            LambdaEndpoint(TEMPLATE, stack.env_vars, function_env, lifetime=options.timeout + 60)
+        )
         lambda_client = boto3.client(
-            "lambda", endpoint_url=endpoint.url, region_name=stack.env["AWS_REGION"]
+            "lambda", endpoint_url=refresher_endpoint.url, region_name=stack.env["AWS_REGION"]
         )
 
         def refresh() -> dict[str, Any]:
@@ -542,19 +571,134 @@ def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
                 raise RuntimeError(f"the refresher failed: {result}")
             return result
 
-        tuning = {
+        forwarder_env = {
+            **function_env,
             "STREAM_CONCURRENCY": "8",
             "TOKEN_MARGIN_SECONDS": str(min(60.0, options.session_ttl / 4)),
-            **endpoint.client_env,
+            **refresher_endpoint.client_env,
         }
-        forwarder = load_function(
-            TEMPLATE,
-            "ForwarderFunction",
-            env_vars=stack.env_vars,
-            extra_env={**stack.env, **tuning},
+        if options.forwarder_process:
+            runner: ForwarderRunner = KillableForwarder(stack, forwarder_env, options)
+        else:
+            runner = InProcessForwarder(stack, forwarder_env)
+        scope.callback(runner.close)
+        chaos = Chaos(options, emulator, proxy)
+        report = _loop(stack, options, emulator, sqs, runner, refresh, chaos)
+        report.chaos = chaos.summary(runner)
+        return report
+
+
+class ForwarderRunner:
+    """How the event source mapping reaches the forwarder."""
+
+    kills = 0
+
+    def invoke(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class InProcessForwarder(ForwarderRunner):
+    """Through the harness, in this process (the default: quick, one warm environment)."""
+
+    def __init__(self, stack: Stack, env: dict[str, str]) -> None:
+        self._function = load_function(
+            TEMPLATE, "ForwarderFunction", env_vars=stack.env_vars, extra_env=env
         )
-        with forwarder:
-            return _loop(stack, options, emulator, sqs, forwarder, refresh)
+
+    def invoke(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        invocation = self._function.invoke(event)
+        return invocation.result if invocation.ok and isinstance(invocation.result, dict) else None
+
+    def close(self) -> None:
+        self._function.close()
+
+
+class KillableForwarder(ForwarderRunner):
+    """Behind its own Lambda endpoint process, which chaos SIGKILLs in mid-batch: the
+    invocation is lost, its messages come back after the visibility timeout, and the next
+    invocation starts cold in a new process."""
+
+    def __init__(self, stack: Stack, env: dict[str, str], options: Options) -> None:
+        self._endpoint = LambdaEndpoint(
+            TEMPLATE, stack.env_vars, env, lifetime=options.timeout + 60
+        ).start()
+        self._region = stack.env["AWS_REGION"]
+        self._kill_every = options.kill_every
+        self._rng = random.Random(options.seed)  # noqa: S311 (chaos timing)
+        self._invocations = 0
+        self._client_url = ""
+        self._client: Any = None
+
+    def invoke(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        self._invocations += 1
+        if self._client_url != self._endpoint.url:  # a new process after a kill
+            self._client_url = self._endpoint.url
+            self._client = boto3.client(
+                "lambda",
+                endpoint_url=self._client_url,
+                region_name=self._region,
+                config=Config(read_timeout=120, retries={"max_attempts": 1}),
+            )
+        killer = None
+        if self._kill_every and self._invocations % self._kill_every == 0:
+            killer = threading.Timer(self._rng.uniform(0.05, 0.4), self._endpoint.kill)
+            killer.start()
+        try:
+            response = self._client.invoke(
+                FunctionName="ForwarderFunction", Payload=json.dumps(event).encode()
+            )
+            result: dict[str, Any] = json.loads(response["Payload"].read())
+            failed = bool(response.get("FunctionError"))
+        except (BotoCoreError, ClientError, ValueError):
+            result, failed = {}, True
+        if killer is not None:
+            killer.join()
+            self.kills += 1
+            self._endpoint.start()  # a fresh execution environment (a cold start)
+            return None
+        return None if failed or "batchItemFailures" not in result else result
+
+    def close(self) -> None:
+        self._endpoint.stop()
+
+
+class Chaos:
+    """The timeline of a chaos run: sessions ended by Stripe, a refresher outage."""
+
+    def __init__(self, options: Options, emulator: EmulatorClient, proxy: Any) -> None:
+        self._options = options
+        self._emulator = emulator
+        self._proxy = proxy
+        self._expiries = sorted(options.expire_sessions_at)
+        self.sessions_ended = 0
+        self.outage_seen = False
+
+    def tick(self, elapsed: float) -> None:
+        while self._expiries and elapsed >= self._expiries[0]:
+            self._expiries.pop(0)
+            self.sessions_ended += self._emulator.expire_sessions()
+        outage = self.in_outage(elapsed)
+        if outage and not self.outage_seen:
+            self.outage_seen = True
+            self._emulator.set_faults("session", error_rate=1.0)  # nobody gets a session
+        elif not outage and self.outage_seen and self._options.refresher_outage:
+            self._emulator.set_faults("session", error_rate=0.0)
+
+    def in_outage(self, elapsed: float) -> bool:
+        window = self._options.refresher_outage
+        return window is not None and window[0] <= elapsed < window[0] + window[1]
+
+    def summary(self, runner: ForwarderRunner) -> dict[str, Any]:
+        return {
+            "forwarder_kills": runner.kills,
+            "sessions_ended_by_stripe": self.sessions_ended,
+            "refresher_outage": self._options.refresher_outage,
+            "ssm_calls_throttled": self._proxy.stats["throttled"] if self._proxy else 0,
+            "ssm_calls_passed": self._proxy.stats["passed"] if self._proxy else 0,
+        }
 
 
 def _loop(
@@ -562,8 +706,9 @@ def _loop(
     options: Options,
     emulator: EmulatorClient,
     sqs: SQSClient,
-    forwarder: LambdaFunction,
+    runner: ForwarderRunner,
     refresh: Callable[[], dict[str, Any]],
+    chaos: Chaos,
 ) -> Report:
     _say(options, f"session ready: {refresh()}")
     expected = Expected()
@@ -576,7 +721,7 @@ def _loop(
         except BaseException as error:  # reported by the main thread
             failures.append(error)
 
-    mapping = EventSourceMapping(sqs, stack, forwarder, options.visibility_timeout)
+    mapping = EventSourceMapping(sqs, stack, runner.invoke, options.visibility_timeout)
     started = time.monotonic()
     thread = threading.Thread(target=producer, name="producer", daemon=True)
     thread.start()
@@ -585,8 +730,11 @@ def _loop(
         while time.monotonic() - started < options.timeout:
             handed = mapping.poll()
             now = time.monotonic()
-            if now - last_refresh >= min(options.refresh_every, options.session_ttl / 3):
-                refresh()  # the schedule (every 5 minutes in the template)
+            chaos.tick(now - started)
+            every = min(options.refresh_every, options.session_ttl / 3)
+            if now - last_refresh >= every and not chaos.in_outage(now - started):
+                with contextlib.suppress(RuntimeError):  # a failed run: the next one retries
+                    refresh()  # the schedule (every 5 minutes in the template)
                 last_refresh = now
             if now - last_progress >= 2:
                 _progress(options, expected, mapping, sqs, stack)

@@ -1,0 +1,96 @@
+"""`make chaos`: the local stack with every fault at once; it must lose nothing.
+
+Stream faults (5xx, 429 bursts with Retry-After, latency, dropped connections, and ambiguous
+failures: calls processed but answered 500 or cut), sessions that live 30 s and are also ended
+by Stripe mid-run, a refresher outage (no schedule, and Stripe refuses new sessions), SSM
+answering a share of calls with ThrottlingException, and the forwarder killed (SIGKILL of its
+process) in the middle of batches. The report must show 0 unaccounted, 0 counted twice, and
+the DLQ holding exactly the invalid events with their codes; the exit status says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from devkit.local_stack import Options, run
+
+STREAM_FAULTS = {
+    "error_rate": 0.05,
+    "error_statuses": [500, 503],
+    "latency_ms": 2,
+    "latency_jitter_ms": 8,
+    "drop_rate": 0.02,
+    "burst_429_rate": 0.01,
+    "burst_429_length": 5,
+    "retry_after_s": 1,
+    "error_after_rate": 0.02,
+    "drop_after_rate": 0.01,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--envelope-size", type=int, default=10)
+    parser.add_argument("--invalid-share", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--session-ttl", type=float, default=30.0)
+    parser.add_argument("--kill-every", type=int, default=4, help="kill every Nth invocation")
+    parser.add_argument("--ssm-throttle-rate", type=float, default=0.3)
+    parser.add_argument(
+        "--outage",
+        type=float,
+        nargs=2,
+        default=(12.0, 12.0),
+        metavar=("START", "LENGTH"),
+        help="refresher outage, s into the run",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=45.0, help="production is spread over this many seconds"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    options = Options(
+        events=args.events,
+        invalid_share=args.invalid_share,
+        envelope_size=args.envelope_size,
+        batch_size=100,  # smaller batches: more invocations, so more of them meet a fault
+        window=1.0,
+        visibility_timeout=5,
+        seed=args.seed,
+        timeout=args.timeout,
+        faults={"stream": STREAM_FAULTS},
+        session_ttl=args.session_ttl,
+        forwarder_process=True,
+        kill_every=args.kill_every,
+        ssm_throttle_rate=args.ssm_throttle_rate,
+        refresher_outage=(args.outage[0], args.outage[1]),
+        expire_sessions_at=(5.0, 30.0),
+        produce_for=args.duration,
+    )
+    report = run(options)
+    print(report.render())
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "produced": report.produced,
+                    "delivered": report.delivered,
+                    "counted_twice": report.counted_twice,
+                    "rejected_later": report.rejected_later,
+                    "dead_lettered": dict(report.dead_lettered),
+                    "unaccounted": len(report.unaccounted),
+                    "misplaced": len(report.misplaced),
+                    "seconds": round(report.seconds, 2),
+                    "chaos": report.chaos,
+                }
+            )
+        )
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

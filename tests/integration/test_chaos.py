@@ -1,0 +1,48 @@
+"""`make chaos`, smaller: every fault at once, and still nothing lost or counted twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_small_chaos_run_loses_nothing_and_counts_nothing_twice() -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "devkit.chaos",
+            "--events",
+            "1500",
+            "--duration",
+            "24",
+            "--outage",
+            "6",
+            "8",
+            "--kill-every",
+            "3",
+            "--json",
+            "--timeout",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert summary["unaccounted"] == 0
+    assert summary["counted_twice"] == 0
+    assert summary["misplaced"] == 0  # the DLQ holds exactly the invalid events, by code
+    assert sum(summary["dead_lettered"].values()) > 0
+    chaos = summary["chaos"]
+    # the faults really happened, or the run proves nothing
+    assert chaos["forwarder_kills"] >= 1
+    assert chaos["sessions_ended_by_stripe"] >= 1
+    assert chaos["ssm_calls_throttled"] >= 1
