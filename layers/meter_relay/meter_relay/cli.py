@@ -13,6 +13,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from datetime import timedelta
 from typing import Any, TextIO
 
@@ -50,10 +51,10 @@ class CliError(Exception):
 class Progress:
     """A one-line progress bar on stderr when it is a terminal; silent otherwise."""
 
-    def __init__(self, label: str, total: int, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
         self.label, self.total, self.done = label, max(total, 1), 0
-        self._stream = stream
-        self._live = stream.isatty()
+        self._stream = stream or sys.stderr  # the stream of now, not of import time
+        self._live = self._stream.isatty()
 
     def step(self, note: str = "") -> None:
         self.done += 1
@@ -69,7 +70,8 @@ class Progress:
             self._stream.write("\n")
 
 
-def table(title: str, rows: Iterable[tuple[str, Any]], stream: TextIO = sys.stdout) -> None:
+def table(title: str, rows: Iterable[tuple[str, Any]], stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout  # the stream of now, not of import time
     rows = list(rows)
     stream.write(f"{title}\n")
     if not rows:
@@ -173,11 +175,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     progress = Progress("reading", _depth(reader))
     messages: list[DlqMessage] = []
     try:
-        for message in reader.scan():
-            messages.append(message)
-            progress.step(message.code)
+        with closing(reader.scan()) as scan:  # listing consumes nothing: all given back
+            for message in scan:
+                messages.append(message)
+                progress.step(message.code)
     finally:
-        reader.release(messages)  # listing consumes nothing
         progress.close()
     chosen = [m for m in messages if filters.matches(m)][: args.max]
     if args.output:
@@ -228,7 +230,8 @@ def _print_outcomes(summary: RunSummary, args: argparse.Namespace, verb: str) ->
         return
     for outcome in summary.outcomes:
         for warning in outcome.warnings:
-            print(f"warning: {outcome.message_id}: {warning}", file=sys.stderr)
+            events = ", ".join(outcome.identifiers)
+            print(f"warning: {outcome.message_id} ({events}): {warning}", file=sys.stderr)
     table(f"{verb} ({'dry run' if args.dry_run else 'done'})", sorted(summary.counts().items()))
     kept = Counter(o.code or "?" for o in summary.outcomes if o.action in ("kept", "skipped"))
     if kept:

@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from meter_relay.dead_letter import (
     ATTR_ERROR_CODE,
     ATTR_ERROR_MESSAGE,
+    ATTR_ERROR_PARAM,
     ATTR_EVENT_INDEX,
     ATTR_FIRST_SEEN,
     ATTR_IDENTIFIER,
     ATTR_SOURCE_MESSAGE_ID,
 )
 from meter_relay.events import (
+    MAX_IDENTIFIER_LENGTH,
     ErrorCode,
     MeterEvent,
     ParsedEvent,
@@ -123,13 +128,12 @@ def read_message(message: MessageTypeDef, rules: ValidationRules) -> DlqMessage:
         document = json.loads(body)
     except (ValueError, RecursionError):
         document = None
-    if redriven:
-        raw_events = _events_of(document)
-    elif isinstance(document, dict) and "events" not in document and "event_name" in document:
-        raw_events = [document]
-    else:
-        raw_events = []  # a message-level letter: the body is what the producer sent, unusable
     index_attr = attributes.get(ATTR_EVENT_INDEX)
+    if index_attr and not redriven:  # the forwarder's letter for one event of a message
+        raw_events = [document] if isinstance(document, dict) else []
+    else:  # a whole message: moved by SQS, a copy kept by a replay, or one the forwarder
+        # could not read (those bodies hold no usable event: not JSON, not the contract)
+        raw_events = _events_of(document)
     events = []
     for position, raw in enumerate(raw_events):
         index = int(index_attr) if index_attr and not redriven else position
@@ -151,9 +155,10 @@ def read_message(message: MessageTypeDef, rules: ValidationRules) -> DlqMessage:
 
 
 def _events_of(document: Any) -> list[Any]:
-    if isinstance(document, dict) and set(document) == {"events"}:
+    """The events of a whole message body as parse_message reads it (none when unusable)."""
+    if isinstance(document, dict) and "events" in document:
         events = document["events"]
-        return events if isinstance(events, list) else []
+        return events if set(document) == {"events"} and isinstance(events, list) else []
     return [document] if isinstance(document, dict) else []
 
 
@@ -161,8 +166,8 @@ def _identifier(
     raw: Any, attributes: dict[str, str], source: str, index: int, redriven: bool
 ) -> str | None:
     given = raw.get("identifier") if isinstance(raw, dict) else None
-    if isinstance(given, str) and given:
-        return given
+    if isinstance(given, str) and 0 < len(given) <= MAX_IDENTIFIER_LENGTH:
+        return given  # what the forwarder keeps (a longer one it refuses, as Stripe would)
     if not redriven:
         return attributes.get(ATTR_IDENTIFIER)
     return derive_identifier(source, index) if given is None else None
@@ -184,44 +189,68 @@ class DeadLetterReader:
         self.sqs = sqs
         self.queue_url = queue_url
         self.rules = rules
+        self._deleted: set[str] = set()  # receipt handles deleted while a scan holds them
+        self._copies: set[str] = set()  # message ids of the copies replace() put in
 
-    def scan(self, limit: int | None = None, hold: int = SCAN_HOLD_SECONDS) -> Iterator[DlqMessage]:
-        """Every message once (until the queue answers empty), hidden for `hold` seconds."""
+    def scan(
+        self, limit: int | None = None, hold: int = SCAN_HOLD_SECONDS
+    ) -> Generator[DlqMessage]:
+        """Every message once (until the queue answers empty), hidden for `hold` seconds.
+
+        When the scan ends (exhausted, closed early, or on an error: iterate it inside
+        `contextlib.closing`), every message it received and that was not deleted through
+        this reader meanwhile is made visible again at once, also the rest of a received
+        batch that was never yielded and messages received twice.
+        """
         seen: set[str] = set()
-        while limit is None or len(seen) < limit:
-            received = self.sqs.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=10,
-                VisibilityTimeout=hold,
-                AttributeNames=["All"],
-                MessageAttributeNames=["All"],
-                WaitTimeSeconds=1,  # long polling asks every server: no false "empty"
-            ).get("Messages", [])
-            if not received:
-                return
-            for message in received:
-                if message["MessageId"] in seen:
-                    continue
-                seen.add(message["MessageId"])
-                yield read_message(message, self.rules)
+        held: list[str] = []  # receipt handles, in the order received
+        try:
+            while limit is None or len(seen) < limit:
+                received = self.sqs.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=10,
+                    VisibilityTimeout=hold,
+                    AttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                    WaitTimeSeconds=1,  # long polling asks every server: no false "empty"
+                ).get("Messages", [])
+                if not received:
+                    return
+                held.extend(m["ReceiptHandle"] for m in received)
+                for message in received:
+                    if message["MessageId"] in seen or message["MessageId"] in self._copies:
+                        continue  # a copy made by this run is not taken again (no loop)
+                    seen.add(message["MessageId"])
+                    yield read_message(message, self.rules)
+        finally:
+            self._release_handles([h for h in held if h not in self._deleted])
+            self._deleted.difference_update(held)
 
     def release(self, messages: Iterable[DlqMessage]) -> None:
         """Make messages visible again now (a scan must not hide the DLQ from others)."""
-        pending = list(messages)
-        for start in range(0, len(pending), 10):
+        self._release_handles([m.receipt_handle for m in messages])
+
+    def _release_handles(self, handles: list[str]) -> None:
+        for start in range(0, len(handles), 10):
             self.sqs.change_message_visibility_batch(
                 QueueUrl=self.queue_url,
                 Entries=[
-                    {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
-                    for i, m in enumerate(pending[start : start + 10])
+                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                    for i, handle in enumerate(handles[start : start + 10])
                 ],
             )
 
     def delete(self, message: DlqMessage) -> None:
         self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message.receipt_handle)
+        self._deleted.add(message.receipt_handle)
 
-    def replace(self, message: DlqMessage, code: str, error_message: str) -> None:
-        """Record a new reason: a copy with the new code goes in first, then the old one goes."""
+    def replace(
+        self, message: DlqMessage, code: str, error_message: str, first_event: int = 0
+    ) -> None:
+        """Record a new reason: a copy with the new code goes in first, then the old one goes.
+
+        The copy holds the message's events from `first_event` on (those before it are at
+        Stripe already)."""
         attributes: dict[str, MessageAttributeValueTypeDef] = {
             name: {
                 "DataType": "Number" if name == ATTR_EVENT_INDEX else "String",
@@ -230,6 +259,7 @@ class DeadLetterReader:
             for name, value in message.attributes.items()
             if value
         }
+        attributes.pop(ATTR_ERROR_PARAM, None)  # the old reason's; the new one names none
         attributes[ATTR_ERROR_CODE] = {"DataType": "String", "StringValue": code}
         attributes[ATTR_ERROR_MESSAGE] = {"DataType": "String", "StringValue": error_message[:1024]}
         attributes.setdefault(
@@ -239,22 +269,31 @@ class DeadLetterReader:
             ATTR_FIRST_SEEN,
             {"DataType": "String", "StringValue": format_timestamp(message.first_seen)},
         )
-        body = message.body
-        if message.redriven:  # identifiers must survive the copy's new messageId
-            body = _with_identifiers(message)
-        self.sqs.send_message(
-            QueueUrl=self.queue_url, MessageBody=body, MessageAttributes=attributes
+        copy = self.sqs.send_message(
+            QueueUrl=self.queue_url,
+            MessageBody=_self_contained(message, first_event),
+            MessageAttributes=attributes,
         )
+        self._copies.add(copy["MessageId"])
         self.delete(message)
 
 
-def _with_identifiers(message: DlqMessage) -> str:
-    events = [
-        {**e.raw, "identifier": e.identifier} if isinstance(e.raw, dict) and e.identifier else e.raw
-        for e in message.events
-    ]
-    if not events:
+def _self_contained(message: DlqMessage, first_event: int = 0) -> str:
+    """The body of a copy: what the copy's new messageId and SentTimestamp would change
+    (derived identifiers, the default timestamp) is written into each event."""
+    if not message.events:
         return message.body
+    default_timestamp = format_timestamp(message.sent_at)
+    events = []
+    for e in message.events[first_event:]:
+        raw = e.raw
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            if e.identifier and raw.get("identifier") is None:
+                raw["identifier"] = e.identifier
+            if raw.get("timestamp") is None:
+                raw["timestamp"] = default_timestamp
+        events.append(raw)
     return json.dumps(events[0] if len(events) == 1 else {"events": events})
 
 
@@ -453,31 +492,24 @@ class Replayer:
         if via == "sync" and self.api is None:
             raise ValueError("replay through the sync endpoint needs the Stripe secret key")
         summary = RunSummary()
-        untouched: list[DlqMessage] = []
         taken = 0
-        try:
-            for message in self.reader.scan():
+        # the scan gives back, when it is closed, every message that was not deleted
+        with closing(self.reader.scan()) as messages:
+            for message in messages:
                 if remaining is not None and remaining() < 2 * self.timeout:
-                    summary.complete = False
-                    untouched.append(message)
+                    summary.complete = False  # out of time: stop, hide nothing more
+                    break
+                if not filters.matches(message):
                     continue
-                if not filters.matches(message) or (
-                    filters.max_count is not None and taken >= filters.max_count
-                ):
-                    if filters.max_count is not None and taken >= filters.max_count:
-                        summary.complete = False
-                    untouched.append(message)
-                    continue
+                if filters.max_count is not None and taken >= filters.max_count:
+                    summary.complete = False  # more match than --max took
+                    break
                 taken += 1
                 self.rate.wait()
                 outcome = self._replay_one(message, via)
                 summary.outcomes.append(outcome)
-                if outcome.action != "replayed":
-                    untouched.append(message)
                 if progress:
                     progress(outcome)
-        finally:
-            self.reader.release(untouched)
         return summary
 
     def prepare(self, message: DlqMessage) -> tuple[list[MeterEvent], Outcome | None]:
@@ -525,30 +557,44 @@ class Replayer:
             outcome.action = "would_replay"
             outcome.detail = f"{len(events)} events via {via}"
             return outcome
-        if via == "queue":
-            assert self.usage_queue_url is not None
-            body = [e.to_stripe() for e in events]
-            self.reader.sqs.send_message(
-                QueueUrl=self.usage_queue_url,
-                MessageBody=json.dumps(body[0] if len(body) == 1 else {"events": body}),
-            )
-        else:
-            failure = self._send_sync(events)
-            if failure is not None:
-                outcome.code = failure.code or f"http_{failure.status}"
-                outcome.detail = failure.error
-                if failure.kind is Kind.REJECTED:  # the DLQ keeps it, with Stripe's new reason
-                    self.reader.replace(message, outcome.code, failure.error)
-                return outcome
-        self.reader.delete(message)  # only now: what it carried is safely elsewhere
+        try:
+            if via == "queue":
+                assert self.usage_queue_url is not None
+                body = [e.to_stripe() for e in events]
+                self.reader.sqs.send_message(
+                    QueueUrl=self.usage_queue_url,
+                    MessageBody=json.dumps(body[0] if len(body) == 1 else {"events": body}),
+                )
+            else:
+                failed = self._send_sync(events)
+                if failed is not None:
+                    failure, counted = failed
+                    outcome.code = failure.code or f"http_{failure.status}"
+                    outcome.detail = failure.error
+                    # the DLQ keeps what Stripe has not counted (a later replay, past the
+                    # 24-hour deduplication, would count the rest again): with the new reason
+                    # when Stripe refused it, else as it was
+                    if failure.kind is Kind.REJECTED:
+                        self.reader.replace(message, outcome.code, failure.error, counted)
+                    elif counted:
+                        self.reader.replace(message, message.code, message.error_message, counted)
+                    if counted:
+                        outcome.detail += f" ({counted} events before it counted: not kept)"
+                    return outcome
+            self.reader.delete(message)  # only now: what it carried is safely elsewhere
+        except (BotoCoreError, ClientError) as error:  # it stays in the DLQ, as it was
+            outcome.code = outcome.code or "aws_error"
+            outcome.detail = f"{outcome.detail} (kept: {type(error).__name__}: {error})".lstrip()
+            return outcome
         outcome.action = "replayed"
         outcome.detail = f"{len(events)} events via {via}"
         return outcome
 
-    def _send_sync(self, events: list[MeterEvent]) -> StripeAnswer | None:
-        """Each event through /v2/billing/meter_events; None when all are counted at Stripe."""
+    def _send_sync(self, events: list[MeterEvent]) -> tuple[StripeAnswer, int] | None:
+        """Each event through /v2/billing/meter_events; None when all are counted at Stripe,
+        else the failed answer and the event's position (those before it are counted)."""
         assert self.api is not None
-        for event in events:
+        for position, event in enumerate(events):
             for attempt in range(1, SYNC_ATTEMPTS + 1):
                 answer = self.api.create_meter_event(event.to_stripe(), self.timeout)
                 if answer.kind is Kind.OK or answer.code == "duplicate_meter_event":
@@ -556,7 +602,7 @@ class Replayer:
                 if answer.kind in (Kind.TRANSIENT, Kind.RATE_LIMITED) and attempt < SYNC_ATTEMPTS:
                     self.sleep(answer.retry_after or 0.25 * 2**attempt)
                     continue
-                return answer
+                return answer, position
         return None
 
 
@@ -595,21 +641,19 @@ def targets_from_file(path: str | Path, event_name: str) -> list[CancelTarget]:
 
 def targets_from_dlq(reader: DeadLetterReader, filters: Filters) -> list[CancelTarget]:
     targets: list[CancelTarget] = []
-    seen: list[DlqMessage] = []
-    try:
-        for message in reader.scan():
-            seen.append(message)
+    taken = 0
+    with closing(reader.scan()) as messages:  # gives every message back when it closes
+        for message in messages:
             if not filters.matches(message):
                 continue
-            if filters.max_count is not None and len(targets) >= filters.max_count:
+            if filters.max_count is not None and taken >= filters.max_count:
                 break
+            taken += 1
             for event in message.events:
                 if event.identifier and event.event_name:
                     targets.append(
                         CancelTarget(event.identifier, event.event_name, message.first_seen)
                     )
-    finally:
-        reader.release(seen)
     return targets
 
 

@@ -13,6 +13,7 @@ continues with what is left.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -80,6 +81,15 @@ def _check(event: dict[str, Any], known: set[str]) -> None:
         raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(known)}")
 
 
+def _rate(event: dict[str, Any]) -> float | None:
+    rate = event.get("rate")
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
+        raise ValueError(f"rate is a positive number (per second), not {rate!r}")
+    return float(rate)
+
+
 def _remaining(context: LambdaContext) -> float:
     return context.get_remaining_time_in_millis() / 1000.0 - DEADLINE_MARGIN_SECONDS
 
@@ -97,7 +107,7 @@ def replay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         api=_api() if via == "sync" else None,
         fix=Fix.from_dict(event.get("fix") or {}),
         dry_run=bool(event.get("dry_run", False)),
-        rate=RateLimit(event.get("rate")),
+        rate=RateLimit(_rate(event)),
     )
     summary = replayer.replay(
         Filters.from_dict(event.get("filters") or {}), via, remaining=lambda: _remaining(context)
@@ -128,7 +138,7 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
         None if dry_run else _api(),
         targets,
         dry_run=dry_run,
-        rate=RateLimit(event.get("rate")),
+        rate=RateLimit(_rate(event)),
         remaining=lambda: _remaining(context),
     )
     for line in audit:

@@ -1,0 +1,677 @@
+"""`meter-relay dlq list|replay|cancel` against moto (SQS, Secrets Manager) and the emulator.
+
+The CLI runs in-process (`meter_relay.cli.main`) with the environment an operator would set,
+and once as `python -m meter_relay`. Dead letters are real: the forwarder's own (through the
+harness, on bad input), messages that SQS moved after maxReceiveCount (received more than
+MAX_RECEIVE_COUNT times, or their body sent straight to the DLQ, as the redrive leaves it), and
+forwarder-shaped letters built with the forwarder's own DeadLetter where a test needs a past
+FirstSeen. Queues stay shallow; every scan ends with one empty long poll (about a second).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from meter_relay.cli import main
+from meter_relay.dead_letter import DeadLetter
+from meter_relay.dlq import read_message
+from meter_relay.events import ValidationRules, format_timestamp
+from tests.plugins.relay import (
+    API_VERSION,
+    MAX_RECEIVE_COUNT,
+    ROOT,
+    SECRET_KEY,
+    Relay,
+    queue_url,
+)
+
+pytestmark = pytest.mark.integration
+
+METER_KEYS = {"search_calls": {"customer_key": "customer", "value_key": "calls"}}
+RULES = ValidationRules.from_settings(json.dumps(METER_KEYS), "positive_integer")
+
+
+# ----- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> Relay:
+    """The relay stack, with the environment the CLI reads (as an operator would set it)."""
+    for name, value in relay.aws.env.items():  # AWS_ENDPOINT_URL at moto, dummy credentials
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", relay.dlq_url)
+    monkeypatch.setenv("USAGE_QUEUE_URL", relay.queue_url)
+    monkeypatch.setenv("STRIPE_SECRET_ID", relay.secret_id)
+    monkeypatch.setenv("STRIPE_API_BASE", relay.emulator_url)
+    monkeypatch.setenv("STRIPE_API_VERSION", API_VERSION)
+    monkeypatch.setenv("METER_KEYS", json.dumps(METER_KEYS))
+    return relay
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`meter-relay ARGV` in-process: (exit status, stdout, stderr); never the secret key."""
+    capsys.readouterr()  # what came before (the forwarder's logs and metrics) is not its own
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert SECRET_KEY not in out
+    assert SECRET_KEY not in err
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    code, out, _ = run(capsys, *argv, "--json")
+    document: dict[str, Any] = json.loads(out)
+    return code, document
+
+
+def api_event(
+    identifier: str | None, customer: str = "cus_a", value: str = "1", **extra: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event_name": "api_requests",
+        "payload": {"stripe_customer_id": customer, "value": value},
+        **extra,
+    }
+    if identifier is not None:
+        body["identifier"] = identifier
+    return body
+
+
+def ago(**delta: float) -> datetime:
+    return datetime.now(UTC) - timedelta(**delta)
+
+
+def forward(relay: Relay, bodies: list[Any], ids: list[str]) -> None:
+    """Run the forwarder (through the harness) on one batch; every record must settle."""
+    relay.put_session()
+    with relay.forwarder(env={"METER_KEYS": json.dumps(METER_KEYS)}) as forwarder:
+        invocation = forwarder.invoke(relay.sqs_event(bodies, ids))
+    assert invocation.error is None, invocation.error
+    assert invocation.result == {"batchItemFailures": []}
+
+
+def put_redriven(relay: Relay, body: dict[str, Any] | str) -> str:
+    """A producer's body straight on the DLQ, as SQS's redrive leaves it (no attributes)."""
+    text = body if isinstance(body, str) else json.dumps(body)
+    return relay.aws.client("sqs").send_message(QueueUrl=relay.dlq_url, MessageBody=text)[
+        "MessageId"
+    ]
+
+
+def redrive(relay: Relay, body: dict[str, Any]) -> str:
+    """Through SQS's own redrive: received more than maxReceiveCount times, never deleted."""
+    sqs = relay.aws.client("sqs")
+    message_id = sqs.send_message(QueueUrl=relay.queue_url, MessageBody=json.dumps(body))[
+        "MessageId"
+    ]
+    receipts = 0
+    for _ in range(MAX_RECEIVE_COUNT + 1):
+        got = sqs.receive_message(QueueUrl=relay.queue_url, VisibilityTimeout=0).get("Messages")
+        receipts += len(got or [])
+    assert receipts == MAX_RECEIVE_COUNT  # the next receive found it moved
+    return message_id
+
+
+def put_letter(
+    relay: Relay,
+    body: dict[str, Any],
+    code: str,
+    first_seen: datetime,
+    customer_source: str | None = None,
+) -> str:
+    """A letter as the forwarder writes it for one event (its own DeadLetter), FirstSeen forged."""
+    source = customer_source or str(uuid.uuid4())
+    identifier = body.get("identifier") or f"{source}-0"
+    letter = DeadLetter(
+        json.dumps({**body, "identifier": identifier}),
+        code,
+        f"forged for a test ({code})",
+        source,
+        format_timestamp(first_seen),
+        event_index=0,
+        event_name=body.get("event_name"),
+        identifier=identifier,
+    )
+    return relay.aws.client("sqs").send_message(
+        QueueUrl=relay.dlq_url, MessageBody=letter.body, MessageAttributes=letter.attributes()
+    )["MessageId"]
+
+
+def peek(relay: Relay) -> dict[str, Any]:
+    """Every DLQ message by id, received with VisibilityTimeout 0 (so it stays visible).
+
+    Asserts first that nothing is hidden: what the tools held, they gave back at once.
+    """
+    sqs = relay.aws.client("sqs")
+    counts = sqs.get_queue_attributes(
+        QueueUrl=relay.dlq_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert counts["ApproximateNumberOfMessagesNotVisible"] == "0"
+    received = sqs.receive_message(
+        QueueUrl=relay.dlq_url,
+        MaxNumberOfMessages=10,
+        VisibilityTimeout=0,
+        AttributeNames=["All"],
+        MessageAttributeNames=["All"],
+    ).get("Messages", [])
+    assert len(received) == int(counts["ApproximateNumberOfMessages"]) <= 10
+    return {m["MessageId"]: m for m in received}
+
+
+def snapshot(relay: Relay) -> dict[str, tuple[str, dict[str, Any]]]:
+    return {i: (m["Body"], m.get("MessageAttributes", {})) for i, m in peek(relay).items()}
+
+
+def take_usage_queue(relay: Relay) -> list[Any]:
+    sqs = relay.aws.client("sqs")
+    found: dict[str, Any] = {}
+    while True:
+        got = sqs.receive_message(
+            QueueUrl=relay.queue_url, MaxNumberOfMessages=10, AttributeNames=["All"]
+        ).get("Messages", [])
+        if not got:
+            return list(found.values())
+        found.update({m["MessageId"]: m for m in got})
+
+
+def usage_queue_depth(relay: Relay) -> int:
+    attributes = relay.aws.client("sqs").get_queue_attributes(
+        QueueUrl=relay.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return sum(int(v) for v in attributes.values())
+
+
+def deliver_sync(relay: Relay, event: dict[str, Any]) -> None:
+    """Count an event at the emulator directly (as if delivered earlier)."""
+    response = requests.post(
+        f"{relay.emulator_url}/v2/billing/meter_events",
+        json=event,
+        headers={"Authorization": f"Bearer {relay.secret_key}", "Stripe-Version": API_VERSION},
+        timeout=10,
+    )
+    response.raise_for_status()
+
+
+def by_message(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["message_id"]: o for o in outcomes}
+
+
+# ----- help -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["dlq"], ["dlq", "list"], ["dlq", "replay"], ["dlq", "cancel"]],
+    ids=lambda argv: " ".join(["meter-relay", *argv]),
+)
+def test_help_on_every_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: meter-relay {' '.join(argv)}".rstrip())
+    if argv[1:] == ["replay"]:
+        for flag in ("--fix", "--via", "--dry-run", "--rate", "--code", "--since", "--max"):
+            assert flag in out
+    if argv[1:] == ["cancel"]:
+        for flag in ("--identifiers", "--event-name", "--audit", "--dry-run", "--customer"):
+            assert flag in out
+
+
+def test_a_missing_setting_is_one_clear_line(
+    cli: Relay, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DEAD_LETTER_QUEUE_URL")
+    code, out, err = run(capsys, "dlq", "list")
+    assert code == 2
+    assert out == ""
+    assert err == "meter-relay: the DLQ (--dlq-url or DEAD_LETTER_QUEUE_URL) is not set\n"
+
+
+# ----- list -------------------------------------------------------------------------------------
+
+
+def test_list_summarises_and_exports_without_consuming(
+    cli: Relay, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forward(
+        cli,
+        [
+            api_event("list-neg", "cus_a", "-1"),
+            {"event_name": "search_calls", "identifier": "list-nocust", "payload": {"calls": "2"}},
+            "not json",
+            {"events": [api_event("list-env-0", "cus_b", "0"), api_event(None, "cus_b", "x")]},
+        ],
+        ["list-neg", "list-nocust", "list-notjson", "list-env"],
+    )
+    redriven = redrive(cli, api_event(None, "cus_c", "4"))
+    before = snapshot(cli)
+    assert len(before) == 6
+
+    code, out, _ = run(capsys, "dlq", "list")
+    assert code == 0
+    assert "6 messages, 5 events, by error code" in out
+    for row in (
+        "payload_invalid_value               3",
+        "payload_no_customer_defined         1",
+        "message_not_json                    1",
+        "max_receive_count_exceeded          1",
+    ):
+        assert " ".join(row.split()) in " ".join(out.split())
+    assert "by event_name" in out
+    assert "by customer (top 20)" in out
+    assert "< 1 hour" in out
+
+    export = tmp_path / "dlq.jsonl"
+    code, summary = run_json(capsys, "dlq", "list", "--output", str(export))
+    assert code == 0
+    assert summary == {
+        "messages": 6,
+        "events": 5,
+        "by_code": {
+            "payload_invalid_value": 3,
+            "payload_no_customer_defined": 1,
+            "message_not_json": 1,
+            "max_receive_count_exceeded": 1,
+        },
+        "by_event_name": {"api_requests": 4, "search_calls": 1},
+        "by_customer": {"cus_a": 1, "cus_b": 2, "cus_c": 1, "(none)": 1},
+        "by_age": {"< 1 hour": 6},
+    }
+    exported = [json.loads(line) for line in export.read_text().splitlines()]
+    assert SECRET_KEY not in export.read_text()
+    assert {m["message_id"] for m in exported} == set(before)
+    for message in exported:
+        assert message["body"] == before[message["message_id"]][0]
+        attributes = before[message["message_id"]][1]
+        assert message["attributes"] == {k: v["StringValue"] for k, v in attributes.items()}
+    identifiers: dict[str, list[str]] = {}
+    for message in exported:
+        identifiers.setdefault(message["source_message_id"], []).extend(message["identifiers"])
+    assert {source: sorted(found) for source, found in identifiers.items()} == {
+        "list-neg": ["list-neg"],
+        "list-nocust": ["list-nocust"],
+        "list-notjson": [],
+        "list-env": ["list-env-0", "list-env-1"],  # one letter each, the second derived
+        redriven: [f"{redriven}-0"],  # derived from the messageId SQS kept
+    }
+    assert [m["code"] for m in exported if m["redriven"]] == ["max_receive_count_exceeded"]
+
+    assert snapshot(cli) == before  # nothing consumed, nothing hidden, nothing changed
+
+
+def test_console_entry_runs_as_a_module(cli: Relay) -> None:
+    put_redriven(cli, api_event("module-1"))
+    completed = subprocess.run(
+        [sys.executable, "-m", "meter_relay", "dlq", "list", "--json"],
+        env=dict(os.environ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["by_code"] == {"max_receive_count_exceeded": 1}
+    assert SECRET_KEY not in completed.stdout + completed.stderr
+    assert len(peek(cli)) == 1
+
+
+# ----- replay: correct, send, deliver -------------------------------------------------------
+
+
+def test_correct_and_replay_then_the_forwarder_delivers_with_the_same_identifiers(
+    cli: Relay, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forward(
+        cli,
+        [
+            # a typo in the event_name: validated with the default keys, so no customer
+            {"event_name": "search_call", "payload": {"customer": "cus_s", "calls": "2"}},
+            # the customer under the wrong key, and a customer id that has since changed
+            api_event("remap-1", value="3") | {"payload": {"customer_id": "cus_old", "value": 3}},
+        ],
+        ["fix-rename", "fix-remap"],
+    )
+    before = {
+        str(read_message(m, RULES).events[0].identifier): m["MessageAttributes"]["ErrorCode"]
+        for m in peek(cli).values()
+    }
+    assert before == {
+        "fix-rename-0": {"DataType": "String", "StringValue": "payload_no_customer_defined"},
+        "remap-1": {"DataType": "String", "StringValue": "payload_no_customer_defined"},
+    }
+    fix = tmp_path / "fix.json"
+    fix.write_text(
+        json.dumps(
+            {
+                "event_names": {"search_call": "search_calls"},
+                "payload_keys": {"customer_id": "stripe_customer_id"},
+                "customers": {"cus_old": "cus_new"},
+            }
+        )
+    )
+
+    code, result = run_json(capsys, "dlq", "replay", "--fix", str(fix))
+    assert code == 0
+    assert result["complete"] is True
+    assert result["counts"] == {"replayed": 2}
+    assert sorted(i for o in result["outcomes"] for i in o["identifiers"]) == sorted(before)
+    assert peek(cli) == {}  # both left the DLQ: they are on the usage queue
+
+    replayed = take_usage_queue(cli)
+    bodies = {json.loads(m["Body"])["identifier"]: json.loads(m["Body"]) for m in replayed}
+    assert bodies["fix-rename-0"]["event_name"] == "search_calls"
+    assert bodies["remap-1"]["payload"] == {"stripe_customer_id": "cus_new", "value": "3"}
+    with cli.forwarder(env={"METER_KEYS": json.dumps(METER_KEYS)}) as forwarder:
+        sqs_event = cli.sqs_event([m["Body"] for m in replayed], [m["MessageId"] for m in replayed])
+        invocation = forwarder.invoke(sqs_event)
+    assert invocation.result == {"batchItemFailures": []}
+
+    identifiers = cli.emulator.identifiers()
+    assert identifiers == {i: {"received": 1, "counted": 1} for i in before}  # the same ones
+    (renamed,) = cli.emulator.events(identifier="fix-rename-0")
+    assert (renamed["event_name"], renamed["status"]) == ("search_calls", "counted")
+    (remapped,) = cli.emulator.events(identifier="remap-1")
+    assert remapped["payload"]["stripe_customer_id"] == "cus_new"
+    assert cli.emulator.errors()["total"] == 0
+    assert peek(cli) == {}
+
+
+def test_a_dry_run_changes_nothing(
+    cli: Relay, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forward(cli, [api_event(None) | {"payload": {"customer_id": "cus_a", "value": "1"}}], ["dry"])
+    redriven = put_redriven(cli, api_event("dry-redriven"))
+    fix = tmp_path / "fix.json"
+    fix.write_text(json.dumps({"payload_keys": {"customer_id": "stripe_customer_id"}}))
+    before = snapshot(cli)
+
+    code, result = run_json(capsys, "dlq", "replay", "--dry-run")
+    assert code == 1  # the letter cannot be sent uncorrected: reported, kept
+    outcomes = by_message(result["outcomes"])
+    assert outcomes[redriven]["action"] == "would_replay"
+    (letter_id,) = set(before) - {redriven}
+    assert (outcomes[letter_id]["action"], outcomes[letter_id]["code"]) == (
+        "kept",
+        "payload_no_customer_defined",
+    )
+
+    code, result = run_json(
+        capsys, "dlq", "replay", "--via", "sync", "--dry-run", "--fix", str(fix)
+    )
+    assert code == 0
+    assert result["counts"] == {"would_replay": 2}
+    assert sorted(i for o in result["outcomes"] for i in o["identifiers"]) == [
+        "dry-0",
+        "dry-redriven",
+    ]
+
+    assert snapshot(cli) == before
+    assert usage_queue_depth(cli) == 0
+    assert cli.emulator.requests(endpoint="meter_events") == []
+    assert cli.emulator.events() == []
+
+
+def test_nothing_leaves_the_dlq_unless_it_was_resent(
+    cli: Relay, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = put_redriven(cli, api_event("resend-1"))
+    second = put_redriven(cli, {"events": [api_event("resend-2"), api_event(None)]})
+    before = snapshot(cli)
+    monkeypatch.setenv("USAGE_QUEUE_URL", queue_url(cli.aws.endpoint_url, "no-such-queue"))
+
+    code, result = run_json(capsys, "dlq", "replay")
+    assert code == 1
+    assert result["counts"] == {"kept": 2}
+    for outcome in result["outcomes"]:
+        assert outcome["code"] == "aws_error"
+        assert "QueueDoesNotExist" in outcome["detail"] or "NonExistent" in outcome["detail"]
+    assert snapshot(cli) == before  # still there, visible at once
+
+    monkeypatch.setenv("USAGE_QUEUE_URL", cli.queue_url)
+    code, result = run_json(capsys, "dlq", "replay")
+    assert code == 0
+    assert by_message(result["outcomes"])[second]["identifiers"] == ["resend-2", f"{second}-1"]
+    assert by_message(result["outcomes"])[first]["identifiers"] == ["resend-1"]
+    assert peek(cli) == {}
+    assert len(take_usage_queue(cli)) == 2
+
+
+def test_old_events_are_not_sent_and_stale_ones_are_named(
+    cli: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    too_old = format_timestamp(ago(days=40))
+    forward(cli, [api_event("too-old", timestamp=too_old)], ["old"])
+    stale = put_letter(
+        cli,
+        api_event("stale-1", timestamp=format_timestamp(ago(hours=25))),
+        "payload_invalid_value",
+        first_seen=ago(hours=25),
+    )
+
+    code, out, err = run(capsys, "dlq", "replay")
+    assert code == 1
+    assert f"warning: {stale} (stale-1): first seen more than 24 hours ago" in err
+    assert "too-old" not in err
+    assert "skipped" in out
+    assert "timestamp_too_far_in_past" in out  # the reason it stays
+
+    left = peek(cli)
+    assert [read_message(m, RULES).events[0].identifier for m in left.values()] == ["too-old"]
+    (sent,) = take_usage_queue(cli)
+    assert json.loads(sent["Body"])["identifier"] == "stale-1"
+
+
+# ----- replay through the synchronous endpoint --------------------------------------------
+
+
+def test_sync_replay_with_each_answer(cli: Relay, capsys: pytest.CaptureFixture[str]) -> None:
+    deliver_sync(cli, api_event("dup-1", "cus_d"))  # already counted before the replay
+    ok = put_redriven(cli, api_event("sync-ok", "cus_a"))
+    dup = put_redriven(cli, api_event("dup-1", "cus_d"))
+    no_meter = put_redriven(cli, {"event_name": "nope", "payload": api_event("x")["payload"]})
+    archived = put_redriven(
+        cli,
+        {
+            "event_name": "legacy_metric",
+            "identifier": "legacy-1",
+            "payload": api_event("x")["payload"],
+        },
+    )
+    envelope = put_redriven(
+        cli,
+        {
+            "events": [
+                api_event(None, "cus_e"),
+                {"event_name": "nope", "payload": {"stripe_customer_id": "cus_e", "value": "1"}},
+            ]
+        },
+    )
+
+    code, result = run_json(capsys, "dlq", "replay", "--via", "sync")
+    assert code == 1
+    outcomes = by_message(result["outcomes"])
+    assert {m: (o["action"], o["code"]) for m, o in outcomes.items()} == {
+        ok: ("replayed", None),
+        dup: ("replayed", None),  # duplicate_meter_event: already counted, a success
+        no_meter: ("kept", "no_meter"),
+        archived: ("kept", "archived_meter"),
+        envelope: ("kept", "no_meter"),
+    }
+
+    def kept() -> dict[str, tuple[str, list[str | None]]]:
+        found = {}
+        for message in peek(cli).values():
+            read = read_message(message, RULES)
+            found[read.source_message_id] = (read.code, [e.identifier for e in read.events])
+        return found
+
+    assert kept() == {  # copies with the new code and the identifiers they had
+        no_meter: ("no_meter", [f"{no_meter}-0"]),
+        archived: ("archived_meter", ["legacy-1"]),
+        # only what Stripe has not counted: a replay after 24 hours cannot count the rest twice
+        envelope: ("no_meter", [f"{envelope}-1"]),
+    }
+    counted = {i: c["counted"] for i, c in cli.emulator.identifiers().items() if c["counted"]}
+    assert counted == {"sync-ok": 1, "dup-1": 1, f"{envelope}-0": 1}
+
+    # a kept copy replays like the original did (it is not taken twice in one run)
+    earlier = len(cli.emulator.requests(endpoint="meter_events"))
+    code, result = run_json(capsys, "dlq", "replay", "--via", "sync", "--code", "no_meter")
+    assert code == 1
+    assert result["counts"] == {"kept": 2}
+    assert kept()[envelope] == ("no_meter", [f"{envelope}-1"])
+    sent_again = cli.emulator.requests(endpoint="meter_events")[earlier:]
+    assert [r["status"] for r in sent_again] == [400, 400]
+    assert cli.emulator.counted_more_than_once() == []
+
+
+def test_sync_replay_retries_409(cli: Relay, capsys: pytest.CaptureFixture[str]) -> None:
+    # seed 4: the first request answers 409, the next one proceeds
+    cli.emulator.set_faults("meter_events", seed=4, error_rate=0.5, error_statuses=[409])
+    put_redriven(cli, api_event("conflict-1"))
+
+    code, result = run_json(capsys, "dlq", "replay", "--via", "sync")
+    assert code == 0
+    assert result["counts"] == {"replayed": 1}
+    statuses = [r["status"] for r in cli.emulator.requests(endpoint="meter_events")]
+    assert sorted(statuses) == [200, 409]
+    assert cli.emulator.identifiers() == {"conflict-1": {"received": 1, "counted": 1}}
+    assert peek(cli) == {}
+
+
+# ----- filters ----------------------------------------------------------------------------------
+
+
+def test_filters_select_what_they_say(cli: Relay, capsys: pytest.CaptureFixture[str]) -> None:
+    m1 = put_letter(cli, api_event("f-1", "cus_a"), "payload_invalid_value", ago(hours=2))
+    m2 = put_letter(cli, api_event("f-2", "cus_b"), "payload_invalid_value", ago(minutes=30))
+    search = {"event_name": "search_calls", "identifier": "f-3", "payload": {"customer": "cus_a"}}
+    m3 = put_letter(cli, search, "payload_no_customer_defined", ago(minutes=10))
+    m4 = put_redriven(cli, api_event("f-4", "cus_c"))
+    before = snapshot(cli)
+
+    def chosen(*flags: str) -> tuple[set[str], bool]:
+        _, result = run_json(capsys, "dlq", "replay", "--dry-run", "--rate", "100", *flags)
+        return {o["message_id"] for o in result["outcomes"]}, result["complete"]
+
+    assert chosen("--code", "payload_invalid_value", "--customer", "cus_a") == ({m1}, True)
+    since, until = format_timestamp(ago(hours=1)), format_timestamp(ago(minutes=5))
+    assert chosen(
+        "--event-name", "search_calls", "--event-name", "api_requests", "--since", since,
+        "--until", until,
+    ) == ({m2, m3}, True)  # fmt: skip
+    assert chosen("--customer", "cus_c") == ({m4}, True)
+    selected, complete = chosen("--code", "payload_invalid_value", "--max", "1")
+    assert len(selected) == 1
+    assert selected <= {m1, m2}
+    assert complete is False  # another one matched: run again to continue
+
+    code, _, err = run(capsys, "dlq", "replay", "--since", "yesterday")
+    assert code == 2
+    assert "--since takes an RFC 3339 date-time" in err
+    assert snapshot(cli) == before
+
+
+# ----- cancel -----------------------------------------------------------------------------------
+
+
+def test_cancel_identifiers_inside_and_outside_24_hours(
+    cli: Relay, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forward(cli, [api_event("c-1"), api_event("c-2"), api_event("c-3")], ["c1", "c2", "c3"])
+    identifiers = tmp_path / "ids.txt"
+    identifiers.write_text("c-1\n\nc-2\n")
+    audit = tmp_path / "audit.jsonl"
+    cancel = ["dlq", "cancel", "--identifiers", str(identifiers), "--event-name", "api_requests"]
+
+    code, out, _ = run(capsys, *cancel, "--dry-run", "--audit", str(audit))
+    assert code == 0
+    assert [json.loads(line)["status"] for line in out.splitlines()[:2]] == ["would_cancel"] * 2
+    assert cli.emulator.requests(endpoint="adjustments") == []
+
+    code, out, _ = run(capsys, *cancel, "--audit", str(audit))
+    assert code == 0
+    printed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [(p["identifier"], p["event_name"], p["status"]) for p in printed] == [
+        ("c-1", "api_requests", "pending"),
+        ("c-2", "api_requests", "pending"),
+    ]
+    for line in printed:
+        assert line["adjustment_id"].startswith("mtradj")
+        assert datetime.fromisoformat(line["at"]) > ago(minutes=5)
+    adjustments = cli.emulator.adjustments()
+    assert {a["id"] for a in adjustments} == {p["adjustment_id"] for p in printed}
+    assert {a["status"] for a in adjustments} == {"complete"}
+    assert {e["identifier"]: e["status"] for e in cli.emulator.events()} == {
+        "c-1": "cancelled",
+        "c-2": "cancelled",
+        "c-3": "counted",
+    }
+    logged = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [line["status"] for line in logged] == ["would_cancel"] * 2 + ["pending"] * 2
+    assert logged[2:] == printed
+
+    cli.emulator.advance_clock(86401)  # Stripe received c-3 more than 24 hours ago
+    identifiers.write_text("c-3\n")
+    code, result = run_json(capsys, *cancel, "--audit", str(audit))
+    assert code == 1
+    assert result["counts"] == {"refused": 1}
+    (refused,) = result["audit"]
+    assert refused["identifier"] == "c-3"
+    assert "24 hours" in refused["error"]
+    assert refused["adjustment_id"] is None
+    assert cli.emulator.events(identifier="c-3")[0]["status"] == "counted"
+    assert json.loads(audit.read_text().splitlines()[-1])["status"] == "refused"
+    assert SECRET_KEY not in audit.read_text()
+
+    code, _, err = run(capsys, "dlq", "cancel", "--identifiers", str(identifiers))
+    assert code == 2
+    assert "--identifiers needs exactly one --event-name" in err
+
+
+def test_cancel_events_of_dlq_messages_chosen_by_filters(
+    cli: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for identifier, customer in (("dq-1", "cus_a"), ("dq-2", "cus_b"), ("dq-old", "cus_o")):
+        deliver_sync(cli, api_event(identifier, customer))
+    # delivered, yet their messages kept failing until SQS moved them
+    put_redriven(cli, api_event("dq-1", "cus_a"))
+    put_redriven(cli, api_event("dq-2", "cus_b"))
+    put_letter(cli, api_event("dq-old", "cus_o"), "payload_invalid_value", ago(hours=25))
+    before = snapshot(cli)
+
+    code, result = run_json(capsys, "dlq", "cancel", "--customer", "cus_b", "--dry-run")
+    assert code == 0
+    assert [(a["identifier"], a["status"]) for a in result["audit"]] == [("dq-2", "would_cancel")]
+    assert cli.emulator.requests(endpoint="adjustments") == []
+
+    by_filters = ["--code", "max_receive_count_exceeded", "--customer", "cus_a"]
+    code, result = run_json(capsys, "dlq", "cancel", *by_filters)
+    assert code == 0
+    assert [(a["identifier"], a["status"]) for a in result["audit"]] == [("dq-1", "pending")]
+    assert {e["identifier"]: e["status"] for e in cli.emulator.events()} == {
+        "dq-1": "cancelled",
+        "dq-2": "counted",
+        "dq-old": "counted",
+    }
+
+    cli.emulator.advance_clock(86401)
+    code, out, _ = run(capsys, "dlq", "cancel", "--code", "payload_invalid_value")
+    assert code == 1
+    (line,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert (line["identifier"], line["status"]) == ("dq-old", "past_cancel_window")
+    assert snapshot(cli) == before  # cancelling reads the DLQ, never consumes it

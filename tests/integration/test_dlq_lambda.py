@@ -1,0 +1,343 @@
+"""DlqReplayFunction and DlqCancelFunction through the harness (as `sam local invoke` runs
+them), with the samples in events/dlq-*.json, against moto and the emulator; their deadline
+bound; and their least-privilege IAM in template.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devkit.harness import LambdaFunction, load_function, load_template
+from tests.plugins.relay import ROOT, SECRET_KEY, TEMPLATE, Relay
+
+pytestmark = pytest.mark.integration
+
+REPLAY = "DlqReplayFunction"
+CANCEL = "DlqCancelFunction"
+DLQ_SAMPLES = {path.name for path in (ROOT / "events").glob("dlq-*.json")}
+MIXED_BATCH = ROOT / "events" / "forwarder-mixed-batch.json"
+_M = "5f0c6a1e-0001-4c1b-9a51-00000000000"  # forwarder-mixed-batch.json's message ids
+
+
+def sample(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((ROOT / "events" / name).read_text())
+    return data
+
+
+@pytest.fixture
+def tools(relay: Relay) -> Iterator[dict[str, LambdaFunction]]:
+    """Both functions, configured as env.json configures them for the local stack."""
+    env_vars = relay.env_vars()
+    common = {
+        "STRIPE_API_BASE": relay.emulator_url,
+        "STRIPE_SECRET_ID": relay.secret_id,
+        "DEAD_LETTER_QUEUE_URL": relay.dlq_url,
+    }
+    env_vars[REPLAY] = {**common, "USAGE_QUEUE_URL": relay.queue_url}
+    env_vars[CANCEL] = common
+    functions = {
+        name: load_function(TEMPLATE, name, env_vars=env_vars, extra_env=relay.aws.env)
+        for name in (REPLAY, CANCEL)
+    }
+    yield functions
+    for function in functions.values():
+        function.close()
+
+
+def invoke(function: LambdaFunction, event: Any, timeout: float | None = None) -> dict[str, Any]:
+    invocation = function.invoke(event, timeout=timeout)
+    assert invocation.error is None, invocation.error
+    result: dict[str, Any] = invocation.result
+    assert SECRET_KEY not in json.dumps(result)
+    return result
+
+
+def forward_mixed_batch(relay: Relay) -> None:
+    """The forwarder on forwarder-mixed-batch.json: five events delivered, four dead letters."""
+    data: dict[str, Any] = json.loads(MIXED_BATCH.read_text())
+    now = str(int(time.time() * 1000))
+    for record in data["Records"]:
+        record["attributes"]["SentTimestamp"] = now
+        record["attributes"]["ApproximateFirstReceiveTimestamp"] = now
+    relay.put_session()
+    with relay.forwarder() as forwarder:
+        assert forwarder.invoke(data).result == {"batchItemFailures": []}
+
+
+def put_redriven(relay: Relay, body: dict[str, Any]) -> str:
+    """A producer's body on the DLQ as SQS's redrive leaves it (no message attributes)."""
+    sqs = relay.aws.client("sqs")
+    return sqs.send_message(QueueUrl=relay.dlq_url, MessageBody=json.dumps(body))["MessageId"]
+
+
+def api_event(identifier: str | None, name: str = "api_requests", customer: str = "cus_a") -> Any:
+    body: dict[str, Any] = {
+        "event_name": name,
+        "payload": {"stripe_customer_id": customer, "value": "1"},
+    }
+    if identifier is not None:
+        body["identifier"] = identifier
+    return body
+
+
+def dlq_codes(relay: Relay) -> dict[str, str]:
+    """SourceMessageId (or messageId) -> ErrorCode of every DLQ message; they stay visible."""
+    sqs = relay.aws.client("sqs")
+    received = sqs.receive_message(
+        QueueUrl=relay.dlq_url,
+        MaxNumberOfMessages=10,
+        VisibilityTimeout=0,
+        MessageAttributeNames=["All"],
+    ).get("Messages", [])
+    codes = {}
+    for message in received:
+        attributes = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
+        source = attributes.get("SourceMessageId", message["MessageId"])
+        codes[source] = attributes.get("ErrorCode", "max_receive_count_exceeded")
+    return codes
+
+
+def usage_bodies(relay: Relay) -> list[dict[str, Any]]:
+    sqs = relay.aws.client("sqs")
+    found: dict[str, Any] = {}
+    while True:
+        got = sqs.receive_message(QueueUrl=relay.queue_url, MaxNumberOfMessages=10).get(
+            "Messages", []
+        )
+        if not got:
+            return [json.loads(body) for body in found.values()]
+        found.update({m["MessageId"]: m["Body"] for m in got})
+
+
+MIXED_LETTERS = {
+    f"{_M}4": "message_not_json",
+    f"{_M}5": "payload_no_customer_defined",
+    f"{_M}6": "payload_invalid_value",
+    f"{_M}7": "timestamp_too_far_in_past",
+}
+
+
+# ----- the samples ------------------------------------------------------------------------------
+
+
+def test_every_dlq_sample_is_run_by_a_test() -> None:
+    """Each of these is invoked below; a new sample must be added here, and to a test."""
+    run_below = [
+        "dlq-cancel-filters.json",
+        "dlq-cancel-identifiers.json",
+        "dlq-replay-dry-run.json",
+        "dlq-replay-queue.json",
+        "dlq-replay-sync.json",
+    ]
+    assert sorted(DLQ_SAMPLES) == run_below
+    source = Path(__file__).read_text()
+    assert all(source.count(f'sample("{name}")') == 1 for name in run_below)
+
+
+def test_replay_samples_dry_run_then_fix_to_the_queue(
+    relay: Relay, tools: dict[str, LambdaFunction], capfd: pytest.CaptureFixture[str]
+) -> None:
+    forward_mixed_batch(relay)
+    typo = put_redriven(relay, api_event(None, name="api_request"))  # no identifier: derived
+    assert dlq_codes(relay) == {**MIXED_LETTERS, typo: "max_receive_count_exceeded"}
+
+    dry = invoke(tools[REPLAY], sample("dlq-replay-dry-run.json"))
+    assert dry["complete"] is True
+    assert "next" not in dry
+    assert sorted((o["action"], o["code"], o["identifiers"]) for o in dry["outcomes"]) == [
+        ("kept", "payload_no_customer_defined", []),  # cannot be sent as it is: reported
+        ("would_replay", None, [f"{typo}-0"]),
+    ]
+    assert dlq_codes(relay) == {**MIXED_LETTERS, typo: "max_receive_count_exceeded"}
+    assert usage_bodies(relay) == []
+
+    fixed = invoke(tools[REPLAY], sample("dlq-replay-queue.json"))
+    assert fixed["complete"] is True
+    assert fixed["counts"] == {"replayed": 1}
+    assert fixed["outcomes"][0]["identifiers"] == [f"{typo}-0"]
+    (body,) = usage_bodies(relay)
+    assert body["event_name"] == "api_requests"  # renamed by the sample's fix
+    assert body["identifier"] == f"{typo}-0"  # derived from the messageId SQS kept
+    assert dlq_codes(relay) == MIXED_LETTERS
+    assert SECRET_KEY not in capfd.readouterr().out
+
+
+def test_replay_sample_through_the_sync_endpoint(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    good = put_redriven(relay, {"events": [api_event(None), api_event("sync-given")]})
+    bad = put_redriven(relay, api_event("sync-no-meter", name="no_such_meter"))
+
+    result = invoke(tools[REPLAY], sample("dlq-replay-sync.json"))
+    assert result["complete"] is True
+    assert result["counts"] == {"replayed": 1, "kept": 1}
+    identifiers = relay.emulator.identifiers()
+    assert identifiers == {
+        f"{good}-0": {"received": 1, "counted": 1},
+        "sync-given": {"received": 1, "counted": 1},
+    }
+    assert {e["source"] for e in relay.emulator.events()} == {"sync"}
+    assert dlq_codes(relay) == {bad: "no_meter"}  # kept, with Stripe's new reason
+
+
+def test_cancel_samples(relay: Relay, tools: dict[str, LambdaFunction]) -> None:
+    forward_mixed_batch(relay)  # delivers order-1001-search and batch-7-0 (api_requests)
+
+    dry = invoke(tools[CANCEL], sample("dlq-cancel-filters.json"))
+    assert dry["complete"] is True
+    # the DLQ letters of cus_alpha (first seen now, after the sample's "since")
+    assert sorted((a["identifier"], a["status"]) for a in dry["audit"]) == [
+        ("neg-1", "would_cancel"),
+        ("old-1", "would_cancel"),
+    ]
+    assert relay.emulator.requests(endpoint="adjustments") == []
+
+    done = invoke(tools[CANCEL], sample("dlq-cancel-identifiers.json"))
+    assert done["complete"] is True
+    assert [(a["identifier"], a["event_name"], a["status"]) for a in done["audit"]] == [
+        ("order-1001-search", "api_requests", "pending"),
+        ("batch-7-0", "api_requests", "pending"),
+    ]
+    assert all(a["adjustment_id"].startswith("mtradj") and a["at"] for a in done["audit"])
+    assert {a["status"] for a in relay.emulator.adjustments()} == {"complete"}
+    statuses = {e["identifier"]: e["status"] for e in relay.emulator.events()}
+    assert statuses["order-1001-search"] == statuses["batch-7-0"] == "cancelled"
+    assert statuses["batch-7-1"] == "counted"
+    assert dlq_codes(relay) == MIXED_LETTERS  # the DLQ is read, never consumed
+
+
+def test_bad_input_is_refused_before_anything_happens(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    put_redriven(relay, api_event("untouched"))
+    unknown = tools[REPLAY].invoke({"filter": {"code": ["x"]}})
+    assert unknown.error is not None
+    assert unknown.error["errorType"] == "ValueError"
+    assert "unknown options ['filter']" in unknown.error["errorMessage"]
+    bad_rate = tools[REPLAY].invoke({"rate": "fast"})
+    assert bad_rate.error is not None
+    assert "rate is a positive number" in bad_rate.error["errorMessage"]
+    bad_date = tools[CANCEL].invoke({"filters": {"since": "last week"}})
+    assert bad_date.error is not None
+    assert "since must be an RFC 3339 date-time" in bad_date.error["errorMessage"]
+    assert list(dlq_codes(relay).values()) == ["max_receive_count_exceeded"]
+
+
+# ----- the Lambda deadline ----------------------------------------------------------------------
+
+
+def test_replay_stops_before_the_deadline_and_a_second_call_continues(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    ids = [put_redriven(relay, api_event(None, customer=f"cus_{n}")) for n in range(12)]
+    event = {"filters": {"code": ["max_receive_count_exceeded"]}, "via": "queue", "rate": 5}
+    # 26 s: 21 s before the 5 s margin, and a message needs 20 s in hand (2 x the request
+    # timeout), so each call has about one second, five messages at 5 a second
+    calls = []
+    for _ in range(6):
+        started = time.monotonic()
+        result = invoke(tools[REPLAY], event, timeout=26)
+        calls.append((result, time.monotonic() - started))
+        if result["complete"]:
+            break
+    first, first_duration = calls[0]
+    assert first["complete"] is False
+    assert first["next"] == "stopped early: invoke again with the same input to continue"
+    assert 1 <= first["counts"]["replayed"] < 12
+    assert first_duration < 6  # it stopped itself, long before the harness's 26 s
+    last = calls[-1][0]
+    assert last["complete"] is True
+    assert sum(r["counts"].get("replayed", 0) for r, _ in calls) == 12
+    assert all(set(r["counts"]) <= {"replayed"} for r, _ in calls)
+
+    bodies = usage_bodies(relay)
+    assert sorted(b["identifier"] for b in bodies) == sorted(f"{i}-0" for i in ids)  # once each
+    assert dlq_codes(relay) == {}
+
+
+def test_cancel_reports_what_is_left_when_out_of_time(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    event = {"identifiers": ["a-1", "a-2"], "event_name": "api_requests"}
+    result = invoke(tools[CANCEL], event, timeout=24)  # under the 25 s one cancel needs
+    assert result == {"complete": False, "audit": [], "remaining_identifiers": ["a-1", "a-2"]}
+    assert relay.emulator.requests(endpoint="adjustments") == []
+
+
+# ----- least privilege --------------------------------------------------------------------------
+
+
+def statements(logical_id: str) -> list[dict[str, Any]]:
+    function = load_template(TEMPLATE)["Resources"][logical_id]
+    policies = function["Properties"]["Policies"]
+    assert all(isinstance(p, dict) and "Statement" in p for p in policies)  # documents only
+    return [s for policy in policies for s in policy["Statement"]]
+
+
+def grants(logical_id: str) -> dict[str, list[Any]]:
+    """action -> the resources it is allowed on."""
+    found: dict[str, list[Any]] = {}
+    for statement in statements(logical_id):
+        assert statement["Effect"] == "Allow"
+        actions = statement["Action"]
+        resources = statement["Resource"]
+        for action in [actions] if isinstance(actions, str) else actions:
+            found.setdefault(action, []).extend(
+                resources if isinstance(resources, list) else [resources]
+            )
+    return found
+
+
+DLQ_ARN = {"Fn::GetAtt": ["UsageDeadLetterQueue", "Arn"]}
+USAGE_ARN = {"Fn::GetAtt": ["UsageQueue", "Arn"]}
+SECRET = {"Ref": "StripeSecretKey"}
+
+
+def test_dlq_cancel_can_read_the_dlq_and_the_key_and_nothing_else() -> None:
+    assert grants(CANCEL) == {
+        "sqs:ReceiveMessage": [DLQ_ARN],
+        "sqs:ChangeMessageVisibility": [DLQ_ARN],
+        "sqs:GetQueueAttributes": [DLQ_ARN],
+        "secretsmanager:GetSecretValue": [SECRET],
+    }  # no sqs:DeleteMessage, no sqs:SendMessage
+
+
+def test_dlq_replay_sends_only_to_the_usage_queue_and_the_dlq() -> None:
+    granted = grants(REPLAY)
+    assert sorted(granted["sqs:SendMessage"], key=json.dumps) == sorted(
+        [DLQ_ARN, USAGE_ARN], key=json.dumps
+    )
+    assert granted == {
+        "sqs:ReceiveMessage": [DLQ_ARN],
+        "sqs:DeleteMessage": [DLQ_ARN],
+        "sqs:ChangeMessageVisibility": [DLQ_ARN],
+        "sqs:GetQueueAttributes": [DLQ_ARN],
+        "sqs:SendMessage": granted["sqs:SendMessage"],
+        "secretsmanager:GetSecretValue": [SECRET],
+    }
+
+
+@pytest.mark.parametrize("logical_id", [REPLAY, CANCEL])
+def test_no_dlq_tool_reads_the_session_parameter_or_holds_a_wildcard(logical_id: str) -> None:
+    text = json.dumps(statements(logical_id))
+    assert "ssm:" not in text
+    assert "SessionTokenParameterName" not in text
+    assert "*" not in text
+    properties = load_template(TEMPLATE)["Resources"][logical_id]["Properties"]
+    assert "Events" not in properties  # operators invoke them; nothing triggers them
+    variables = properties["Environment"]["Variables"]
+    assert "SESSION_TOKEN_PARAMETER" not in variables
+    assert ("USAGE_QUEUE_URL" in variables) == (logical_id == REPLAY)
+
+
+def test_env_json_configures_both_tools() -> None:
+    env = json.loads(Path(ROOT / "events" / "env.json").read_text())
+    assert set(env[REPLAY]) >= {"DEAD_LETTER_QUEUE_URL", "USAGE_QUEUE_URL", "STRIPE_SECRET_ID"}
+    assert set(env[CANCEL]) >= {"DEAD_LETTER_QUEUE_URL", "STRIPE_SECRET_ID"}
+    assert "USAGE_QUEUE_URL" not in env[CANCEL]

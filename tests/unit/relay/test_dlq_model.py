@@ -1,0 +1,647 @@
+"""The dead-letter model without AWS: reading both kinds of DLQ message, filters, fixes, the
+rate limit, and how a scan gives back what it holds (against a stub SQS client).
+
+Letters are built with the forwarder's own code (parse_message, DeadLetter), so these tests
+read exactly what the forwarder writes; time is fixed (NOW, SENT), never read.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
+
+import pytest
+
+from meter_relay import dlq
+from meter_relay.dead_letter import (
+    ATTR_ERROR_CODE,
+    ATTR_ERROR_PARAM,
+    ATTR_EVENT_INDEX,
+    ATTR_FIRST_SEEN,
+    ATTR_IDENTIFIER,
+    ATTR_SOURCE_MESSAGE_ID,
+    DeadLetter,
+)
+from meter_relay.dlq import (
+    REDRIVEN_CODE,
+    DeadLetterReader,
+    DlqMessage,
+    Filters,
+    Fix,
+    RateLimit,
+    read_message,
+)
+from meter_relay.events import (
+    ValidationRules,
+    derive_identifier,
+    format_timestamp,
+    parse_message,
+)
+from meter_relay.stripe_client import Kind, StripeAnswer
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+SENT = NOW - timedelta(seconds=30)
+MID = "3f1c0d8e-1b2a-4c5d-9e8f-0a1b2c3d4e5f"
+METER_KEYS = {"search_calls": {"customer_key": "customer", "value_key": "calls"}}
+RULES = ValidationRules.from_settings(json.dumps(METER_KEYS), "positive_integer")
+
+
+def millis(moment: datetime) -> str:
+    return str(int(moment.timestamp() * 1000))
+
+
+def sqs_message(
+    body: str,
+    message_id: str = "dlq-message-1",
+    attributes: dict[str, Any] | None = None,
+    sent: datetime = SENT,
+    first_receive: datetime | None = None,
+) -> Any:
+    """A message as ReceiveMessage returns it (AttributeNames/MessageAttributeNames All)."""
+    message: dict[str, Any] = {
+        "MessageId": message_id,
+        "ReceiptHandle": f"rh-{message_id}",
+        "Body": body,
+        "Attributes": {
+            "SentTimestamp": millis(sent),
+            "ApproximateReceiveCount": "1",
+            "ApproximateFirstReceiveTimestamp": millis(first_receive or sent),
+        },
+    }
+    if attributes:
+        message["MessageAttributes"] = attributes
+    return message
+
+
+def forwarder_letters(body: str, message_id: str = MID) -> list[DeadLetter]:
+    """The dead letters the forwarder writes for one usage-queue message it rejects.
+
+    The same construction as ForwardingProcessor._dead_letters, for rejections found before
+    sending (the only kind the stream can give at once).
+    """
+    parsed = parse_message(body, message_id, SENT, RULES, NOW)
+    seen = format_timestamp(SENT)
+    if parsed.rejection is not None:
+        r = parsed.rejection
+        return [DeadLetter(body, r.code, r.message, message_id, seen, param=r.param)]
+    return [
+        DeadLetter(
+            event.dead_letter_body(),
+            event.rejection.code,
+            event.rejection.message,
+            message_id,
+            seen,
+            event_index=event.index,
+            event_name=event.event_name,
+            identifier=event.identifier,
+            param=event.rejection.param,
+        )
+        for event in parsed.events
+        if event.rejection is not None
+    ]
+
+
+def read_letter(letter: DeadLetter, message_id: str = "dlq-letter") -> DlqMessage:
+    return read_message(
+        sqs_message(letter.body, message_id, letter.attributes(), sent=NOW),
+        RULES,
+    )
+
+
+# ----- reading the forwarder's letters ---------------------------------------------------------
+
+
+def test_an_event_letter_reads_back_its_reason_identifier_index_and_customer() -> None:
+    body = {
+        "events": [
+            {"event_name": "search_calls", "payload": {"customer": "cus_ok", "calls": "2"}},
+            {"event_name": "search_calls", "payload": {"customer": "cus_x", "calls": "0"}},
+        ]
+    }
+    (letter,) = forwarder_letters(json.dumps(body))
+    message = read_letter(letter)
+
+    assert message.code == "payload_invalid_value"
+    assert "'0'" in message.error_message
+    assert message.redriven is False
+    assert message.source_message_id == MID
+    assert message.first_seen == SENT  # FirstSeen, not when the letter was sent
+    assert message.sent_at == NOW
+    assert message.attributes[ATTR_EVENT_INDEX] == "1"
+    assert message.attributes[ATTR_ERROR_PARAM] == "payload.calls"
+    (event,) = message.events
+    assert event.index == 1
+    assert event.identifier == derive_identifier(MID, 1) == letter.identifier
+    assert event.event_name == "search_calls"
+    assert event.customer == "cus_x"  # under the meter's customer key (METER_KEYS)
+    assert event.raw["identifier"] == event.identifier  # written into the body
+    assert message.to_json()["identifiers"] == [event.identifier]
+
+
+def test_an_event_letter_keeps_the_producers_identifier() -> None:
+    body = {
+        "event_name": "api_requests",
+        "identifier": "order-7",
+        "payload": {"stripe_customer_id": "cus_a", "value": "-1"},
+    }
+    (letter,) = forwarder_letters(json.dumps(body))
+    (event,) = read_letter(letter).events
+    assert (event.identifier, event.index, event.customer) == ("order-7", 0, "cus_a")
+
+
+def test_an_event_without_event_name_is_still_an_event_of_its_letter() -> None:
+    (letter,) = forwarder_letters(json.dumps({"payload": {"value": "1"}}))
+    message = read_letter(letter)
+    assert message.code == "parameter_missing"
+    (event,) = message.events
+    assert (event.identifier, event.event_name) == (derive_identifier(MID, 0), None)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ("this is not json", "message_not_json"),
+        ("[1, 2]", "message_not_contract"),
+        ('{"events": []}', "message_not_contract"),
+        ('{"events": [{"event_name": "api_requests"}], "meta": 1}', "message_not_contract"),
+        ('{"events": "nope"}', "message_not_contract"),
+    ],
+)
+def test_a_message_level_letter_carries_no_event(body: str, code: str) -> None:
+    (letter,) = forwarder_letters(body)
+    message = read_letter(letter)
+    assert (message.code, message.redriven, message.events) == (code, False, [])
+    assert message.body == body  # kept exactly as the producer sent it
+    assert message.source_message_id == MID
+
+
+# ----- reading what SQS moved after maxReceiveCount ------------------------------------------
+
+
+def test_a_redriven_envelope_derives_identifiers_exactly_as_the_forwarder() -> None:
+    events = [
+        {"event_name": "api_requests", "payload": {"stripe_customer_id": "cus_a", "value": "1"}},
+        {
+            "event_name": "api_requests",
+            "identifier": "producer-1",
+            "payload": {"stripe_customer_id": "cus_b", "value": "2"},
+        },
+        {"event_name": "search_calls", "payload": {"customer": "cus_c", "calls": "3"}},
+    ]
+    body = json.dumps({"events": events})
+    first_receive = SENT + timedelta(seconds=2)
+    message = read_message(
+        sqs_message(body, MID, sent=SENT, first_receive=first_receive),
+        RULES,
+    )
+
+    forwarder = parse_message(body, MID, SENT, RULES, NOW)  # what the forwarder derived
+    assert [e.identifier for e in message.events] == [e.identifier for e in forwarder.events]
+    assert [e.identifier for e in message.events] == [f"{MID}-0", "producer-1", f"{MID}-2"]
+    assert [e.index for e in message.events] == [0, 1, 2]
+    assert [e.customer for e in message.events] == ["cus_a", "cus_b", "cus_c"]
+    assert message.code == REDRIVEN_CODE == "max_receive_count_exceeded"
+    assert message.redriven is True
+    assert message.attributes == {}
+    assert message.source_message_id == MID  # SQS keeps the messageId on that move
+    assert message.sent_at == SENT  # the producer's send: the forwarder's default timestamp
+    assert message.first_seen == first_receive
+
+
+def test_a_redriven_single_event_and_a_broken_identifier() -> None:
+    single = json.dumps({"event_name": "api_requests", "payload": {}})
+    (event,) = read_message(sqs_message(single, MID), RULES).events
+    assert (event.identifier, event.index) == (derive_identifier(MID, 0), 0)
+
+    broken = json.dumps({"event_name": "api_requests", "identifier": "x" * 101, "payload": {}})
+    (event,) = read_message(sqs_message(broken, MID), RULES).events
+    assert event.identifier is None  # the forwarder refuses it too: nothing to derive
+
+
+def test_a_redriven_body_that_is_not_json_carries_no_event() -> None:
+    message = read_message(sqs_message("nope", MID), RULES)
+    assert (message.code, message.events) == (REDRIVEN_CODE, [])
+
+
+def test_a_kept_copy_of_a_redriven_envelope_still_carries_its_events() -> None:
+    """What replace() leaves after Stripe refused a redriven envelope: attributes and the
+    whole envelope, identifiers written in (the copy has a new messageId)."""
+    events = [
+        {"event_name": "api_requests", "identifier": f"{MID}-0", "payload": {}},
+        {"event_name": "nope", "identifier": f"{MID}-1", "payload": {}},
+    ]
+    attributes = {
+        ATTR_ERROR_CODE: {"DataType": "String", "StringValue": "no_meter"},
+        ATTR_SOURCE_MESSAGE_ID: {"DataType": "String", "StringValue": MID},
+        ATTR_FIRST_SEEN: {"DataType": "String", "StringValue": format_timestamp(SENT)},
+    }
+    message = read_message(
+        sqs_message(json.dumps({"events": events}), "copy-id", attributes),
+        RULES,
+    )
+    assert message.code == "no_meter"
+    assert [e.identifier for e in message.events] == [f"{MID}-0", f"{MID}-1"]
+
+
+# ----- filters ----------------------------------------------------------------------------------
+
+
+def dlq_message(
+    code: str = "payload_invalid_value",
+    event_name: str = "api_requests",
+    customer: str = "cus_a",
+    first_seen: datetime = SENT,
+    message_id: str = "m",
+) -> DlqMessage:
+    body = {"event_name": event_name, "payload": {"stripe_customer_id": customer}}
+    attributes = {
+        ATTR_ERROR_CODE: {"DataType": "String", "StringValue": code},
+        ATTR_FIRST_SEEN: {"DataType": "String", "StringValue": format_timestamp(first_seen)},
+        ATTR_EVENT_INDEX: {"DataType": "Number", "StringValue": "0"},
+        ATTR_IDENTIFIER: {"DataType": "String", "StringValue": f"{message_id}-0"},
+    }
+    return read_message(
+        sqs_message(json.dumps(body), message_id, attributes),
+        RULES,
+    )
+
+
+def test_filters_match_what_they_name() -> None:
+    message = dlq_message()
+    assert Filters().matches(message)
+    assert Filters(codes={"payload_invalid_value", "x"}).matches(message)
+    assert not Filters(codes={"no_meter"}).matches(message)
+    assert Filters(event_names={"api_requests"}).matches(message)
+    assert not Filters(event_names={"search_calls"}).matches(message)
+    assert Filters(customers={"cus_a"}).matches(message)
+    assert not Filters(customers={"cus_b"}).matches(message)
+    assert Filters(since=SENT, until=SENT).matches(message)  # both bounds inclusive
+    assert not Filters(since=SENT + timedelta(seconds=1)).matches(message)
+    assert not Filters(until=SENT - timedelta(seconds=1)).matches(message)
+    both = Filters(codes={"payload_invalid_value"}, customers={"cus_b"})
+    assert not both.matches(message)  # every filter must hold
+
+
+def test_filters_on_events_never_match_a_message_without_events() -> None:
+    (letter,) = forwarder_letters("not json")
+    message = read_letter(letter)
+    assert Filters(codes={"message_not_json"}).matches(message)
+    assert not Filters(event_names={"api_requests"}).matches(message)
+    assert not Filters(customers={"cus_a"}).matches(message)
+
+
+def test_filters_from_the_lambda_input() -> None:
+    filters = Filters.from_dict(
+        {
+            "code": ["a", "b"],
+            "event_name": "api_requests",  # a single string is one value
+            "customer": ["cus_a"],
+            "since": "2026-01-01T00:00:00Z",
+            "until": "2026-02-01T00:00:00.000+01:00",
+            "max": 5,
+        }
+    )
+    assert filters == Filters(
+        {"a", "b"},
+        {"api_requests"},
+        {"cus_a"},
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 1, 31, 23, tzinfo=UTC),
+        5,
+    )
+    assert Filters.from_dict({}) == Filters()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"codes": ["a"]}, "unknown filters"),
+        ({"event_names": "x", "limit": 3}, "unknown filters"),
+        ({"since": "2026-01-01"}, "since must be an RFC 3339"),
+        ({"until": "yesterday"}, "until must be an RFC 3339"),
+        ({"since": "2026-13-01T00:00:00Z"}, "since must be an RFC 3339"),
+        ({"max": "many"}, "invalid literal"),
+    ],
+)
+def test_filters_refuse_unknown_keys_and_bad_dates(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Filters.from_dict(data)
+
+
+# ----- fixes ------------------------------------------------------------------------------------
+
+
+def test_fix_renames_event_names_and_payload_keys_and_remaps_customers() -> None:
+    fix = Fix.from_dict(
+        {
+            "event_names": {"search_call": "search_calls"},
+            "payload_keys": {"customer_id": "customer", "n": "calls"},
+            "customers": {"cus_old": "cus_new"},
+        }
+    )
+    raw = {
+        "event_name": "search_call",
+        "identifier": "keep-me",
+        "payload": {"customer_id": "cus_old", "n": "3", "region": "eu"},
+        "timestamp": "2026-06-01T11:00:00Z",
+    }
+    fixed = fix.apply(raw, RULES)
+    assert fixed == {
+        "event_name": "search_calls",
+        "identifier": "keep-me",  # never touched
+        "payload": {"customer": "cus_new", "calls": "3", "region": "eu"},
+        "timestamp": "2026-06-01T11:00:00Z",
+    }
+    assert raw["event_name"] == "search_call"  # a new dict: the DLQ's copy is unchanged
+    assert raw["payload"] == {"customer_id": "cus_old", "n": "3", "region": "eu"}
+
+
+def test_fix_remaps_customers_only_under_the_meters_customer_key() -> None:
+    fix = Fix(customers={"cus_old": "cus_new"})
+    api = {"event_name": "api_requests", "payload": {"stripe_customer_id": "cus_old"}}
+    assert fix.apply(api, RULES)["payload"] == {"stripe_customer_id": "cus_new"}
+    search = {"event_name": "search_calls", "payload": {"customer": "cus_old", "ref": "cus_old"}}
+    assert fix.apply(search, RULES)["payload"] == {"customer": "cus_new", "ref": "cus_old"}
+    other = {"event_name": "search_calls", "payload": {"stripe_customer_id": "cus_old"}}
+    assert fix.apply(other, RULES)["payload"] == {"stripe_customer_id": "cus_old"}
+
+
+def test_fix_leaves_what_is_not_an_event_alone() -> None:
+    fix = Fix(event_names={"a": "b"})
+    assert fix.apply("text", RULES) == "text"
+    assert fix.apply({"event_name": "c", "payload": "x"}, RULES) == {
+        "event_name": "c",
+        "payload": "x",
+    }
+    assert Fix().empty
+    assert not fix.empty
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"event_name": {"a": "b"}}, "unknown fix sections"),
+        ({"event_names": ["a", "b"]}, "event_names must map"),
+        ({"customers": {"cus_a": ""}}, "customers must map"),
+        ({"payload_keys": {"a": 1}}, "payload_keys must map"),
+    ],
+)
+def test_fix_refuses_what_it_cannot_apply(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Fix.from_dict(data)
+
+
+def test_fix_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "fix.json"
+    path.write_text(json.dumps({"event_names": {"a": "b"}}))
+    assert Fix.from_file(path) == Fix(event_names={"a": "b"})
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        Fix.from_file(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match="cannot read the fix file"):
+        Fix.from_file(path)
+    with pytest.raises(ValueError, match="cannot read the fix file"):
+        Fix.from_file(tmp_path / "missing.json")
+
+
+# ----- the rate limit ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
+def test_rate_limit_spaces_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr("meter_relay.dlq.time.monotonic", clock.monotonic)
+    limit = RateLimit(4, sleep=clock.sleep)
+    for _ in range(3):
+        limit.wait()
+    assert clock.sleeps == [0.25, 0.25]
+    clock.now += 10  # idle time is not saved up as a burst
+    limit.wait()
+    limit.wait()
+    assert clock.sleeps == [0.25, 0.25, 0.25]
+
+
+def test_no_rate_limit_never_sleeps() -> None:
+    sleeps: list[float] = []
+    limit = RateLimit(None, sleep=sleeps.append)
+    for _ in range(5):
+        limit.wait()
+    assert sleeps == []
+
+
+# ----- the scan and replace against a stub SQS client ----------------------------------------
+
+
+class StubSqs:
+    """Just enough of an SQS client: batches to receive, and a log of every call."""
+
+    def __init__(self, batches: list[list[dict[str, Any]]]) -> None:
+        self.batches = batches
+        self.calls: list[tuple[str, Any]] = []
+        self.fail_send = False
+
+    def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("receive", kwargs["VisibilityTimeout"]))
+        return {"Messages": self.batches.pop(0)} if self.batches else {}
+
+    def change_message_visibility_batch(self, **kwargs: Any) -> dict[str, Any]:
+        assert len(kwargs["Entries"]) <= 10
+        assert {e["VisibilityTimeout"] for e in kwargs["Entries"]} == {0}
+        self.calls.append(("release", [e["ReceiptHandle"] for e in kwargs["Entries"]]))
+        return {"Successful": [], "Failed": []}
+
+    def delete_message(self, **kwargs: Any) -> None:
+        self.calls.append(("delete", kwargs["ReceiptHandle"]))
+
+    def send_message(self, **kwargs: Any) -> dict[str, Any]:
+        if self.fail_send:
+            raise RuntimeError("send failed")
+        self.calls.append(("send", kwargs))
+        return {"MessageId": "copy-1"}
+
+    def released(self) -> list[str]:
+        return [h for name, handles in self.calls if name == "release" for h in handles]
+
+
+def messages(*ids: str) -> list[dict[str, Any]]:
+    body = {"event_name": "api_requests", "payload": {"stripe_customer_id": "cus_a"}}
+    return [sqs_message(json.dumps(body), i) for i in ids]
+
+
+def reader(sqs: StubSqs) -> DeadLetterReader:
+    return DeadLetterReader(sqs, "https://sqs.example/dlq", RULES)  # type: ignore[arg-type]
+
+
+def test_a_full_scan_gives_back_all_but_what_was_deleted() -> None:
+    sqs = StubSqs([messages("a", "b"), messages("c", "a")])  # "a" comes twice
+    dlq_reader = reader(sqs)
+    seen = []
+    with closing(dlq_reader.scan(hold=30)) as scan:
+        for message in scan:
+            seen.append(message.message_id)
+            if message.message_id == "b":
+                dlq_reader.delete(message)
+    assert seen == ["a", "b", "c"]
+    assert ("receive", 30) in sqs.calls
+    assert sorted(sqs.released()) == ["rh-a", "rh-a", "rh-c"]  # both receipts of "a"
+
+
+def test_a_scan_closed_early_gives_back_the_rest_of_its_batch() -> None:
+    sqs = StubSqs([messages("a", "b", "c")])
+    with closing(reader(sqs).scan()) as scan:
+        first = next(scan)
+    assert first.message_id == "a"
+    assert sorted(sqs.released()) == ["rh-a", "rh-b", "rh-c"]
+    assert [c for c in sqs.calls if c[0] == "receive"] == [("receive", dlq.SCAN_HOLD_SECONDS)]
+
+
+def test_a_scan_interrupted_by_an_error_gives_everything_back() -> None:
+    sqs = StubSqs([messages(*(f"m{n}" for n in range(12)))])
+
+    def fail_on_the_second() -> None:
+        with closing(reader(sqs).scan()) as scan:
+            for message in scan:
+                if message.message_id == "m1":
+                    raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_on_the_second()
+    assert sorted(sqs.released()) == sorted(f"rh-m{n}" for n in range(12))
+    releases = [c for c in sqs.calls if c[0] == "release"]
+    assert [len(c[1]) for c in releases] == [10, 2]  # batches of 10 at most
+
+
+def test_replace_puts_the_copy_in_before_the_old_one_goes() -> None:
+    sqs = StubSqs([])
+    dlq_reader = reader(sqs)
+    envelope = {
+        "events": [
+            {"event_name": "nope", "payload": {}},
+            {"event_name": "nope", "identifier": "p-1", "payload": {}, "timestamp": "x"},
+        ]
+    }
+    message = read_message(sqs_message(json.dumps(envelope), MID), RULES)
+    dlq_reader.replace(message, "no_meter", "HTTP 400 no_meter: no meter")
+
+    assert [name for name, _ in sqs.calls] == ["send", "delete"]
+    sent = sqs.calls[0][1]
+    attributes = {k: v["StringValue"] for k, v in sent["MessageAttributes"].items()}
+    assert attributes == {
+        ATTR_ERROR_CODE: "no_meter",
+        "ErrorMessage": "HTTP 400 no_meter: no meter",
+        ATTR_SOURCE_MESSAGE_ID: MID,
+        ATTR_FIRST_SEEN: format_timestamp(SENT),
+    }
+    copy = json.loads(sent["MessageBody"])
+    assert copy["events"][0]["identifier"] == f"{MID}-0"  # derived from the original id
+    assert copy["events"][0]["timestamp"] == format_timestamp(SENT)  # not the copy's send
+    assert copy["events"][1]["identifier"] == "p-1"
+    assert copy["events"][1]["timestamp"] == "x"  # as given
+    again = read_message(
+        sqs_message(sent["MessageBody"], "copy-1", sent["MessageAttributes"]), RULES
+    )
+    assert [e.identifier for e in again.events] == [f"{MID}-0", "p-1"]
+
+
+def test_replace_keeps_only_the_events_from_the_one_stripe_refused() -> None:
+    sqs = StubSqs([])
+    envelope = {"events": [{"event_name": "a", "payload": {}}, {"event_name": "b", "payload": {}}]}
+    message = read_message(sqs_message(json.dumps(envelope), MID), RULES)
+    reader(sqs).replace(message, "no_meter", "no meter", first_event=1)
+    copy = json.loads(sqs.calls[0][1]["MessageBody"])
+    assert copy == {"event_name": "b", "payload": {}, "identifier": f"{MID}-1", "timestamp": ANY}
+
+
+def test_replace_deletes_nothing_when_the_copy_cannot_be_sent() -> None:
+    sqs = StubSqs([])
+    sqs.fail_send = True
+    message = dlq_message()
+    with pytest.raises(RuntimeError):
+        reader(sqs).replace(message, "no_meter", "no meter")
+    assert sqs.calls == []
+
+
+def test_a_scan_does_not_take_again_the_copies_it_made() -> None:
+    copy = messages("copy-1")
+    sqs = StubSqs([messages("a"), copy])
+    dlq_reader = reader(sqs)
+    seen = []
+    with closing(dlq_reader.scan()) as scan:
+        for message in scan:
+            seen.append(message.message_id)
+            if message.message_id == "a":
+                dlq_reader.replace(message, "no_meter", "no meter")
+    assert seen == ["a"]
+    assert sqs.released() == ["rh-copy-1"]
+
+
+# ----- sync replay against stubs ----------------------------------------------------------------
+
+
+class StubApi:
+    """create_meter_event answers from a script, in order; every call is logged."""
+
+    def __init__(self, answers: list[StripeAnswer]) -> None:
+        self.answers = answers
+        self.sent: list[str] = []
+
+    def create_meter_event(self, event: dict[str, Any], timeout: float) -> StripeAnswer:
+        self.sent.append(event["identifier"])
+        return self.answers.pop(0)
+
+
+def answer(status: int, code: str | None = None) -> StripeAnswer:
+    kind = {200: Kind.OK, 400: Kind.REJECTED, 409: Kind.TRANSIENT, 503: Kind.TRANSIENT}[status]
+    return StripeAnswer(kind, status, code, "", body={} if status == 200 else None)
+
+
+def sync_replay(api: StubApi, body: dict[str, Any]) -> tuple[StubSqs, dlq.Outcome, list[float]]:
+    sqs = StubSqs([[sqs_message(json.dumps(body), MID, sent=datetime.now(UTC))]])
+    sleeps: list[float] = []
+    replayer = dlq.Replayer(reader(sqs), RULES, api=api, sleep=sleeps.append)  # type: ignore[arg-type]
+    (outcome,) = replayer.replay(Filters(), "sync").outcomes
+    return sqs, outcome, sleeps
+
+
+def three_events() -> dict[str, Any]:
+    payload = {"stripe_customer_id": "cus_a", "value": "1"}
+    return {"events": [{"event_name": "api_requests", "payload": payload}] * 3}
+
+
+def test_sync_counts_a_duplicate_as_delivered_and_retries_409() -> None:
+    api = StubApi([answer(200), answer(400, "duplicate_meter_event"), answer(409), answer(200)])
+    sqs, outcome, sleeps = sync_replay(api, three_events())
+    assert (outcome.action, outcome.code) == ("replayed", None)
+    assert api.sent == [f"{MID}-0", f"{MID}-1", f"{MID}-2", f"{MID}-2"]
+    assert sleeps == [0.5]
+    assert [name for name, _ in sqs.calls] == ["receive", "delete", "receive"]
+
+
+def test_sync_keeps_only_what_stripe_has_not_counted() -> None:
+    api = StubApi([answer(200), *[answer(503)] * dlq.SYNC_ATTEMPTS])
+    sqs, outcome, sleeps = sync_replay(api, three_events())
+    assert (outcome.action, outcome.code) == ("kept", "http_503")
+    assert len(sleeps) == dlq.SYNC_ATTEMPTS - 1
+    names = [name for name, _ in sqs.calls]
+    assert names == ["receive", "send", "delete", "receive"]  # the copy first, then the old
+    sent = next(kwargs for name, kwargs in sqs.calls if name == "send")
+    copy = json.loads(sent["MessageBody"])
+    assert [e["identifier"] for e in copy["events"]] == [f"{MID}-1", f"{MID}-2"]
+    assert sent["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == REDRIVEN_CODE  # as it was
