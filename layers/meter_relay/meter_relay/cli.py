@@ -315,6 +315,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 1 if any(line.status in bad for line in audit) else 0
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
 # ----- parser ----------------------------------------------------------------------------------
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dlq-url", help="the dead-letter queue (default: DEAD_LETTER_QUEUE_URL)")
@@ -370,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--queue-url", help="the usage queue (default: USAGE_QUEUE_URL)")
     replay.add_argument("--fix", metavar="FILE", help="corrections to apply (JSON, see README)")
     replay.add_argument("--dry-run", action="store_true", help="show what would happen")
-    replay.add_argument("--rate", type=float, help="at most this many messages per second")
+    replay.add_argument("--rate", type=_positive, help="at most this many messages per second")
     replay.set_defaults(run=cmd_replay)
 
     cancel_cmd = actions.add_parser("cancel", help="cancel delivered events (24-hour window)")
@@ -379,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stripe(cancel_cmd)
     cancel_cmd.add_argument("--identifiers", metavar="FILE", help="one identifier per line")
     cancel_cmd.add_argument("--dry-run", action="store_true", help="show what would happen")
-    cancel_cmd.add_argument("--rate", type=float, help="at most this many cancels per second")
+    cancel_cmd.add_argument("--rate", type=_positive, help="at most this many cancels per second")
     cancel_cmd.add_argument("--audit", metavar="FILE", help="append the audit lines (JSON) here")
     cancel_cmd.set_defaults(run=cmd_cancel)
     return parser

@@ -13,6 +13,7 @@ nothing; listing gives every message back at once.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Generator, Iterable
@@ -594,16 +595,24 @@ class Replayer:
         """Each event through /v2/billing/meter_events; None when all are counted at Stripe,
         else the failed answer and the event's position (those before it are counted)."""
         assert self.api is not None
+        api = self.api
         for position, event in enumerate(events):
-            for attempt in range(1, SYNC_ATTEMPTS + 1):
-                answer = self.api.create_meter_event(event.to_stripe(), self.timeout)
-                if answer.kind is Kind.OK or answer.code == "duplicate_meter_event":
-                    break  # counted now, or already counted: either way it is at Stripe
-                if answer.kind in (Kind.TRANSIENT, Kind.RATE_LIMITED) and attempt < SYNC_ATTEMPTS:
-                    self.sleep(answer.retry_after or 0.25 * 2**attempt)
-                    continue
+            call = functools.partial(api.create_meter_event, event.to_stripe(), self.timeout)
+            answer = with_retries(call, self.sleep)
+            if answer.kind is not Kind.OK and answer.code != "duplicate_meter_event":
                 return answer, position
+            # OK or duplicate: counted now, or already counted; either way it is at Stripe
         return None
+
+
+def with_retries(call: Callable[[], StripeAnswer], sleep: Callable[[float], None]) -> StripeAnswer:
+    """One Stripe call, again after 409/429/5xx/timeouts (Retry-After, else doubling)."""
+    for attempt in range(1, SYNC_ATTEMPTS + 1):
+        answer = call()
+        if answer.kind not in (Kind.TRANSIENT, Kind.RATE_LIMITED) or attempt == SYNC_ATTEMPTS:
+            return answer
+        sleep(answer.retry_after or 0.25 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 # ----- cancel ----------------------------------------------------------------------------------
@@ -666,8 +675,12 @@ def cancel(
     timeout: float = 10.0,
     remaining: Callable[[], float] | None = None,
     progress: Callable[[AuditLine], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[list[AuditLine], bool]:
-    """Cancel each target through /v2/billing/meter_event_adjustments; (audit, complete)."""
+    """Cancel each target through /v2/billing/meter_event_adjustments; (audit, complete).
+
+    429, 5xx and timeouts are retried (Retry-After, else doubling) before a cancel is
+    reported as failed."""
     audit: list[AuditLine] = []
     now = datetime.now(UTC)
     for target in targets:
@@ -684,7 +697,10 @@ def cancel(
             assert api is not None
             if rate:
                 rate.wait()
-            answer = api.cancel_meter_event(target.event_name, target.identifier, timeout)
+            call = functools.partial(
+                api.cancel_meter_event, target.event_name, target.identifier, timeout
+            )
+            answer = with_retries(call, sleep)
             body = answer.body or {}
             if answer.kind is Kind.OK:
                 line = AuditLine(

@@ -645,3 +645,42 @@ def test_sync_keeps_only_what_stripe_has_not_counted() -> None:
     copy = json.loads(sent["MessageBody"])
     assert [e["identifier"] for e in copy["events"]] == [f"{MID}-1", f"{MID}-2"]
     assert sent["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == REDRIVEN_CODE  # as it was
+
+
+class StubCancelApi:
+    """cancel_meter_event answers from a script, in order."""
+
+    def __init__(self, answers: list[StripeAnswer]) -> None:
+        self.answers = answers
+        self.calls = 0
+
+    def cancel_meter_event(self, event_name: str, identifier: str, timeout: float) -> StripeAnswer:
+        self.calls += 1
+        return self.answers.pop(0)
+
+
+def test_cancel_retries_429_and_5xx_before_reporting() -> None:
+    limited = StripeAnswer(Kind.RATE_LIMITED, 429, "rate_limit", "slow down", retry_after=2.0)
+    done = StripeAnswer(Kind.OK, 200, body={"id": "mtradj_1", "status": "pending"})
+    api = StubCancelApi([limited, answer(503), done])
+    sleeps: list[float] = []
+    audit, complete = dlq.cancel(
+        api,  # type: ignore[arg-type]
+        [dlq.CancelTarget("evt-1", "api_requests")],
+        sleep=sleeps.append,
+    )
+    assert complete
+    assert [(line.status, line.adjustment_id) for line in audit] == [("pending", "mtradj_1")]
+    assert api.calls == 3
+    assert sleeps[0] == 2.0  # Retry-After honoured
+
+
+def test_cancel_gives_up_after_the_attempts_and_says_failed() -> None:
+    api = StubCancelApi([answer(503)] * dlq.SYNC_ATTEMPTS)
+    audit, _ = dlq.cancel(
+        api,  # type: ignore[arg-type]
+        [dlq.CancelTarget("evt-2", "api_requests")],
+        sleep=lambda _: None,
+    )
+    assert [line.status for line in audit] == ["failed"]
+    assert api.calls == dlq.SYNC_ATTEMPTS
