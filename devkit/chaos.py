@@ -11,10 +11,9 @@ the DLQ holding exactly the invalid events with their codes; the exit status say
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from devkit.local_stack import Options, run
+from devkit.local_stack import Options, publish, run
 
 STREAM_FAULTS = {
     "error_rate": 0.05,
@@ -71,25 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         expire_sessions_at=(5.0, 30.0),
         produce_for=args.duration,
     )
-    report = run(options)
-    print(report.render())
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "produced": report.produced,
-                    "delivered": report.delivered,
-                    "counted_twice": report.counted_twice,
-                    "rejected_later": report.rejected_later,
-                    "dead_lettered": dict(report.dead_lettered),
-                    "unaccounted": len(report.unaccounted),
-                    "misplaced": len(report.misplaced),
-                    "seconds": round(report.seconds, 2),
-                    "chaos": report.chaos,
-                }
-            )
-        )
-    return 0 if report.ok else 1
+    return publish(run(options), as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -403,6 +403,19 @@ class Report:
     def ok(self) -> bool:
         return not self.unaccounted and not self.counted_twice and not self.misplaced
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "produced": self.produced,
+            "delivered": self.delivered,
+            "counted_twice": self.counted_twice,
+            "rejected_later": self.rejected_later,
+            "dead_lettered": dict(self.dead_lettered),
+            "unaccounted": len(self.unaccounted),
+            "misplaced": len(self.misplaced),
+            "seconds": round(self.seconds, 2),
+            "chaos": self.chaos,
+        }
+
     def render(self) -> str:
         rate = self.delivered / self.seconds if self.seconds else 0.0
         lines = [
@@ -771,6 +784,14 @@ def _say(options: Options, text: str) -> None:
         print(text, flush=True)
 
 
+def publish(report: Report, *, as_json: bool) -> int:
+    """Print the report (its JSON last, when asked); the exit status says whether it is OK."""
+    print(report.render())
+    if as_json:
+        print(json.dumps(report.to_json()))
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000, help="events to produce")
@@ -811,24 +832,7 @@ def main(argv: list[str] | None = None) -> int:
         faults=args.faults,
         session_ttl=args.session_ttl,
     )
-    report = run(options)
-    print(report.render())
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "produced": report.produced,
-                    "delivered": report.delivered,
-                    "counted_twice": report.counted_twice,
-                    "rejected_later": report.rejected_later,
-                    "dead_lettered": dict(report.dead_lettered),
-                    "unaccounted": len(report.unaccounted),
-                    "misplaced": len(report.misplaced),
-                    "seconds": round(report.seconds, 2),
-                }
-            )
-        )
-    return 0 if report.ok else 1
+    return publish(run(options), as_json=args.json)
 
 
 if __name__ == "__main__":
