@@ -5,15 +5,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= $(shell scripts/find-python313)
 STAMP := $(VENV)/.installed
+# checkov pins a boto3 that cannot live beside requirements-dev.txt's: its own venv.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 ARGS ?=
 
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv test lint typecheck validate pytest run chaos bench emulator emulator-bench invoke build clean
+.PHONY: help venv test lint typecheck validate checkov pytest run chaos bench emulator emulator-bench invoke build clean
 
 help:
-	@echo "make test            venv + ruff + mypy + sam validate --lint + the whole test suite"
+	@echo "make test            venv + ruff + mypy + sam validate --lint + checkov + the whole test suite"
+	@echo "make checkov         checkov on template.yaml and on its SAM transform (docs/security.md)"
 	@echo "make run ARGS=       the local stack: moto + emulator + forwarder, 20,000 events by default"
 	@echo "make chaos           the local stack with every fault at once: must lose nothing"
 	@echo "make bench           forwarder vs baseline vs the stripe SDK (bench/results.json)"
@@ -32,6 +36,14 @@ $(STAMP): requirements-dev.txt layers/meter_relay/requirements.txt constraints.t
 
 venv: $(STAMP)
 
+$(CHECKOV_STAMP): requirements-checkov.txt constraints-checkov.txt
+	@test -n "$(PYTHON)" || { echo "no Python 3.13: see the message above" >&2; exit 1; }
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt -c constraints-checkov.txt
+	$(CHECKOV_VENV)/bin/python -m pip check
+	@touch $(CHECKOV_STAMP)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -44,10 +56,14 @@ typecheck: $(STAMP)
 validate: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam validate --lint
 
+# Fails on any failed check, parsing error, or skip without a justification (devkit/checkov_gate.py).
+checkov: $(STAMP) $(CHECKOV_STAMP)
+	$(BIN)/python -m devkit.checkov_gate --checkov $(CHECKOV_VENV)/bin/checkov
+
 pytest: $(STAMP)
 	$(BIN)/pytest $(ARGS)
 
-test: lint typecheck validate pytest
+test: lint typecheck validate checkov pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m devkit.bench $(ARGS)
@@ -71,4 +87,4 @@ build: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam build
 
 clean:
-	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache .hypothesis
