@@ -556,3 +556,17 @@ def test_samconfig_deploys_the_stack_sensibly() -> None:
     assert deploy["capabilities"] == "CAPABILITY_IAM"
     assert deploy["resolve_s3"] is True
     assert deploy["confirm_changeset"] is True
+
+
+def test_every_function_has_a_log_group_with_bounded_retention(template: dict[str, Any]) -> None:
+    groups = {
+        logical_id: resource["Properties"]
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Logs::LogGroup"
+    }
+    named = {str(p["LogGroupName"]) for p in groups.values()}
+    for function in function_ids(template):
+        assert str({"Fn::Sub": f"/aws/lambda/${{{function}}}"}) in named, function
+    for properties in groups.values():
+        assert properties["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
