@@ -269,7 +269,7 @@ class Relay:
                 body = message.get("Body", "")
                 try:
                     parsed: Any = json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):  # a body nested too deeply
                     parsed = None
                 found[message["MessageId"]] = {
                     "message_id": message["MessageId"],

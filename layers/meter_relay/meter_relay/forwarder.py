@@ -36,7 +36,6 @@ from meter_relay.config import AWS_CLIENT_CONFIG, ForwarderConfig
 from meter_relay.dead_letter import DeadLetter, DeadLetterQueue
 from meter_relay.delivery import DeliveryReport, StreamDelivery
 from meter_relay.events import (
-    MeterEvent,
     ParsedMessage,
     Rejection,
     ValidationRules,
@@ -164,21 +163,22 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         records = [SQSRecord(raw) for raw in self.records]
         run = self.forwarder.delivery.start(self._remaining)
         parsed: list[ParsedMessage] = []
-        valid: list[tuple[int, MeterEvent]] = []  # by delivery position: (message, event)
+        valid: list[tuple[int, int]] = []  # by delivery position: (message, event index)
         for m, record in enumerate(records):
             message = self.parse(record)
             parsed.append(message)
             for one in message.events:
                 if one.event is not None:
                     run.add(one.event)
-                    valid.append((m, one.event))
+                    valid.append((m, one.index))
         self.settled.received = sum(len(m.events) or 1 for m in parsed)
         report = run.finish()
         retry_messages = {valid[i][0] for i in report.retry}
-        rejected_by_stripe: dict[tuple[int, str], Rejection] = {}
+        # by (message, event index): events of a message may share an identifier (a producer's
+        # mistake), and only the one Stripe refused is dead-lettered
+        rejected_by_stripe: dict[tuple[int, int], Rejection] = {}
         for position, rejection in report.rejected.items():
-            message_index, event = valid[position]
-            rejected_by_stripe[(message_index, event.identifier)] = rejection
+            rejected_by_stripe[valid[position]] = rejection
         letters: dict[int, list[DeadLetter]] = {}
         for m, (record, message) in enumerate(zip(records, parsed, strict=True)):
             if m not in retry_messages:
@@ -203,12 +203,12 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         self,
         record: SQSRecord,
         message: ParsedMessage,
-        rejected_by_stripe: dict[tuple[int, str], Rejection],
+        rejected_by_stripe: dict[tuple[int, int], Rejection],
         m: int,
     ) -> list[DeadLetter]:
         if message.rejection is None and not any(
             event.rejection is not None
-            or (event.event is not None and (m, event.event.identifier) in rejected_by_stripe)
+            or (event.event is not None and (m, event.index) in rejected_by_stripe)
             for event in message.events
         ):
             return []  # the common case: nothing of this message to dead-letter
@@ -232,7 +232,7 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         for parsed in message.events:
             rejection: Rejection | None = parsed.rejection
             if rejection is None and parsed.event is not None:
-                rejection = rejected_by_stripe.get((m, parsed.event.identifier))
+                rejection = rejected_by_stripe.get((m, parsed.index))
             if rejection is None:
                 continue
             letters.append(
