@@ -12,6 +12,7 @@ A record's failure never raises: it is reported in `batchItemFailures`.
 
 from __future__ import annotations
 
+import functools
 import gc
 from collections import Counter
 from collections.abc import Iterator
@@ -144,6 +145,7 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         self.forwarder = forwarder
         self.context = context
         self.settled = Settled(dead_lettered=Counter())
+        self._with_rejections: set[int] = set()  # messages with something to dead-letter
         self._now = datetime.now(UTC)
 
     def _process_record(self, record: dict[str, Any]) -> tuple[Any, ...]:  # pragma: no cover
@@ -154,23 +156,32 @@ class ForwardingProcessor(BasePartialBatchProcessor):
 
     def parse(self, record: SQSRecord) -> ParsedMessage:
         """The record handler: one parse per record, never raising."""
-        sent = record.attributes.get("SentTimestamp")
-        sent_at = datetime.fromtimestamp(int(sent) / 1000, UTC) if sent else self._now
+        return self._parse_raw(record.raw_event)
+
+    def _parse_raw(self, raw: dict[str, Any]) -> ParsedMessage:
+        """The same, on the record as Lambda sends it (no wrapper objects on the hot path)."""
+        sent = (raw.get("attributes") or {}).get("SentTimestamp")
+        sent_at = _from_millis(sent) if sent else self._now
         rules: ValidationRules = self.forwarder.config.rules
-        return parse_message(record.body or "", record.message_id, sent_at, rules, self._now)
+        return parse_message(raw.get("body") or "", raw["messageId"], sent_at, rules, self._now)
 
     def process(self) -> list[tuple[Any, ...]]:
         records = [SQSRecord(raw) for raw in self.records]
         run = self.forwarder.delivery.start(self._remaining)
         parsed: list[ParsedMessage] = []
         valid: list[tuple[int, int]] = []  # by delivery position: (message, event index)
-        for m, record in enumerate(records):
-            message = self.parse(record)
+        self._with_rejections.clear()
+        for m, raw in enumerate(self.records):
+            message = self._parse_raw(raw)
             parsed.append(message)
+            if message.rejection is not None:
+                self._with_rejections.add(m)
             for one in message.events:
                 if one.event is not None:
                     run.add(one.event)
                     valid.append((m, one.index))
+                else:
+                    self._with_rejections.add(m)
         self.settled.received = sum(len(m.events) or 1 for m in parsed)
         report = run.finish()
         retry_messages = {valid[i][0] for i in report.retry}
@@ -179,6 +190,7 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         rejected_by_stripe: dict[tuple[int, int], Rejection] = {}
         for position, rejection in report.rejected.items():
             rejected_by_stripe[valid[position]] = rejection
+            self._with_rejections.add(valid[position][0])
         letters: dict[int, list[DeadLetter]] = {}
         for m, (record, message) in enumerate(zip(records, parsed, strict=True)):
             if m not in retry_messages:
@@ -206,11 +218,7 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         rejected_by_stripe: dict[tuple[int, int], Rejection],
         m: int,
     ) -> list[DeadLetter]:
-        if message.rejection is None and not any(
-            event.rejection is not None
-            or (event.event is not None and (m, event.index) in rejected_by_stripe)
-            for event in message.events
-        ):
+        if m not in self._with_rejections:
             return []  # the common case: nothing of this message to dead-letter
         first_seen = record.attributes.get("ApproximateFirstReceiveTimestamp")
         seen = format_timestamp(
@@ -312,6 +320,12 @@ def _cyclic_gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@functools.lru_cache(maxsize=1024)
+def _from_millis(millis: str) -> datetime:
+    """SQS's SentTimestamp; a batch's records share few of them (producers send in batches)."""
+    return datetime.fromtimestamp(int(millis) / 1000, UTC)
 
 
 def _exc_info(error: Exception) -> tuple[type[BaseException], BaseException, None]:
