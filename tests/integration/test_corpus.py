@@ -17,7 +17,6 @@ import json
 import random
 import re
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
@@ -28,7 +27,7 @@ import pytest
 
 from devkit.harness import Invocation
 from meter_relay.events import ErrorCode, ValidationRules, parse_message
-from tests.plugins.relay import ROOT, Relay
+from tests.plugins.relay import ROOT, Relay, emf_sums
 
 CORPUS = ROOT / "tests" / "corpus"
 EXPECTED_FILE = CORPUS / "EXPECTED.json"
@@ -293,18 +292,6 @@ def batch_failures(invocation: Invocation) -> list[str]:
     assert isinstance(result, dict)
     assert set(result) == {"batchItemFailures"}
     return [item["itemIdentifier"] for item in result["batchItemFailures"]]
-
-
-def emf_sums(output: str) -> Counter[str]:
-    sums: Counter[str] = Counter()
-    for line in output.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            document = json.loads(line)
-            for directive in document["_aws"]["CloudWatchMetrics"]:
-                for metric in directive["Metrics"]:
-                    values = document[metric["Name"]]
-                    sums[metric["Name"]] += sum(values) if isinstance(values, list) else values
-    return sums
 
 
 def sqs_text(value: str) -> str:

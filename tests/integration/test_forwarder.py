@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from devkit.harness import Invocation
-from tests.plugins.relay import DEAD_LETTER_QUEUE, ROOT, Relay, queue_url
+from tests.plugins.relay import DEAD_LETTER_QUEUE, ROOT, Relay, emf_sums, queue_url
 
 pytestmark = pytest.mark.integration
 
@@ -67,19 +66,6 @@ def counted(relay: Relay) -> dict[str, int]:
 
 def stream_statuses(relay: Relay) -> list[int]:
     return [entry["status"] for entry in relay.emulator.requests(endpoint="stream")]
-
-
-def emf_metrics(output: str) -> Counter[str]:
-    """Sums of the EMF metric values in captured stdout, by metric name."""
-    sums: Counter[str] = Counter()
-    for line in output.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            document = json.loads(line)
-            for directive in document["_aws"]["CloudWatchMetrics"]:
-                for metric in directive["Metrics"]:
-                    values = document[metric["Name"]]
-                    sums[metric["Name"]] += sum(values) if isinstance(values, list) else values
-    return sums
 
 
 def dead_letters(relay: Relay) -> dict[tuple[str, str | None], dict[str, Any]]:
@@ -312,14 +298,14 @@ def test_no_ssm_call_per_warm_invocation(relay: Relay, capfd: pytest.CaptureFixt
     with relay.forwarder() as forwarder:
         first = relay.sqs_event([event("warm-1")])
         assert failures(forwarder.invoke(first), first) == set()
-        cold_metrics = emf_metrics(capfd.readouterr().out)
+        cold_metrics = emf_sums(capfd.readouterr().out)
         # the parameter is gone: a warm invocation that still delivers never read it
         relay.aws.client("ssm").delete_parameter(Name=relay.parameter)
         second = relay.sqs_event([event("warm-2")])
         invocation = forwarder.invoke(second)
         assert invocation.cold_start is False
         assert failures(invocation, second) == set()
-        warm_metrics = emf_metrics(capfd.readouterr().out)
+        warm_metrics = emf_sums(capfd.readouterr().out)
 
     assert counted(relay) == {"warm-1": 1, "warm-2": 1}
     assert cold_metrics["TokenParameterReads"] == 1
@@ -620,6 +606,6 @@ def test_a_full_batch_reports_every_metric_in_one_document(
     out = capfd.readouterr().out
     documents = [line for line in out.splitlines() if line.startswith('{"_aws"')]
     assert len(documents) == 1  # not flushed early, nothing left for an empty flush
-    metrics = emf_metrics(out)
+    metrics = emf_sums(out)
     assert metrics["EventsDelivered"] == 10_000
     assert metrics["StreamCalls"] == 100

@@ -21,6 +21,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,3 +379,8 @@ def emf_metrics(output: str) -> dict[str, list[float]]:
                     values if isinstance(values, list) else [values]
                 )
     return found
+
+
+def emf_sums(output: str) -> Counter[str]:
+    """The sum of each EMF metric's values in captured stdout, by metric name."""
+    return Counter({name: sum(values) for name, values in emf_metrics(output).items()})
