@@ -597,7 +597,8 @@ def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
         scope.callback(runner.close)
         chaos = Chaos(options, emulator, proxy)
         report = _loop(stack, options, emulator, sqs, runner, refresh, chaos)
-        report.chaos = chaos.summary(runner)
+        if options.forwarder_process or options.ssm_throttle_rate or options.refresher_outage:
+            report.chaos = chaos.summary(runner)
         return report
 
 

@@ -315,7 +315,7 @@ class Emulator:
         }
         self._log.append(
             {
-                "at": format_rfc3339(self.state.clock.now()),
+                "at": self.state.clock.now(),  # epoch: formatted when read, off the hot path
                 "method": request.method,
                 "path": request.path,
                 "endpoint": endpoint,
@@ -500,7 +500,8 @@ class Emulator:
         if "endpoint" in query:
             entries = [e for e in entries if e["endpoint"] == query["endpoint"]]
         limit = int(query.get("limit", len(entries)))
-        return _json(200, {"total": len(entries), "data": entries[len(entries) - limit :]})
+        shown = [{**e, "at": format_rfc3339(e["at"])} for e in entries[len(entries) - limit :]]
+        return _json(200, {"total": len(entries), "data": shown})
 
     def _inspect_stats(self, method: str, query: dict[str, str], body: Any) -> Response:
         with self._counts_lock:
