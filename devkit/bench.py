@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -136,20 +137,33 @@ def stack(emulator_url: str, moto_url: str) -> Iterator[dict[str, Any]]:
     }
 
 
-def measure[T](
-    events: int, prepare: Callable[[], T], run: Callable[[T], None], rounds: int
-) -> dict[str, float]:
-    """Median events/s over `rounds` runs, and CPU seconds per 100,000 events of this process.
-    Only `run` is timed: making the input (`prepare`) is not part of what is measured."""
-    rates, cpus = [], []
+@dataclass
+class Contestant:
+    """One path measured: `prepare` makes an input (not timed), `run` sends it (timed)."""
+
+    prepare: Callable[[], Any]
+    run: Callable[[Any], None]
+    rates: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+
+    def result(self) -> dict[str, float]:
+        return {
+            "events_per_s": statistics.median(self.rates),
+            "cpu_s_per_100k": statistics.median(self.cpus),
+        }
+
+
+def race(contestants: list[Contestant], events: int, rounds: int) -> None:
+    """Rounds interleaved (a round of each, then the next), so that whatever else the machine
+    does at a moment weighs on every path alike: the ratios are what this bench is for."""
     for _ in range(rounds):
-        prepared = prepare()
-        cpu, wall = cpu_seconds(), time.perf_counter()
-        run(prepared)
-        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-        rates.append(events / wall)
-        cpus.append(cpu / events * 100_000)
-    return {"events_per_s": statistics.median(rates), "cpu_s_per_100k": statistics.median(cpus)}
+        for contestant in contestants:
+            prepared = contestant.prepare()
+            cpu, wall = cpu_seconds(), time.perf_counter()
+            contestant.run(prepared)
+            wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+            contestant.rates.append(events / wall)
+            contestant.cpus.append(cpu / events * 100_000)
 
 
 def _check(invocation: Invocation) -> None:
@@ -158,7 +172,10 @@ def _check(invocation: Invocation) -> None:
         raise RuntimeError(f"the forwarder did not deliver everything: {invocation.error}")
 
 
-def bench_forwarder(setup: dict[str, Any], n: int, rounds: int) -> dict[str, Any]:
+def bench_forwarder(
+    setup: dict[str, Any], n: int
+) -> tuple[dict[str, Any], Contestant, Contestant, Callable[[], None]]:
+    """Cold start figures, the two forwarder contestants, and how to close the function."""
     arn = "arn:aws:sqs:us-east-1:123456789012:bench-usage"
     started = time.perf_counter()
     function = load_function(
@@ -169,25 +186,22 @@ def bench_forwarder(setup: dict[str, Any], n: int, rounds: int) -> dict[str, Any
     _check(first)
     results: dict[str, Any] = {"first_invocation_ms": first_ms, "init_ms": first.init_duration_ms}
 
-    def singles() -> dict[str, Any]:
-        return sqs_event([json.dumps(e) for e in make_events(n)], arn)
+    # The payload as Lambda's Runtime API hands it over: JSON bytes, decoded in the invocation.
+    def singles() -> bytes:
+        return json.dumps(sqs_event([json.dumps(e) for e in make_events(n)], arn)).encode()
 
-    def envelopes() -> dict[str, Any]:
+    def envelopes() -> bytes:
         events = make_events(n)
         bodies = [json.dumps({"events": events[i : i + 100]}) for i in range(0, n, 100)]
-        return sqs_event(bodies, arn)
+        return json.dumps(sqs_event(bodies, arn)).encode()
 
-    def invoke(batch: dict[str, Any]) -> None:
-        _check(function.invoke(batch))
+    def invoke(payload: bytes) -> None:
+        _check(function.invoke(payload))
 
-    results["singles"] = measure(n, singles, invoke, rounds)
-    results["envelopes"] = measure(n, envelopes, invoke, rounds)
-    results["peak_rss_mb"] = peak_rss_mb()
-    function.close()
-    return results
+    return results, Contestant(singles, invoke), Contestant(envelopes, invoke), function.close
 
 
-def bench_baseline(emulator_url: str, token: str, n: int, rounds: int) -> dict[str, float]:
+def bench_baseline(emulator_url: str, token: str, n: int) -> Contestant:
     session = requests.Session()
     session.mount("http://", HTTPAdapter(pool_maxsize=8, max_retries=0))
     headers = {
@@ -210,10 +224,13 @@ def bench_baseline(emulator_url: str, token: str, n: int, rounds: int) -> dict[s
         )
         assert set(statuses) == {200}, statuses
 
-    return measure(n, prepare, run, rounds)
+    return Contestant(prepare, run)
 
 
-def bench_sdk(emulator_url: str, token: str, seconds: float) -> dict[str, dict[str, float]]:
+def bench_sdk(
+    emulator_url: str, token: str, seconds: float, n: int
+) -> tuple[dict[str, float], Contestant]:
+    """Stripe's example, time-boxed (it is slow), and the batched SDK as a contestant."""
     import stripe  # the official SDK: a dev dependency, used for comparison only
 
     bases: Any = {"api": emulator_url, "meter_events": emulator_url}
@@ -230,15 +247,12 @@ def bench_sdk(emulator_url: str, token: str, seconds: float) -> dict[str, dict[s
     cpu, wall = cpu_seconds(), time.perf_counter()
     example()
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    results = {
-        "example": {
-            "events_per_s": counter[0] / wall,
-            "cpu_s_per_100k": cpu / max(counter[0], 1) * 100_000,
-        }
+    example_result = {
+        "events_per_s": counter[0] / wall,
+        "cpu_s_per_100k": cpu / max(counter[0], 1) * 100_000,
     }
     client = stripe.StripeClient(token, base_addresses=bases)
     pool = ThreadPoolExecutor(8)
-    n = 10_000
 
     def prepare() -> list[list[dict[str, Any]]]:
         events = make_events(n)
@@ -247,8 +261,7 @@ def bench_sdk(emulator_url: str, token: str, seconds: float) -> dict[str, dict[s
     def batched(chunks: list[list[dict[str, Any]]]) -> None:
         list(pool.map(lambda c: client.v2.billing.meter_event_stream.create({"events": c}), chunks))
 
-    results["batched"] = measure(n, prepare, batched, 3)
-    return results
+    return example_result, Contestant(prepare, batched)
 
 
 def import_time_ms() -> float:
@@ -285,9 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         moto = scope.enter_context(_server_process(["devkit.moto_server"], 900))
         setup = scope.enter_context(stack(emulator, moto))
         imported = import_time_ms()
-        forwarder = bench_forwarder(setup, args.events, args.rounds)
-        baseline = bench_baseline(emulator, setup["token"], args.events, args.rounds)
-        sdk = bench_sdk(emulator, setup["token"], args.sdk_seconds)
+        forwarder, singles, envelopes, close = bench_forwarder(setup, args.events)
+        scope.callback(close)
+        example, sdk_batched = bench_sdk(emulator, setup["token"], args.sdk_seconds, args.events)
+        baseline_run = bench_baseline(emulator, setup["token"], args.events)
+        race([singles, envelopes, baseline_run, sdk_batched], args.events, args.rounds)
+        forwarder["singles"], forwarder["envelopes"] = singles.result(), envelopes.result()
+        forwarder["peak_rss_mb"] = peak_rss_mb()
+        baseline = baseline_run.result()
+        sdk = {"example": example, "batched": sdk_batched.result()}
     ratio = forwarder["singles"]["events_per_s"] / baseline["events_per_s"]
     envelope_ratio = forwarder["envelopes"]["events_per_s"] / baseline["events_per_s"]
     rows = [

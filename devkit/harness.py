@@ -528,9 +528,15 @@ def _decimal_default(value: object) -> object:
 
 
 def _read_event(event: object) -> Any:
-    """A fresh JSON copy of the event, as the runtime deserialises each payload."""
+    """A fresh JSON copy of the event, as the runtime deserialises each payload. Bytes are the
+    payload itself, as the Runtime API hands it over: decoded only, like Lambda does."""
     if event is None:
         return {}
+    if isinstance(event, bytes | bytearray):
+        try:
+            return json.loads(event)
+        except ValueError as exc:
+            raise HarnessError(f"event bytes are not JSON: {exc}") from exc
     if isinstance(event, str | os.PathLike):
         try:
             return json.loads(Path(event).read_text(encoding="utf-8"))

@@ -376,6 +376,16 @@ def test_event_from_a_file_is_a_fresh_copy(alpha: LambdaFunction) -> None:
         alpha.invoke({"action": "echo", "bad": {1, 2}})
 
 
+def test_event_bytes_are_the_payload_as_the_runtime_api_hands_it_over(
+    alpha: LambdaFunction,
+) -> None:
+    event_file = FIXTURES / "events" / "echo.json"
+    payload = event_file.read_bytes()
+    assert alpha.invoke(payload).result == json.loads(payload)
+    with pytest.raises(HarnessError, match="not JSON"):
+        alpha.invoke(b"{not json")
+
+
 # --- the CLI ---------------------------------------------------------------------------------
 
 
