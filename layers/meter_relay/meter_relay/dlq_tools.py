@@ -145,8 +145,11 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
         logger.info("cancel", extra=line.to_json())
     result: dict[str, Any] = {"complete": complete, "audit": [line.to_json() for line in audit]}
     if not complete:
-        done = {line.identifier for line in audit}
-        result["remaining_identifiers"] = [
-            t.identifier for t in targets if t.identifier not in done
+        done = {(line.identifier, line.event_name) for line in audit}
+        result["remaining"] = [
+            {"identifier": t.identifier, "event_name": t.event_name}
+            for t in targets
+            if (t.identifier, t.event_name) not in done
         ]
+        result["next"] = "stopped early: cancel the remaining ones with another call"
     return result
