@@ -648,11 +648,20 @@ def targets_from_file(path: str | Path, event_name: str) -> list[CancelTarget]:
     return [CancelTarget(line.strip(), event_name) for line in lines if line.strip()]
 
 
-def targets_from_dlq(reader: DeadLetterReader, filters: Filters) -> list[CancelTarget]:
+def targets_from_dlq(
+    reader: DeadLetterReader,
+    filters: Filters,
+    remaining: Callable[[], float] | None = None,
+    reserve: float = 0.0,
+) -> list[CancelTarget]:
+    """The events of the DLQ messages `filters` choose. With `remaining` (seconds left), the
+    scan stops once only `reserve` seconds are left: the rest is for cancelling."""
     targets: list[CancelTarget] = []
     taken = 0
     with closing(reader.scan()) as messages:  # gives every message back when it closes
         for message in messages:
+            if remaining is not None and remaining() < reserve:
+                break
             if not filters.matches(message):
                 continue
             if filters.max_count is not None and taken >= filters.max_count:

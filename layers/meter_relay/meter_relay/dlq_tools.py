@@ -133,7 +133,13 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
             raise ValueError("identifiers (a list) needs an event_name")
         targets = [CancelTarget(str(i), name) for i in identifiers]
     else:
-        targets = targets_from_dlq(_reader(), Filters.from_dict(event.get("filters") or {}))
+        # keep half of the time for the cancels themselves
+        targets = targets_from_dlq(
+            _reader(),
+            Filters.from_dict(event.get("filters") or {}),
+            remaining=lambda: _remaining(context),
+            reserve=_remaining(context) / 2,
+        )
     audit, complete = cancel(
         None if dry_run else _api(),
         targets,

@@ -684,3 +684,17 @@ def test_cancel_gives_up_after_the_attempts_and_says_failed() -> None:
     )
     assert [line.status for line in audit] == ["failed"]
     assert api.calls == dlq.SYNC_ATTEMPTS
+
+
+def test_choosing_cancel_targets_stops_when_only_the_reserve_is_left() -> None:
+    sqs = StubSqs([messages("a", "b"), messages("c")])
+    clock = iter([100.0, 100.0, 10.0, 10.0, 10.0])  # seconds left, at each message
+    targets = dlq.targets_from_dlq(
+        reader(sqs), Filters(), remaining=lambda: next(clock), reserve=50.0
+    )
+    assert [t.identifier for t in targets] == ["a-0", "b-0"]
+    assert set(sqs.released()) == {"rh-a", "rh-b", "rh-c"}  # all it received is given back
+    unlimited = dlq.targets_from_dlq(
+        reader(StubSqs([messages("a", "b"), messages("c")])), Filters()
+    )
+    assert [t.identifier for t in unlimited] == ["a-0", "b-0", "c-0"]
