@@ -167,9 +167,43 @@ class ForwardingProcessor(BasePartialBatchProcessor):
 
     def process(self) -> list[tuple[Any, ...]]:
         records = [SQSRecord(raw) for raw in self.records]
+        parsed, valid, report = self._parse_and_deliver()
+        to_retry = Counter(valid[i][0] for i in report.retry)  # message -> events to retry
+        # by (message, event index): events of a message may share an identifier (a producer's
+        # mistake), and only the one Stripe refused is dead-lettered
+        rejected_by_stripe: dict[tuple[int, int], Rejection] = {}
+        for position, rejection in report.rejected.items():
+            rejected_by_stripe[valid[position]] = rejection
+            self._with_rejections.add(valid[position][0])
+        letters = {
+            m: self._dead_letters(records[m], parsed[m], rejected_by_stripe, m)
+            for m in range(len(records))
+            if m not in to_retry
+        }
+        all_letters = [letter for group in letters.values() for letter in group]
+        unsent = {id(letter) for letter in self.forwarder.dead_letters.send(all_letters)}
+        results = []
+        for m, record in enumerate(records):
+            group = letters.get(m)
+            if group is None:
+                reason = f"{to_retry[m]} events to retry"
+                results.append(self.failure_handler(record, _exc_info(RetryLater(reason))))
+            elif any(id(letter) in unsent for letter in group):
+                reason = "a dead letter could not be sent"
+                results.append(self.failure_handler(record, _exc_info(RetryLater(reason))))
+            else:
+                results.append(self.success_handler(record, len(parsed[m].events)))
+        self._account(report, letters, unsent, set(to_retry), parsed)
+        return results
+
+    def _parse_and_deliver(
+        self,
+    ) -> tuple[list[ParsedMessage], list[tuple[int, int]], DeliveryReport]:
+        """Each record parsed once; its valid events handed to the delivery as they come.
+        Returns the messages, (message, event index) by delivery position, and the report."""
         run = self.forwarder.delivery.start(self._remaining)
         parsed: list[ParsedMessage] = []
-        valid: list[tuple[int, int]] = []  # by delivery position: (message, event index)
+        valid: list[tuple[int, int]] = []
         self._with_rejections.clear()
         for m, raw in enumerate(self.records):
             message = self._parse_raw(raw)
@@ -183,33 +217,7 @@ class ForwardingProcessor(BasePartialBatchProcessor):
                 else:
                     self._with_rejections.add(m)
         self.settled.received = sum(len(m.events) or 1 for m in parsed)
-        report = run.finish()
-        retry_messages = {valid[i][0] for i in report.retry}
-        # by (message, event index): events of a message may share an identifier (a producer's
-        # mistake), and only the one Stripe refused is dead-lettered
-        rejected_by_stripe: dict[tuple[int, int], Rejection] = {}
-        for position, rejection in report.rejected.items():
-            rejected_by_stripe[valid[position]] = rejection
-            self._with_rejections.add(valid[position][0])
-        letters: dict[int, list[DeadLetter]] = {}
-        for m, (record, message) in enumerate(zip(records, parsed, strict=True)):
-            if m not in retry_messages:
-                letters[m] = self._dead_letters(record, message, rejected_by_stripe, m)
-        all_letters = [letter for group in letters.values() for letter in group]
-        unsent = {id(letter) for letter in self.forwarder.dead_letters.send(all_letters)}
-        results = []
-        for m, record in enumerate(records):
-            group = letters.get(m)
-            if group is None:
-                reason = f"{sum(1 for i in report.retry if valid[i][0] == m)} events to retry"
-                results.append(self.failure_handler(record, _exc_info(RetryLater(reason))))
-            elif any(id(letter) in unsent for letter in group):
-                reason = "a dead letter could not be sent"
-                results.append(self.failure_handler(record, _exc_info(RetryLater(reason))))
-            else:
-                results.append(self.success_handler(record, len(parsed[m].events)))
-        self._account(report, letters, unsent, retry_messages, parsed)
-        return results
+        return parsed, valid, run.finish()
 
     def _dead_letters(
         self,
