@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         kill_every=args.kill_every,
         ssm_throttle_rate=args.ssm_throttle_rate,
         refresher_outage=(args.outage[0], args.outage[1]),
-        expire_sessions_at=(5.0, 30.0),
+        # 5 s in, during the refresher outage (nothing can heal it until it ends), and after
+        expire_sessions_at=(5.0, args.outage[0] + 2.0, args.outage[0] + args.outage[1] + 6.0),
         produce_for=args.duration,
     )
     return publish(run(options), as_json=args.json)

@@ -413,6 +413,9 @@ class Report:
             "unaccounted": len(self.unaccounted),
             "misplaced": len(self.misplaced),
             "seconds": round(self.seconds, 2),
+            "invocations": self.stats.invocations,
+            "failed_invocations": self.stats.errors,
+            "records_returned_for_retry": self.stats.failed_records,
             "chaos": self.chaos,
         }
 
