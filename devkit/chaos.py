@@ -2,7 +2,8 @@
 
 Stream faults (5xx, 429 bursts with Retry-After, latency, dropped connections, and ambiguous
 failures: calls processed but answered 500 or cut), sessions that live 30 s and are also ended
-by Stripe mid-run, a refresher outage (no schedule, and Stripe refuses new sessions), SSM
+by Stripe mid-run, a refresher outage (sessions ended as it begins, no schedule, Stripe refuses
+new sessions, and it lasts until the forwarder has met it), SSM
 answering a share of calls with ThrottlingException, and the forwarder killed (SIGKILL of its
 process) in the middle of batches. The report must show 0 unaccounted, 0 counted twice, and
 the DLQ holding exactly the invalid events with their codes; the exit status says so.
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs=2,
         default=(12.0, 12.0),
         metavar=("START", "LENGTH"),
-        help="refresher outage, s into the run",
+        help="refresher outage: start and least length, s into the run",
     )
     parser.add_argument(
         "--duration", type=float, default=45.0, help="production is spread over this many seconds"
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         kill_every=args.kill_every,
         ssm_throttle_rate=args.ssm_throttle_rate,
         refresher_outage=(args.outage[0], args.outage[1]),
-        # 5 s in, during the refresher outage (nothing can heal it until it ends), and after
-        expire_sessions_at=(5.0, args.outage[0] + 2.0, args.outage[0] + args.outage[1] + 6.0),
+        # 5 s in and after the outage (which ends them too, as it begins)
+        expire_sessions_at=(5.0, args.outage[0] + args.outage[1] + 6.0),
         produce_for=args.duration,
     )
     return publish(run(options), as_json=args.json)

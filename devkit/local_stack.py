@@ -80,7 +80,8 @@ class Options:
     forwarder_process: bool = False  # run the forwarder behind its own endpoint (killable)
     kill_every: int = 0  # kill the forwarder during every Nth invocation
     ssm_throttle_rate: float = 0.0  # share of SSM calls answered ThrottlingException
-    refresher_outage: tuple[float, float] | None = None  # (start, length) s into the run
+    # (start, least length) s into the run; Stripe ends every session as it begins
+    refresher_outage: tuple[float, float] | None = None
     expire_sessions_at: tuple[float, ...] = ()  # s into the run: Stripe ends every session
     produce_for: float = 0.0  # spread production over this many seconds (0: as fast as it can)
 
@@ -682,8 +683,17 @@ class KillableForwarder(ForwarderRunner):
         self._endpoint.stop()
 
 
+OUTAGE_MIN_ANSWERS = 2  # the outage lasts until the forwarder has answered this many batches
+
+
 class Chaos:
-    """The timeline of a chaos run: sessions ended by Stripe, a refresher outage."""
+    """The timeline of a chaos run: sessions ended by Stripe, a refresher outage.
+
+    The outage is tied to what the forwarder does, not only to the clock: it begins by ending
+    every session (so nothing can heal until it is over) and lasts its length and at least
+    until the forwarder has answered OUTAGE_MIN_ANSWERS batches, so it bites however slowly
+    this machine runs the loop.
+    """
 
     def __init__(self, options: Options, emulator: EmulatorClient, proxy: Any) -> None:
         self._options = options
@@ -691,28 +701,44 @@ class Chaos:
         self._proxy = proxy
         self._expiries = sorted(options.expire_sessions_at)
         self.sessions_ended = 0
-        self.outage_seen = False
+        self._outage_began: float | None = None
+        self._answers_before_outage = 0
+        self.outage_seconds: float | None = None  # how long it lasted, once over
+        self.batches_answered_in_outage = 0
 
-    def tick(self, elapsed: float) -> None:
+    def tick(self, elapsed: float, stats: MappingStats) -> None:
         while self._expiries and elapsed >= self._expiries[0]:
             self._expiries.pop(0)
             self.sessions_ended += self._emulator.expire_sessions()
-        outage = self.in_outage(elapsed)
-        if outage and not self.outage_seen:
-            self.outage_seen = True
-            self._emulator.set_faults("session", error_rate=1.0)  # nobody gets a session
-        elif not outage and self.outage_seen and self._options.refresher_outage:
-            self._emulator.set_faults("session", error_rate=0.0)
-
-    def in_outage(self, elapsed: float) -> bool:
         window = self._options.refresher_outage
-        return window is not None and window[0] <= elapsed < window[0] + window[1]
+        if window is None or self.outage_seconds is not None:
+            return
+        answers = stats.invocations - stats.errors
+        if self._outage_began is None:
+            if elapsed >= window[0]:
+                self._outage_began = elapsed
+                self._answers_before_outage = answers
+                self._emulator.set_faults("session", error_rate=1.0)  # nobody gets a session
+                self.sessions_ended += self._emulator.expire_sessions()
+            return
+        self.batches_answered_in_outage = answers - self._answers_before_outage
+        if (
+            elapsed >= self._outage_began + window[1]
+            and self.batches_answered_in_outage >= OUTAGE_MIN_ANSWERS
+        ):
+            self._emulator.set_faults("session", error_rate=0.0)
+            self.outage_seconds = elapsed - self._outage_began
+
+    def in_outage(self) -> bool:
+        return self._outage_began is not None and self.outage_seconds is None
 
     def summary(self, runner: ForwarderRunner) -> dict[str, Any]:
         return {
             "forwarder_kills": runner.kills,
             "sessions_ended_by_stripe": self.sessions_ended,
             "refresher_outage": self._options.refresher_outage,
+            "refresher_outage_seconds": self.outage_seconds,
+            "batches_answered_in_outage": self.batches_answered_in_outage,
             "ssm_calls_throttled": self._proxy.stats["throttled"] if self._proxy else 0,
             "ssm_calls_passed": self._proxy.stats["passed"] if self._proxy else 0,
         }
@@ -747,14 +773,14 @@ def _loop(
         while time.monotonic() - started < options.timeout:
             handed = mapping.poll()
             now = time.monotonic()
-            chaos.tick(now - started)
+            chaos.tick(now - started, mapping.stats)
             every = min(options.refresh_every, options.session_ttl / 3)
-            if now - last_refresh >= every and not chaos.in_outage(now - started):
+            if now - last_refresh >= every and not chaos.in_outage():
                 with contextlib.suppress(RuntimeError):  # a failed run: the next one retries
                     refresh()  # the schedule (every 5 minutes in the template)
                 last_refresh = now
             if now - last_progress >= 2:
-                _progress(options, expected, mapping, sqs, stack)
+                _progress(options, expected, mapping, sqs, stack, now - started)
                 last_progress = now
             if failures:
                 raise RuntimeError(f"the producer failed: {failures[0]}")
@@ -771,11 +797,17 @@ def _loop(
 
 
 def _progress(
-    options: Options, expected: Expected, mapping: EventSourceMapping, sqs: SQSClient, stack: Stack
+    options: Options,
+    expected: Expected,
+    mapping: EventSourceMapping,
+    sqs: SQSClient,
+    stack: Stack,
+    elapsed: float,
 ) -> None:
     visible, in_flight = _depth(sqs, stack.queue_url)
     _say(
         options,
+        f"{elapsed:6.1f}s  "
         f"produced {expected.produced:>7}/{options.events}  "
         f"records handled {mapping.stats.records:>6}  "
         f"invocations {mapping.stats.invocations:>4}  "

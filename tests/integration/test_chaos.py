@@ -47,6 +47,8 @@ def test_a_small_chaos_run_loses_nothing_and_counts_nothing_twice() -> None:
     assert chaos["sessions_ended_by_stripe"] >= 1
     assert chaos["ssm_calls_throttled"] >= 1
     assert summary["failed_invocations"] >= chaos["forwarder_kills"]  # killed ones are lost
-    # sessions ended during the refresher outage: messages went back to the queue, and came
-    # back to be delivered once (counted_twice == 0 above)
+    # the outage ended every session and lasted until the forwarder had answered batches:
+    # their messages went back to the queue and came back to be delivered once
+    # (counted_twice == 0 above)
+    assert chaos["batches_answered_in_outage"] >= 2
     assert summary["records_returned_for_retry"] >= 1
