@@ -11,6 +11,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(450)  # the run itself is bounded at 400 s below
 def test_a_small_chaos_run_loses_nothing_and_counts_nothing_twice() -> None:
     completed = subprocess.run(
         [

@@ -16,6 +16,7 @@ from devkit.local_stack import DELIVERED, Expected, MappingStats, account
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(360)  # the run itself is bounded at 300 s below
 def test_a_small_local_run_accounts_for_every_event() -> None:
     completed = subprocess.run(
         [

@@ -100,6 +100,7 @@ def test_the_patterns_recognise_what_they_must() -> None:
 # ----- a whole local-stack run ------------------------------------------------------------------
 
 
+@pytest.mark.timeout(240)  # the run itself is bounded at 180 s below
 def test_make_run_prints_neither_the_key_nor_a_token() -> None:
     """`make run`, small, as a user runs it: every line of its stdout and stderr.
 
@@ -175,6 +176,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     reset_powertools_logger()
 
 
+@pytest.mark.timeout(240)  # the run itself gives up after 120 s
 def test_no_log_of_a_local_run_shows_the_key_or_any_session_token(
     recording: dict[str, Any], capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
