@@ -3,7 +3,9 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-PYTHON ?= $(shell scripts/find-python313)
+# Found once per make run: a plain recursive variable would rerun the script, and print its
+# "not found" advice, at each use in a recipe.
+PYTHON ?= $(eval PYTHON := $$(shell scripts/find-python313))$(PYTHON)
 STAMP := $(VENV)/.installed
 # checkov pins a boto3 that cannot live beside requirements-dev.txt's: its own venv.
 CHECKOV_VENV := .venv-checkov
