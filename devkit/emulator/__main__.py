@@ -13,7 +13,7 @@ from typing import Any
 
 from devkit.emulator.app import EmulatorServer
 from devkit.emulator.faults import ENDPOINTS
-from devkit.emulator.state import Settings
+from devkit.emulator.state import ApiError, Settings
 
 
 def _rate_limit(text: str) -> tuple[str, dict[str, float]]:
@@ -127,9 +127,12 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         meter_events_hold_ms=float(config.get("meter_events_hold_ms", 0.0)),
         accepted_keys=list(args.api_key or config.get("accepted_keys", [])),
     )
-    meters = json.loads(args.meters.read_text()) if args.meters else []
-    if not isinstance(meters, list):
-        raise SystemExit(f"{args.meters}: expected a JSON list of meters")
+    try:
+        meters = json.loads(args.meters.read_text()) if args.meters else []
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{args.meters}: not JSON: {error}") from None
+    if not isinstance(meters, list) or not all(isinstance(m, dict) for m in meters):
+        raise ValueError(f"{args.meters}: expected a JSON list of meters (objects)")
     return {
         "seed": int(config.get("seed", args.seed)),
         "settings": settings,
@@ -146,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         server = EmulatorServer(host=args.host, port=args.port, **options_from_args(args))
     except (ValueError, OSError) as error:
         print(f"stripe-emulator: {error}", file=sys.stderr)
+        return 2
+    except ApiError as error:  # only meters are checked as the v1 API would: --meters
+        print(f"stripe-emulator: {args.meters}: {error.message}", file=sys.stderr)
         return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

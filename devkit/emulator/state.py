@@ -245,8 +245,15 @@ class EmulatorState:
     def load_meters(self, specs: list[dict[str, Any]]) -> list[Meter]:
         """Meters given at start-up (--meters), in Stripe's billing.meter shape."""
         with self._lock:
+            meters = []
+            for index, spec in enumerate(specs):
+                try:
+                    meters.append(self._add_meter(spec))
+                except ApiError as error:
+                    error.message = f"meters[{index}]: {error.message}"
+                    raise
             self._initial_meters.extend(specs)
-            return [self._add_meter(spec) for spec in specs]
+            return meters
 
     def _add_meter(self, spec: dict[str, Any]) -> Meter:
         event_name = spec.get("event_name")
