@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -473,6 +474,59 @@ def test_old_events_are_not_sent_and_stale_ones_are_named(
     assert [read_message(m, RULES).events[0].identifier for m in left.values()] == ["too-old"]
     (sent,) = take_usage_queue(cli)
     assert json.loads(sent["Body"])["identifier"] == "stale-1"
+
+
+def millis_of(moment: datetime) -> tuple[str, str]:
+    """A moment as SQS's SentTimestamp (milliseconds) and as the RFC 3339 text it stands for."""
+    millis = int(moment.timestamp() * 1000)
+    return str(millis), format_timestamp(datetime.fromtimestamp(millis / 1000, UTC))
+
+
+def test_a_letter_replays_with_the_time_its_producer_sent_it(
+    cli: Relay, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An event without a timestamp is counted at its message's send time, also after the
+    DLQ: the forwarder writes that time into the letter, not the letter's own send time."""
+    sent_millis, sent_text = millis_of(ago(hours=3))
+    cli.put_session()
+    misplaced = api_event(None) | {"payload": {"customer_id": "cus_a", "value": "1"}}
+    event = cli.sqs_event([misplaced], ["sent-3h-ago"])
+    event["Records"][0]["attributes"]["SentTimestamp"] = sent_millis
+    with cli.forwarder(env={"METER_KEYS": json.dumps(METER_KEYS)}) as forwarder:
+        assert forwarder.invoke(event).result == {"batchItemFailures": []}
+    (letter,) = peek(cli).values()
+    assert json.loads(letter["Body"])["timestamp"] == sent_text
+
+    fix = tmp_path / "fix.json"
+    fix.write_text(json.dumps({"payload_keys": {"customer_id": "stripe_customer_id"}}))
+    code, result = run_json(capsys, "dlq", "replay", "--fix", str(fix))
+    assert (code, result["counts"]) == (0, {"replayed": 1})
+    (replayed,) = take_usage_queue(cli)
+    body = json.loads(replayed["Body"])
+    assert (body["identifier"], body["timestamp"]) == ("sent-3h-ago-0", sent_text)
+
+
+def test_a_redriven_message_replays_with_its_original_send_time(
+    cli: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sqs = cli.aws.client("sqs")
+    sqs.send_message(QueueUrl=cli.queue_url, MessageBody=json.dumps(api_event(None)))
+    (first,) = sqs.receive_message(
+        QueueUrl=cli.queue_url, VisibilityTimeout=0, AttributeNames=["SentTimestamp"]
+    )["Messages"]
+    sent_text = millis_of(
+        datetime.fromtimestamp(int(first["Attributes"]["SentTimestamp"]) / 1000, UTC)
+    )[1]
+    time.sleep(1.1)  # moved a second later: the move's time would show
+    for _ in range(MAX_RECEIVE_COUNT):
+        sqs.receive_message(QueueUrl=cli.queue_url, VisibilityTimeout=0)
+    assert list(peek(cli)) == [first["MessageId"]]
+
+    code, result = run_json(capsys, "dlq", "replay")
+    assert (code, result["counts"]) == (0, {"replayed": 1})
+    (replayed,) = take_usage_queue(cli)
+    body = json.loads(replayed["Body"])
+    assert (body["identifier"], body["timestamp"]) == (f"{first['MessageId']}-0", sent_text)
 
 
 # ----- replay through the synchronous endpoint --------------------------------------------

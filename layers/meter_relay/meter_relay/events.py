@@ -146,6 +146,7 @@ class ParsedEvent:
     event: MeterEvent | None
     raw: Any
     rejection: Rejection | None = None
+    sent_at: datetime | None = None  # the default timestamp (kept for a rejected event's letter)
 
     @property
     def event_name(self) -> str | None:
@@ -155,12 +156,18 @@ class ParsedEvent:
         return name if isinstance(name, str) else None
 
     def dead_letter_body(self) -> str:
-        """The event as the DLQ keeps it: normalised if it was, else as sent, identifier in."""
+        """The event as the DLQ keeps it: normalised if it was, else as sent with what the
+        letter's own messageId and SentTimestamp would change written in (the identifier, and
+        the default timestamp: when the producer sent the message, not when it was
+        dead-lettered). One with a broken identifier can never be sent: it stays untouched."""
         if self.event is not None:
             return json.dumps(self.event.to_stripe())
-        if isinstance(self.raw, dict) and self.identifier is not None:
-            return json.dumps({**self.raw, "identifier": self.identifier})
-        return json.dumps(self.raw)
+        if not isinstance(self.raw, dict) or self.identifier is None:
+            return json.dumps(self.raw)
+        body = {**self.raw, "identifier": self.identifier}
+        if body.get("timestamp") is None and self.sent_at is not None:
+            body["timestamp"] = format_timestamp(self.sent_at)
+        return json.dumps(body)
 
 
 @dataclass(slots=True)
@@ -262,7 +269,7 @@ def normalise_event(
     try:
         event = _normalised(raw, identifier, sent_at, rules, now)
     except EventRejected as rejected:
-        return ParsedEvent(index, identifier, None, raw, rejected.rejection)
+        return ParsedEvent(index, identifier, None, raw, rejected.rejection, sent_at)
     return ParsedEvent(index, identifier, event, raw)
 
 

@@ -142,6 +142,23 @@ def test_an_event_letter_reads_back_its_reason_identifier_index_and_customer() -
     assert message.to_json()["identifiers"] == [event.identifier]
 
 
+def test_an_event_letter_carries_its_messages_send_time_as_the_default_timestamp() -> None:
+    """Else a replay would default it to the letter's own SentTimestamp (the dead-lettering)."""
+    payload = {"stripe_customer_id": "cus_a", "value": "0"}
+    given = "2026-06-01T11:00:00Z"
+    body = {
+        "events": [
+            {"event_name": "api_requests", "payload": payload},
+            {"event_name": "api_requests", "payload": payload, "timestamp": given},
+            {"event_name": "api_requests", "payload": payload, "timestamp": None},
+        ]
+    }
+    letters = forwarder_letters(json.dumps(body))
+    timestamps = [json.loads(letter.body)["timestamp"] for letter in letters]
+    assert timestamps == [format_timestamp(SENT), given, format_timestamp(SENT)]
+    assert [read_letter(letter).events[0].raw["timestamp"] for letter in letters] == timestamps
+
+
 def test_an_event_letter_keeps_the_producers_identifier() -> None:
     body = {
         "event_name": "api_requests",
