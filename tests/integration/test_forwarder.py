@@ -8,9 +8,14 @@ events keeps its requests in order, so each scenario is deterministic.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -558,6 +563,61 @@ def test_deadline_cut_off_returns_undelivered_messages_before_the_timeout(relay:
 
     assert counted(relay) == {"late-0": 1, "late-1": 1, "late-2": 1}
     assert relay.emulator.counted_more_than_once() == []
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """An HTTP endpoint that accepts connections and never answers (an SQS that hangs)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.listen(64)
+        held: list[socket.socket] = []
+        stop = threading.Event()
+
+        def accept() -> None:
+            server.settimeout(0.2)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError, OSError):
+                    held.append(server.accept()[0])
+
+        acceptor = threading.Thread(target=accept, daemon=True)
+        acceptor.start()
+        try:
+            yield f"http://127.0.0.1:{server.getsockname()[1]}"
+        finally:
+            stop.set()
+            acceptor.join()
+            for connection in held:
+                connection.close()
+
+
+@pytest.mark.parametrize(
+    ("service", "retried", "delivered"),
+    [
+        # the letters are not confirmed in time: their messages go back to the queue
+        ("SQS", {"hang-b", "hang-c"}, {"hang-ok": 1, "hang-env-ok": 1}),
+        # no token can be read: every message with a valid event waits (hang-b holds only a
+        # bad one, dead-lettered)
+        ("SSM", {"hang-a", "hang-c"}, {}),
+    ],
+)
+def test_a_hanging_aws_service_never_carries_the_forwarder_past_its_deadline(
+    relay: Relay, service: str, retried: set[str], delivered: dict[str, int]
+) -> None:
+    bodies = [
+        event("hang-ok"),
+        event("hang-bad", value="-5"),
+        {"events": [event("hang-env-ok"), event("hang-env-bad", value="zero")]},
+    ]
+    ids = ["hang-a", "hang-b", "hang-c"]
+    relay.put_session()
+    with silent_endpoint() as silent:
+        hanging = {"DEADLINE_MARGIN_MS": "1000", f"AWS_ENDPOINT_URL_{service}": silent}
+        with relay.forwarder(extra_env=hanging) as forwarder:
+            first = relay.sqs_event(bodies, ids)
+            invocation = forwarder.invoke(first, timeout=4.0)
+            assert invocation.error is None, invocation.error  # never Sandbox.Timedout
+            assert failures(invocation, first) == retried
+    assert counted(relay) == delivered
 
 
 def test_dead_letter_send_failure_returns_those_messages(relay: Relay) -> None:

@@ -66,7 +66,12 @@ class RetryPolicy:
     base_delay: float = 0.2
     max_delay: float = 5.0
     request_timeout: float = 10.0
-    deadline_margin: float = 3.0
+    deadline_margin: float = 3.0  # no stream call or session renewal within this of the deadline
+
+    @property
+    def dead_letter_margin(self) -> float:
+        """Dead letters may use the deadline margin but this: the time to settle and answer."""
+        return min(0.5, self.deadline_margin / 2)
 
 
 @dataclass(frozen=True)

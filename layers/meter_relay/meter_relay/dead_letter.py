@@ -9,7 +9,9 @@ retried rather than lost.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,18 +93,37 @@ class DeadLetter:
         )
 
 
+SENDERS = 4  # SendMessageBatch calls at once: a batch of 10,000 bad records is 1,000 calls
+
+
 class DeadLetterQueue:
-    """Sends dead letters in batches of 10 (and 256 KiB), retrying the entries SQS refused."""
+    """Sends dead letters in batches of 10 (and 256 KiB), retrying the entries SQS refused.
+
+    Batches go out several at once, and the caller waits at most `time_left` seconds: letters
+    not confirmed by then are reported unsent (their messages go back to the queue), so a slow
+    SQS never carries the forwarder past its deadline. A batch confirmed only after that wait
+    is sent again with its message later: a duplicate letter, never a lost one.
+    """
 
     def __init__(self, queue_url: str, sqs: SQSClient) -> None:
         self.queue_url = queue_url
         self._sqs = sqs
+        self._senders = ThreadPoolExecutor(SENDERS, thread_name_prefix="dead-letters")
 
-    def send(self, letters: list[DeadLetter]) -> list[DeadLetter]:
-        """Send every letter; returns the ones that could not be sent after retries."""
-        unsent: list[DeadLetter] = []
-        for batch in _batches(letters):
-            unsent.extend(self._send_batch(batch))
+    def send(
+        self, letters: list[DeadLetter], time_left: Callable[[], float] | None = None
+    ) -> list[DeadLetter]:
+        """Send every letter; returns the ones not sent (after retries, or not in time)."""
+        if not letters:
+            return []
+        sending = {
+            self._senders.submit(self._send_batch, batch): batch for batch in _batches(letters)
+        }
+        wait = max(0.0, time_left()) if time_left is not None else None
+        done, late = futures_wait(sending, timeout=wait)
+        unsent = [letter for future in late for letter in sending[future]]
+        for future in done:
+            unsent.extend(future.result())
         return unsent
 
     def _send_batch(self, batch: list[DeadLetter]) -> list[DeadLetter]:

@@ -9,7 +9,6 @@ what is not delivered by then is reported for retry, never dropped.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,14 +18,13 @@ from typing import Any
 
 from meter_relay.config import RetryPolicy
 from meter_relay.events import MeterEvent, Rejection
+from meter_relay.observability import logger
 from meter_relay.session import SessionTokenSource, SessionUnavailable
 from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer
 
 MAX_EVENTS_PER_CALL = 100
 MIN_CALL_SECONDS = 0.25  # no call is started with less time than this left
 MAX_SESSION_RENEWALS = 2  # per call: a third 401 in a row means something else is wrong
-
-logger = logging.getLogger(__name__)
 
 
 def chunked(items: Sequence[int], size: int = MAX_EVENTS_PER_CALL) -> Iterator[list[int]]:
@@ -154,6 +152,10 @@ class StreamDelivery:
                 report.latencies_ms.append(answer.elapsed * 1000)
             if attempts or renewals:
                 report.retried_calls += 1
+            if answer.kind is Kind.REJECTED and not _about_the_events(answer):
+                logger.error("Stripe refused the call itself, not retried now: %s", answer.error)
+                report.give_up(part, "call_refused")
+                return None
             if answer.kind in (Kind.OK, Kind.REJECTED):
                 return answer
             if answer.kind is Kind.SESSION_EXPIRED:
@@ -231,11 +233,23 @@ class DeliveryRun:
         return report
 
 
-def _rejection(answer: StripeAnswer) -> Rejection:
+def _error_param(answer: StripeAnswer) -> str | None:
     error = (answer.body or {}).get("error")
     param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) else None
+
+
+def _about_the_events(answer: StripeAnswer) -> bool:
+    """A 400 is the events' fault unless Stripe names a parameter outside them (a header, a
+    field of the request itself): splitting the call would then dead-letter every event."""
+    param = _error_param(answer)
+    return param is None or param == "events" or param.startswith("events[")
+
+
+def _rejection(answer: StripeAnswer) -> Rejection:
+    param = _error_param(answer)
     return Rejection(
         answer.code or f"http_{answer.status}",
         answer.message or "Stripe rejected the event",
-        param if isinstance(param, str) else None,
+        param,
     )

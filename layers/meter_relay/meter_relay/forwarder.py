@@ -78,13 +78,11 @@ class Forwarder:
         delivery: StreamDelivery,
         dead_letters: DeadLetterQueue,
         tokens: SessionTokenSource,
-        refresher: LambdaRefresher | None = None,
     ) -> None:
         self.config = config
         self.delivery = delivery
         self.dead_letters = dead_letters
         self.tokens = tokens
-        self.refresher = refresher
 
     @classmethod
     def from_environment(cls) -> Forwarder:
@@ -107,15 +105,12 @@ class Forwarder:
         executor = ThreadPoolExecutor(config.stream_concurrency, thread_name_prefix="stream")
         delivery = StreamDelivery(MeterEventStream(http), tokens, config.retry, executor)
         dead_letters = DeadLetterQueue(config.dead_letter_queue_url, sqs)
-        return cls(config, delivery, dead_letters, tokens, refresher)
+        return cls(config, delivery, dead_letters, tokens)
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-        if self.refresher is not None:
-            # waiting for the refresher must not carry this invocation past its deadline
-            margin = self.config.retry.deadline_margin
-            self.refresher.time_left = lambda: (
-                context.get_remaining_time_in_millis() / 1000.0 - margin
-            )
+        # waiting for SSM or the refresher must not carry this invocation past its deadline
+        margin = self.config.retry.deadline_margin
+        self.tokens.time_left = lambda: context.get_remaining_time_in_millis() / 1000.0 - margin
         self.tokens.begin_invocation()
         processor = ForwardingProcessor(self, context)
         with _cyclic_gc_paused():
@@ -181,7 +176,13 @@ class ForwardingProcessor(BasePartialBatchProcessor):
             if m not in to_retry
         }
         all_letters = [letter for group in letters.values() for letter in group]
-        unsent = {id(letter) for letter in self.forwarder.dead_letters.send(all_letters)}
+        margin = self.forwarder.config.retry.dead_letter_margin
+        unsent = {
+            id(letter)
+            for letter in self.forwarder.dead_letters.send(
+                all_letters, lambda: self._remaining() - margin
+            )
+        }
         results = []
         for m, record in enumerate(records):
             group = letters.get(m)

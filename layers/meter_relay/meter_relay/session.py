@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -109,45 +109,19 @@ class SessionStore:
         )
 
 
-MIN_REFRESH_WAIT = 1.0  # seconds: with less time left, the refresher is not asked at all
+MIN_RENEWAL_WAIT = 1.0  # seconds: with less time left, no renewal is even started
 MIN_FRESH_SECONDS = 5.0  # a session the refresher has just made is used if it lives this long
 
 
 class LambdaRefresher:
-    """Asks the refresher function, synchronously, to replace a session that went stale.
+    """Asks the refresher function, synchronously, to replace a session that went stale."""
 
-    `time_left` (set per invocation by the forwarder) bounds the wait: the refresher may take
-    up to its own timeout, which must not carry the forwarder past its deadline. A call that
-    does not answer in time is left to finish in the background (its new session serves the
-    next invocation) and the events wait in the queue.
-    """
-
-    def __init__(
-        self,
-        function_name: str,
-        client: LambdaClient,
-        time_left: Callable[[], float] | None = None,
-    ) -> None:
+    def __init__(self, function_name: str, client: LambdaClient) -> None:
         self.function_name = function_name
         self._client = client
-        self.time_left = time_left
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="refresher")
 
     def __call__(self, stale_session_id: str | None) -> None:
         payload = {"replace_session_id": stale_session_id} if stale_session_id else {}
-        if self.time_left is None:
-            self._invoke(payload)
-            return
-        wait = self.time_left()
-        if wait < MIN_REFRESH_WAIT:
-            raise SessionUnavailable("no time left in this invocation to ask the refresher")
-        future = self._executor.submit(self._invoke, payload)
-        try:
-            future.result(timeout=wait)
-        except TimeoutError:
-            raise SessionUnavailable(f"the refresher did not answer within {wait:.1f}s") from None
-
-    def _invoke(self, payload: dict[str, Any]) -> None:
         try:
             response = self._client.invoke(
                 FunctionName=self.function_name,
@@ -168,7 +142,14 @@ class TokenStats:
 
 
 class SessionTokenSource:
-    """The forwarder's view of the session: cached, re-read before it expires, healed on 401."""
+    """The forwarder's view of the session: cached, re-read before it expires, healed on 401.
+
+    A renewal (an SSM read, perhaps the refresher, perhaps a second read) runs on a worker
+    thread of its own, and callers wait for it at most `time_left()` seconds (set per
+    invocation by the forwarder): SSM or the refresher being slow must not carry the forwarder
+    past its deadline. A renewal that outlasts the wait goes on in the background; its session
+    serves the next invocation, which waits for it rather than starting another.
+    """
 
     def __init__(
         self,
@@ -176,13 +157,17 @@ class SessionTokenSource:
         refresher: Callable[[str | None], None] | None,
         margin: float = 60.0,
         clock: Callable[[], float] = time.time,
+        time_left: Callable[[], float] | None = None,
     ) -> None:
         self._store = store
         self._refresher = refresher
         self._margin = margin
         self._clock = clock
+        self.time_left = time_left
         self._cached: MeterEventSession | None = None
         self._renewal_failed = False
+        self._renewing: Future[MeterEventSession] | None = None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="session")
         self._lock = threading.Lock()
         self.stats = TokenStats()
 
@@ -214,10 +199,23 @@ class SessionTokenSource:
         if self._renewal_failed:
             raise SessionUnavailable("a session renewal already failed in this invocation")
         try:
-            return self._renew_now(refused)
+            return self._renew_within_time_left(refused)
         except SessionUnavailable:
             self._renewal_failed = True
             raise
+
+    def _renew_within_time_left(self, refused: MeterEventSession | None) -> MeterEventSession:
+        wait = self.time_left() if self.time_left is not None else None
+        if wait is not None and wait < MIN_RENEWAL_WAIT:
+            raise SessionUnavailable("no time left in this invocation to renew the session")
+        if self._renewing is None or self._renewing.done():
+            self._renewing = self._worker.submit(self._renew_now, refused)
+        try:
+            return self._renewing.result(timeout=wait)
+        except TimeoutError:
+            raise SessionUnavailable(
+                f"the session renewal did not finish within {wait:.1f}s"
+            ) from None
 
     def begin_invocation(self) -> None:
         """A new invocation may try to renew again."""

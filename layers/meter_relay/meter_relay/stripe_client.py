@@ -20,6 +20,7 @@ from requests.adapters import HTTPAdapter
 
 SESSION_EXPIRED_CODE = "billing_meter_event_session_expired"
 USER_AGENT = "meter-relay/0.1 (+python-requests)"
+MAX_CONNECT_SECONDS = 3.05  # a new TLS connection to Stripe; most calls reuse a pooled one
 
 
 class Kind(Enum):
@@ -136,6 +137,9 @@ class StripeHttp:
         params: dict[str, Any] | None = None,
     ) -> StripeAnswer:
         started = time.perf_counter()
+        # `timeout` is the whole call's budget: requests applies a single number to connecting
+        # and to reading each, which could take twice as long
+        connect = min(MAX_CONNECT_SECONDS, timeout / 3)
         try:
             response = self.session.request(
                 method,
@@ -143,7 +147,7 @@ class StripeHttp:
                 headers=headers,
                 data=data,
                 params=params,
-                timeout=timeout,
+                timeout=(connect, timeout - connect),
             )
         except requests.Timeout:
             return StripeAnswer(Kind.TRANSIENT, 0, None, f"timed out after {timeout:.1f}s")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -19,8 +20,12 @@ from meter_relay.dead_letter import (
     MAX_BATCH_BYTES,
     MAX_BATCH_ENTRIES,
     DeadLetter,
+    DeadLetterQueue,
     _batches,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 KIB = 1024
 
@@ -193,3 +198,44 @@ def test_a_letter_over_256_kib_goes_alone_and_the_rest_keep_their_order() -> Non
 def test_a_large_letter_after_a_full_count_starts_a_new_batch() -> None:
     letters = [letter(event_index=i) for i in range(10)] + [letter("x" * (200 * KIB))]
     assert [len(batch) for batch in _batches(letters)] == [10, 1]
+
+
+# ----- sending within the time left --------------------------------------------------------------
+
+
+class HangingSqs:
+    """SendMessageBatch that answers at once, except for batches holding a 'hang' letter."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.sent: list[str] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        if any("hang" in entry["MessageBody"] for entry in Entries):
+            self.release.wait(timeout=30)
+        self.sent.extend(entry["MessageBody"] for entry in Entries)
+        return {"Successful": [{"Id": entry["Id"]} for entry in Entries], "Failed": []}
+
+
+def test_letters_not_sent_within_the_time_left_are_reported_unsent() -> None:
+    sqs = HangingSqs()
+    queue = DeadLetterQueue("https://sqs.example/dlq", cast("SQSClient", sqs))
+    quick = [letter(f'{{"n": {i}}}') for i in range(25)]
+    slow = [letter('{"hang": 1}')]
+    try:
+        unsent = queue.send([*quick, *slow], time_left=lambda: 0.5)
+    finally:
+        sqs.release.set()
+    # the batch holding the hanging letter was not confirmed in time: its letters come back
+    # unsent (so their messages are retried); every other batch went through
+    assert slow[0] in unsent
+    assert all(one not in unsent for one in quick[:20])
+    assert len(unsent) <= MAX_BATCH_ENTRIES
+
+
+def test_without_a_time_limit_every_letter_is_sent() -> None:
+    sqs = HangingSqs()
+    queue = DeadLetterQueue("https://sqs.example/dlq", cast("SQSClient", sqs))
+    letters = [letter(f'{{"n": {i}}}') for i in range(35)]
+    assert queue.send(letters) == []
+    assert sorted(sqs.sent) == sorted(one.body for one in letters)

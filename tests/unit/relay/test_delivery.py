@@ -1,0 +1,186 @@
+"""Stream delivery without a network: chunking, retries, splits, sessions and the deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+
+from meter_relay.config import RetryPolicy
+from meter_relay.delivery import StreamDelivery
+from meter_relay.events import MeterEvent
+from meter_relay.session import MeterEventSession, SessionStore, SessionTokenSource
+from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer
+
+OK = StripeAnswer(Kind.OK, 200, body={})
+Answer = Callable[[str, list[dict[str, Any]]], StripeAnswer]
+
+
+def event(identifier: str) -> MeterEvent:
+    return MeterEvent(
+        "api_requests",
+        {"stripe_customer_id": "cus_1", "value": "1"},
+        identifier,
+        "2026-12-01T10:00:00.000Z",
+    )
+
+
+def error(status: int, code: str, param: str | None = None, **fields: Any) -> StripeAnswer:
+    kind = {400: Kind.REJECTED, 401: Kind.SESSION_EXPIRED, 429: Kind.RATE_LIMITED}.get(
+        status, Kind.TRANSIENT
+    )
+    body: dict[str, Any] = {"error": {"code": code, "message": f"{code} happened"}}
+    if param:
+        body["error"]["param"] = param
+    return StripeAnswer(kind, status, code, f"{code} happened", body=body, **fields)
+
+
+class FakeStream:
+    """Answers each call with `answer(token, events)`; records what was sent."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, list[str], float]] = []
+
+    def send(self, token: str, events: list[dict[str, Any]], timeout: float) -> StripeAnswer:
+        self.calls.append((token, [e["identifier"] for e in events], timeout))
+        return self.answer(token, events)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.serial = 0
+
+    def read(self) -> MeterEventSession:
+        self.serial += 1  # every read finds a newer session (the refresher renews it)
+        return MeterEventSession(
+            f"mtres_{self.serial}", datetime(2100, 1, 1, tzinfo=UTC), f"token_{self.serial}"
+        )
+
+
+def delivery(
+    answer: Answer, policy: RetryPolicy | None = None
+) -> tuple[StreamDelivery, FakeStream, list[float]]:
+    stream = FakeStream(answer)
+    sleeps: list[float] = []
+    tokens = SessionTokenSource(cast("SessionStore", FakeStore()), None)
+    run = StreamDelivery(
+        cast("MeterEventStream", stream),
+        tokens,
+        policy or RetryPolicy(),
+        ThreadPoolExecutor(4),
+        sleep=sleeps.append,
+        jitter=lambda low, high: high,
+    )
+    return run, stream, sleeps
+
+
+def plenty() -> float:
+    return 600.0
+
+
+def test_events_go_out_once_in_calls_of_at_most_100() -> None:
+    run, stream, _ = delivery(lambda token, events: OK)
+    report = run.deliver([event(f"e{i}") for i in range(250)], plenty)
+    assert report.delivered == set(range(250))
+    assert sorted(len(ids) for _, ids, _ in stream.calls) == [50, 100, 100]
+    sent = [i for _, ids, _ in stream.calls for i in ids]
+    assert sorted(sent) == sorted(f"e{i}" for i in range(250))  # none twice, none missing
+
+
+def test_a_rate_limit_waits_for_retry_after_plus_jitter() -> None:
+    answers = iter([error(429, "account_rate_limit_exceeded", retry_after=2.0), OK])
+    run, _, sleeps = delivery(lambda token, events: next(answers))
+    report = run.deliver([event("a")], plenty)
+    assert report.delivered == {0}
+    assert sleeps == [2.0 + 0.2]  # Retry-After, plus the jitter of a first retry
+    assert report.rate_limited_calls == 1
+    assert report.retried_calls == 1
+
+
+def test_server_errors_are_retried_with_growing_backoff_then_given_up() -> None:
+    run, stream, sleeps = delivery(lambda token, events: error(503, "unavailable"))
+    report = run.deliver([event("a"), event("b")], plenty)
+    assert report.retry == {0, 1}
+    assert report.retry_reasons == {"transient": 2}
+    assert len(stream.calls) == RetryPolicy().max_attempts
+    assert sleeps == [0.2, 0.4, 0.8]
+
+
+def test_a_rejected_call_is_split_down_to_the_events_stripe_refuses() -> None:
+    def answer(token: str, events: list[dict[str, Any]]) -> StripeAnswer:
+        bad = [i for i, e in enumerate(events) if e["identifier"].startswith("bad")]
+        return error(400, "parameter_invalid", f"events[{bad[0]}].payload") if bad else OK
+
+    run, stream, _ = delivery(answer)
+    identifiers = ["ok0", "bad1", "ok2", "ok3", "ok4", "bad5", "ok6", "ok7"]
+    report = run.deliver([event(i) for i in identifiers], plenty)
+    assert set(report.rejected) == {1, 5}
+    assert report.rejected[1].code == "parameter_invalid"
+    assert report.delivered == {0, 2, 3, 4, 6, 7}
+    assert report.split_calls >= 2
+    delivered_ids = [i for _, ids, _ in stream.calls for i in ids if not i.startswith("bad")]
+    assert len(delivered_ids) >= 6
+
+
+def test_a_call_refused_for_a_parameter_outside_the_events_is_not_split() -> None:
+    # e.g. a Stripe-Version Stripe no longer takes: splitting would dead-letter every event
+    run, stream, _ = delivery(lambda token, events: error(400, "invalid_version", "version"))
+    report = run.deliver([event(f"e{i}") for i in range(10)], plenty)
+    assert report.rejected == {}
+    assert report.retry == set(range(10))
+    assert report.retry_reasons == {"call_refused": 10}
+    assert len(stream.calls) == 1
+
+
+def test_an_expired_session_is_replaced_and_the_call_sent_again() -> None:
+    def answer(token: str, events: list[dict[str, Any]]) -> StripeAnswer:
+        if token == "token_1":
+            return error(401, "billing_meter_event_session_expired")
+        return OK
+
+    run, stream, _ = delivery(answer)
+    report = run.deliver([event("a")], plenty)
+    assert report.delivered == {0}
+    assert [token for token, _, _ in stream.calls] == ["token_1", "token_2"]
+    assert report.session_renewals == 1
+
+
+def test_a_session_refused_again_and_again_is_given_up() -> None:
+    run, stream, _ = delivery(
+        lambda token, events: error(401, "billing_meter_event_session_expired")
+    )
+    report = run.deliver([event("a")], plenty)
+    assert report.retry == {0}
+    assert report.retry_reasons == {"session_refused": 1}
+    assert len(stream.calls) == 3  # the first token and two renewals
+
+
+def test_nothing_is_sent_within_the_deadline_margin() -> None:
+    run, stream, _ = delivery(lambda token, events: OK)
+    report = run.deliver([event("a")], lambda: RetryPolicy().deadline_margin + 0.1)
+    assert stream.calls == []
+    assert report.retry == {0}
+    assert report.retry_reasons == {"deadline": 1}
+
+
+def test_a_backoff_that_would_pass_the_deadline_is_not_waited() -> None:
+    left = [20.0]
+    run, stream, sleeps = delivery(
+        lambda token, events: error(429, "account_rate_limit_exceeded", retry_after=30.0)
+    )
+    report = run.deliver([event("a")], lambda: left[0])
+    assert sleeps == []  # 30 s of Retry-After does not fit in 20 s
+    assert report.retry_reasons == {"deadline": 1}
+    assert len(stream.calls) == 1
+
+
+@pytest.mark.parametrize("left", [5.0, 8.0, 30.0])
+def test_a_call_never_gets_more_time_than_is_left(left: float) -> None:
+    run, stream, _ = delivery(lambda token, events: OK)
+    run.deliver([event("a")], lambda: left)
+    policy = RetryPolicy()
+    assert stream.calls[0][2] == min(policy.request_timeout, left - policy.deadline_margin)

@@ -1,0 +1,152 @@
+"""The forwarder's session token source without AWS: caching, renewal, and its time bound."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+import pytest
+
+from meter_relay.session import (
+    MeterEventSession,
+    SessionStore,
+    SessionTokenSource,
+    SessionUnavailable,
+)
+
+NOW = 1_800_000_000.0
+
+
+def session(name: str, lives: float) -> MeterEventSession:
+    expires = datetime.fromtimestamp(NOW + lives, UTC)
+    return MeterEventSession(f"mtres_{name}", expires, f"token_{name}")
+
+
+class FakeStore:
+    """The SSM parameter: what `read()` gives, with an optional gate that holds reads."""
+
+    def __init__(self, *stored: MeterEventSession | None) -> None:
+        self.stored = list(stored)
+        self.reads = 0
+        self.gate: threading.Event | None = None
+
+    def read(self) -> MeterEventSession | None:
+        if self.gate is not None:
+            self.gate.wait(timeout=30)
+        self.reads += 1
+        return self.stored[min(self.reads, len(self.stored)) - 1]
+
+
+class FakeRefresher:
+    def __init__(self, store: FakeStore, makes: MeterEventSession | None) -> None:
+        self.store = store
+        self.makes = makes
+        self.asked: list[str | None] = []
+
+    def __call__(self, stale_session_id: str | None) -> None:
+        self.asked.append(stale_session_id)
+        if self.makes is None:
+            raise SessionUnavailable("the refresher failed: Stripe refused a new session")
+        self.store.stored.append(self.makes)
+
+
+def source(
+    store: FakeStore, refresher: FakeRefresher | None = None, margin: float = 60.0
+) -> SessionTokenSource:
+    return SessionTokenSource(cast("SessionStore", store), refresher, margin, clock=lambda: NOW)
+
+
+def test_a_cached_session_is_read_once_for_many_calls() -> None:
+    store = FakeStore(session("a", 900))
+    tokens = source(store)
+    assert {tokens.current().session_id for _ in range(50)} == {"mtres_a"}
+    assert store.reads == 1
+    assert tokens.stats.parameter_reads == 1
+
+
+def test_a_cached_session_near_its_end_is_read_again() -> None:
+    store = FakeStore(session("a", 900), session("b", 1800))
+    now = [NOW]
+    tokens = SessionTokenSource(cast("SessionStore", store), None, 60, clock=lambda: now[0])
+    assert tokens.current().session_id == "mtres_a"
+    now[0] = NOW + 800  # a has 100 s left: still beyond the 60 s margin
+    assert tokens.current().session_id == "mtres_a"
+    now[0] = NOW + 850  # 50 s left: read the parameter again, before Stripe refuses it
+    assert tokens.current().session_id == "mtres_b"
+    assert store.reads == 2
+
+
+def test_a_refused_session_asks_the_refresher_for_another_once() -> None:
+    store = FakeStore(session("a", 900))
+    refresher = FakeRefresher(store, session("b", 900))
+    tokens = source(store, refresher)
+    first = tokens.current()
+
+    renewed = tokens.expired(first)
+    again = tokens.expired(first)  # another thread saw the same 401: no second renewal
+
+    assert renewed.session_id == again.session_id == "mtres_b"
+    assert refresher.asked == ["mtres_a"]
+    assert tokens.stats.refresher_calls == 1
+
+
+def test_a_failed_renewal_is_not_retried_in_the_same_invocation() -> None:
+    store = FakeStore(session("a", 10))
+    refresher = FakeRefresher(store, makes=None)
+    tokens = source(store, refresher)
+    with pytest.raises(SessionUnavailable, match="Stripe refused"):
+        tokens.current()
+    reads = store.reads
+    with pytest.raises(SessionUnavailable, match="already failed"):
+        tokens.current()
+    assert store.reads == reads  # no second SSM read, no second refresher call
+    assert len(refresher.asked) == 1
+
+    refresher.makes = session("b", 900)
+    tokens.begin_invocation()
+    assert tokens.current().session_id == "mtres_b"
+
+
+def test_no_refresher_and_a_stale_parameter_is_unavailable() -> None:
+    tokens = source(FakeStore(session("a", 10)))
+    with pytest.raises(SessionUnavailable, match="no refresher"):
+        tokens.current()
+
+
+def test_a_slow_renewal_is_cut_at_time_left_and_serves_the_next_invocation() -> None:
+    store = FakeStore(session("a", 900))
+    store.gate = threading.Event()  # SSM does not answer
+    tokens = source(store)
+    tokens.time_left = lambda: 1.2
+    with pytest.raises(SessionUnavailable, match=r"did not finish within 1\.2s"):
+        tokens.current()
+    assert store.reads == 0
+
+    store.gate.set()  # SSM answers at last: the renewal finishes in the background
+    tokens.begin_invocation()
+    assert tokens.current().session_id == "mtres_a"
+    assert store.reads == 1  # the next invocation took that renewal's result, no second read
+
+
+def test_with_too_little_time_left_no_renewal_starts() -> None:
+    store = FakeStore(session("a", 900))
+    tokens = source(store)
+    tokens.time_left = lambda: 0.5
+    with pytest.raises(SessionUnavailable, match="no time left"):
+        tokens.current()
+    assert store.reads == 0
+
+
+def test_a_session_just_made_is_used_even_if_shorter_than_the_margin() -> None:
+    store = FakeStore(None)
+    refresher = FakeRefresher(store, session("short", 30))
+    tokens = source(store, refresher, margin=60)
+    assert tokens.current().session_id == "mtres_short"
+    assert refresher.asked == [None]
+
+
+def test_the_session_shows_no_token_in_its_repr() -> None:
+    made = session("a", 900)
+    assert "token_a" not in repr(made)
+    assert made.seconds_left(NOW) == pytest.approx(timedelta(seconds=900).total_seconds())
