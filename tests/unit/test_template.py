@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import pytest
 
+from devkit.checkov_gate import sam_transform
 from devkit.harness import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,9 +123,19 @@ def function_ids(template: dict[str, Any]) -> list[str]:
 
 
 def statements(template: dict[str, Any], logical_id: str) -> list[dict[str, Any]]:
-    """The function's inline policy statements. Managed policy names and SAM policy templates
-    are refused: their contents are not in the template, so they could grant anything."""
-    policies = props(template, logical_id).get("Policies") or []
+    """The function's inline policy statements (its own Policies, or those of the role its
+    `Role` names). Managed policy names and SAM policy templates are refused: their contents
+    are not in the template, so they could grant anything."""
+    role = props(template, logical_id).get("Role")
+    if role is not None:
+        assert isinstance(role, dict), f"{logical_id}.Role: {role!r}"
+        assert "Fn::GetAtt" in role, f"{logical_id}.Role: {role!r}"
+        role_id, attribute = role["Fn::GetAtt"]
+        assert attribute == "Arn"
+        role_props = props(template, role_id)
+        policies = [policy["PolicyDocument"] for policy in role_props.get("Policies") or []]
+    else:
+        policies = props(template, logical_id).get("Policies") or []
     assert isinstance(policies, list), f"{logical_id}.Policies should be a list"
     found: list[dict[str, Any]] = []
     for policy in policies:
@@ -387,7 +398,11 @@ def test_forwarder_reads_only_the_session_token_parameter(template: dict[str, An
 
 
 def test_forwarder_grants_exactly_what_it_needs(template: dict[str, Any]) -> None:
+    usage_queue = {"Fn::GetAtt": ["UsageQueue", "Arn"]}
     expected = {
+        grant("sqs:ReceiveMessage", usage_queue),
+        grant("sqs:DeleteMessage", usage_queue),
+        grant("sqs:GetQueueAttributes", usage_queue),
         grant("ssm:GetParameter", TOKEN_PARAMETER_ARN),
         grant("sqs:SendMessage", {"Fn::GetAtt": ["UsageDeadLetterQueue", "Arn"]}),
         grant("lambda:InvokeFunction", {"Fn::GetAtt": [REFRESHER, "Arn"]}),
@@ -409,6 +424,22 @@ def test_no_function_has_a_wildcard_action(template: dict[str, Any]) -> None:
         for statement in statements(template, function):
             for action in actions(statement):
                 assert "*" not in action, f"{function}: {statement}"
+
+
+def test_no_deployed_role_has_a_managed_policy_beyond_logging() -> None:
+    """As CloudFormation gets it, after the SAM transform: SAM attaches managed policies of
+    its own (for an SQS event, AWSLambdaSQSQueueExecutionRole: SQS rights on every queue)."""
+    deployed = sam_transform(TEMPLATE)
+    roles = {
+        logical_id: resource["Properties"]
+        for logical_id, resource in deployed["Resources"].items()
+        if resource["Type"] == "AWS::IAM::Role"
+    }
+    assert len(roles) >= len(function_ids(load_template(TEMPLATE)))
+    for logical_id, role in roles.items():
+        for arn in role.get("ManagedPolicyArns", []):
+            text = arn if isinstance(arn, str) else arn.get("Fn::Sub", "")  # SAM's or ours
+            assert text.endswith("/service-role/AWSLambdaBasicExecutionRole"), (logical_id, arn)
 
 
 def test_secret_holds_no_value_in_the_template(template: dict[str, Any]) -> None:
