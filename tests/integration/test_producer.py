@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
+from botocore.exceptions import ReadTimeoutError
 from botocore.stub import Stubber
 
 from meter_relay.producer import UsageProducer, message_body
 from tests.plugins.aws import AwsEnv
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +124,48 @@ def test_gives_up_after_max_attempts_and_says_why(aws: AwsEnv) -> None:
 def test_envelope_size_is_checked(aws: AwsEnv) -> None:
     with pytest.raises(ValueError, match="envelope_size"):
         UsageProducer("https://queue", aws.client("sqs"), envelope_size=0)
+
+
+class AnswerLostOnce:
+    """An SQS client whose first SendMessageBatch reaches the queue but whose answer is lost
+    (a read timeout): the producer cannot know, and sends the batch again."""
+
+    def __init__(self, sqs: Any) -> None:
+        self._sqs = sqs
+        self.calls = 0
+
+    def send_message_batch(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        response = self._sqs.send_message_batch(**kwargs)
+        if self.calls == 1:
+            raise ReadTimeoutError(endpoint_url="http://sqs")
+        return response
+
+
+def test_a_batch_sent_twice_after_a_lost_answer_carries_the_same_identifiers(
+    aws: AwsEnv,
+) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="usage-lost-answer")["QueueUrl"]
+    events = [{k: v for k, v in e.items() if k != "identifier"} for e in usage(4)]
+    flaky = AnswerLostOnce(sqs)
+    report = UsageProducer(
+        url, cast("SQSClient", flaky), envelope_size=2, sleep=lambda _: None
+    ).send(events)
+    assert flaky.calls == 2
+    assert report.failed == []
+    bodies = [json.loads(body) for body in drain(aws, url)]
+    assert len(bodies) == 4  # two envelopes, each on the queue twice
+    identifiers = [e["identifier"] for body in bodies for e in body["events"]]
+    # each event's identifier appears twice, so Stripe counts the repeated envelope once
+    assert len(set(identifiers)) == 4
+    assert all(identifiers.count(i) == 2 for i in identifiers)
+    assert all("identifier" not in e for e in events)  # the caller's events untouched
+
+
+def test_identifiers_can_be_left_to_the_forwarder(aws: AwsEnv) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="usage-derived")["QueueUrl"]
+    events = [{k: v for k, v in e.items() if k != "identifier"} for e in usage(3)]
+    UsageProducer(url, sqs, assign_identifiers=False).send(events)
+    assert all("identifier" not in json.loads(body) for body in drain(aws, url))

@@ -2,8 +2,12 @@
 
 Events (Stripe's v2 shape) are grouped into envelopes of `envelope_size` events, envelopes
 into SendMessageBatch calls of 10 messages (and at most 256 KiB), and entries SQS refuses for
-a transient reason are sent again with backoff. Give every event an `identifier` you can
-reproduce (an order id, a request id): then a retry on your side is never counted twice.
+a transient reason are sent again with backoff.
+
+An event without an `identifier` gets one here, before its first send: a batch whose answer
+was lost (a timeout after SQS took it) is sent again with the same identifiers, and Stripe
+counts it once. Better still, give every event an identifier you can reproduce (an order id,
+a request id): then a retry on your side, across processes, is never counted twice either.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -75,6 +80,7 @@ class UsageProducer:
         max_attempts: int = 5,
         base_delay: float = 0.1,
         sleep: Callable[[float], None] = time.sleep,
+        assign_identifiers: bool = True,
     ) -> None:
         if not 1 <= envelope_size <= 1000:
             raise ValueError("envelope_size must be between 1 and 1000")
@@ -84,6 +90,9 @@ class UsageProducer:
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self._sleep = sleep
+        # False leaves identifiers to the forwarder (derived from the message id): a resend
+        # after an ambiguous failure then makes new messages, new identifiers, counted again
+        self.assign_identifiers = assign_identifiers
 
     def send(self, events: Iterable[dict[str, Any]]) -> SendReport:
         """Send every event; what could not be sent after retries is in `report.failed`."""
@@ -96,6 +105,8 @@ class UsageProducer:
         group: list[dict[str, Any]] = []
         size = 0
         for event in events:
+            if self.assign_identifiers and event.get("identifier") is None:
+                event = {**event, "identifier": uuid.uuid4().hex}  # the caller's dict untouched
             event_size = len(json.dumps(event)) + 2
             full = len(group) == self.envelope_size or size + event_size > MAX_MESSAGE_BYTES // 2
             if group and full:
