@@ -451,6 +451,55 @@ def test_nothing_leaves_the_dlq_unless_it_was_resent(
     assert len(take_usage_queue(cli)) == 2
 
 
+@pytest.mark.parametrize("via", ["queue", "sync"])
+def test_the_valid_events_of_a_redriven_envelope_go_and_each_other_stays_as_a_letter(
+    via: str, cli: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    too_old = format_timestamp(ago(days=40))
+    envelope = {
+        "events": [
+            api_event(None, value="5"),
+            api_event(None, value="-1"),
+            api_event(None, value="6"),
+            api_event("mixed-old", value="7", timestamp=too_old),
+        ]
+    }
+    redriven = redrive(cli, envelope)
+
+    code, result = run_json(capsys, "dlq", "replay", "--via", via)
+    assert code == 1  # two events stay
+    (outcome,) = result["outcomes"]
+    assert (outcome["action"], outcome["code"]) == ("partly_replayed", "payload_invalid_value")
+    assert outcome["identifiers"] == [f"{redriven}-0", f"{redriven}-2"]
+    assert [(e["identifier"], e["code"]) for e in outcome["kept_events"]] == [
+        (f"{redriven}-1", "payload_invalid_value"),
+        ("mixed-old", "timestamp_too_far_in_past"),
+    ]
+
+    letters = sorted(
+        (read_message(m, RULES) for m in peek(cli).values()),
+        key=lambda m: m.attributes["EventIndex"],
+    )
+    assert [(m.code, m.attributes["EventIndex"], m.source_message_id) for m in letters] == [
+        ("payload_invalid_value", "1", redriven),
+        ("timestamp_too_far_in_past", "3", redriven),
+    ]
+    assert [m.events[0].identifier for m in letters] == [f"{redriven}-1", "mixed-old"]
+    assert redriven not in peek(cli)  # the original left, once both were done
+    if via == "queue":
+        (resent,) = take_usage_queue(cli)
+        events = json.loads(resent["Body"])["events"]
+        assert [e["payload"]["value"] for e in events] == ["5", "6"]
+    else:
+        counted = {i: c["counted"] for i, c in cli.emulator.identifiers().items()}
+        assert counted == {f"{redriven}-0": 1, f"{redriven}-2": 1}
+
+    # a second run replays none of it again: what stays cannot be sent as it is
+    code, result = run_json(capsys, "dlq", "replay", "--via", via)
+    assert (code, result["counts"]) == (1, {"kept": 1, "skipped": 1})
+    assert len(peek(cli)) == 2
+
+
 def test_old_events_are_not_sent_and_stale_ones_are_named(
     cli: Relay, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -563,7 +612,7 @@ def test_sync_replay_with_each_answer(cli: Relay, capsys: pytest.CaptureFixture[
         dup: ("replayed", None),  # duplicate_meter_event: already counted, a success
         no_meter: ("kept", "no_meter"),
         archived: ("kept", "archived_meter"),
-        envelope: ("kept", "no_meter"),
+        envelope: ("partly_replayed", "no_meter"),  # the first event counted
     }
 
     def kept() -> dict[str, tuple[str, list[str | None]]]:
@@ -576,7 +625,8 @@ def test_sync_replay_with_each_answer(cli: Relay, capsys: pytest.CaptureFixture[
     assert kept() == {  # copies with the new code and the identifiers they had
         no_meter: ("no_meter", [f"{no_meter}-0"]),
         archived: ("archived_meter", ["legacy-1"]),
-        # only what Stripe has not counted: a replay after 24 hours cannot count the rest twice
+        # only what Stripe has not counted (a replay after 24 hours cannot count the rest
+        # twice), as a letter of its own, with Stripe's reason
         envelope: ("no_meter", [f"{envelope}-1"]),
     }
     counted = {i: c["counted"] for i, c in cli.emulator.identifiers().items() if c["counted"]}

@@ -233,8 +233,10 @@ def _print_outcomes(summary: RunSummary, args: argparse.Namespace, verb: str) ->
             events = ", ".join(outcome.identifiers)
             print(f"warning: {outcome.message_id} ({events}): {warning}", file=sys.stderr)
     table(f"{verb} ({'dry run' if args.dry_run else 'done'})", sorted(summary.counts().items()))
-    kept = Counter(o.code or "?" for o in summary.outcomes if o.action in ("kept", "skipped"))
-    if kept:
+    whole = ("kept", "skipped")
+    kept = Counter(o.code or "?" for o in summary.outcomes if o.action in whole)
+    kept.update(e["code"] for o in summary.outcomes if o.action not in whole for e in o.kept_events)
+    if kept:  # messages left whole, and events left of messages partly sent
         table("left in the DLQ, by reason", kept.most_common())
     if not summary.complete:
         print("stopped early (--max or time): run again to continue", file=sys.stderr)
@@ -265,7 +267,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     _print_outcomes(summary, args, "replay")
-    return 1 if any(o.action in ("kept", "skipped") for o in summary.outcomes) else 0
+    return 1 if summary.failed else 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

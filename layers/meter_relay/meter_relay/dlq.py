@@ -28,17 +28,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 from meter_relay.dead_letter import (
     ATTR_ERROR_CODE,
     ATTR_ERROR_MESSAGE,
-    ATTR_ERROR_PARAM,
     ATTR_EVENT_INDEX,
     ATTR_FIRST_SEEN,
     ATTR_IDENTIFIER,
     ATTR_SOURCE_MESSAGE_ID,
+    DeadLetter,
 )
 from meter_relay.events import (
     MAX_IDENTIFIER_LENGTH,
     ErrorCode,
-    MeterEvent,
     ParsedEvent,
+    Rejection,
     ValidationRules,
     derive_identifier,
     format_timestamp,
@@ -49,7 +49,7 @@ from meter_relay.stripe_client import Kind, StripeAnswer, StripeApi
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
-    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef, MessageTypeDef
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 REDRIVEN_CODE = "max_receive_count_exceeded"  # moved by the queue's RedrivePolicy
 DEDUP_WINDOW = timedelta(hours=24)
@@ -245,57 +245,51 @@ class DeadLetterReader:
         self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message.receipt_handle)
         self._deleted.add(message.receipt_handle)
 
-    def replace(
-        self, message: DlqMessage, code: str, error_message: str, first_event: int = 0
-    ) -> None:
-        """Record a new reason: a copy with the new code goes in first, then the old one goes.
+    def settle(self, message: DlqMessage, letters: list[DeadLetter]) -> None:
+        """Put `letters` (what of the message stays in the DLQ) in, then delete the message.
 
-        The copy holds the message's events from `first_event` on (those before it are at
-        Stripe already)."""
-        attributes: dict[str, MessageAttributeValueTypeDef] = {
-            name: {
-                "DataType": "Number" if name == ATTR_EVENT_INDEX else "String",
-                "StringValue": value,
-            }
-            for name, value in message.attributes.items()
-            if value
-        }
-        attributes.pop(ATTR_ERROR_PARAM, None)  # the old reason's; the new one names none
-        attributes[ATTR_ERROR_CODE] = {"DataType": "String", "StringValue": code}
-        attributes[ATTR_ERROR_MESSAGE] = {"DataType": "String", "StringValue": error_message[:1024]}
-        attributes.setdefault(
-            ATTR_SOURCE_MESSAGE_ID, {"DataType": "String", "StringValue": message.source_message_id}
-        )
-        attributes.setdefault(
-            ATTR_FIRST_SEEN,
-            {"DataType": "String", "StringValue": format_timestamp(message.first_seen)},
-        )
-        copy = self.sqs.send_message(
-            QueueUrl=self.queue_url,
-            MessageBody=_self_contained(message, first_event),
-            MessageAttributes=attributes,
-        )
-        self._copies.add(copy["MessageId"])
+        Nothing is deleted unless every letter went in (an error is raised at the first that
+        does not: the message stays, whole). The letters are not taken again by this reader's
+        scan."""
+        for letter in letters:
+            sent = self.sqs.send_message(
+                QueueUrl=self.queue_url,
+                MessageBody=letter.body,
+                MessageAttributes=letter.attributes(),
+            )
+            self._copies.add(sent["MessageId"])
         self.delete(message)
 
 
-def _self_contained(message: DlqMessage, first_event: int = 0) -> str:
-    """The body of a copy: what the copy's new messageId and SentTimestamp would change
-    (derived identifiers, the default timestamp) is written into each event."""
-    if not message.events:
-        return message.body
-    default_timestamp = format_timestamp(message.sent_at)
-    events = []
-    for e in message.events[first_event:]:
-        raw = e.raw
-        if isinstance(raw, dict):
-            raw = dict(raw)
-            if e.identifier and raw.get("identifier") is None:
-                raw["identifier"] = e.identifier
-            if raw.get("timestamp") is None:
-                raw["timestamp"] = default_timestamp
-        events.append(raw)
-    return json.dumps(events[0] if len(events) == 1 else {"events": events})
+def event_letter(message: DlqMessage, event: ParsedEvent, rejection: Rejection) -> DeadLetter:
+    """One event of a DLQ message as its own letter, as the forwarder writes one: the event
+    (normalised when it is valid) with what a new messageId and SentTimestamp would change
+    written in (its identifier, the default timestamp), the reason in attributes."""
+    return DeadLetter(
+        event.dead_letter_body(),
+        rejection.code,
+        rejection.message,
+        message.source_message_id,
+        format_timestamp(message.first_seen),
+        event_index=event.index,
+        event_name=event.event_name,
+        identifier=event.identifier,
+        param=rejection.param,
+    )
+
+
+def rest_letter(message: DlqMessage, events: list[ParsedEvent], reason: Rejection) -> DeadLetter:
+    """Valid events of a message that are kept together (not sent yet), with `reason`."""
+    if len(events) == 1:
+        return event_letter(message, events[0], reason)
+    body = {"events": [e.event.to_stripe() for e in events if e.event is not None]}
+    return DeadLetter(
+        json.dumps(body),
+        reason.code,
+        reason.message,
+        message.source_message_id,
+        format_timestamp(message.first_seen),
+    )
 
 
 # ----- selecting and correcting ---------------------------------------------------------------
@@ -414,11 +408,30 @@ class Outcome:
     """What happened (or, in a dry run, would happen) to one DLQ message."""
 
     message_id: str
-    action: str  # replayed | would_replay | kept | skipped
+    action: str  # replayed | partly_replayed | would_replay | kept | skipped
     detail: str = ""
-    identifiers: list[str] = field(default_factory=list)
-    code: str | None = None  # the reason it stays, when it stays
+    identifiers: list[str] = field(default_factory=list)  # the events sent (or to be sent)
+    code: str | None = None  # the reason it stays, when it (or any event of it) stays
     warnings: list[str] = field(default_factory=list)
+    # the events that stay in the DLQ (each as its own letter when others of the message left)
+    kept_events: list[dict[str, Any]] = field(default_factory=list)
+
+    def keep(self, event: ParsedEvent, code: str, detail: str) -> None:
+        self.kept_events.append(
+            {"index": event.index, "identifier": event.identifier, "code": code, "detail": detail}
+        )
+
+    def summarised(self, sent: str = "") -> Outcome:
+        """The detail says what was sent (`sent`) and the first event that stays, whose code
+        is the outcome's."""
+        parts = [sent] if sent else []
+        if self.kept_events:
+            first = self.kept_events[0]
+            self.code = first["code"]
+            stay = len(self.kept_events)
+            parts.append(f"{stay} stay in the DLQ: event {first['index']}: {first['detail']}")
+        self.detail = "; ".join(parts)
+        return self
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -428,6 +441,7 @@ class Outcome:
             "identifiers": self.identifiers,
             "code": self.code,
             "warnings": self.warnings,
+            "kept_events": self.kept_events,
         }
 
 
@@ -438,7 +452,8 @@ class RunSummary:
 
     @property
     def failed(self) -> int:
-        return sum(1 for o in self.outcomes if o.action == "kept")
+        """Messages that stay in the DLQ, whole or in part (or would, in a dry run)."""
+        return sum(1 for o in self.outcomes if o.action in ("kept", "skipped") or o.kept_events)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -465,6 +480,19 @@ class RateLimit:
 
 
 # ----- replay ----------------------------------------------------------------------------------
+TOO_OLD = " (outside Stripe's 35-day window: not sent)"
+
+
+@dataclass
+class SyncResult:
+    """What the sync endpoint made of a message's valid events."""
+
+    counted: list[ParsedEvent] = field(default_factory=list)  # at Stripe (now or before)
+    refused: list[tuple[ParsedEvent, StripeAnswer]] = field(default_factory=list)
+    rest: list[ParsedEvent] = field(default_factory=list)  # not sent: from where it stopped
+    failure: StripeAnswer | None = None  # what stopped it
+
+
 @dataclass
 class Replayer:
     """Sends dead-lettered events again: to the usage queue, or through the sync endpoint."""
@@ -513,96 +541,117 @@ class Replayer:
                     progress(outcome)
         return summary
 
-    def prepare(self, message: DlqMessage) -> tuple[list[MeterEvent], Outcome | None]:
-        """The corrected, normalised events of a message, or the reason it cannot be sent."""
-        outcome = Outcome(message.message_id, "kept")
-        if not message.events:
-            outcome.action, outcome.code = "skipped", message.code
-            outcome.detail = "the body is not an event (nothing to replay; inspect it by hand)"
-            return [], outcome
-        now = datetime.now(UTC)
-        if now - message.first_seen > DEDUP_WINDOW:
-            outcome.warnings.append(
-                "first seen more than 24 hours ago: Stripe's deduplication no longer protects "
-                "it, so an event Stripe already counted would be counted again"
-            )
-        events: list[MeterEvent] = []
+    def prepare(self, message: DlqMessage) -> list[ParsedEvent]:
+        """Each event of a message corrected (the fix; never its identifier), then normalised
+        and checked as the forwarder checks it: `.event` set when it can be sent, else
+        `.rejection` says why not."""
+        now, rules = datetime.now(UTC), self.rules
+        events = []
         for dlq_event in message.events:
             raw = self.fix.apply(dlq_event.raw, self.rules)
             if isinstance(raw, dict) and dlq_event.identifier and "identifier" not in raw:
                 raw = {**raw, "identifier": dlq_event.identifier}
-            parsed: ParsedEvent = normalise_event(
-                raw, dlq_event.index, message.source_message_id, message.sent_at, self.rules, now
+            events.append(
+                normalise_event(
+                    raw, dlq_event.index, message.source_message_id, message.sent_at, rules, now
+                )
             )
-            if parsed.event is None:
-                rejection = parsed.rejection
-                assert rejection is not None
-                outcome.code = rejection.code
-                outcome.detail = f"event {dlq_event.index}: {rejection.message}"
-                if rejection.code == ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST:
-                    outcome.action = "skipped"
-                    outcome.detail += " (outside Stripe's 35-day window: not sent)"
-                return [], outcome
-            events.append(parsed.event)
-        outcome.identifiers = [e.identifier for e in events]
-        return events, (outcome if outcome.warnings else None)
+        return events
 
     def _replay_one(self, message: DlqMessage, via: str) -> Outcome:
-        events, problem = self.prepare(message)
-        if not events:
-            assert problem is not None
-            return problem
-        outcome = problem or Outcome(message.message_id, "kept")
-        outcome.identifiers = [e.identifier for e in events]
+        """Sends what of a message can be sent; what cannot stays in the DLQ, each event that
+        fails a check (here or at Stripe) as its own letter with its reason. The message
+        leaves the DLQ only once both the resend and those letters are done."""
+        outcome = Outcome(message.message_id, "kept")
+        if not message.events:
+            outcome.action, outcome.code = "skipped", message.code
+            outcome.detail = "the body is not an event (nothing to replay; inspect it by hand)"
+            return outcome
+        if datetime.now(UTC) - message.first_seen > DEDUP_WINDOW:
+            outcome.warnings.append(
+                "first seen more than 24 hours ago: Stripe's deduplication no longer protects "
+                "it, so an event Stripe already counted would be counted again"
+            )
+        events = self.prepare(message)
+        ready = [e for e in events if e.event is not None]
+        letters = []
+        for event in events:
+            if event.rejection is not None:
+                rejection = event.rejection
+                too_old = rejection.code == ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST
+                outcome.keep(event, rejection.code, rejection.message + TOO_OLD * too_old)
+                letters.append(event_letter(message, event, rejection))
+        outcome.identifiers = [e.identifier for e in ready if e.identifier]
+        if not ready:  # nothing to send: the message stays as it is
+            codes = {e["code"] for e in outcome.kept_events}
+            outcome.action = "skipped" if codes == {ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST} else "kept"
+            return outcome.summarised()
         if self.dry_run:
             outcome.action = "would_replay"
-            outcome.detail = f"{len(events)} events via {via}"
-            return outcome
+            return outcome.summarised(f"{len(ready)} events via {via}")
         try:
             if via == "queue":
-                assert self.usage_queue_url is not None
-                body = [e.to_stripe() for e in events]
-                self.reader.sqs.send_message(
-                    QueueUrl=self.usage_queue_url,
-                    MessageBody=json.dumps(body[0] if len(body) == 1 else {"events": body}),
-                )
+                self._send_to_queue(ready)
+                sent = ready
             else:
-                failed = self._send_sync(events)
-                if failed is not None:
-                    failure, counted = failed
-                    outcome.code = failure.code or f"http_{failure.status}"
-                    outcome.detail = failure.error
-                    # the DLQ keeps what Stripe has not counted (a later replay, past the
-                    # 24-hour deduplication, would count the rest again): with the new reason
-                    # when Stripe refused it, else as it was
-                    if failure.kind is Kind.REJECTED:
-                        self.reader.replace(message, outcome.code, failure.error, counted)
-                    elif counted:
-                        self.reader.replace(message, message.code, message.error_message, counted)
-                    if counted:
-                        outcome.detail += f" ({counted} events before it counted: not kept)"
-                    return outcome
-            self.reader.delete(message)  # only now: what it carried is safely elsewhere
+                result = self._send_sync(ready)
+                sent = result.counted
+                outcome.identifiers = [e.identifier for e in sent if e.identifier]
+                for event, answer in result.refused:  # Stripe's reason, the corrected body
+                    refusal = Rejection(answer_code(answer), answer.error)
+                    outcome.keep(event, refusal.code, refusal.message)
+                    letters.append(event_letter(message, event, refusal))
+                if result.rest:
+                    assert result.failure is not None
+                    for event in result.rest:
+                        outcome.keep(event, answer_code(result.failure), result.failure.error)
+                    if not (sent or letters):  # nothing left it: it stays as it is
+                        return outcome.summarised()
+                    reason = Rejection(message.code, message.error_message)
+                    letters.append(rest_letter(message, result.rest, reason))
+            self.reader.settle(message, letters)  # only now: what it carried is safely elsewhere
         except (BotoCoreError, ClientError) as error:  # it stays in the DLQ, as it was
-            outcome.code = outcome.code or "aws_error"
+            outcome.action, outcome.code = "kept", "aws_error"
             outcome.detail = f"{outcome.detail} (kept: {type(error).__name__}: {error})".lstrip()
             return outcome
-        outcome.action = "replayed"
-        outcome.detail = f"{len(events)} events via {via}"
-        return outcome
+        if not letters:
+            outcome.action = "replayed"
+        elif sent:
+            outcome.action = "partly_replayed"
+        return outcome.summarised(f"{len(sent)} events via {via}" if sent else "")
 
-    def _send_sync(self, events: list[MeterEvent]) -> tuple[StripeAnswer, int] | None:
-        """Each event through /v2/billing/meter_events; None when all are counted at Stripe,
-        else the failed answer and the event's position (those before it are counted)."""
+    def _send_to_queue(self, events: list[ParsedEvent]) -> None:
+        assert self.usage_queue_url is not None
+        body = [e.event.to_stripe() for e in events if e.event is not None]
+        self.reader.sqs.send_message(
+            QueueUrl=self.usage_queue_url,
+            MessageBody=json.dumps(body[0] if len(body) == 1 else {"events": body}),
+        )
+
+    def _send_sync(self, events: list[ParsedEvent]) -> SyncResult:
+        """Each event through /v2/billing/meter_events. An event Stripe refuses does not stop
+        the others; a failure that is not the event's (409, 429, 5xx, no answer, after the
+        retries) stops the message there."""
         assert self.api is not None
         api = self.api
+        result = SyncResult()
         for position, event in enumerate(events):
-            call = functools.partial(api.create_meter_event, event.to_stripe(), self.timeout)
+            assert event.event is not None
+            call = functools.partial(api.create_meter_event, event.event.to_stripe(), self.timeout)
             answer = with_retries(call, self.sleep)
-            if answer.kind is not Kind.OK and answer.code != "duplicate_meter_event":
-                return answer, position
-            # OK or duplicate: counted now, or already counted; either way it is at Stripe
-        return None
+            if answer.kind is Kind.OK or answer.code == "duplicate_meter_event":
+                result.counted.append(event)  # counted now, or already: either way at Stripe
+            elif answer.kind is Kind.REJECTED:
+                result.refused.append((event, answer))
+            else:
+                result.rest, result.failure = events[position:], answer
+                break
+        return result
+
+
+def answer_code(answer: StripeAnswer) -> str:
+    """Stripe's error code, else the HTTP status (`http_0`: no answer)."""
+    return answer.code or f"http_{answer.status}"
 
 
 def with_retries(call: Callable[[], StripeAnswer], sleep: Callable[[float], None]) -> StripeAnswer:

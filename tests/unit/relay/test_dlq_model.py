@@ -12,9 +12,9 @@ from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from unittest.mock import ANY
 
 import pytest
+from botocore.exceptions import ClientError
 
 from meter_relay import dlq
 from meter_relay.dead_letter import (
@@ -36,6 +36,7 @@ from meter_relay.dlq import (
     read_message,
 )
 from meter_relay.events import (
+    Rejection,
     ValidationRules,
     derive_identifier,
     format_timestamp,
@@ -473,6 +474,7 @@ class StubSqs:
         self.batches = batches
         self.calls: list[tuple[str, Any]] = []
         self.fail_send = False
+        self.fail_send_to: str | None = None
 
     def receive_message(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(("receive", kwargs["VisibilityTimeout"]))
@@ -490,8 +492,12 @@ class StubSqs:
     def send_message(self, **kwargs: Any) -> dict[str, Any]:
         if self.fail_send:
             raise RuntimeError("send failed")
+        if kwargs["QueueUrl"] == self.fail_send_to:
+            raise ClientError(
+                {"Error": {"Code": "AWS.SimpleQueueService.NonExistentQueue"}}, "Send"
+            )
         self.calls.append(("send", kwargs))
-        return {"MessageId": "copy-1"}
+        return {"MessageId": f"copy-{len(sends(self))}"}
 
     def released(self) -> list[str]:
         return [h for name, handles in self.calls if name == "release" for h in handles]
@@ -502,8 +508,12 @@ def messages(*ids: str) -> list[dict[str, Any]]:
     return [sqs_message(json.dumps(body), i) for i in ids]
 
 
+DLQ_URL = "https://sqs.example/dlq"
+USAGE_URL = "https://sqs.example/usage"
+
+
 def reader(sqs: StubSqs) -> DeadLetterReader:
-    return DeadLetterReader(sqs, "https://sqs.example/dlq", RULES)  # type: ignore[arg-type]
+    return DeadLetterReader(sqs, DLQ_URL, RULES)  # type: ignore[arg-type]
 
 
 def test_a_full_scan_gives_back_all_but_what_was_deleted() -> None:
@@ -545,53 +555,78 @@ def test_a_scan_interrupted_by_an_error_gives_everything_back() -> None:
     assert [len(c[1]) for c in releases] == [10, 2]  # batches of 10 at most
 
 
-def test_replace_puts_the_copy_in_before_the_old_one_goes() -> None:
+def recent(**delta: float) -> datetime:
+    """A moment that far back from the real now, to whole seconds (as SentTimestamps are)."""
+    return (datetime.now(UTC) - timedelta(**delta)).replace(microsecond=0)
+
+
+def api_event(value: str, **extra: Any) -> dict[str, Any]:
+    payload = {"stripe_customer_id": "cus_a", "value": value}
+    return {"event_name": "api_requests", "payload": payload, **extra}
+
+
+def test_settle_puts_the_letters_in_before_the_message_goes() -> None:
     sqs = StubSqs([])
     dlq_reader = reader(sqs)
-    envelope = {
-        "events": [
-            {"event_name": "nope", "payload": {}},
-            {"event_name": "nope", "identifier": "p-1", "payload": {}, "timestamp": "x"},
-        ]
-    }
-    message = read_message(sqs_message(json.dumps(envelope), MID), RULES)
-    dlq_reader.replace(message, "no_meter", "HTTP 400 no_meter: no meter")
+    sent_at = recent(hours=1)
+    envelope = {"events": [api_event("1"), api_event("2", identifier="p-1", timestamp="x")]}
+    message = read_message(sqs_message(json.dumps(envelope), MID, sent=sent_at), RULES)
+    events = dlq.Replayer(dlq_reader, RULES).prepare(message)
+    assert events[1].rejection is not None  # "x" is no timestamp
+    letters = [
+        dlq.rest_letter(message, events[:1], Rejection("no_meter", "HTTP 400 no_meter: no")),
+        dlq.event_letter(message, events[1], events[1].rejection),
+    ]
+    dlq_reader.settle(message, letters)
 
-    assert [name for name, _ in sqs.calls] == ["send", "delete"]
-    sent = sqs.calls[0][1]
-    attributes = {k: v["StringValue"] for k, v in sent["MessageAttributes"].items()}
+    assert [name for name, _ in sqs.calls] == ["send", "send", "delete"]
+    rest, bad = (kwargs for name, kwargs in sqs.calls if name == "send")
+    attributes = {k: v["StringValue"] for k, v in rest["MessageAttributes"].items()}
     assert attributes == {
         ATTR_ERROR_CODE: "no_meter",
-        "ErrorMessage": "HTTP 400 no_meter: no meter",
+        "ErrorMessage": "HTTP 400 no_meter: no",
         ATTR_SOURCE_MESSAGE_ID: MID,
-        ATTR_FIRST_SEEN: format_timestamp(SENT),
+        ATTR_FIRST_SEEN: format_timestamp(sent_at),
+        ATTR_EVENT_INDEX: "0",
+        ATTR_IDENTIFIER: f"{MID}-0",
+        "EventName": "api_requests",
     }
-    copy = json.loads(sent["MessageBody"])
-    assert copy["events"][0]["identifier"] == f"{MID}-0"  # derived from the original id
-    assert copy["events"][0]["timestamp"] == format_timestamp(SENT)  # not the copy's send
-    assert copy["events"][1]["identifier"] == "p-1"
-    assert copy["events"][1]["timestamp"] == "x"  # as given
-    again = read_message(
-        sqs_message(sent["MessageBody"], "copy-1", sent["MessageAttributes"]), RULES
-    )
-    assert [e.identifier for e in again.events] == [f"{MID}-0", "p-1"]
+    body = json.loads(rest["MessageBody"])
+    assert body["identifier"] == f"{MID}-0"  # derived from the original id
+    assert body["timestamp"] == format_timestamp(sent_at)  # not the copy's send
+    assert json.loads(bad["MessageBody"])["timestamp"] == "x"  # as given
+    assert bad["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == "parameter_invalid"
+    again = [
+        read_message(sqs_message(kwargs["MessageBody"], "copy", kwargs["MessageAttributes"]), RULES)
+        for kwargs in (rest, bad)
+    ]
+    assert [(m.code, [e.identifier for e in m.events]) for m in again] == [
+        ("no_meter", [f"{MID}-0"]),
+        ("parameter_invalid", ["p-1"]),
+    ]
+    assert [e.index for m in again for e in m.events] == [0, 1]
 
 
-def test_replace_keeps_only_the_events_from_the_one_stripe_refused() -> None:
-    sqs = StubSqs([])
-    envelope = {"events": [{"event_name": "a", "payload": {}}, {"event_name": "b", "payload": {}}]}
-    message = read_message(sqs_message(json.dumps(envelope), MID), RULES)
-    reader(sqs).replace(message, "no_meter", "no meter", first_event=1)
-    copy = json.loads(sqs.calls[0][1]["MessageBody"])
-    assert copy == {"event_name": "b", "payload": {}, "identifier": f"{MID}-1", "timestamp": ANY}
+def test_a_rest_of_several_events_is_one_message_with_identifiers_and_timestamps_in() -> None:
+    sent_at = recent(hours=1)
+    body = json.dumps({"events": [api_event("1"), api_event("2"), api_event("3")]})
+    message = read_message(sqs_message(body, MID, sent=sent_at), RULES)
+    events = dlq.Replayer(reader(StubSqs([])), RULES).prepare(message)
+    letter = dlq.rest_letter(message, events[1:], Rejection("http_503", "HTTP 503"))
+    kept = json.loads(letter.body)["events"]
+    assert [(e["identifier"], e["timestamp"]) for e in kept] == [
+        (f"{MID}-1", format_timestamp(sent_at)),
+        (f"{MID}-2", format_timestamp(sent_at)),
+    ]
+    assert letter.event_index is None  # a whole message: its events are read from the body
 
 
-def test_replace_deletes_nothing_when_the_copy_cannot_be_sent() -> None:
+def test_settle_deletes_nothing_when_a_letter_cannot_be_sent() -> None:
     sqs = StubSqs([])
     sqs.fail_send = True
     message = dlq_message()
     with pytest.raises(RuntimeError):
-        reader(sqs).replace(message, "no_meter", "no meter")
+        reader(sqs).settle(message, [dlq.rest_letter(message, [], Rejection("a", "b"))])
     assert sqs.calls == []
 
 
@@ -604,9 +639,105 @@ def test_a_scan_does_not_take_again_the_copies_it_made() -> None:
         for message in scan:
             seen.append(message.message_id)
             if message.message_id == "a":
-                dlq_reader.replace(message, "no_meter", "no meter")
+                letter = DeadLetter(message.body, "no_meter", "no meter", "a", "")
+                dlq_reader.settle(message, [letter])
     assert seen == ["a"]
     assert sqs.released() == ["rh-copy-1"]
+
+
+# ----- valid events of a message go, the others stay, each as its own letter ---------------
+
+
+def mixed_envelope() -> dict[str, Any]:
+    """Values 5, -1, 6, and a 7 from 40 days ago: the second and the last cannot be sent."""
+    too_old = format_timestamp(datetime.now(UTC) - timedelta(days=40))
+    return {
+        "events": [
+            api_event("5"),
+            api_event("-1"),
+            api_event("6"),
+            api_event("7", timestamp=too_old),
+        ]
+    }
+
+
+def sends(sqs: StubSqs) -> list[dict[str, Any]]:
+    return [kwargs for name, kwargs in sqs.calls if name == "send"]
+
+
+def check_kept_letters(sqs: StubSqs, sent_at: datetime) -> None:
+    """The two events that cannot be sent are letters as the forwarder writes them."""
+    letters = [kw for kw in sends(sqs) if kw["QueueUrl"] == DLQ_URL]
+    read = [
+        read_message(sqs_message(kw["MessageBody"], f"l{n}", kw["MessageAttributes"]), RULES)
+        for n, kw in enumerate(letters)
+    ]
+    assert [(m.code, m.attributes[ATTR_EVENT_INDEX]) for m in read] == [
+        ("payload_invalid_value", "1"),
+        ("timestamp_too_far_in_past", "3"),
+    ]
+    assert [m.events[0].identifier for m in read] == [f"{MID}-1", f"{MID}-3"]
+    assert [m.source_message_id for m in read] == [MID, MID]
+    # the time its producer sent it, not the letter's own send
+    assert read[0].events[0].raw["timestamp"] == format_timestamp(sent_at)
+    writes = [name for name, _ in sqs.calls if name != "receive"]
+    assert writes[-2:] == ["send", "delete"]  # the original goes last
+
+
+def test_queue_replay_sends_the_valid_events_and_keeps_each_other_as_a_letter() -> None:
+    sent_at = recent(hours=2)
+    sqs = StubSqs([[sqs_message(json.dumps(mixed_envelope()), MID, sent=sent_at)]])
+    replayer = dlq.Replayer(reader(sqs), RULES, usage_queue_url=USAGE_URL)
+    (outcome,) = replayer.replay(Filters(), "queue").outcomes
+
+    assert (outcome.action, outcome.code) == ("partly_replayed", "payload_invalid_value")
+    assert outcome.identifiers == [f"{MID}-0", f"{MID}-2"]
+    assert [(e["index"], e["code"]) for e in outcome.kept_events] == [
+        (1, "payload_invalid_value"),
+        (3, "timestamp_too_far_in_past"),
+    ]
+    assert "35-day window" in outcome.kept_events[1]["detail"]
+    first = sends(sqs)[0]
+    assert first["QueueUrl"] == USAGE_URL  # the resend first, then the letters
+    resent = json.loads(first["MessageBody"])["events"]
+    assert [(e["identifier"], e["payload"]["value"]) for e in resent] == [
+        (f"{MID}-0", "5"),
+        (f"{MID}-2", "6"),
+    ]
+    assert {e["timestamp"] for e in resent} == {format_timestamp(sent_at)}
+    check_kept_letters(sqs, sent_at)
+
+
+def test_sync_replay_sends_the_valid_events_and_keeps_each_other_as_a_letter() -> None:
+    sent_at = recent(hours=2)
+    sqs = StubSqs([[sqs_message(json.dumps(mixed_envelope()), MID, sent=sent_at)]])
+    api = StubApi([answer(200), answer(200)])
+    replayer = dlq.Replayer(reader(sqs), RULES, api=api)  # type: ignore[arg-type]
+    (outcome,) = replayer.replay(Filters(), "sync").outcomes
+
+    assert (outcome.action, outcome.code) == ("partly_replayed", "payload_invalid_value")
+    assert api.sent == [f"{MID}-0", f"{MID}-2"]
+    assert len(sends(sqs)) == 2
+    check_kept_letters(sqs, sent_at)
+
+
+def test_nothing_leaves_the_dlq_when_a_letter_cannot_be_written() -> None:
+    sqs = StubSqs([[sqs_message(json.dumps(mixed_envelope()), MID, sent=recent(hours=2))]])
+    sqs.fail_send_to = DLQ_URL
+    replayer = dlq.Replayer(reader(sqs), RULES, usage_queue_url=USAGE_URL)
+    (outcome,) = replayer.replay(Filters(), "queue").outcomes
+    assert (outcome.action, outcome.code) == ("kept", "aws_error")
+    assert "delete" not in [name for name, _ in sqs.calls]
+    assert sqs.released() == [f"rh-{MID}"]  # given back whole, to be replayed again
+
+
+def test_a_dry_run_says_what_would_go_and_what_would_stay() -> None:
+    sqs = StubSqs([[sqs_message(json.dumps(mixed_envelope()), MID, sent=recent(hours=2))]])
+    replayer = dlq.Replayer(reader(sqs), RULES, usage_queue_url=USAGE_URL, dry_run=True)
+    (outcome,) = replayer.replay(Filters(), "queue").outcomes
+    assert (outcome.action, outcome.identifiers) == ("would_replay", [f"{MID}-0", f"{MID}-2"])
+    assert outcome.detail.startswith("2 events via queue; 2 stay in the DLQ: event 1: ")
+    assert [name for name, _ in sqs.calls] == ["receive", "receive", "release"]
 
 
 # ----- sync replay against stubs ----------------------------------------------------------------
@@ -654,7 +785,7 @@ def test_sync_counts_a_duplicate_as_delivered_and_retries_409() -> None:
 def test_sync_keeps_only_what_stripe_has_not_counted() -> None:
     api = StubApi([answer(200), *[answer(503)] * dlq.SYNC_ATTEMPTS])
     sqs, outcome, sleeps = sync_replay(api, three_events())
-    assert (outcome.action, outcome.code) == ("kept", "http_503")
+    assert (outcome.action, outcome.code) == ("partly_replayed", "http_503")
     assert len(sleeps) == dlq.SYNC_ATTEMPTS - 1
     names = [name for name, _ in sqs.calls]
     assert names == ["receive", "send", "delete", "receive"]  # the copy first, then the old
