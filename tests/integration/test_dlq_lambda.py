@@ -236,28 +236,56 @@ def test_replay_stops_before_the_deadline_and_a_second_call_continues(
     relay: Relay, tools: dict[str, LambdaFunction]
 ) -> None:
     ids = [put_redriven(relay, api_event(None, customer=f"cus_{n}")) for n in range(12)]
-    event = {"filters": {"code": ["max_receive_count_exceeded"]}, "via": "queue", "rate": 5}
-    # 26 s: 21 s before the 5 s margin, and a message needs 20 s in hand (2 x the request
-    # timeout), so each call has about one second, five messages at 5 a second
+    event = {"filters": {"code": ["max_receive_count_exceeded"]}, "via": "queue", "rate": 2}
+    # 14 s: 9 s before the 5 s margin, and a message needs 6 s in hand (the DLQ writes and
+    # one attempt), so each call has about three seconds, six messages at 2 a second
     calls = []
-    for _ in range(6):
-        started = time.monotonic()
-        result = invoke(tools[REPLAY], event, timeout=26)
-        calls.append((result, time.monotonic() - started))
+    for _ in range(8):
+        result = invoke(tools[REPLAY], event, timeout=14)  # an error if it ran past 14 s
+        calls.append(result)
         if result["complete"]:
             break
-    first, first_duration = calls[0]
+    first = calls[0]
     assert first["complete"] is False
     assert first["next"] == "stopped early: invoke again with the same input to continue"
     assert 1 <= first["counts"]["replayed"] < 12
-    assert first_duration < 6  # it stopped itself, long before the harness's 26 s
-    last = calls[-1][0]
-    assert last["complete"] is True
-    assert sum(r["counts"].get("replayed", 0) for r, _ in calls) == 12
-    assert all(set(r["counts"]) <= {"replayed"} for r, _ in calls)
+    assert calls[-1]["complete"] is True
+    assert sum(r["counts"].get("replayed", 0) for r in calls) == 12
+    assert all(set(r["counts"]) <= {"replayed"} for r in calls)
 
     bodies = usage_bodies(relay)
     assert sorted(b["identifier"] for b in bodies) == sorted(f"{i}-0" for i in ids)  # once each
+    assert dlq_codes(relay) == {}
+
+
+def test_sync_replay_stops_inside_a_message_and_the_next_call_sends_the_rest(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    relay.emulator.set_faults("meter_events", latency_ms=1000)  # each event takes a second
+    envelope = put_redriven(
+        relay, {"events": [api_event(None, customer=f"cus_{n}") for n in range(6)]}
+    )
+    event = {"filters": {"code": ["max_receive_count_exceeded"]}, "via": "sync"}
+    # 14 s: 9 s before the margin, 5 s of them kept for the DLQ writes: at most four events
+    first = invoke(tools[REPLAY], event, timeout=14)
+    assert first["complete"] is False
+    assert first["next"] == "stopped early: invoke again with the same input to continue"
+    (outcome,) = first["outcomes"]
+    assert outcome["action"] == "partly_replayed"
+    sent, kept = outcome["identifiers"], [e["identifier"] for e in outcome["kept_events"]]
+    assert 1 <= len(sent) <= 4
+    assert sent + kept == [f"{envelope}-{n}" for n in range(6)]
+    counted = relay.emulator.identifiers()
+    assert counted == {i: {"received": 1, "counted": 1} for i in sent}
+    # what was not sent stays in the DLQ, together, with the message's own reason
+    assert list(dlq_codes(relay).items()) == [(envelope, "max_receive_count_exceeded")]
+
+    second = invoke(tools[REPLAY], event, timeout=60)
+    assert second["complete"] is True
+    assert second["counts"] == {"replayed": 1}
+    assert second["outcomes"][0]["identifiers"] == kept
+    counted = relay.emulator.identifiers()
+    assert counted == {f"{envelope}-{n}": {"received": 1, "counted": 1} for n in range(6)}
     assert dlq_codes(relay) == {}
 
 

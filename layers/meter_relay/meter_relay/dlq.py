@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections.abc import Callable, Generator, Iterable
 from contextlib import closing
@@ -56,6 +57,10 @@ DEDUP_WINDOW = timedelta(hours=24)
 CANCEL_WINDOW = timedelta(hours=24)
 SCAN_HOLD_SECONDS = 120  # messages stay hidden this long while a scan or a replay runs
 SYNC_ATTEMPTS = 4
+# Under a deadline: the time kept back for the DLQ writes after the last Stripe call, and the
+# least time a Stripe call is started with (each attempt's timeout is bounded by what is left).
+SETTLE_SECONDS = 5.0
+MIN_ATTEMPT_SECONDS = 1.0
 
 
 # ----- reading ---------------------------------------------------------------------------------
@@ -515,7 +520,8 @@ class Replayer:
         remaining: Callable[[], float] | None = None,
         progress: Callable[[Outcome], None] | None = None,
     ) -> RunSummary:
-        """Replay every matching message; `remaining()` (seconds) stops it early, cleanly."""
+        """Replay every matching message; `remaining()` (seconds) stops it early, cleanly:
+        between messages, and inside one between its events (what was not sent stays)."""
         if via == "queue" and not self.usage_queue_url:
             raise ValueError("replay to the queue needs the usage queue's URL")
         if via == "sync" and self.api is None:
@@ -525,7 +531,7 @@ class Replayer:
         # the scan gives back, when it is closed, every message that was not deleted
         with closing(self.reader.scan()) as messages:
             for message in messages:
-                if remaining is not None and remaining() < 2 * self.timeout:
+                if remaining is not None and remaining() < SETTLE_SECONDS + MIN_ATTEMPT_SECONDS:
                     summary.complete = False  # out of time: stop, hide nothing more
                     break
                 if not filters.matches(message):
@@ -535,10 +541,13 @@ class Replayer:
                     break
                 taken += 1
                 self.rate.wait()
-                outcome = self._replay_one(message, via)
+                outcome, stopped = self._replay_one(message, via, remaining)
                 summary.outcomes.append(outcome)
                 if progress:
                     progress(outcome)
+                if stopped:  # out of time inside the message: what it did not send stays
+                    summary.complete = False
+                    break
         return summary
 
     def prepare(self, message: DlqMessage) -> list[ParsedEvent]:
@@ -558,15 +567,18 @@ class Replayer:
             )
         return events
 
-    def _replay_one(self, message: DlqMessage, via: str) -> Outcome:
+    def _replay_one(
+        self, message: DlqMessage, via: str, remaining: Callable[[], float] | None = None
+    ) -> tuple[Outcome, bool]:
         """Sends what of a message can be sent; what cannot stays in the DLQ, each event that
         fails a check (here or at Stripe) as its own letter with its reason. The message
-        leaves the DLQ only once both the resend and those letters are done."""
+        leaves the DLQ only once both the resend and those letters are done. True with the
+        outcome: the time ran out inside the message (what was not sent stays, together)."""
         outcome = Outcome(message.message_id, "kept")
         if not message.events:
             outcome.action, outcome.code = "skipped", message.code
             outcome.detail = "the body is not an event (nothing to replay; inspect it by hand)"
-            return outcome
+            return outcome, False
         if datetime.now(UTC) - message.first_seen > DEDUP_WINDOW:
             outcome.warnings.append(
                 "first seen more than 24 hours ago: Stripe's deduplication no longer protects "
@@ -585,16 +597,18 @@ class Replayer:
         if not ready:  # nothing to send: the message stays as it is
             codes = {e["code"] for e in outcome.kept_events}
             outcome.action = "skipped" if codes == {ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST} else "kept"
-            return outcome.summarised()
+            return outcome.summarised(), False
         if self.dry_run:
             outcome.action = "would_replay"
-            return outcome.summarised(f"{len(ready)} events via {via}")
+            return outcome.summarised(f"{len(ready)} events via {via}"), False
+        stopped = False
         try:
             if via == "queue":
                 self._send_to_queue(ready)
                 sent = ready
             else:
-                result = self._send_sync(ready)
+                result = self._send_sync(ready, remaining)
+                stopped = bool(result.rest) and result.failure is None
                 sent = result.counted
                 outcome.identifiers = [e.identifier for e in sent if e.identifier]
                 for event, answer in result.refused:  # Stripe's reason, the corrected body
@@ -602,23 +616,28 @@ class Replayer:
                     outcome.keep(event, refusal.code, refusal.message)
                     letters.append(event_letter(message, event, refusal))
                 if result.rest:
-                    assert result.failure is not None
+                    failure = result.failure
+                    why = (
+                        (answer_code(failure), failure.error)
+                        if failure
+                        else (message.code, "not sent: out of time; the next run sends it")
+                    )
                     for event in result.rest:
-                        outcome.keep(event, answer_code(result.failure), result.failure.error)
+                        outcome.keep(event, *why)
                     if not (sent or letters):  # nothing left it: it stays as it is
-                        return outcome.summarised()
+                        return outcome.summarised(), stopped
                     reason = Rejection(message.code, message.error_message)
                     letters.append(rest_letter(message, result.rest, reason))
             self.reader.settle(message, letters)  # only now: what it carried is safely elsewhere
         except (BotoCoreError, ClientError) as error:  # it stays in the DLQ, as it was
             outcome.action, outcome.code = "kept", "aws_error"
             outcome.detail = f"{outcome.detail} (kept: {type(error).__name__}: {error})".lstrip()
-            return outcome
+            return outcome, stopped
         if not letters:
             outcome.action = "replayed"
         elif sent:
             outcome.action = "partly_replayed"
-        return outcome.summarised(f"{len(sent)} events via {via}" if sent else "")
+        return outcome.summarised(f"{len(sent)} events via {via}" if sent else ""), stopped
 
     def _send_to_queue(self, events: list[ParsedEvent]) -> None:
         assert self.usage_queue_url is not None
@@ -628,17 +647,23 @@ class Replayer:
             MessageBody=json.dumps(body[0] if len(body) == 1 else {"events": body}),
         )
 
-    def _send_sync(self, events: list[ParsedEvent]) -> SyncResult:
+    def _send_sync(
+        self, events: list[ParsedEvent], remaining: Callable[[], float] | None
+    ) -> SyncResult:
         """Each event through /v2/billing/meter_events. An event Stripe refuses does not stop
         the others; a failure that is not the event's (409, 429, 5xx, no answer, after the
-        retries) stops the message there."""
+        retries) stops the message there, and so does the time running out (`remaining`:
+        checked before each attempt, whose timeout it bounds; no failure in the result)."""
         assert self.api is not None
         api = self.api
         result = SyncResult()
         for position, event in enumerate(events):
             assert event.event is not None
-            call = functools.partial(api.create_meter_event, event.event.to_stripe(), self.timeout)
-            answer = with_retries(call, self.sleep)
+            call = functools.partial(api.create_meter_event, event.event.to_stripe())
+            answer = with_retries(call, self.sleep, self.timeout, remaining)
+            if answer is None:
+                result.rest = events[position:]
+                break
             if answer.kind is Kind.OK or answer.code == "duplicate_meter_event":
                 result.counted.append(event)  # counted now, or already: either way at Stripe
             elif answer.kind is Kind.REJECTED:
@@ -654,13 +679,31 @@ def answer_code(answer: StripeAnswer) -> str:
     return answer.code or f"http_{answer.status}"
 
 
-def with_retries(call: Callable[[], StripeAnswer], sleep: Callable[[float], None]) -> StripeAnswer:
-    """One Stripe call, again after 409/429/5xx/timeouts (Retry-After, else doubling)."""
+def with_retries(
+    call: Callable[[float], StripeAnswer],
+    sleep: Callable[[float], None],
+    timeout: float,
+    remaining: Callable[[], float] | None = None,
+) -> StripeAnswer | None:
+    """One Stripe call (`call(timeout)`), again after 409/429/5xx/timeouts (Retry-After, else
+    doubling). With `remaining` (seconds left), no attempt starts, and no wait begins, unless
+    SETTLE_SECONDS and MIN_ATTEMPT_SECONDS are left after it, and each attempt's timeout is
+    bounded by what is left: None when the time ran out before a final answer."""
+
+    def budget(after: float = 0.0) -> float:
+        left = math.inf if remaining is None else remaining() - after - SETTLE_SECONDS
+        return min(timeout, left)
+
     for attempt in range(1, SYNC_ATTEMPTS + 1):
-        answer = call()
+        if budget() < MIN_ATTEMPT_SECONDS:
+            return None
+        answer = call(budget())
         if answer.kind not in (Kind.TRANSIENT, Kind.RATE_LIMITED) or attempt == SYNC_ATTEMPTS:
             return answer
-        sleep(answer.retry_after or 0.25 * 2**attempt)
+        wait = answer.retry_after or 0.25 * 2**attempt
+        if budget(after=wait) < MIN_ATTEMPT_SECONDS:
+            return None
+        sleep(wait)
     raise AssertionError("unreachable")
 
 
@@ -755,10 +798,10 @@ def cancel(
             assert api is not None
             if rate:
                 rate.wait()
-            call = functools.partial(
-                api.cancel_meter_event, target.event_name, target.identifier, timeout
-            )
-            answer = with_retries(call, sleep)
+            call = functools.partial(api.cancel_meter_event, target.event_name, target.identifier)
+            answer = with_retries(call, sleep, timeout, remaining)
+            if answer is None:  # out of time before an answer: this one is not done
+                return audit, False
             body = answer.body or {}
             if answer.kind is Kind.OK:
                 line = AuditLine(

@@ -795,6 +795,65 @@ def test_sync_keeps_only_what_stripe_has_not_counted() -> None:
     assert sent["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == REDRIVEN_CODE  # as it was
 
 
+class SlowApi(StubApi):
+    """Each call takes `seconds` of a fake clock (and logs the timeout it was given)."""
+
+    def __init__(self, answers: list[StripeAnswer], clock: FakeClock, seconds: float) -> None:
+        super().__init__(answers)
+        self.clock, self.seconds = clock, seconds
+        self.timeouts: list[float] = []
+
+    def create_meter_event(self, event: dict[str, Any], timeout: float) -> StripeAnswer:
+        self.timeouts.append(timeout)
+        self.clock.now += min(self.seconds, timeout)
+        return super().create_meter_event(event, timeout)
+
+
+def test_sync_replay_stops_inside_a_message_when_the_time_runs_out() -> None:
+    """The deadline is checked before each event and bounds each attempt's timeout; what
+    was not sent stays in the DLQ, together, with the message's own reason."""
+    clock = FakeClock()
+    deadline = clock.now + 20.0
+    api = SlowApi([answer(200)] * 6, clock, seconds=5.0)
+    six_events = json.dumps({"events": three_events()["events"] * 2})
+    sqs = StubSqs([[sqs_message(six_events, MID, sent=datetime.now(UTC)), *messages("next")]])
+    replayer = dlq.Replayer(reader(sqs), RULES, api=api, sleep=clock.sleep)  # type: ignore[arg-type]
+    summary = replayer.replay(Filters(), "sync", remaining=lambda: deadline - clock.now)
+
+    assert summary.complete is False
+    (outcome,) = summary.outcomes  # the next message was not started
+    assert outcome.action == "partly_replayed"
+    assert outcome.identifiers == [f"{MID}-0", f"{MID}-1", f"{MID}-2"]
+    # 20 s left, 5 kept back for the DLQ writes: 10 s (the request timeout), 10, then 5
+    assert api.timeouts == [10.0, 10.0, 5.0]
+    assert [e["identifier"] for e in outcome.kept_events] == [f"{MID}-{n}" for n in range(3, 6)]
+    assert {e["code"] for e in outcome.kept_events} == {REDRIVEN_CODE}
+    (kept,) = sends(sqs)
+    assert kept["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == REDRIVEN_CODE
+    rest = json.loads(kept["MessageBody"])["events"]
+    assert [e["identifier"] for e in rest] == [f"{MID}-{n}" for n in range(3, 6)]
+    assert [name for name, _ in sqs.calls if name != "receive"][-2:] == ["delete", "release"]
+
+
+def test_no_retry_starts_when_its_wait_would_pass_the_deadline() -> None:
+    clock = FakeClock()
+    deadline = clock.now + 8.0
+    api = SlowApi([answer(503), answer(200)], clock, seconds=1.0)
+    sqs = StubSqs([[sqs_message(json.dumps(three_events()), MID, sent=datetime.now(UTC))]])
+    limited = StripeAnswer(Kind.RATE_LIMITED, 429, "rate_limit", "slow down", retry_after=3.0)
+    api.answers.insert(0, limited)
+    replayer = dlq.Replayer(reader(sqs), RULES, api=api, sleep=clock.sleep)  # type: ignore[arg-type]
+    summary = replayer.replay(Filters(), "sync", remaining=lambda: deadline - clock.now)
+
+    # 8 s: a 1 s attempt (429, retry after 3 s) leaves 7; 7 - 3 - 5 < 1: no wait, no retry
+    assert api.timeouts == [3.0]
+    assert clock.sleeps == []
+    assert summary.complete is False
+    (outcome,) = summary.outcomes
+    assert (outcome.action, outcome.identifiers) == ("kept", [])
+    assert [name for name, _ in sqs.calls] == ["receive", "release"]  # left as it was
+
+
 class StubCancelApi:
     """cancel_meter_event answers from a script, in order."""
 
