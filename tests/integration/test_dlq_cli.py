@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import requests
 
 from meter_relay.cli import main
 from meter_relay.dead_letter import DeadLetter
-from meter_relay.dlq import read_message
+from meter_relay.dlq import DeadLetterReader, read_message
 from meter_relay.events import ValidationRules, format_timestamp
 from tests.plugins.relay import (
     API_VERSION,
@@ -328,6 +329,28 @@ def test_console_entry_runs_as_a_module(cli: Relay) -> None:
     assert json.loads(completed.stdout)["by_code"] == {"max_receive_count_exceeded": 1}
     assert SECRET_KEY not in completed.stdout + completed.stderr
     assert len(peek(cli)) == 1
+
+
+def test_a_scan_slower_than_its_hold_ends_after_one_pass(cli: Relay) -> None:
+    """Against SQS (moto), held 1 s, read at 0.3 s a message: what it saw first would show
+    again and keep the receives coming; it is hidden again while the pass runs, and the
+    pass ends once every message was seen, giving all back."""
+    ids = {put_redriven(cli, api_event(f"slow-{n}")) for n in range(10)}
+    reader = DeadLetterReader(cli.aws.client("sqs"), cli.dlq_url, RULES)
+    seen = []
+    with closing(reader.scan(hold=1)) as scan:
+        for message in scan:
+            seen.append(message.message_id)
+            time.sleep(0.3)
+    assert sorted(seen) == sorted(ids)  # each once
+    counts = cli.aws.client("sqs").get_queue_attributes(
+        QueueUrl=cli.dlq_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert counts == {
+        "ApproximateNumberOfMessages": "10",
+        "ApproximateNumberOfMessagesNotVisible": "0",
+    }
 
 
 # ----- replay: correct, send, deliver -------------------------------------------------------

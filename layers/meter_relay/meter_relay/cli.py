@@ -161,18 +161,11 @@ def _filters(args: argparse.Namespace) -> Filters:
     )
 
 
-def _depth(reader: DeadLetterReader) -> int:
-    attributes = reader.sqs.get_queue_attributes(
-        QueueUrl=reader.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]
-    return int(attributes.get("ApproximateNumberOfMessages", 0))
-
-
 # ----- commands --------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
     reader = _reader(args)
     filters = _filters(args)
-    progress = Progress("reading", _depth(reader))
+    progress = Progress("reading", reader.depth())
     messages: list[DlqMessage] = []
     try:
         with closing(reader.scan()) as scan:  # listing consumes nothing: all given back
@@ -259,7 +252,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     if args.via == "queue":
         _need(replayer.usage_queue_url, "the usage queue (--queue-url or USAGE_QUEUE_URL)")
-    progress = Progress("replaying", _depth(reader))
+    progress = Progress("replaying", reader.depth())
     try:
         summary = replayer.replay(
             _filters(args), args.via, progress=lambda o: progress.step(o.action)

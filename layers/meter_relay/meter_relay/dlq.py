@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 REDRIVEN_CODE = "max_receive_count_exceeded"  # moved by the queue's RedrivePolicy
 DEDUP_WINDOW = timedelta(hours=24)
 CANCEL_WINDOW = timedelta(hours=24)
-SCAN_HOLD_SECONDS = 120  # messages stay hidden this long while a scan or a replay runs
+SCAN_HOLD_SECONDS = 120  # a scan hides what it receives this long, again and again while it runs
+SCAN_IDLE_RECEIVES = 3  # receives in a row that bring nothing new end a scan, whatever the count
 SYNC_ATTEMPTS = 4
 # Under a deadline: the time kept back for the DLQ writes after the last Stripe call, and the
 # least time a Stripe call is started with (each attempt's timeout is bounded by what is left).
@@ -189,29 +190,59 @@ def _name_and_customer(raw: Any, rules: ValidationRules) -> tuple[str | None, st
 
 
 class DeadLetterReader:
-    """Receives DLQ messages without consuming them: hidden while in use, given back after."""
+    """Receives DLQ messages without consuming them: hidden while in use, given back after.
 
-    def __init__(self, sqs: SQSClient, queue_url: str, rules: ValidationRules) -> None:
+    One scan at a time per reader."""
+
+    def __init__(
+        self,
+        sqs: SQSClient,
+        queue_url: str,
+        rules: ValidationRules,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
         self.rules = rules
-        self._deleted: set[str] = set()  # receipt handles deleted while a scan holds them
-        self._copies: set[str] = set()  # message ids of the copies replace() put in
+        self._clock = clock
+        self._hold = SCAN_HOLD_SECONDS
+        # receipt handles held (received, not deleted, not given back) -> when the hold ends
+        # (on the clock), in the order the holds end
+        self._held: dict[str, float] = {}
+        self._copies: set[str] = set()  # message ids of the letters settle() put in
 
-    def scan(
-        self, limit: int | None = None, hold: int = SCAN_HOLD_SECONDS
-    ) -> Generator[DlqMessage]:
-        """Every message once (until the queue answers empty), hidden for `hold` seconds.
+    def depth(self) -> int:
+        """The queue's approximate number of visible messages."""
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        return int(attributes.get("ApproximateNumberOfMessages", 0))
+
+    def scan(self, hold: int = SCAN_HOLD_SECONDS) -> Generator[DlqMessage]:
+        """One pass over the queue: every message once, hidden while the pass runs.
+
+        What a receive brings is hidden for `hold` seconds and, for as long as the pass
+        runs, hidden again before half of that is left (`keep_hidden`, called between
+        messages and by whoever works long on one): nobody else takes a message meanwhile,
+        its receipt handle stays the one to delete it with, and receives bring only messages
+        not seen yet. The pass ends when a receive comes back empty, or brings only messages
+        seen already (or letters this reader put in) once it has seen as many as the queue
+        held when it began (its approximate count), or SCAN_IDLE_RECEIVES times in a row
+        whatever that count: a queue busier or larger than the count cannot keep it going.
 
         When the scan ends (exhausted, closed early, or on an error: iterate it inside
         `contextlib.closing`), every message it received and that was not deleted through
         this reader meanwhile is made visible again at once, also the rest of a received
         batch that was never yielded and messages received twice.
         """
+        self._hold = hold
+        expected = self.depth()
         seen: set[str] = set()
-        held: list[str] = []  # receipt handles, in the order received
+        idle = 0
         try:
-            while limit is None or len(seen) < limit:
+            while True:
+                self.keep_hidden()
+                started = self._clock()
                 received = self.sqs.receive_message(
                     QueueUrl=self.queue_url,
                     MaxNumberOfMessages=10,
@@ -222,33 +253,68 @@ class DeadLetterReader:
                 ).get("Messages", [])
                 if not received:
                     return
-                held.extend(m["ReceiptHandle"] for m in received)
-                for message in received:
-                    if message["MessageId"] in seen or message["MessageId"] in self._copies:
-                        continue  # a copy made by this run is not taken again (no loop)
+                self._held.update((m["ReceiptHandle"], started + hold) for m in received)
+                fresh = [
+                    m
+                    for m in received
+                    if m["MessageId"] not in seen and m["MessageId"] not in self._copies
+                ]  # a letter put in by this run is not taken again (no loop)
+                if not fresh:
+                    idle += 1
+                    if len(seen) >= expected or idle >= SCAN_IDLE_RECEIVES:
+                        return  # round again: every message has been seen
+                    continue
+                idle = 0
+                for message in fresh:
                     seen.add(message["MessageId"])
+                    self.keep_hidden()
                     yield read_message(message, self.rules)
         finally:
-            self._release_handles([h for h in held if h not in self._deleted])
-            self._deleted.difference_update(held)
+            self._change_visibility(list(self._held), 0)
+            self._held.clear()
+
+    def keep_hidden(self) -> None:
+        """Hide again, for another hold, what this reader holds whose hold ends within half of
+        one (handles SQS no longer knows are dropped: deleted by someone, or taken again)."""
+        now = self._clock()
+        due = []
+        for handle, until in self._held.items():
+            if until - now >= self._hold / 2:
+                break  # the rest end later
+            due.append(handle)
+        if not due:
+            return
+        failed = self._change_visibility(due, self._hold)
+        for handle in due:
+            del self._held[handle]
+            if handle not in failed:
+                self._held[handle] = now + self._hold  # last: its hold ends last
 
     def release(self, messages: Iterable[DlqMessage]) -> None:
         """Make messages visible again now (a scan must not hide the DLQ from others)."""
-        self._release_handles([m.receipt_handle for m in messages])
+        handles = [m.receipt_handle for m in messages]
+        self._change_visibility(handles, 0)
+        for handle in handles:
+            self._held.pop(handle, None)
 
-    def _release_handles(self, handles: list[str]) -> None:
+    def _change_visibility(self, handles: list[str], timeout: int) -> set[str]:
+        """ChangeMessageVisibility in batches of 10; the handles it failed for."""
+        failed: set[str] = set()
         for start in range(0, len(handles), 10):
-            self.sqs.change_message_visibility_batch(
+            batch = handles[start : start + 10]
+            response = self.sqs.change_message_visibility_batch(
                 QueueUrl=self.queue_url,
                 Entries=[
-                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
-                    for i, handle in enumerate(handles[start : start + 10])
+                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": timeout}
+                    for i, handle in enumerate(batch)
                 ],
             )
+            failed.update(batch[int(entry["Id"])] for entry in response.get("Failed", []))
+        return failed
 
     def delete(self, message: DlqMessage) -> None:
         self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message.receipt_handle)
-        self._deleted.add(message.receipt_handle)
+        self._held.pop(message.receipt_handle, None)
 
     def settle(self, message: DlqMessage, letters: list[DeadLetter]) -> None:
         """Put `letters` (what of the message stays in the DLQ) in, then delete the message.
@@ -659,6 +725,7 @@ class Replayer:
         result = SyncResult()
         for position, event in enumerate(events):
             assert event.event is not None
+            self.reader.keep_hidden()  # a long message must not show again, nor its handle age
             call = functools.partial(api.create_meter_event, event.event.to_stripe())
             answer = with_retries(call, self.sleep, self.timeout, remaining)
             if answer is None:

@@ -476,6 +476,10 @@ class StubSqs:
         self.fail_send = False
         self.fail_send_to: str | None = None
 
+    def get_queue_attributes(self, **kwargs: Any) -> dict[str, Any]:
+        count = len({m["MessageId"] for batch in self.batches for m in batch})
+        return {"Attributes": {"ApproximateNumberOfMessages": str(count)}}
+
     def receive_message(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(("receive", kwargs["VisibilityTimeout"]))
         return {"Messages": self.batches.pop(0)} if self.batches else {}
@@ -527,7 +531,7 @@ def test_a_full_scan_gives_back_all_but_what_was_deleted() -> None:
                 dlq_reader.delete(message)
     assert seen == ["a", "b", "c"]
     assert ("receive", 30) in sqs.calls
-    assert sorted(sqs.released()) == ["rh-a", "rh-a", "rh-c"]  # both receipts of "a"
+    assert sorted(sqs.released()) == ["rh-a", "rh-c"]  # "a" too, received twice
 
 
 def test_a_scan_closed_early_gives_back_the_rest_of_its_batch() -> None:
@@ -553,6 +557,119 @@ def test_a_scan_interrupted_by_an_error_gives_everything_back() -> None:
     assert sorted(sqs.released()) == sorted(f"rh-m{n}" for n in range(12))
     releases = [c for c in sqs.calls if c[0] == "release"]
     assert [len(c[1]) for c in releases] == [10, 2]  # batches of 10 at most
+
+
+class FakeQueue:
+    """A standard queue on a fake clock: a receive hides what it brings (oldest visible
+    first) and gives it a new receipt handle; a handle that is no longer a message's current
+    one changes and deletes nothing (SQS may act so on a stale handle)."""
+
+    def __init__(self, clock: FakeClock, count: int, receive_seconds: float = 0.0) -> None:
+        self.clock, self.receive_seconds = clock, receive_seconds
+        self.visible_at = {f"m{n:02}": 0.0 for n in range(count)}
+        self.handles: dict[str, str] = {}
+        self.receives = 0
+        self.stale = 0
+
+    def get_queue_attributes(self, **kwargs: Any) -> dict[str, Any]:
+        visible = sum(1 for at in self.visible_at.values() if at <= self.clock.now)
+        return {"Attributes": {"ApproximateNumberOfMessages": str(visible)}}
+
+    def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+        self.receives += 1
+        assert self.receives < 100, "the scan does not end"
+        now = self.clock.now
+        taken = [i for i, at in self.visible_at.items() if at <= now][
+            : kwargs["MaxNumberOfMessages"]
+        ]
+        found = []
+        for message_id in taken:
+            self.visible_at[message_id] = now + kwargs["VisibilityTimeout"]
+            self.handles[message_id] = f"{message_id}#{self.receives}"
+            found.append(messages(message_id)[0] | {"ReceiptHandle": self.handles[message_id]})
+        self.clock.now += self.receive_seconds
+        return {"Messages": found}
+
+    def _current(self, handle: str) -> str | None:
+        return next(
+            (i for i, h in self.handles.items() if h == handle and i in self.visible_at), None
+        )
+
+    def change_message_visibility_batch(self, **kwargs: Any) -> dict[str, Any]:
+        failed = []
+        for entry in kwargs["Entries"]:
+            message_id = self._current(entry["ReceiptHandle"])
+            if message_id is None:
+                failed.append({"Id": entry["Id"]})
+            else:
+                self.visible_at[message_id] = self.clock.now + entry["VisibilityTimeout"]
+        return {"Failed": failed}
+
+    def delete_message(self, **kwargs: Any) -> None:
+        message_id = self._current(kwargs["ReceiptHandle"])
+        if message_id is None:
+            self.stale += 1
+        else:
+            del self.visible_at[message_id]
+
+
+def test_a_scan_of_a_queue_it_cannot_read_within_one_hold_ends_after_one_pass() -> None:
+    """Receiving 30 messages takes longer than the hold: what the scan saw first would show
+    again and keep the receives coming; it is hidden again instead, and the pass ends."""
+    clock = FakeClock()
+    queue = FakeQueue(clock, 30, receive_seconds=1.0)
+    dlq_reader = DeadLetterReader(queue, DLQ_URL, RULES, clock=clock.monotonic)  # type: ignore[arg-type]
+    with closing(dlq_reader.scan(hold=2)) as scan:
+        seen = [message.message_id for message in scan]
+    assert sorted(seen) == sorted(queue.visible_at)  # each once
+    assert all(at <= clock.now for at in queue.visible_at.values())  # all given back
+
+
+class RepeatingSqs(StubSqs):
+    """Brings the same messages on every receive, as when holds lapse as fast as it asks."""
+
+    def __init__(self, ids: list[str], count: int) -> None:
+        super().__init__([])
+        self.ids, self.count, self.receives = ids, count, 0
+
+    def get_queue_attributes(self, **kwargs: Any) -> dict[str, Any]:
+        return {"Attributes": {"ApproximateNumberOfMessages": str(self.count)}}
+
+    def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+        self.receives += 1
+        assert self.receives < 100, "the scan does not end"
+        return {"Messages": messages(*self.ids)}
+
+
+@pytest.mark.parametrize(
+    ("count", "receives"),
+    [(2, 2), (5, 1 + dlq.SCAN_IDLE_RECEIVES)],  # the count, else a few receives, bound it
+    ids=["count-reached", "count-not-reached"],
+)
+def test_a_scan_ends_when_only_messages_seen_already_come_back(count: int, receives: int) -> None:
+    sqs = RepeatingSqs(["a", "b"], count)
+    with closing(reader(sqs).scan()) as scan:
+        seen = [message.message_id for message in scan]
+    assert seen == ["a", "b"]
+    assert sqs.receives == receives
+
+
+def test_a_slow_replay_deletes_with_a_handle_that_is_still_current() -> None:
+    """Each message takes 4 s and another reader receives meanwhile: a message whose hold
+    lapsed would be taken by it, and the delete's handle would be stale."""
+    clock = FakeClock()
+    queue = FakeQueue(clock, 12)
+    dlq_reader = DeadLetterReader(queue, DLQ_URL, RULES, clock=clock.monotonic)  # type: ignore[arg-type]
+    seen = []
+    with closing(dlq_reader.scan(hold=10)) as scan:
+        for message in scan:
+            seen.append(message.message_id)
+            clock.now += 4
+            queue.receive_message(MaxNumberOfMessages=10, VisibilityTimeout=0)  # someone else
+            dlq_reader.delete(message)
+    assert sorted(seen) == [f"m{n:02}" for n in range(12)]
+    assert queue.stale == 0
+    assert queue.visible_at == {}  # every delete took
 
 
 def recent(**delta: float) -> datetime:
