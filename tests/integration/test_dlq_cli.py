@@ -802,3 +802,29 @@ def test_cancel_events_of_dlq_messages_chosen_by_filters(
     (line,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert (line["identifier"], line["status"]) == ("dq-old", "past_cancel_window")
     assert snapshot(cli) == before  # cancelling reads the DLQ, never consumes it
+
+
+def test_cancel_stopped_by_max_continues_with_its_audit_file_and_cancels_nothing_twice(
+    cli: Relay, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    identifiers = ["mx-1", "mx-2", "mx-3"]
+    for identifier in identifiers:
+        deliver_sync(cli, api_event(identifier))
+        put_redriven(cli, api_event(identifier))
+    audit = tmp_path / "audit.jsonl"
+
+    code, result = run_json(capsys, "dlq", "cancel", "--max", "2", "--audit", str(audit))
+    assert code == 0
+    assert result["complete"] is False  # a third message matched
+    assert len(result["audit"]) == 2
+    code, _, err = run(capsys, "dlq", "cancel", "--skip", str(audit), "--audit", str(audit))
+    assert code == 0
+    assert "stopped early" not in err
+    logged = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert sorted(line["identifier"] for line in logged) == identifiers  # each once
+    assert len(cli.emulator.requests(endpoint="adjustments")) == 3
+    assert {e["status"] for e in cli.emulator.events()} == {"cancelled"}
+
+    code, _, err = run(capsys, "dlq", "cancel", "--skip", str(tmp_path / "missing"))
+    assert code == 2
+    assert "cannot read the identifiers to skip" in err

@@ -300,7 +300,41 @@ def test_cancel_reports_what_is_left_when_out_of_time(
         {"identifier": "a-1", "event_name": "api_requests"},
         {"identifier": "a-2", "event_name": "api_requests"},
     ]
+    assert result["next"] == event  # the input that continues: nothing was done
     assert relay.emulator.requests(endpoint="adjustments") == []
+
+
+def test_cancel_by_filters_stops_at_max_and_its_next_input_continues_without_cancelling_twice(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    identifiers = [f"k-{n}" for n in range(7)]
+    relay.put_session()
+    with relay.forwarder() as forwarder:  # delivered, yet their messages were redriven
+        delivered = forwarder.invoke(relay.sqs_event([api_event(i) for i in identifiers]))
+    assert delivered.result == {"batchItemFailures": []}
+    for identifier in identifiers:
+        put_redriven(relay, api_event(identifier))
+
+    event: dict[str, Any] = {"filters": {"code": ["max_receive_count_exceeded"], "max": 3}}
+    calls = []
+    for _ in range(5):
+        result = invoke(tools[CANCEL], event)
+        calls.append(result)
+        if result["complete"]:
+            break
+        event = result["next"]
+    assert [len(r["audit"]) for r in calls] == [3, 3, 1]
+    assert [r["complete"] for r in calls] == [False, False, True]
+    assert calls[0]["next"]["filters"] == {"code": ["max_receive_count_exceeded"], "max": 3}
+    assert len(calls[1]["next"]["skip"]) == 6
+    audited = sorted(a["identifier"] for r in calls for a in r["audit"])
+    assert audited == identifiers  # each once
+    assert {a["status"] for r in calls for a in r["audit"]} == {"pending"}
+    assert len(relay.emulator.requests(endpoint="adjustments")) == 7  # none twice
+    assert {e["identifier"]: e["status"] for e in relay.emulator.events()} == dict.fromkeys(
+        identifiers, "cancelled"
+    )
+    assert len(dlq_codes(relay)) == 7  # read, never consumed
 
 
 # ----- least privilege --------------------------------------------------------------------------

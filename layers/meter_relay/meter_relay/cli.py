@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 import boto3
@@ -264,6 +265,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    scanned_all = True
     if args.identifiers:
         if len(args.event_names or []) != 1:
             raise CliError("--identifiers needs exactly one --event-name")
@@ -272,7 +274,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         except OSError as error:
             raise CliError(f"cannot read {args.identifiers}: {error}") from None
     else:
-        targets = targets_from_dlq(_reader(args), _filters(args))
+        skip = _skipped(args.skip) if args.skip else []
+        targets, scanned_all = targets_from_dlq(_reader(args), _filters(args), skip=skip)
     api = None if args.dry_run else _api(args)
     progress = Progress("cancelling", len(targets))
     audit_file = open(args.audit, "a") if args.audit else None  # noqa: SIM115 (closed below)
@@ -292,6 +295,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         if audit_file:
             audit_file.close()
     statuses = Counter(line.status for line in audit)
+    complete = complete and scanned_all
     if args.json:
         print(
             json.dumps(
@@ -306,8 +310,23 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         for line in audit:
             print(json.dumps(line.to_json()))
         table(f"cancel ({'dry run' if args.dry_run else 'done'})", sorted(statuses.items()))
+    if not complete:
+        print(
+            "stopped early (--max): more messages match; run again with --skip AUDIT_FILE "
+            "(the --audit file of this run) so that nothing is cancelled twice",
+            file=sys.stderr,
+        )
     bad = {"refused", "failed", "past_cancel_window"}
     return 1 if any(line.status in bad for line in audit) else 0
+
+
+def _skipped(path: str) -> list[str]:
+    """Identifiers handled already: one a line, or the JSON lines of an --audit file."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        return [str(json.loads(x)["identifier"]) if x.startswith("{") else x for x in lines]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CliError(f"cannot read the identifiers to skip from {path}: {error}") from None
 
 
 def _positive(text: str) -> float:
@@ -383,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     cancel_cmd.add_argument("--dry-run", action="store_true", help="show what would happen")
     cancel_cmd.add_argument("--rate", type=_positive, help="at most this many cancels per second")
     cancel_cmd.add_argument("--audit", metavar="FILE", help="append the audit lines (JSON) here")
+    cancel_cmd.add_argument(
+        "--skip",
+        metavar="FILE",
+        help="identifiers handled already, one a line or an --audit file (to continue a run)",
+    )
     cancel_cmd.set_defaults(run=cmd_cancel)
     return parser
 

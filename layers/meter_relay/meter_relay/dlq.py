@@ -812,26 +812,36 @@ def targets_from_dlq(
     filters: Filters,
     remaining: Callable[[], float] | None = None,
     reserve: float = 0.0,
-) -> list[CancelTarget]:
-    """The events of the DLQ messages `filters` choose. With `remaining` (seconds left), the
+    skip: Iterable[str] = (),
+) -> tuple[list[CancelTarget], bool]:
+    """The events of the DLQ messages `filters` choose, each once, but those whose identifier
+    is in `skip` (done by an earlier call); and whether that is all of them. A message whose
+    events are all skipped does not count toward `max`. With `remaining` (seconds left), the
     scan stops once only `reserve` seconds are left: the rest is for cancelling."""
+    skipped = set(skip)
     targets: list[CancelTarget] = []
     taken = 0
     with closing(reader.scan()) as messages:  # gives every message back when it closes
         for message in messages:
             if remaining is not None and remaining() < reserve:
-                break
+                return targets, False
             if not filters.matches(message):
                 continue
-            if filters.max_count is not None and taken >= filters.max_count:
-                break
-            taken += 1
+            new: dict[str, CancelTarget] = {}  # the same event twice is cancelled once
             for event in message.events:
-                if event.identifier and event.event_name:
-                    targets.append(
-                        CancelTarget(event.identifier, event.event_name, message.first_seen)
+                if event.identifier and event.event_name and event.identifier not in skipped:
+                    new.setdefault(
+                        event.identifier,
+                        CancelTarget(event.identifier, event.event_name, message.first_seen),
                     )
-    return targets
+            if not new:
+                continue
+            if filters.max_count is not None and taken >= filters.max_count:
+                return targets, False  # more match than `max` took
+            taken += 1
+            skipped.update(new)
+            targets.extend(new.values())
+    return targets, True
 
 
 def cancel(

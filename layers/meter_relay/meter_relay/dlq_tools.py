@@ -8,7 +8,11 @@ continues with what is left.
                          "since": "...", "until": "...", "max": 100},
              "via": "queue" | "sync", "fix": {...}, "dry_run": false, "rate": 10}
     cancel: {"identifiers": ["..."], "event_name": "...", "dry_run": false, "rate": 10}
-            or {"filters": {...}, "dry_run": false}
+            or {"filters": {...}, "skip": ["identifier", ...], "dry_run": false}
+
+Cancelling reads the DLQ without consuming it, so a cancel that stops early answers, in
+"next", the input that continues it: the identifiers left, or the same filters with every
+identifier already handled (audited) in "skip".
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from meter_relay.stripe_client import StripeApi, StripeHttp
 
 DEADLINE_MARGIN_SECONDS = 5.0
 _KNOWN_REPLAY = {"filters", "via", "fix", "dry_run", "rate"}
-_KNOWN_CANCEL = {"filters", "identifiers", "event_name", "dry_run", "rate"}
+_KNOWN_CANCEL = {"filters", "identifiers", "event_name", "skip", "dry_run", "rate"}
 
 
 def _env(name: str) -> str:
@@ -123,24 +127,36 @@ def replay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return result
 
 
+def _strings(event: dict[str, Any], key: str) -> list[str]:
+    values = event.get(key)
+    if values is None:
+        return []
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise ValueError(f"{key} is a list of identifiers (non-empty strings)")
+    return values
+
+
 def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     _check(event, _KNOWN_CANCEL)
     dry_run = bool(event.get("dry_run", False))
+    skip = _strings(event, "skip")
+    scanned_all = True
     if event.get("identifiers") is not None:
         name = event.get("event_name")
-        identifiers = event["identifiers"]
-        if not isinstance(name, str) or not name or not isinstance(identifiers, list):
+        identifiers = _strings(event, "identifiers")
+        if not isinstance(name, str) or not name:
             raise ValueError("identifiers (a list) needs an event_name")
-        targets = [CancelTarget(str(i), name) for i in identifiers]
+        targets = [CancelTarget(i, name) for i in dict.fromkeys(identifiers) if i not in skip]
     else:
         # keep half of the time for the cancels themselves
-        targets = targets_from_dlq(
+        targets, scanned_all = targets_from_dlq(
             _reader(),
             Filters.from_dict(event.get("filters") or {}),
             remaining=lambda: _remaining(context),
             reserve=_remaining(context) / 2,
+            skip=skip,
         )
-    audit, complete = cancel(
+    audit, cancelled_all = cancel(
         None if dry_run else _api(),
         targets,
         dry_run=dry_run,
@@ -149,13 +165,20 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
     )
     for line in audit:
         logger.info("cancel", extra=line.to_json())
+    complete = scanned_all and cancelled_all
     result: dict[str, Any] = {"complete": complete, "audit": [line.to_json() for line in audit]}
     if not complete:
         done = {(line.identifier, line.event_name) for line in audit}
+        left = [t for t in targets if (t.identifier, t.event_name) not in done]
         result["remaining"] = [
-            {"identifier": t.identifier, "event_name": t.event_name}
-            for t in targets
-            if (t.identifier, t.event_name) not in done
+            {"identifier": t.identifier, "event_name": t.event_name} for t in left
         ]
-        result["next"] = "stopped early: cancel the remaining ones with another call"
+        # the input of the call that continues: nothing handled here is cancelled again
+        options = {k: event[k] for k in ("dry_run", "rate") if k in event}
+        if event.get("identifiers") is not None:
+            ids = [t.identifier for t in left]
+            result["next"] = {"identifiers": ids, "event_name": event["event_name"], **options}
+        else:
+            handled = list(dict.fromkeys([*skip, *(line.identifier for line in audit)]))
+            result["next"] = {"filters": event.get("filters") or {}, "skip": handled, **options}
     return result

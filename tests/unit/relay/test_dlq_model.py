@@ -1013,12 +1013,29 @@ def test_cancel_gives_up_after_the_attempts_and_says_failed() -> None:
 def test_choosing_cancel_targets_stops_when_only_the_reserve_is_left() -> None:
     sqs = StubSqs([messages("a", "b"), messages("c")])
     clock = iter([100.0, 100.0, 10.0, 10.0, 10.0])  # seconds left, at each message
-    targets = dlq.targets_from_dlq(
+    targets, complete = dlq.targets_from_dlq(
         reader(sqs), Filters(), remaining=lambda: next(clock), reserve=50.0
     )
     assert [t.identifier for t in targets] == ["a-0", "b-0"]
+    assert complete is False  # the caller is told: it must not answer complete
     assert set(sqs.released()) == {"rh-a", "rh-b", "rh-c"}  # all it received is given back
-    unlimited = dlq.targets_from_dlq(
+    unlimited, complete = dlq.targets_from_dlq(
         reader(StubSqs([messages("a", "b"), messages("c")])), Filters()
     )
     assert [t.identifier for t in unlimited] == ["a-0", "b-0", "c-0"]
+    assert complete is True
+
+
+def test_choosing_cancel_targets_continues_past_what_an_earlier_call_handled() -> None:
+    def choose(max_count: int, skip: list[str]) -> tuple[list[str], bool]:
+        sqs = StubSqs([messages("a", "b", "a"), messages("c", "d")])  # "a" twice: once
+        targets, complete = dlq.targets_from_dlq(
+            reader(sqs), Filters(max_count=max_count), skip=skip
+        )
+        return [t.identifier for t in targets], complete
+
+    assert choose(2, []) == (["a-0", "b-0"], False)  # more match than max
+    # the handled ones do not count toward max: the next two, then the last one
+    assert choose(2, ["a-0", "b-0"]) == (["c-0", "d-0"], True)
+    assert choose(1, ["a-0", "b-0"]) == (["c-0"], False)
+    assert choose(1, ["a-0", "b-0", "c-0"]) == (["d-0"], True)
