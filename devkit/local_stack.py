@@ -9,8 +9,10 @@ maxReceiveCount. It ends with a report and exits non-zero if any event is unacco
 counted twice.
 
 Differences from AWS, on purpose: one invocation at a time (the harness runs functions in this
-process), and a short visibility timeout (`--visibility-timeout`, default 5 s instead of the
-template's 360 s) so that retried messages come back within the run.
+process), and a short retry delay: a message returned in batchItemFailures, or of a failed
+invocation, is visible again after `--visibility-timeout` (default 5 s instead of the
+template's 360 s) so that retries happen within the run. Messages are received hidden for the
+batching window plus the forwarder's Timeout, so none comes back while its batch is at work.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ class Stack:
     batch_size: int
     window: float
     max_receive_count: int
+    function_timeout: float  # the forwarder's Timeout in the template
 
 
 def _parameter_default(template: dict[str, Any], name: str) -> Any:
@@ -188,6 +191,10 @@ def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
         if options.window is not None
         else float(_parameter_default(template, "BatchingWindowSeconds")),
         max_receive,
+        float(
+            resources["ForwarderFunction"]["Properties"].get("Timeout")
+            or template["Globals"]["Function"]["Timeout"]
+        ),
     )
 
 
@@ -328,13 +335,20 @@ class MappingStats:
 
 
 class EventSourceMapping:
-    """Lambda's SQS poller, in miniature: gather a batch, invoke, delete what succeeded."""
+    """Lambda's SQS poller, in miniature: gather a batch, invoke, delete what succeeded.
+
+    Messages are received hidden for as long as gathering and the invocation can take (the
+    window plus the forwarder's Timeout, as the template's visibility of 6 x Timeout ensures on
+    AWS), so none comes back while its batch is still at work; what is to be retried is then
+    made visible again after `visibility` seconds, so that retries happen within a local run.
+    """
 
     def __init__(self, sqs: SQSClient, stack: Stack, invoke: Invoke, visibility: int) -> None:
         self._sqs = sqs
         self._stack = stack
         self._invoke = invoke
         self._visibility = visibility
+        self._hold = max(visibility, int(stack.window + stack.function_timeout) + 5)
         self.stats = MappingStats()
 
     def poll(self) -> int:
@@ -348,12 +362,28 @@ class EventSourceMapping:
         self.stats.records += len(messages)
         if result is None:
             self.stats.errors += 1  # as Lambda: the whole batch becomes visible again later
+            self._retry_later(messages)
             return len(messages)
         failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
         self.stats.failed_records += len(failed)
         done = [m for m in messages if m["MessageId"] not in failed]
         delete_messages(self._sqs, self._stack.queue_url, done)
+        self._retry_later([m for m in messages if m["MessageId"] in failed])
         return len(messages)
+
+    def _retry_later(self, messages: list[MessageTypeDef]) -> None:
+        for start in range(0, len(messages), 10):
+            self._sqs.change_message_visibility_batch(
+                QueueUrl=self._stack.queue_url,
+                Entries=[
+                    {
+                        "Id": str(i),
+                        "ReceiptHandle": m["ReceiptHandle"],
+                        "VisibilityTimeout": self._visibility,
+                    }
+                    for i, m in enumerate(messages[start : start + 10])
+                ],
+            )
 
     def _gather(self) -> list[MessageTypeDef]:
         batch: list[MessageTypeDef] = []
@@ -363,15 +393,15 @@ class EventSourceMapping:
             received = self._sqs.receive_message(
                 QueueUrl=self._stack.queue_url,
                 MaxNumberOfMessages=min(10, self._stack.batch_size - len(batch)),
-                VisibilityTimeout=self._visibility,
+                VisibilityTimeout=self._hold,
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
             ).get("Messages", [])
             batch.extend(received)
             size += sum(len(m["Body"]) for m in received)
+            if time.monotonic() >= deadline:
+                break  # the batching window is over, whether messages still come or not
             if not received:
-                if time.monotonic() >= deadline:
-                    break
                 time.sleep(0.05)
         return batch
 
@@ -401,6 +431,8 @@ class Report:
     misplaced: list[str]
     seconds: float
     stats: MappingStats
+    sent_again: int = 0  # events Stripe received more than once (and counted once)
+    duplicate_letters: int = 0
     chaos: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -420,6 +452,8 @@ class Report:
             "invocations": self.stats.invocations,
             "failed_invocations": self.stats.errors,
             "records_returned_for_retry": self.stats.failed_records,
+            "sent_again_deduplicated": self.sent_again,
+            "duplicate_dead_letters": self.duplicate_letters,
             "chaos": self.chaos,
         }
 
@@ -431,10 +465,13 @@ class Report:
             f"  produced                  {self.produced:>8}",
             f"  delivered (counted once)  {self.delivered:>8}",
             f"  counted twice             {self.counted_twice:>8}",
+            f"  sent again, deduplicated  {self.sent_again:>8}  (retries Stripe recognised)",
             f"  rejected later by Stripe  {self.rejected_later:>8}  (accepted, in error reports)",
             f"  dead-lettered             {sum(self.dead_lettered.values()):>8}",
         ]
         lines += [f"    {code:<24}{n:>8}" for code, n in sorted(self.dead_lettered.items())]
+        if self.duplicate_letters:
+            lines.append(f"    (and {self.duplicate_letters} repeated letters of these)")
         lines += [
             f"  unaccounted               {len(self.unaccounted):>8}",
             f"  in the wrong place        {len(self.misplaced):>8}",
@@ -452,13 +489,20 @@ class Report:
         return "\n".join(lines)
 
 
-def read_dead_letters(sqs: SQSClient, dlq_url: str) -> dict[str, str]:
-    """identifier (or message id, for a body with no event) -> error code, consuming the DLQ.
+class DeadLetterTally(dict[str, str]):
+    """identifier (or message id, for a body with no event) -> error code; and how many letters
+    repeated one already read (a message retried after some of its letters were sent)."""
+
+    duplicates = 0
+
+
+def read_dead_letters(sqs: SQSClient, dlq_url: str) -> DeadLetterTally:
+    """The DLQ's letters, consuming it.
 
     Messages SQS moved after maxReceiveCount carry the producer's body: their events'
     identifiers are derived as the forwarder derives them (meter_relay.dlq.read_message).
     """
-    found: dict[str, str] = {}
+    found = DeadLetterTally()
     rules = ValidationRules()
     while True:
         messages = sqs.receive_message(
@@ -472,10 +516,10 @@ def read_dead_letters(sqs: SQSClient, dlq_url: str) -> dict[str, str]:
             return found
         for message in messages:
             letter = read_message(message, rules)
-            for event in letter.events:
-                found[event.identifier or letter.source_message_id] = letter.code
-            if not letter.events:
-                found[letter.source_message_id] = letter.code
+            keys = [event.identifier or letter.source_message_id for event in letter.events]
+            for key in keys or [letter.source_message_id]:
+                found.duplicates += key in found
+                found[key] = letter.code
         delete_messages(sqs, dlq_url, messages)
 
 
@@ -496,16 +540,19 @@ def account(
     dead: dict[str, str],
     seconds: float,
     stats: MappingStats,
+    *,
+    duplicate_letters: int = 0,
 ) -> Report:
     counts = emulator.identifiers()
     reported_later = {e["identifier"] for e in emulator.errors()["data"]}
-    delivered = counted_twice = rejected_later = 0
+    delivered = counted_twice = rejected_later = sent_again = 0
     unaccounted, misplaced = [], []
     codes: Counter[str] = Counter(dead.values())
     for identifier, want in expected.outcomes.items():
         counted = counts.get(identifier, {}).get("counted", 0)
         if counted > 1:
             counted_twice += 1
+        sent_again += counts.get(identifier, {}).get("received", 0) > 1
         if counted:
             delivered += 1
             where = DELIVERED
@@ -535,6 +582,8 @@ def account(
         misplaced,
         seconds,
         stats,
+        sent_again=sent_again,
+        duplicate_letters=duplicate_letters,
     )
 
 
@@ -796,7 +845,9 @@ def _loop(
         thread.join(timeout=30)
     seconds = time.monotonic() - started
     dead = read_dead_letters(sqs, stack.dlq_url)
-    return account(expected, emulator, dead, seconds, mapping.stats)
+    return account(
+        expected, emulator, dead, seconds, mapping.stats, duplicate_letters=dead.duplicates
+    )
 
 
 def _progress(
@@ -845,7 +896,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, help="records per invocation (template default)")
     parser.add_argument("--window", type=float, help="batching window, s (template default)")
-    parser.add_argument("--visibility-timeout", type=int, default=5)
+    parser.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=5,
+        help="s before a message to retry is visible again",
+    )
     parser.add_argument("--max-receive-count", type=int, help="redrive after this many receives")
     parser.add_argument(
         "--faults",

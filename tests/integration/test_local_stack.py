@@ -27,8 +27,6 @@ def test_a_small_local_run_accounts_for_every_event() -> None:
             "1500",
             "--envelope-size",
             "10",
-            "--window",
-            "0.5",
             "--invalid-share",
             "0.05",
             "--json",
@@ -50,6 +48,11 @@ def test_a_small_local_run_accounts_for_every_event() -> None:
     assert dead > 0  # the invalid share really was produced and dead-lettered
     assert summary["delivered"] + summary["rejected_later"] + dead == summary["produced"]
     assert "result: OK" in completed.stdout
+    # no fault, so nothing was handled twice: no message came back while its batch was at
+    # work (the template's 5 s batching window is as long as the 5 s retry delay here)
+    assert summary["records_returned_for_retry"] == 0
+    assert summary["sent_again_deduplicated"] == 0
+    assert summary["duplicate_dead_letters"] == 0
 
 
 def _stream(emulator: EmulatorClient, *identifiers: str) -> None:

@@ -150,6 +150,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         dead: dict[str, str],
         seconds: float,
         stats: local_stack.MappingStats,
+        **counts: int,
     ) -> local_stack.Report:
         seen["requests"] = emulator.requests()
         seen["sessions_issued"] = emulator.stats()["sessions"]
@@ -166,7 +167,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
             for parameter in page["Parameters"]
         ]
         seen["tokens"] = {json.loads(p["Value"])["token"] for p in versions}
-        return account(expected, emulator, dead, seconds, stats)
+        return account(expected, emulator, dead, seconds, stats, **counts)
 
     RecordingEndpoint.instances = []
     monkeypatch.setattr(local_stack, "LambdaEndpoint", RecordingEndpoint)
