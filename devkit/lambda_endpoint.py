@@ -339,6 +339,9 @@ class LambdaEndpoint:
     def output(self) -> list[str]:
         return list(self._lines)
 
+    def running(self) -> bool:
+        return self._process is not None
+
     def start(self) -> Self:
         if self._process is not None:
             return self

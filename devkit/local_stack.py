@@ -714,6 +714,7 @@ class KillableForwarder(ForwarderRunner):
             )
         killer = None
         if self._kill_every and self._invocations % self._kill_every == 0:
+            # a kill only if the invocation is still at work when the timer fires
             killer = threading.Timer(self._rng.uniform(0.05, 0.4), self._endpoint.kill)
             killer.start()
         try:
@@ -725,10 +726,12 @@ class KillableForwarder(ForwarderRunner):
         except (BotoCoreError, ClientError, ValueError):
             result, failed = {}, True
         if killer is not None:
+            killer.cancel()  # answered first: no kill
             killer.join()
-            self.kills += 1
-            self._endpoint.start()  # a fresh execution environment (a cold start)
-            return None
+            if not self._endpoint.running():
+                self.kills += 1
+                self._endpoint.start()  # a fresh execution environment (a cold start)
+                return None
         return None if failed or "batchItemFailures" not in result else result
 
     def close(self) -> None:
