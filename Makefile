@@ -15,7 +15,7 @@ ARGS ?=
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv test lint typecheck validate checkov build-check pytest run chaos bench emulator emulator-bench invoke build clean
+.PHONY: help venv test lint typecheck validate checkov build-check pytest run chaos bench emulator emulator-bench local-env invoke build clean
 
 help:
 	@echo "make test            venv + ruff + mypy + sam validate --lint + checkov + the whole test suite"
@@ -25,6 +25,7 @@ help:
 	@echo "make bench           forwarder vs baseline vs the stripe SDK (bench/results.json)"
 	@echo "make emulator ARGS=  run the Stripe meter API emulator (e.g. ARGS=\"--port 12111\")"
 	@echo "make emulator-bench  measure the emulator's stream requests/s"
+	@echo "make local-env       moto :5000 + emulator :12111, provisioned as events/env.json names them"
 	@echo "make invoke FN=LogicalId EVENT=events/x.json   invoke a function as sam local invoke would"
 	@echo "make build           sam build (Python 3.13 from .venv on PATH)"
 
@@ -81,6 +82,9 @@ emulator: $(STAMP)
 
 emulator-bench: $(STAMP)
 	$(BIN)/python -m devkit.emulator.loadtest $(ARGS)
+
+local-env: $(STAMP)
+	$(BIN)/python -m devkit.local_env $(ARGS)
 
 invoke: $(STAMP)
 	$(BIN)/python -m devkit.invoke $(FN) -e $(EVENT) $(if $(ENV_VARS),--env-vars $(ENV_VARS)) $(ARGS)

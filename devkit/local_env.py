@@ -1,0 +1,113 @@
+"""`make local-env`: what events/env.json points at, for `make invoke` and `sam local invoke`.
+
+    python -m devkit.local_env [--moto-port 5000] [--emulator-port 12111] [--lifetime S]
+
+Starts moto server and the Stripe emulator (with devkit/local_meters.json) on the ports that
+events/env.json names, creates the queues (usage, with its RedrivePolicy to the DLQ) and the
+secret (a test key) that env.json names, prints the variables a shell needs, and serves until
+Ctrl-C or the lifetime ends. The names come from env.json itself, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+
+from devkit.emulator.app import EmulatorServer
+from devkit.emulator.client import DEFAULT_SECRET_KEY
+from devkit.moto_server import MotoServer, aws_env
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_JSON = ROOT / "events" / "env.json"
+METERS = Path(__file__).resolve().parent / "local_meters.json"
+MOTO_ADDRESS = "http://127.0.0.1:5000"
+EMULATOR_ADDRESS = "http://127.0.0.1:12111"
+MAX_RECEIVE_COUNT = 5
+
+
+def load_env_vars(moto_url: str = MOTO_ADDRESS, emulator_url: str = EMULATOR_ADDRESS) -> Any:
+    """events/env.json, with its moto and emulator addresses moved to the given ones."""
+    text = ENV_JSON.read_text(encoding="utf-8")
+    return json.loads(text.replace(MOTO_ADDRESS, moto_url).replace(EMULATOR_ADDRESS, emulator_url))
+
+
+def _names(env_vars: dict[str, dict[str, str]]) -> tuple[set[str], set[str], set[str]]:
+    """Usage queues, dead-letter queues and secrets that the functions' variables name."""
+    usage, dead, secrets = set(), set(), set()
+    for variables in env_vars.values():
+        for name, value in variables.items():
+            if name == "USAGE_QUEUE_URL":
+                usage.add(urlsplit(value).path.rsplit("/", 1)[-1])
+            elif name == "DEAD_LETTER_QUEUE_URL":
+                dead.add(urlsplit(value).path.rsplit("/", 1)[-1])
+            elif name == "STRIPE_SECRET_ID":
+                secrets.add(value)
+    return usage, dead, secrets
+
+
+def provision(env_vars: dict[str, dict[str, str]], moto_url: str) -> dict[str, str]:
+    """Create the queues and secrets env.json names; returns queue name -> URL."""
+    env = aws_env(moto_url)
+    session = boto3.session.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    sqs = session.client("sqs", endpoint_url=moto_url)
+    secretsmanager = session.client("secretsmanager", endpoint_url=moto_url)
+    usage, dead, secrets = _names(env_vars)
+    if len(dead) != 1:
+        raise ValueError(f"env.json should name one dead-letter queue, not {sorted(dead)}")
+    urls = {name: sqs.create_queue(QueueName=name)["QueueUrl"] for name in dead}
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=urls[next(iter(dead))], AttributeNames=["All"])
+    redrive = {
+        "deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"],
+        "maxReceiveCount": MAX_RECEIVE_COUNT,
+    }
+    for name in usage:
+        urls[name] = sqs.create_queue(
+            QueueName=name, Attributes={"RedrivePolicy": json.dumps(redrive)}
+        )["QueueUrl"]
+    for secret in secrets:
+        secretsmanager.create_secret(Name=secret, SecretString=DEFAULT_SECRET_KEY)
+    return urls
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make local-env", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--moto-port", type=int, default=5000)
+    parser.add_argument("--emulator-port", type=int, default=12111)
+    parser.add_argument("--lifetime", type=float, default=None, help="stop after S seconds")
+    args = parser.parse_args(argv)
+    meters = json.loads(METERS.read_text(encoding="utf-8"))
+    with (
+        MotoServer(port=args.moto_port) as moto,
+        EmulatorServer(meters=meters, port=args.emulator_port) as emulator,
+    ):
+        provision(load_env_vars(moto.endpoint_url, emulator.url), moto.endpoint_url)
+        print(f"moto server {moto.endpoint_url}, Stripe emulator {emulator.url}")
+        print("in another shell:")
+        for name, value in aws_env(moto.endpoint_url).items():
+            print(f"  export {name}={value}")
+        print("  make invoke FN=RefresherFunction EVENT=events/refresher-force.json", end="")
+        print(" ENV_VARS=events/env.json")
+        print("  make invoke FN=ForwarderFunction EVENT=events/forwarder-mixed-batch.json", end="")
+        print(" ENV_VARS=events/env.json", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait(args.lifetime)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
