@@ -713,6 +713,40 @@ def test_filters_select_what_they_say(cli: Relay, capsys: pytest.CaptureFixture[
     assert snapshot(cli) == before
 
 
+@pytest.mark.parametrize("command", ["list", "replay", "cancel"])
+@pytest.mark.parametrize("value", ["-1", "0", "2.5", "all"])
+def test_max_takes_only_a_whole_number_above_zero(
+    command: str, value: str, cli: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dlq", command, "--max", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --max: must be a whole number above 0, not '{value}'" in err
+
+
+def test_a_dry_run_shows_what_would_happen_to_each_message(
+    cli: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = put_redriven(cli, api_event("dry-line-1"))
+    mixed = put_redriven(
+        cli, {"events": [api_event("dry-line-2"), api_event("dry-line-3", value="-1")]}
+    )
+    bad = put_letter(cli, api_event("dry-line-4", value="0"), "payload_invalid_value", ago(hours=1))
+
+    code, out, _ = run(capsys, "dlq", "replay", "--dry-run")
+    assert code == 1  # something would stay
+    rows = [line.split(maxsplit=2) for line in out.splitlines() if line.strip()]
+    lines = {row[0]: row[1:] for row in rows if row[0] in (good, mixed, bad)}
+    assert len(lines) == 3  # one line each
+    assert lines[good] == ["would_replay", "1 events via queue"]
+    assert lines[mixed][0] == "would_replay"
+    assert lines[mixed][1].startswith("1 events via queue; 1 stay in the DLQ: event 1: value '-1'")
+    assert lines[bad][0] == "kept"
+    assert lines[bad][1].startswith("1 stay in the DLQ: event 0: value '0' is not")
+    assert len(peek(cli)) == 3
+
+
 # ----- cancel -----------------------------------------------------------------------------------
 
 

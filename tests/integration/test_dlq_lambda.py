@@ -223,6 +223,12 @@ def test_bad_input_is_refused_before_anything_happens(
     bad_rate = tools[REPLAY].invoke({"rate": "fast"})
     assert bad_rate.error is not None
     assert "rate is a positive number" in bad_rate.error["errorMessage"]
+    bad_max = tools[REPLAY].invoke({"filters": {"max": 0}})
+    assert bad_max.error is not None
+    assert "max is a whole number above 0, not 0" in bad_max.error["errorMessage"]
+    bad_skip = tools[CANCEL].invoke({"filters": {}, "skip": "k-1"})
+    assert bad_skip.error is not None
+    assert "skip is a list of identifiers" in bad_skip.error["errorMessage"]
     bad_date = tools[CANCEL].invoke({"filters": {"since": "last week"}})
     assert bad_date.error is not None
     assert "since must be an RFC 3339 date-time" in bad_date.error["errorMessage"]

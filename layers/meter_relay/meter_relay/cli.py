@@ -36,6 +36,7 @@ from meter_relay.dlq import (
     Replayer,
     RunSummary,
     cancel,
+    positive_count,
     targets_from_dlq,
     targets_from_file,
 )
@@ -226,6 +227,9 @@ def _print_outcomes(summary: RunSummary, args: argparse.Namespace, verb: str) ->
         for warning in outcome.warnings:
             events = ", ".join(outcome.identifiers)
             print(f"warning: {outcome.message_id} ({events}): {warning}", file=sys.stderr)
+    if args.dry_run:  # what would happen to each message, one line each
+        for outcome in summary.outcomes:
+            print(f"{outcome.message_id}  {outcome.action:<12}  {outcome.detail}")
     table(f"{verb} ({'dry run' if args.dry_run else 'done'})", sorted(summary.counts().items()))
     whole = ("kept", "skipped")
     kept = Counter(o.code or "?" for o in summary.outcomes if o.action in whole)
@@ -329,6 +333,13 @@ def _skipped(path: str) -> list[str]:
         raise CliError(f"cannot read the identifiers to skip from {path}: {error}") from None
 
 
+def _count(text: str) -> int:
+    try:
+        return positive_count(text, "--max")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, not {text!r}") from None
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -355,7 +366,7 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--customer", action="append", help="customer id in the payload")
     group.add_argument("--since", help="first seen at or after (RFC 3339)")
     group.add_argument("--until", help="first seen at or before (RFC 3339)")
-    group.add_argument("--max", type=int, help="at most this many messages")
+    group.add_argument("--max", type=_count, help="at most this many messages (1 or more)")
 
 
 def _add_stripe(parser: argparse.ArgumentParser) -> None:

@@ -413,8 +413,21 @@ class Filters:
             names("customer"),
             moment("since"),
             moment("until"),
-            int(max_count) if max_count is not None else None,
+            None if max_count is None else positive_count(max_count, "max"),
         )
+
+
+def positive_count(value: Any, name: str) -> int:
+    """A whole number above 0 (an int, or its text), else a ValueError that names it."""
+    if not isinstance(value, bool) and isinstance(value, int | str):
+        try:
+            number = int(value)
+        except ValueError:
+            pass
+        else:
+            if number > 0:
+                return number
+    raise ValueError(f"{name} is a whole number above 0, not {value!r}")
 
 
 @dataclass
@@ -552,6 +565,7 @@ class RateLimit:
 
 # ----- replay ----------------------------------------------------------------------------------
 TOO_OLD = " (outside Stripe's 35-day window: not sent)"
+OUT_OF_TIME = "not sent before the deadline: the next run sends it"
 
 
 @dataclass
@@ -683,16 +697,16 @@ class Replayer:
                     letters.append(event_letter(message, event, refusal))
                 if result.rest:
                     failure = result.failure
-                    why = (
+                    reason = self._rest_reason(message, failure)
+                    said = (
                         (answer_code(failure), failure.error)
                         if failure
-                        else (message.code, "not sent: out of time; the next run sends it")
+                        else (message.code, OUT_OF_TIME)
                     )
                     for event in result.rest:
-                        outcome.keep(event, *why)
-                    if not (sent or letters):  # nothing left it: it stays as it is
-                        return outcome.summarised(), stopped
-                    reason = Rejection(message.code, message.error_message)
+                        outcome.keep(event, *said)
+                    if not (sent or letters or reason.code != message.code):
+                        return outcome.summarised(), stopped  # it stays as it is
                     letters.append(rest_letter(message, result.rest, reason))
             self.reader.settle(message, letters)  # only now: what it carried is safely elsewhere
         except (BotoCoreError, ClientError) as error:  # it stays in the DLQ, as it was
@@ -704,6 +718,17 @@ class Replayer:
         elif sent:
             outcome.action = "partly_replayed"
         return outcome.summarised(f"{len(sent)} events via {via}" if sent else ""), stopped
+
+    @staticmethod
+    def _rest_reason(message: DlqMessage, failure: StripeAnswer | None) -> Rejection:
+        """Why the unsent rest of a message stays. After a persistent 409, 429, 5xx or no
+        answer it carries that (its code, `sync replay: ...`) in place of the message's own:
+        the DLQ says what happened last. Out of time, or after an answer that is no fault
+        of Stripe's load nor of the event (401, 403, 404: the tool's setup), it keeps the
+        message's own reason."""
+        if failure is not None and failure.kind in (Kind.TRANSIENT, Kind.RATE_LIMITED):
+            return Rejection(answer_code(failure), f"sync replay: {failure.error}")
+        return Rejection(message.code, message.error_message)
 
     def _send_to_queue(self, events: list[ParsedEvent]) -> None:
         assert self.usage_queue_url is not None
@@ -742,8 +767,8 @@ class Replayer:
 
 
 def answer_code(answer: StripeAnswer) -> str:
-    """Stripe's error code, else the HTTP status (`http_0`: no answer)."""
-    return answer.code or f"http_{answer.status}"
+    """Stripe's error code, else the HTTP status, else `no_answer` (a timeout, a reset)."""
+    return answer.code or (f"http_{answer.status}" if answer.status else "no_answer")
 
 
 def with_retries(

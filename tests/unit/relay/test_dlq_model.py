@@ -78,14 +78,14 @@ def sqs_message(
     return message
 
 
-def forwarder_letters(body: str, message_id: str = MID) -> list[DeadLetter]:
+def forwarder_letters(body: str, message_id: str = MID, sent: datetime = SENT) -> list[DeadLetter]:
     """The dead letters the forwarder writes for one usage-queue message it rejects.
 
     The same construction as ForwardingProcessor._dead_letters, for rejections found before
     sending (the only kind the stream can give at once).
     """
-    parsed = parse_message(body, message_id, SENT, RULES, NOW)
-    seen = format_timestamp(SENT)
+    parsed = parse_message(body, message_id, sent, RULES, sent + (NOW - SENT))
+    seen = format_timestamp(sent)
     if parsed.rejection is not None:
         r = parsed.rejection
         return [DeadLetter(body, r.code, r.message, message_id, seen, param=r.param)]
@@ -342,7 +342,11 @@ def test_filters_from_the_lambda_input() -> None:
         ({"since": "2026-01-01"}, "since must be an RFC 3339"),
         ({"until": "yesterday"}, "until must be an RFC 3339"),
         ({"since": "2026-13-01T00:00:00Z"}, "since must be an RFC 3339"),
-        ({"max": "many"}, "invalid literal"),
+        ({"max": "many"}, "max is a whole number above 0, not 'many'"),
+        ({"max": 0}, "max is a whole number above 0, not 0"),
+        ({"max": -1}, "max is a whole number above 0, not -1"),
+        ({"max": 2.5}, "max is a whole number above 0"),
+        ({"max": True}, "max is a whole number above 0"),
     ],
 )
 def test_filters_refuse_unknown_keys_and_bad_dates(data: dict[str, Any], message: str) -> None:
@@ -909,7 +913,70 @@ def test_sync_keeps_only_what_stripe_has_not_counted() -> None:
     sent = next(kwargs for name, kwargs in sqs.calls if name == "send")
     copy = json.loads(sent["MessageBody"])
     assert [e["identifier"] for e in copy["events"]] == [f"{MID}-1", f"{MID}-2"]
-    assert sent["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == REDRIVEN_CODE  # as it was
+    # with what happened last: Stripe kept failing (see the next test)
+    assert sent["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == "http_503"
+    assert sent["MessageAttributes"]["ErrorMessage"]["StringValue"].startswith("sync replay: ")
+
+
+@pytest.mark.parametrize(
+    ("failure", "code", "rewritten"),
+    [
+        (StripeAnswer(Kind.RATE_LIMITED, 429, "rate_limit", "slow down"), "rate_limit", True),
+        (StripeAnswer(Kind.TRANSIENT, 409, "too_many_concurrent_requests", "busy"), None, True),
+        (StripeAnswer(Kind.TRANSIENT, 0, None, "timed out after 10.0s"), "no_answer", True),
+        (StripeAnswer(Kind.FAILED, 403, None, "forbidden"), "http_403", False),
+        (StripeAnswer(Kind.SESSION_EXPIRED, 401, None, "bad key"), "http_401", False),
+    ],
+    ids=["429", "409", "timeout", "403", "401"],
+)
+def test_a_persistent_failure_leaves_the_message_with_what_happened(
+    failure: StripeAnswer, code: str | None, rewritten: bool
+) -> None:
+    """Nothing counted: after 409/429/5xx/no answer (all the attempts) the message is put
+    back with that reason; after a 401/403 (the tool's setup, not the message) it stays
+    as it was. Either way the outcome reports the failure."""
+    code = code or str(failure.code)
+    attempts = dlq.SYNC_ATTEMPTS if rewritten else 1
+    sqs, outcome, _ = sync_replay(StubApi([failure] * attempts), three_events())
+    assert (outcome.action, outcome.code) == ("kept", code)
+    assert outcome.kept_events[0]["detail"] == failure.error
+    if not rewritten:
+        assert [name for name, _ in sqs.calls] == ["receive", "receive", "release"]
+        return
+    assert [name for name, _ in sqs.calls] == ["receive", "send", "delete", "receive"]
+    kept = sends(sqs)[0]
+    assert kept["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == code
+    events = json.loads(kept["MessageBody"])["events"]
+    assert [e["identifier"] for e in events] == [f"{MID}-{n}" for n in range(3)]
+
+
+def test_a_corrected_event_stripe_refuses_is_kept_corrected_with_stripes_code() -> None:
+    """The fix applied, Stripe refuses the event still: the letter holds the corrected body
+    (a later run starts from it) with Stripe's code, identifier and timestamp unchanged."""
+    sent_at = recent(hours=1)
+    body = {"event_name": "api_request", "payload": {"customer_id": "cus_a", "value": 2}}
+    (letter,) = forwarder_letters(json.dumps(body), sent=sent_at)
+    attributes = letter.attributes()
+    sqs = StubSqs([[sqs_message(letter.body, "letter-1", attributes, sent=recent(minutes=1))]])
+    fix = Fix(
+        event_names={"api_request": "api_calls"}, payload_keys={"customer_id": "stripe_customer_id"}
+    )
+    api = StubApi([answer(400, "no_meter")])
+    replayer = dlq.Replayer(reader(sqs), RULES, api=api, fix=fix)  # type: ignore[arg-type]
+    (outcome,) = replayer.replay(Filters(), "sync").outcomes
+
+    assert (outcome.action, outcome.code) == ("kept", "no_meter")
+    (kept,) = sends(sqs)
+    assert json.loads(kept["MessageBody"]) == {
+        "event_name": "api_calls",
+        "payload": {"stripe_customer_id": "cus_a", "value": "2"},
+        "identifier": f"{MID}-0",
+        "timestamp": format_timestamp(sent_at),  # the forwarder's, written into the letter
+    }
+    stored = {k: v["StringValue"] for k, v in kept["MessageAttributes"].items()}
+    assert (stored[ATTR_ERROR_CODE], stored["EventName"]) == ("no_meter", "api_calls")
+    assert (stored[ATTR_IDENTIFIER], stored[ATTR_SOURCE_MESSAGE_ID]) == (f"{MID}-0", MID)
+    assert [name for name, _ in sqs.calls if name != "receive"] == ["send", "delete"]
 
 
 class SlowApi(StubApi):
