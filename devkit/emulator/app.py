@@ -78,37 +78,9 @@ def _invalid(message: str, param: str, code: str = "parameter_invalid") -> ApiEr
 def check_event(event: Any, index: int | None = None) -> float | None:
     """The form Stripe's OpenAPI spec gives an event; returns its timestamp (epoch) if any.
 
-    The common case (a well-formed event) takes the fast path; the slow path says what is
-    wrong, naming the parameter as Stripe does.
+    What is wrong is named as Stripe does, parameter and all.
     """
-    if type(event) is dict and event.keys() <= _EVENT_FIELDS:
-        name, payload = event.get("event_name"), event.get("payload")
-        identifier, timestamp = event.get("identifier"), event.get("timestamp")
-        if (
-            type(name) is str
-            and name
-            and type(payload) is dict
-            and all(type(v) is str for v in payload.values())
-            and (
-                identifier is None
-                or (type(identifier) is str and 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH)
-            )
-        ):
-            if timestamp is None:
-                return None
-            parsed = _timestamp(timestamp) if type(timestamp) is str else None
-            if parsed is not None:
-                return parsed
-    return _explain_invalid_event(event, "event" if index is None else f"events[{index}]")
-
-
-@functools.lru_cache(maxsize=65_536)
-def _timestamp(text: str) -> float | None:
-    """Timestamps repeat across a batch (same second); parse each text once."""
-    return parse_rfc3339(text)
-
-
-def _explain_invalid_event(event: Any, where: str) -> float | None:
+    where = "event" if index is None else f"events[{index}]"
     if not isinstance(event, dict):
         raise _invalid(f"{where} must be an object.", where)
     for key in event:
@@ -143,7 +115,51 @@ def _explain_invalid_event(event: Any, where: str) -> float | None:
             f"{where}.identifier must be a string of 1 to {MAX_IDENTIFIER_LENGTH} characters.",
             f"{where}.identifier",
         )
-    raise _invalid(f"{where}.timestamp must be an RFC 3339 date-time.", f"{where}.timestamp")
+    timestamp = event.get("timestamp")
+    if timestamp is None:
+        return None
+    parsed = _timestamp(timestamp) if isinstance(timestamp, str) else None
+    if parsed is None:
+        raise _invalid(f"{where}.timestamp must be an RFC 3339 date-time.", f"{where}.timestamp")
+    return parsed
+
+
+def check_events(events: list[Any]) -> list[float | None]:
+    """check_event for each event of a stream body; their timestamps (epoch) if any.
+
+    An event with the four fields and nothing else (what producers send) is checked here
+    in line, for speed; any other goes through check_event, which also names what is wrong.
+    """
+    timestamps: list[float | None] = []
+    append = timestamps.append
+    for index, event in enumerate(events):
+        if type(event) is dict and len(event) == 4:
+            # four keys, and the four fields present below: nothing unknown
+            name, payload = event.get("event_name"), event.get("payload")
+            identifier, timestamp = event.get("identifier"), event.get("timestamp")
+            if (
+                type(name) is str
+                and name
+                and type(payload) is dict
+                and type(identifier) is str
+                and 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH
+                and type(timestamp) is str
+                and (parsed := _timestamp(timestamp)) is not None
+            ):
+                for value in payload.values():
+                    if type(value) is not str:
+                        break
+                else:
+                    append(parsed)
+                    continue
+        append(check_event(event, index))
+    return timestamps
+
+
+@functools.lru_cache(maxsize=65_536)
+def _timestamp(text: str) -> float | None:
+    """Timestamps repeat across a batch (same second); parse each text once."""
+    return parse_rfc3339(text)
 
 
 class Emulator:
@@ -216,6 +232,8 @@ class Emulator:
             response = self._error_response(error, version)
         if decision.action is Action.DROP_AFTER:
             response.drop = True
+        if endpoint == "stream":
+            response.after = self.state.work_off
         response.headers["Request-Id"] = f"req_{next(self._request_ids):012d}"
         if "stripe-version" in request.headers:
             response.headers["Stripe-Version"] = request.headers["stripe-version"]
@@ -352,7 +370,7 @@ class Emulator:
             raise _invalid("Missing required param: events.", "events", "parameter_missing")
         if not isinstance(events, list) or not 1 <= len(events) <= MAX_STREAM_EVENTS:
             raise _invalid(f"events must be an array of 1 to {MAX_STREAM_EVENTS} events.", "events")
-        timestamps = [check_event(event, i) for i, event in enumerate(events)]
+        timestamps = check_events(events)
         self.state.accept_stream(events, timestamps)
         return Response(200, _OK_EMPTY)
 

@@ -4,7 +4,8 @@ Everything here is plain data behind one lock, independent of HTTP, so the rules
 validation, the 24-hour deduplication window, the cancel window) are testable on their own.
 Events from the stream are validated after the 200, as Stripe does: accepted batches wait
 in a backlog that `drain()` works off, in arrival order, before anything reads the results
-or changes the rules.
+or changes the rules, and that the HTTP server has worked off (`work_off()`) once each
+stream answer is sent, so it stays as short as the number of connections.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ MAX_STREAM_EVENTS = 100
 
 Formula = Literal["sum", "count", "last"]
 ValueRule = Literal["positive_integer", "decimal"]
+Status = Literal["counted", "duplicate", "invalid", "cancelled"]
 _POSITIVE_INTEGER = re.compile(r"^[0-9]+\Z")  # not $: it would let "5\n" through
 
 
@@ -111,7 +113,7 @@ class Session:
 
 @dataclass(slots=True)
 class StoredEvent:
-    """One received meter event and what became of it."""
+    """One received meter event and what became of it (a reading of its batch's row)."""
 
     identifier: str
     event_name: str
@@ -119,7 +121,7 @@ class StoredEvent:
     timestamp: float
     received_at: float
     source: Literal["stream", "sync"]
-    status: Literal["pending", "counted", "duplicate", "invalid", "cancelled"] = "pending"
+    status: Status = "counted"
     error_code: str | None = None
 
     def to_api(self) -> dict[str, Any]:
@@ -133,6 +135,43 @@ class StoredEvent:
             "status": self.status,
             "error_code": self.error_code,
         }
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Events received together (a stream request, or one sync event), stored by column.
+
+    Millions of events are kept: one object per event would cost more time and memory
+    than a few list entries. StoredEvent is a reading of one row.
+    """
+
+    received_at: float
+    source: Literal["stream", "sync"]
+    identifiers: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    payloads: list[dict[str, str]] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    statuses: list[Status] = field(default_factory=list)
+    error_codes: dict[int, str] = field(default_factory=dict)  # of the invalid rows
+
+    def event(self, index: int) -> StoredEvent:
+        return StoredEvent(
+            self.identifiers[index],
+            self.names[index],
+            self.payloads[index],
+            self.timestamps[index],
+            self.received_at,
+            self.source,
+            self.statuses[index],
+            self.error_codes.get(index),
+        )
+
+    def counted_index(self, identifier: str) -> int:
+        """The row where identifier was counted (a batch counts an identifier once)."""
+        for index, candidate in enumerate(self.identifiers):
+            if candidate == identifier and self.statuses[index] in ("counted", "cancelled"):
+                return index
+        raise KeyError(identifier)
 
 
 @dataclass(frozen=True)
@@ -212,7 +251,7 @@ class EmulatorState:
         self._initial_meters: list[dict[str, Any]] = []
         self._meters: dict[str, Meter] = {}
         self._backlog: deque[Callable[[], None]] = deque()
-        self._batches = 0
+        self._accepted = 0
         self._inflight: set[tuple[str, str]] = set()
         self._clear_events()
 
@@ -222,10 +261,14 @@ class EmulatorState:
 
     def _clear_events(self) -> None:
         self._sessions: dict[str, Session] = {}
-        self._events: list[StoredEvent] = []
-        self._received: dict[str, int] = {}
-        self._counted: dict[str, int] = {}
-        self._last_counted: dict[str, StoredEvent] = {}
+        self._batches: list[_Batch] = []
+        # Per identifier, in three maps so that the common case (an identifier counted once)
+        # costs one entry: the batch that holds its last count; how often it was counted
+        # again (beyond the 24-hour window); how often it came and was not counted
+        # (duplicate or invalid).
+        self._last_counted: dict[str, _Batch] = {}
+        self._counted_again: dict[str, int] = {}
+        self._not_counted: dict[str, int] = {}
         self._errors: list[ErrorReport] = []
         self._adjustments: list[Adjustment] = []
 
@@ -386,15 +429,15 @@ class EmulatorState:
         """Take a batch whose form was checked; it is validated later, in arrival order.
 
         As at Stripe, the 200 says "received", not "valid". The backlog is worked off by
-        `drain()`, which every reader and every change of meters or rules calls first, so
-        what anyone observes is as if each batch had been validated when it arrived, while
-        the request path stays short.
+        `work_off()` once the answer is sent, and by `drain()`, which every reader and every
+        change of meters or rules calls first, so what anyone observes is as if each batch
+        had been validated when it arrived, while the answer does not wait for it.
         """
         self._backlog.append(
             functools.partial(self._process_stream, self.clock.now(), events, timestamps)
         )
-        self._batches += 1
-        if self._batches % 64 == 0:
+        self._accepted += 1
+        if self._accepted % 64 == 0:
             # Accepted events live until reset: keep the cyclic GC from rescanning them all
             # (with millions kept, its full passes would dominate the emulator's time).
             gc.freeze()
@@ -405,75 +448,108 @@ class EmulatorState:
             while self._backlog:
                 self._backlog.popleft()()
 
+    def work_off(self) -> None:
+        """drain(), unless the lock is busy: its holder drains, or the next call will.
+
+        The HTTP server calls this once a stream request is answered, so validation runs
+        while the client reads the answer and the backlog stays as short as the number
+        of connections, whatever the load.
+        """
+        if self._lock.acquire(blocking=False):
+            try:
+                while self._backlog:
+                    self._backlog.popleft()()
+            finally:
+                self._lock.release()
+
     def _process_stream(
         self, received_at: float, events: list[dict[str, Any]], timestamps: list[float | None]
     ) -> None:
         with self._lock:
+            batch = _Batch(received_at, "stream")
             meters = self._meters_by_name({raw["event_name"] for raw in events})
+            # Per event name with an active meter: the meter's own copy of the name (kept
+            # instead of each event's), its customer and value keys. An event that passes
+            # every rule with them takes the short path below; any other goes through
+            # _validate, which names the failure.
+            keys = {
+                name: (meter.event_name, meter.customer_key, meter.value_key)
+                for name, meter in meters.items()
+                if meter is not None and meter.status == "active"
+            }
+            rule = self.settings.value_rule
+            earliest, latest = received_at - PAST_LIMIT_S, received_at + FUTURE_LIMIT_S
+            last_counted = self._last_counted
+            identifiers, names, payloads = batch.identifiers, batch.names, batch.payloads
+            stamps, statuses = batch.timestamps, batch.statuses
             for raw, timestamp in zip(events, timestamps, strict=True):
-                event = StoredEvent(
-                    raw.get("identifier") or self._new_id("evt"),
-                    raw["event_name"],
-                    raw["payload"],
-                    received_at if timestamp is None else timestamp,
-                    received_at,
-                    "stream",
-                )
-                failure = self._validate(event, meters[event.event_name], sync=False)
-                if failure is None:
-                    self._count_or_dedup(event)
-                    continue
-                code, message, meter_id = failure
-                event.status, event.error_code = "invalid", code
-                self._errors.append(
-                    ErrorReport(
-                        code, message, event.identifier, event.event_name, received_at, meter_id
+                name, payload = raw["event_name"], raw["payload"]
+                identifier = raw.get("identifier") or self._new_id("evt")
+                if timestamp is None:
+                    timestamp = received_at
+                spec = keys.get(name)
+                if (
+                    spec is None
+                    or not payload.get(spec[1])
+                    or not (value := payload.get(spec[2]))
+                    or not _value_allowed(rule, value)
+                    or not earliest <= timestamp <= latest
+                ):
+                    failure = self._validate(
+                        name, payload, timestamp, received_at, meters[name], sync=False
                     )
-                )
-                self._record(event, counted=False)
-
-    def _stored(
-        self,
-        raw: dict[str, Any],
-        timestamp: float | None,
-        received_at: float,
-        source: Literal["stream", "sync"],
-    ) -> StoredEvent:
-        identifier = raw.get("identifier") or self._new_id("evt")
-        return StoredEvent(
-            identifier,
-            raw["event_name"],
-            raw["payload"],
-            received_at if timestamp is None else timestamp,
-            received_at,
-            source,
-        )
+                    self._add(batch, identifier, name, payload, timestamp, failure)
+                    continue
+                # _add for a valid event, in line: this runs for every event
+                last = last_counted.get(identifier)
+                if last is None:
+                    statuses.append("counted")
+                    last_counted[identifier] = batch
+                elif received_at - last.received_at < DEDUP_WINDOW_S:
+                    statuses.append("duplicate")
+                    self._not_counted[identifier] = self._not_counted.get(identifier, 0) + 1
+                else:
+                    statuses.append("counted")
+                    self._counted_again[identifier] = self._counted_again.get(identifier, 0) + 1
+                    last_counted[identifier] = batch
+                identifiers.append(identifier)
+                names.append(spec[0])
+                payloads.append(payload)
+                stamps.append(timestamp)
+            self._batches.append(batch)
 
     def _validate(
-        self, event: StoredEvent, meter: Meter | None, *, sync: bool
+        self,
+        name: str,
+        payload: dict[str, str],
+        timestamp: float,
+        received_at: float,
+        meter: Meter | None,
+        *,
+        sync: bool,
     ) -> tuple[str, str, str | None] | None:
         """Stripe's per-event rules; codes differ between the sync endpoint and error reports."""
         if meter is None:
-            return "no_meter", f"No active meter with event_name {event.event_name!r}.", None
+            return "no_meter", f"No active meter with event_name {name!r}.", None
         if meter.status != "active":
             return "archived_meter", "The meter must be Active to submit events.", meter.id
-        if not event.payload.get(meter.customer_key):
+        if not payload.get(meter.customer_key):
             code = "payload_no_customer_defined" if sync else "meter_event_no_customer_defined"
             return code, f"The payload must have a {meter.customer_key!r} key.", meter.id
-        value = event.payload.get(meter.value_key)
+        value = payload.get(meter.value_key)
         if value is None or value == "":
             code = "payload_no_value_defined" if sync else "meter_event_invalid_value"
             return code, f"The payload must have a {meter.value_key!r} value.", meter.id
         if not _value_allowed(self.settings.value_rule, value):
             code = "payload_invalid_value" if sync else "meter_event_invalid_value"
             return code, f"The value must be a positive integer, got {value!r}.", meter.id
-        if event.timestamp < event.received_at - PAST_LIMIT_S:
+        if timestamp < received_at - PAST_LIMIT_S:
             return (
                 "timestamp_too_far_in_past",
                 "The timestamp must be within the past 35 calendar days.",
                 meter.id,
             )
-        if event.timestamp > event.received_at + FUTURE_LIMIT_S:
+        if timestamp > received_at + FUTURE_LIMIT_S:
             return (
                 "timestamp_in_future",
                 "The timestamp must be no more than 5 minutes in the future.",
@@ -481,27 +557,44 @@ class EmulatorState:
             )
         return None
 
-    def _count_or_dedup(self, event: StoredEvent) -> bool:
-        """Count the event unless its identifier was counted within the rolling 24 hours."""
-        if self._counted_recently(event.identifier, event.received_at):
-            event.status = "duplicate"
-            self._record(event, counted=False)
-            return False
-        event.status = "counted"
-        self._record(event, counted=True)
-        return True
+    def _add(
+        self,
+        batch: _Batch,
+        identifier: str,
+        name: str,
+        payload: dict[str, str],
+        timestamp: float,
+        failure: tuple[str, str, str | None] | None,
+    ) -> Status:
+        """Store one event in its batch: invalid (with an error report), or counted unless
+        its identifier was counted within the rolling 24 hours (then a duplicate)."""
+        status: Status
+        if failure is not None:
+            code, message, meter_id = failure
+            status = "invalid"
+            batch.error_codes[len(batch.identifiers)] = code
+            self._errors.append(
+                ErrorReport(code, message, identifier, name, batch.received_at, meter_id)
+            )
+        elif self._counted_recently(identifier, batch.received_at):
+            status = "duplicate"
+        else:
+            status = "counted"
+            if identifier in self._last_counted:
+                self._counted_again[identifier] = self._counted_again.get(identifier, 0) + 1
+            self._last_counted[identifier] = batch
+        if status != "counted":
+            self._not_counted[identifier] = self._not_counted.get(identifier, 0) + 1
+        batch.identifiers.append(identifier)
+        batch.names.append(name)
+        batch.payloads.append(payload)
+        batch.timestamps.append(timestamp)
+        batch.statuses.append(status)
+        return status
 
     def _counted_recently(self, identifier: str, at: float) -> bool:
         last = self._last_counted.get(identifier)
         return last is not None and at - last.received_at < DEDUP_WINDOW_S
-
-    def _record(self, event: StoredEvent, *, counted: bool) -> None:
-        self._events.append(event)
-        identifier = event.identifier
-        self._received[identifier] = self._received.get(identifier, 0) + 1
-        if counted:
-            self._counted[identifier] = self._counted.get(identifier, 0) + 1
-            self._last_counted[identifier] = event
 
     # ----- the synchronous endpoint --------------------------------------------------------
     def create_sync_event(
@@ -510,20 +603,23 @@ class EmulatorState:
         """POST /v2/billing/meter_events: validated now, errors as Stripe documents them."""
         self.drain()
         received_at = self.clock.now()
+        name, payload = raw["event_name"], raw["payload"]
+        if timestamp is None:
+            timestamp = received_at
         with self._lock:
-            event = self._stored(raw, timestamp, received_at, "sync")
-            meter = self._meter_for(event.event_name)
-            failure = self._validate(event, meter, sync=True)
+            identifier = raw.get("identifier") or self._new_id("evt")
+            meter = self._meter_for(name)
+            failure = self._validate(name, payload, timestamp, received_at, meter, sync=True)
             if failure is not None:
                 raise ApiError(400, failure[0], failure[1])
             assert meter is not None  # _validate answers no_meter otherwise
-            if self._counted_recently(event.identifier, received_at):
+            if self._counted_recently(identifier, received_at):
                 raise ApiError(
                     400,
                     "duplicate_meter_event",
-                    f"A meter event with identifier {event.identifier!r} was already submitted.",
+                    f"A meter event with identifier {identifier!r} was already submitted.",
                 )
-            slot = (meter.id, event.payload[meter.customer_key])
+            slot = (meter.id, payload[meter.customer_key])
             if slot in self._inflight:
                 raise ApiError(
                     409,
@@ -536,11 +632,13 @@ class EmulatorState:
             if hold > 0:
                 time.sleep(hold)
             with self._lock:
-                self._count_or_dedup(event)
+                batch = _Batch(received_at, "sync")
+                self._add(batch, identifier, name, payload, timestamp, None)
+                self._batches.append(batch)
         finally:
             with self._lock:
                 self._inflight.discard(slot)
-        return event
+        return batch.event(0)
 
     # ----- adjustments ---------------------------------------------------------------------
     def cancel(self, event_name: str, identifier: str) -> Adjustment:
@@ -548,20 +646,21 @@ class EmulatorState:
         self.drain()
         now = self.clock.now()
         with self._lock:
-            target = self._last_counted.get(identifier)
-            if target is None or target.event_name != event_name:
+            batch = self._last_counted.get(identifier)
+            index = batch.counted_index(identifier) if batch is not None else -1
+            if batch is None or batch.names[index] != event_name:
                 raise ApiError(
                     400,
                     "invalid_cancel_configuration",
                     f"No meter event {identifier!r} with event_name {event_name!r} to cancel.",
                 )
-            if target.status == "cancelled":
+            if batch.statuses[index] == "cancelled":
                 raise ApiError(
                     400,
                     "invalid_cancel_configuration",
                     f"Meter event {identifier!r} is already cancelled.",
                 )
-            if now - target.received_at > CANCEL_WINDOW_S:
+            if now - batch.received_at > CANCEL_WINDOW_S:
                 raise ApiError(
                     400,
                     "invalid_cancel_configuration",
@@ -569,19 +668,25 @@ class EmulatorState:
                 )
             adjustment = Adjustment(self._new_id("mtradj"), event_name, identifier, now)
             self._adjustments.append(adjustment)
-        self._backlog.append(functools.partial(self._apply_cancel, adjustment, target))
+        self._backlog.append(functools.partial(self._apply_cancel, adjustment, batch, index))
         return adjustment
 
-    def _apply_cancel(self, adjustment: Adjustment, target: StoredEvent) -> None:
+    def _apply_cancel(self, adjustment: Adjustment, batch: _Batch, index: int) -> None:
         with self._lock:
-            target.status = "cancelled"
+            batch.statuses[index] = "cancelled"
             adjustment.status = "complete"
 
     # ----- reading -------------------------------------------------------------------------
     def events(self, **filters: str) -> list[StoredEvent]:
         self.drain()
+        wanted_identifier = filters.get("identifier")
         with self._lock:
-            events = list(self._events)
+            events = [
+                batch.event(index)
+                for batch in self._batches
+                if wanted_identifier is None or wanted_identifier in batch.identifiers
+                for index in range(len(batch.identifiers))
+            ]
         for key, wanted in filters.items():
             if key == "customer":
                 events = [e for e in events if wanted in e.payload.values()]
@@ -592,9 +697,15 @@ class EmulatorState:
     def identifiers(self) -> dict[str, IdentifierCounts]:
         self.drain()
         with self._lock:
-            return {
-                i: IdentifierCounts(n, self._counted.get(i, 0)) for i, n in self._received.items()
-            }
+            out = {}
+            for identifier in self._last_counted:
+                counted = 1 + self._counted_again.get(identifier, 0)
+                received = counted + self._not_counted.get(identifier, 0)
+                out[identifier] = IdentifierCounts(received, counted)
+            for identifier, received in self._not_counted.items():
+                if identifier not in out:
+                    out[identifier] = IdentifierCounts(received, 0)
+            return out
 
     def errors(self) -> list[ErrorReport]:
         self.drain()
@@ -609,12 +720,15 @@ class EmulatorState:
     def stats(self) -> dict[str, Any]:
         self.drain()
         with self._lock:
-            statuses = Counter(e.status for e in self._events)
+            statuses: Counter[str] = Counter()
+            for batch in self._batches:
+                statuses.update(batch.statuses)
             return {
-                "events_received": len(self._events),
+                "events_received": statuses.total(),
                 "events_by_status": dict(statuses),
-                "unique_identifiers": len(self._received),
-                "counted_more_than_once": sum(1 for n in self._counted.values() if n > 1),
+                "unique_identifiers": len(self._last_counted)
+                + sum(1 for i in self._not_counted if i not in self._last_counted),
+                "counted_more_than_once": len(self._counted_again),
                 "error_reports": len(self._errors),
                 "sessions": len(self._sessions),
                 "meters": len(self._meters),
@@ -628,12 +742,13 @@ class EmulatorState:
         self.drain()
         with self._lock:
             events = [
-                e
-                for e in self._events
-                if e.status == "counted"
-                and e.event_name == meter.event_name
-                and e.payload.get(meter.customer_key) == customer
-                and start <= e.timestamp < end
+                batch.event(i)
+                for batch in self._batches
+                for i, status in enumerate(batch.statuses)
+                if status == "counted"
+                and batch.names[i] == meter.event_name
+                and batch.payloads[i].get(meter.customer_key) == customer
+                and start <= batch.timestamps[i] < end
             ]
         step = window or (end - start)
         out = []

@@ -25,6 +25,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
+from devkit.emulator import httpserver
 from devkit.emulator.client import EmulatorClient
 
 pytestmark = pytest.mark.integration
@@ -788,6 +789,53 @@ def test_http_1_0_and_connection_close_are_answered_then_closed(
     listing = json.loads(body)
     assert listing["object"] == "list"
     assert "mtr_test_api_requests" in {meter["id"] for meter in listing["data"]}
+
+
+def _answers(sock: socket.socket, count: int) -> list[tuple[str, bytes]]:
+    """Read `count` answers (status line, body) from a keep-alive connection."""
+    buffer, answers = b"", list[tuple[str, bytes]]()
+    while len(answers) < count:
+        head, found, rest = buffer.partition(b"\r\n\r\n")
+        if found:
+            lines = head.decode("latin-1").split("\r\n")
+            length = next(int(v.split(":")[1]) for v in lines if v.startswith("Content-Length"))
+            if len(rest) >= length:
+                answers.append((lines[0], rest[:length]))
+                buffer = rest[length:]
+                continue
+        chunk = sock.recv(65_536)
+        assert chunk, "the server closed the connection"
+        buffer += chunk
+    return answers
+
+
+def test_heads_in_pieces_bare_line_feeds_and_queries_are_read_alike(
+    emulator: EmulatorClient,
+) -> None:
+    url = urlsplit(emulator.url)
+    with socket.create_connection((url.hostname or "", url.port or 80), timeout=10) as sock:
+        sock.sendall(b"GET /_emulator/events?identifier=none&limit=5 HTTP/1.1\r\nHost: e\r\n\r\n")
+        sock.sendall(b"\r\nGET /_emulator/health HTTP/1.1\r\nHost: e\r\n\r\n")  # blank line first
+        sock.sendall(b"GET /_emulator/health HTTP/1.1\nHost: e\n\n")  # bare line feeds
+        sock.sendall(b"GET http://e/_emulator/events?status=counted HTTP/1.1\r\nHo")
+        first = _answers(sock, 3)
+        sock.sendall(b"st: e\r\n\r\n")  # the rest of a head that came in two pieces
+        [last] = _answers(sock, 1)
+    assert [status for status, _ in [*first, last]] == ["HTTP/1.1 200 OK"] * 4
+    assert json.loads(first[0][1]) == {"total": 0, "data": []}
+    assert json.loads(first[1][1]) == json.loads(first[2][1]) == {"ok": True}
+    assert json.loads(last[1])["total"] == 0
+
+
+def test_an_idle_keep_alive_connection_is_closed(
+    emulator: EmulatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(httpserver._Connection, "idle_timeout_s", 1)
+    url = urlsplit(emulator.url)
+    with socket.create_connection((url.hostname or "", url.port or 80), timeout=30) as sock:
+        sock.sendall(b"GET /_emulator/health HTTP/1.1\r\nHost: e\r\n\r\n")
+        assert _answers(sock, 1)[0][0] == "HTTP/1.1 200 OK"
+        assert sock.recv(1) == b""  # closed by the server once idle past its limit
 
 
 def test_unknown_route_is_a_404_with_an_error_body(

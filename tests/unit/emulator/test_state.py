@@ -292,3 +292,58 @@ def test_reset_forgets_events_and_restores_meters(state: EmulatorState) -> None:
     assert state.events() == []
     assert state.get_meter("mtr_api").status == "active"
     assert {m.event_name for m in state.list_meters()} == {m["event_name"] for m in METERS}
+
+
+def test_work_off_validates_what_waits_unless_the_lock_is_busy(state: EmulatorState) -> None:
+    stream(state, event("a"))
+    state.work_off()
+    assert not state._backlog  # validated without a read
+    holder_has_lock, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with state._lock:
+            holder_has_lock.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holder_has_lock.wait(10)
+    stream(state, event("b"))
+    state.work_off()  # returns at once: the lock is busy
+    assert len(state._backlog) == 1
+    release.set()
+    holder.join()
+    assert statuses(state) == {"a": "counted", "b": "counted"}  # a read drains the rest
+
+
+def test_counts_per_identifier_across_batches_and_outcomes(state: EmulatorState) -> None:
+    stream(state, event("a"), event("b", value="0"), event("a"))  # a twice in one batch
+    stream(state, event("b"), event("c", value="x"))
+    state.clock.advance(DAY + 1)
+    stream(state, event("a"))  # counted again: past the 24-hour window
+    counts = {i: (c.received, c.counted) for i, c in state.identifiers().items()}
+    assert counts == {"a": (3, 2), "b": (2, 1), "c": (1, 0)}
+    stats = state.stats()
+    assert stats["events_by_status"] == {"counted": 3, "duplicate": 1, "invalid": 2}
+    assert (stats["events_received"], stats["unique_identifiers"]) == (6, 3)
+    assert stats["counted_more_than_once"] == 1
+    assert [e.identifier for e in state.events(identifier="a")] == ["a", "a", "a"]
+    assert [e.status for e in state.events(identifier="a")] == ["counted", "duplicate", "counted"]
+
+
+def test_cancel_finds_the_counted_row_among_duplicates_of_its_batch(state: EmulatorState) -> None:
+    stream(state, event("d", value="1"), event("a", value="7"), event("a", value="9"))
+    state.cancel("api_requests", "a")
+    assert [e.status for e in state.events(identifier="a")] == ["cancelled", "duplicate"]
+    assert state.events(identifier="d")[0].status == "counted"
+
+
+def test_a_stored_event_reads_back_as_sent(state: EmulatorState) -> None:
+    at = state.clock.now() - 60
+    stream(state, event("a", value="3", extra="kept"), at=at)
+    [stored] = state.events()
+    assert (stored.identifier, stored.event_name, stored.source) == ("a", "api_requests", "stream")
+    assert stored.payload == {"stripe_customer_id": "cus_1", "value": "3", "extra": "kept"}
+    assert stored.timestamp == at
+    assert stored.received_at >= at
+    assert stored.error_code is None
