@@ -681,7 +681,7 @@ class Replayer:
         if self.dry_run:
             outcome.action = "would_replay"
             return outcome.summarised(f"{len(ready)} events via {via}"), False
-        stopped = False
+        stopped, sent = False, []
         try:
             if via == "queue":
                 self._send_to_queue(ready)
@@ -711,7 +711,9 @@ class Replayer:
             self.reader.settle(message, letters)  # only now: what it carried is safely elsewhere
         except (BotoCoreError, ClientError) as error:  # it stays in the DLQ, as it was
             outcome.action, outcome.code = "kept", "aws_error"
-            outcome.detail = f"{outcome.detail} (kept: {type(error).__name__}: {error})".lstrip()
+            outcome.detail = f"kept whole: {type(error).__name__}: {error}"
+            if sent:  # a later replay sends them again, with the same identifiers
+                outcome.detail = f"{len(sent)} events were sent via {via}; {outcome.detail}"
             return outcome, stopped
         if not letters:
             outcome.action = "replayed"

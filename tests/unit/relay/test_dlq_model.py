@@ -848,6 +848,7 @@ def test_nothing_leaves_the_dlq_when_a_letter_cannot_be_written() -> None:
     replayer = dlq.Replayer(reader(sqs), RULES, usage_queue_url=USAGE_URL)
     (outcome,) = replayer.replay(Filters(), "queue").outcomes
     assert (outcome.action, outcome.code) == ("kept", "aws_error")
+    assert outcome.detail.startswith("2 events were sent via queue; kept whole: ClientError")
     assert "delete" not in [name for name, _ in sqs.calls]
     assert sqs.released() == [f"rh-{MID}"]  # given back whole, to be replayed again
 
