@@ -161,7 +161,6 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         return parse_message(raw.get("body") or "", raw["messageId"], sent_at, rules, self._now)
 
     def process(self) -> list[tuple[Any, ...]]:
-        records = [SQSRecord(raw) for raw in self.records]
         parsed, valid, report = self._parse_and_deliver()
         to_retry = Counter(valid[i][0] for i in report.retry)  # message -> events to retry
         # by (message, event index): events of a message may share an identifier (a producer's
@@ -171,8 +170,8 @@ class ForwardingProcessor(BasePartialBatchProcessor):
             rejected_by_stripe[valid[position]] = rejection
             self._with_rejections.add(valid[position][0])
         letters = {
-            m: self._dead_letters(records[m], parsed[m], rejected_by_stripe, m)
-            for m in range(len(records))
+            m: self._dead_letters(SQSRecord(self.records[m]), parsed[m], rejected_by_stripe, m)
+            for m in sorted(self._with_rejections)
             if m not in to_retry
         }
         all_letters = [letter for group in letters.values() for letter in group]
@@ -183,17 +182,18 @@ class ForwardingProcessor(BasePartialBatchProcessor):
                 all_letters, lambda: self._remaining() - margin
             )
         }
+        failed = {m: f"{count} events to retry" for m, count in to_retry.items()}
+        for m, group in letters.items():
+            if any(id(letter) in unsent for letter in group):
+                failed[m] = "a dead letter could not be sent"
         results = []
-        for m, record in enumerate(records):
-            group = letters.get(m)
-            if group is None:
-                reason = f"{to_retry[m]} events to retry"
-                results.append(self.failure_handler(record, _exc_info(RetryLater(reason))))
-            elif any(id(letter) in unsent for letter in group):
-                reason = "a dead letter could not be sent"
-                results.append(self.failure_handler(record, _exc_info(RetryLater(reason))))
+        for m, raw in enumerate(self.records):  # Lambda's dicts: wrapped only when failed
+            reason = failed.get(m)
+            if reason is None:
+                results.append(self.success_handler(raw, len(parsed[m].events)))
             else:
-                results.append(self.success_handler(record, len(parsed[m].events)))
+                error = _exc_info(RetryLater(reason))
+                results.append(self.failure_handler(SQSRecord(raw), error))
         self._account(report, letters, unsent, set(to_retry), parsed)
         return results
 
