@@ -91,10 +91,14 @@ class Options:
 # ----- processes ------------------------------------------------------------------------------
 @contextmanager
 def _server_process(args: list[str], lifetime: float) -> Iterator[str]:
-    """Run `python -m <args>` (a server printing its URL first) and yield that URL."""
+    """Run `python -m <args>` (a server printing its URL first) and yield that URL.
+
+    Whatever else the server writes reaches this process's stderr (its own stderr is shared,
+    its later stdout lines are copied), so a run's output holds every line of it.
+    """
     command = [sys.executable, "-m", *args, "--port", "0", "--lifetime", str(int(lifetime))]
     process = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+        command, stdout=subprocess.PIPE, stderr=None, text=True, cwd=ROOT
     )
     try:
         assert process.stdout is not None
@@ -102,6 +106,12 @@ def _server_process(args: list[str], lifetime: float) -> Iterator[str]:
         url = line.split()[-1] if line else ""
         if not url.startswith("http"):
             raise RuntimeError(f"{args[0]} did not start: {line!r}")
+        output = process.stdout
+        threading.Thread(
+            target=lambda: [sys.stderr.write(rest) for rest in output],
+            name=f"{args[0]}-output",
+            daemon=True,
+        ).start()
         yield url
     finally:
         process.terminate()

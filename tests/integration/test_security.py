@@ -102,7 +102,8 @@ def test_the_patterns_recognise_what_they_must() -> None:
 
 @pytest.mark.timeout(240)  # the run itself is bounded at 180 s below
 def test_make_run_prints_neither_the_key_nor_a_token() -> None:
-    """`make run`, small, as a user runs it: every line of its stdout and stderr.
+    """`make run`, small, as a user runs it: every line of its stdout and stderr (moto server's
+    and the emulator's output comes through its stderr).
 
     Its stdout carries the forwarder's logs and metrics (the forwarder runs in that process);
     the refresher's logs and the emulator's request log stay inside the run, so the next test
