@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from devkit.harness import Invocation
-from meter_relay.events import ErrorCode, ValidationRules, parse_message
+from meter_relay.events import ErrorCode, ValidationRules, format_timestamp, parse_message
 from tests.plugins.relay import ROOT, Relay, emf_sums
 
 CORPUS = ROOT / "tests" / "corpus"
@@ -303,12 +303,15 @@ def canonical(document: Any) -> str:
     return json.dumps(document, sort_keys=True)
 
 
-def expected_letter_body(message: CorpusMessage, event: ExpectedEvent) -> str:
-    """The dead letter of a rejected event: the event as sent, its identifier written in."""
+def expected_letter_body(message: CorpusMessage, event: ExpectedEvent, sent: str) -> str:
+    """The dead letter of a rejected event: the event as sent, its identifier written in, and
+    the message's send time as its timestamp when it had none."""
     raw = json.loads(message.body)
     entry = raw["events"][event.index] if isinstance(raw, dict) and "events" in raw else raw
     if isinstance(entry, dict) and event.identifier is not None:
         entry = {**entry, "identifier": event.identifier}
+        if entry.get("timestamp") is None:
+            entry["timestamp"] = sent
     return canonical(entry)
 
 
@@ -370,6 +373,12 @@ def test_the_whole_corpus_in_one_batch_is_dead_lettered_while_good_records_are_d
     }
     assert mismatched == {}
 
+    sent = {
+        record["messageId"]: format_timestamp(
+            datetime.fromtimestamp(int(record["attributes"]["SentTimestamp"]) / 1000, UTC)
+        )
+        for record in sqs_event["Records"]
+    }
     for (message_id, index), letter in letters.items():
         message = by_id[message_id]
         attributes = letter["attributes"]
@@ -383,7 +392,8 @@ def test_the_whole_corpus_in_one_batch_is_dead_lettered_while_good_records_are_d
         if event.param is not None:
             assert attributes.get("ErrorParam") == event.param, (message.name, index)
         body = json.loads(letter["body"])
-        assert canonical(body) == expected_letter_body(message, event), (message.name, index)
+        expected = expected_letter_body(message, event, sent[message_id])
+        assert canonical(body) == expected, (message.name, index)
         name = body.get("event_name") if isinstance(body, dict) else None
         if isinstance(name, str) and name:  # odd characters made safe for SQS, not dropped
             assert attributes.get("EventName") == sqs_text(name)[:1024], (message.name, index)

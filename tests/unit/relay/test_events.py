@@ -609,6 +609,13 @@ def test_a_rejected_event_keeps_the_producers_identifier_in_its_dead_letter() ->
     parsed = one(raw)
     assert parsed.rejection is not None
     assert parsed.rejection.code == "parameter_unknown"
+    # and the timestamp it would have had: when the producer sent it, not when it is replayed
+    assert json.loads(parsed.dead_letter_body()) == {**raw, "timestamp": format_timestamp(SENT)}
+
+
+def test_a_rejected_event_keeps_its_own_timestamp_in_its_dead_letter() -> None:
+    raw = event(identifier="producer-8", colour="red", timestamp="2026-06-01T11:00:00Z")
+    parsed = one(raw)
     assert json.loads(parsed.dead_letter_body()) == raw
 
 
