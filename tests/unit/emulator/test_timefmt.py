@@ -65,3 +65,18 @@ def test_clock_moves_and_resets() -> None:
     clock.reset()
     assert clock.offset == 0.0
     assert abs(clock.now() - time.time()) < 1.0
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.text(alphabet="0123456789", min_size=0, max_size=9),
+    st.sampled_from(["Z", "z", "+00:00", "-05:30", "+14:00", "-00:00"]),
+)
+def test_parsing_by_second_then_fraction_is_datetimes_reading(
+    moment: datetime, digits: str, zone: str
+) -> None:
+    whole = moment.isoformat(timespec="seconds")
+    text = whole + (f".{digits}" if digits else "") + zone
+    offset = "+00:00" if zone in ("Z", "z") else zone
+    micro = (digits + "000000")[:6]
+    assert parse_rfc3339(text) == datetime.fromisoformat(f"{whole}.{micro}{offset}").timestamp()
