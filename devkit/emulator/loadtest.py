@@ -167,15 +167,15 @@ def run(url: str, *, seconds: float, concurrency: int) -> dict[str, float]:
 
     def worker(index: int) -> None:
         conn = Connection(host, port)
-        second, second_text = -1, b""
+        second, pieces = -1, [b""]
         try:
             while time.perf_counter() < deadline:
                 now = int(time.time())
-                if now != second:
+                if now != second:  # the request cut at each identifier's counter
                     second = now
-                    second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode()
-                body = template.replace(_COUNTER, b"%010d" % next(numbers))
-                status, _ = conn.exchange(head + body.replace(_SECOND, second_text))
+                    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode()
+                    pieces = (head + template.replace(_SECOND, stamp)).split(_COUNTER)
+                status, _ = conn.exchange((b"%010d" % next(numbers)).join(pieces))
                 if status == 200:
                     counts[index] += 1
                 else:

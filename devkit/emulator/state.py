@@ -478,6 +478,7 @@ class EmulatorState:
                 if meter is not None and meter.status == "active"
             }
             rule = self.settings.value_rule
+            allowed = _ALLOWED[rule]
             earliest, latest = received_at - PAST_LIMIT_S, received_at + FUTURE_LIMIT_S
             last_counted = self._last_counted
             identifiers, names, payloads = batch.identifiers, batch.names, batch.payloads
@@ -492,7 +493,7 @@ class EmulatorState:
                     spec is None
                     or not payload.get(spec[1])
                     or not (value := payload.get(spec[2]))
-                    or not _value_allowed(rule, value)
+                    or not (allowed.get(value) or _value_allowed(rule, value))
                     or not earliest <= timestamp <= latest
                 ):
                     failure = self._validate(
@@ -501,10 +502,10 @@ class EmulatorState:
                     self._add(batch, identifier, name, payload, timestamp, failure)
                     continue
                 # _add for a valid event, in line: this runs for every event
-                last = last_counted.get(identifier)
-                if last is None:
+                known = len(last_counted)
+                last = last_counted.setdefault(identifier, batch)  # one look-up in a big map
+                if len(last_counted) != known:
                     statuses.append("counted")
-                    last_counted[identifier] = batch
                 elif received_at - last.received_at < DEDUP_WINDOW_S:
                     statuses.append("duplicate")
                     self._not_counted[identifier] = self._not_counted.get(identifier, 0) + 1
@@ -771,8 +772,21 @@ class EmulatorState:
         return out
 
 
-@functools.lru_cache(maxsize=65_536)
+_ALLOWED: dict[ValueRule, dict[str, bool]] = {"positive_integer": {}, "decimal": {}}
+
+
 def _value_allowed(rule: ValueRule, value: str) -> bool:
+    """_value_rule_holds, remembered per text (values repeat: "1", "25", ...)."""
+    known = _ALLOWED[rule]
+    holds = known.get(value)
+    if holds is None:
+        if len(known) >= 65_536:
+            known.clear()
+        holds = known[value] = _value_rule_holds(rule, value)
+    return holds
+
+
+def _value_rule_holds(rule: ValueRule, value: str) -> bool:
     """Stripe's documented rule is a positive integer; "decimal" admits any number >= 0."""
     if rule == "positive_integer":
         # not int(value) > 0: int() refuses texts of more than 4300 digits
