@@ -324,3 +324,21 @@ def test_classify_survives_bodies_that_are_not_stripes(
     response._content = content
     answer = classify(response, 0.0)
     assert (answer.kind, answer.status, answer.code) == (kind, status, code)
+
+
+def test_proxy_and_ca_settings_come_from_the_environment_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/corporate.pem")
+    http = StripeHttp("https://meter-events.stripe.com", VERSION)
+    assert http.session.proxies["https"] == "http://proxy.internal:3128"
+    assert http.session.verify == "/etc/ssl/certs/corporate.pem"
+    assert http.session.trust_env is False  # no scan of os.environ per call
+
+
+def test_no_proxy_keeps_stripe_off_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", ".stripe.com")
+    http = StripeHttp("https://meter-events.stripe.com", VERSION)
+    assert "https" not in http.session.proxies

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -113,6 +114,13 @@ class StripeHttp:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.headers.update({"User-Agent": USER_AGENT, "Stripe-Version": api_version})
+        # Proxy and CA settings from the environment, read once here: with trust_env, requests
+        # scans os.environ for them on every call (a tenth of a millisecond, per 100 events).
+        self.session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            self.session.verify = bundle
+        self.session.trust_env = False
 
     def post_json(self, path: str, credential: str, body: Any, timeout: float) -> StripeAnswer:
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
