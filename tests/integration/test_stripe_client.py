@@ -342,3 +342,22 @@ def test_no_proxy_keeps_stripe_off_the_proxy(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("NO_PROXY", ".stripe.com")
     http = StripeHttp("https://meter-events.stripe.com", VERSION)
     assert "https" not in http.session.proxies
+
+
+def test_stream_calls_reuse_one_kept_alive_connection(client: Client) -> None:
+    token = client.token()
+    pool = client.http._pool()
+    assert pool is not None  # no proxy: the stream goes through requests' own pool
+    before = pool.num_requests  # the session request went through this same pool
+    for _ in range(5):
+        assert client.send(token, good_events()).kind is Kind.OK
+    assert pool.num_requests - before == 5
+    assert pool.num_connections == 1  # opened once, kept alive for every call
+
+
+def test_behind_a_proxy_the_stream_takes_requests_full_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    http = StripeHttp("https://meter-events.stripe.com", VERSION)
+    assert http._pool() is None  # Session.request, which speaks to the proxy

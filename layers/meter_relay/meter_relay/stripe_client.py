@@ -11,12 +11,14 @@ import email.utils
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 SESSION_EXPIRED_CODE = "billing_meter_event_session_expired"
@@ -71,15 +73,23 @@ def _retry_after(value: str | None) -> float | None:
 
 def classify(response: requests.Response, elapsed: float) -> StripeAnswer:
     """Turn an HTTP answer into what the caller should do about it."""
-    status = response.status_code
+    return classify_parts(
+        response.status_code, response.reason, response.headers, response.content, elapsed
+    )
+
+
+def classify_parts(
+    status: int, reason: str | None, headers: Mapping[str, str], content: bytes, elapsed: float
+) -> StripeAnswer:
+    """`classify` on an answer's parts, whichever HTTP layer read it."""
     try:
-        body = response.json() if response.content else {}
+        body = json.loads(content) if content else {}
     except ValueError:
         body = {}
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}
     code = error.get("code") if isinstance(error.get("code"), str) else None
-    message = str(error.get("message") or response.reason or "")[:500]
+    message = str(error.get("message") or reason or "")[:500]
     if 200 <= status < 300:
         kind = Kind.OK
     elif status == 401:
@@ -97,7 +107,7 @@ def classify(response: requests.Response, elapsed: float) -> StripeAnswer:
         status,
         code,
         message,
-        _retry_after(response.headers.get("Retry-After")),
+        _retry_after(headers.get("Retry-After")),
         body if isinstance(body, dict) else None,
         elapsed,
     )
@@ -121,6 +131,8 @@ class StripeHttp:
         if bundle:
             self.session.verify = bundle
         self.session.trust_env = False
+        self._direct_pool: urllib3.connectionpool.HTTPConnectionPool | None = None
+        self._headers: dict[str, str] = {}
 
     def post_json(self, path: str, credential: str, body: Any, timeout: float) -> StripeAnswer:
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -128,6 +140,65 @@ class StripeHttp:
         if data is not None:
             headers["Content-Type"] = "application/json"
         return self._send("POST", path, headers, data, timeout)
+
+    def post_json_pooled(
+        self, path: str, credential: str, body: Any, timeout: float
+    ) -> StripeAnswer:
+        """`post_json` straight through the session's connection pool, for the hot path.
+
+        requests' adapter holds a urllib3 pool per host; a call through `Session.request`
+        costs twice the CPU of the pool's own `urlopen` (cookie jar, header merging, hooks,
+        redirect handling, none of which the stream uses). Same connections, TLS settings and
+        headers; a proxy, if one is configured, takes the full path instead.
+        """
+        pool = self._pool()
+        if pool is None:
+            return self.post_json(path, credential, body, timeout)
+        data = json.dumps(body, separators=(",", ":")).encode()
+        headers = {
+            **self._headers,
+            "Authorization": f"Bearer {credential}",
+            "Content-Type": "application/json",
+        }
+        connect = min(MAX_CONNECT_SECONDS, timeout / 3)
+        started = time.perf_counter()
+        try:
+            response = pool.urlopen(
+                "POST",
+                path,
+                body=data,
+                headers=headers,
+                timeout=urllib3.Timeout(connect=connect, read=timeout - connect),
+                retries=False,
+                redirect=False,
+            )
+        except urllib3.exceptions.TimeoutError:
+            return StripeAnswer(Kind.TRANSIENT, 0, None, f"timed out after {timeout:.1f}s")
+        except urllib3.exceptions.HTTPError as error:
+            return StripeAnswer(
+                Kind.TRANSIENT, 0, None, f"connection failed: {type(error).__name__}"
+            )
+        return classify_parts(
+            response.status,
+            response.reason,
+            response.headers,
+            response.data,
+            time.perf_counter() - started,
+        )
+
+    def _pool(self) -> urllib3.connectionpool.HTTPConnectionPool | None:
+        """The pool requests itself would use for base_url, made once (None behind a proxy)."""
+        if self._direct_pool is None and not self.session.proxies:
+            adapter = self.session.get_adapter(self.base_url)
+            assert isinstance(adapter, HTTPAdapter)
+            probe = requests.Request("POST", self.base_url).prepare()
+            pool = adapter.get_connection_with_tls_context(
+                probe, self.session.verify, None, self.session.cert
+            )
+            assert isinstance(pool, urllib3.connectionpool.HTTPConnectionPool)
+            self._direct_pool = pool
+            self._headers = {name: str(value) for name, value in self.session.headers.items()}
+        return self._direct_pool
 
     def get(
         self, path: str, credential: str, params: dict[str, Any], timeout: float
@@ -178,7 +249,7 @@ class MeterEventStream:
         self.http = http
 
     def send(self, token: str, events: list[dict[str, Any]], timeout: float) -> StripeAnswer:
-        return self.http.post_json(self.PATH, token, {"events": events}, timeout)
+        return self.http.post_json_pooled(self.PATH, token, {"events": events}, timeout)
 
 
 class StripeApi:
