@@ -709,6 +709,7 @@ class KillableForwarder(ForwarderRunner):
         self._kill_every = options.kill_every
         self._rng = random.Random(options.seed)  # noqa: S311 (chaos timing)
         self._invocations = 0
+        self._armed = False  # a kill is due, and waits for an invocation slow enough to meet it
         self._client_url = ""
         self._client: Any = None
 
@@ -724,8 +725,11 @@ class KillableForwarder(ForwarderRunner):
             )
         killer = None
         if self._kill_every and self._invocations % self._kill_every == 0:
-            # a kill only if the invocation is still at work when the timer fires
-            killer = threading.Timer(self._rng.uniform(0.05, 0.4), self._endpoint.kill)
+            self._armed = True
+        if self._armed:
+            # a kill only if the invocation is still at work when the timer fires; one that
+            # answered first leaves the kill armed for the next invocation
+            killer = threading.Timer(self._rng.uniform(0.005, 0.05), self._endpoint.kill)
             killer.start()
         try:
             response = self._client.invoke(
@@ -739,6 +743,7 @@ class KillableForwarder(ForwarderRunner):
             killer.cancel()  # answered first: no kill
             killer.join()
             if not self._endpoint.running():
+                self._armed = False
                 self.kills += 1
                 self._endpoint.start()  # a fresh execution environment (a cold start)
                 return None
