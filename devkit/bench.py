@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=10_000, help="events per forwarder batch")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sdk-seconds", type=float, default=3.0)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args(argv)
     with ExitStack() as scope:
         emulator = scope.enter_context(
@@ -364,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"envelopes/baseline = {envelope_ratio:.2f}")
     print(f"forwarder/baseline = {ratio:.2f}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
         json.dumps(
             {
                 "forwarder_events_per_s": forwarder["singles"]["events_per_s"],
