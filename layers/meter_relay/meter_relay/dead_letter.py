@@ -120,10 +120,10 @@ class DeadLetterQueue:
             self._senders.submit(self._send_batch, batch): batch for batch in _batches(letters)
         }
         wait = max(0.0, time_left()) if time_left is not None else None
-        done, late = futures_wait(sending, timeout=wait)
-        unsent = [letter for future in late for letter in sending[future]]
-        for future in done:
-            unsent.extend(future.result())
+        done, _ = futures_wait(sending, timeout=wait)
+        unsent: list[DeadLetter] = []
+        for future, batch in sending.items():  # in the letters' order
+            unsent.extend(future.result() if future in done else batch)
         return unsent
 
     def _send_batch(self, batch: list[DeadLetter]) -> list[DeadLetter]:
