@@ -361,3 +361,12 @@ def test_behind_a_proxy_the_stream_takes_requests_full_path(
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     http = StripeHttp("https://meter-events.stripe.com", VERSION)
     assert http._pool() is None  # Session.request, which speaks to the proxy
+
+
+def test_a_base_url_with_a_path_keeps_it_on_the_pooled_path(emulator: EmulatorClient) -> None:
+    http = StripeHttp(f"{emulator.url}/gateway", VERSION)  # e.g. behind an API gateway
+    answer = MeterEventStream(http).send("token_unused", good_events(), TIMEOUT)
+    http.close()
+    # the emulator serves nothing under /gateway: a 404, where the stream's own path would
+    # have answered 401 to this token
+    assert (answer.status, answer.code) == (404, "not_found")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -132,13 +133,11 @@ class StripeHttp:
             self.session.verify = bundle
         self.session.trust_env = False
         self._direct_pool: urllib3.connectionpool.HTTPConnectionPool | None = None
+        self._base_path = urlsplit(self.base_url).path  # a gateway's prefix, if any
         self._headers: dict[str, str] = {}
 
     def post_json(self, path: str, credential: str, body: Any, timeout: float) -> StripeAnswer:
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = {"Authorization": f"Bearer {credential}"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
+        data, headers = _json_request(credential, body)
         return self._send("POST", path, headers, data, timeout)
 
     def post_json_pooled(
@@ -154,21 +153,16 @@ class StripeHttp:
         pool = self._pool()
         if pool is None:
             return self.post_json(path, credential, body, timeout)
-        data = json.dumps(body, separators=(",", ":")).encode()
-        headers = {
-            **self._headers,
-            "Authorization": f"Bearer {credential}",
-            "Content-Type": "application/json",
-        }
-        connect = min(MAX_CONNECT_SECONDS, timeout / 3)
+        data, headers = _json_request(credential, body)
+        connect, read = _split(timeout)
         started = time.perf_counter()
         try:
             response = pool.urlopen(
                 "POST",
-                path,
+                f"{self._base_path}{path}",
                 body=data,
-                headers=headers,
-                timeout=urllib3.Timeout(connect=connect, read=timeout - connect),
+                headers={**self._headers, **headers},
+                timeout=urllib3.Timeout(connect=connect, read=read),
                 retries=False,
                 redirect=False,
             )
@@ -187,7 +181,8 @@ class StripeHttp:
         )
 
     def _pool(self) -> urllib3.connectionpool.HTTPConnectionPool | None:
-        """The pool requests itself would use for base_url, made once (None behind a proxy)."""
+        """The pool requests itself would use for base_url, looked up once (None behind a
+        proxy)."""
         if self._direct_pool is None and not self.session.proxies:
             adapter = self.session.get_adapter(self.base_url)
             assert isinstance(adapter, HTTPAdapter)
@@ -216,9 +211,6 @@ class StripeHttp:
         params: dict[str, Any] | None = None,
     ) -> StripeAnswer:
         started = time.perf_counter()
-        # `timeout` is the whole call's budget: requests applies a single number to connecting
-        # and to reading each, which could take twice as long
-        connect = min(MAX_CONNECT_SECONDS, timeout / 3)
         try:
             response = self.session.request(
                 method,
@@ -226,7 +218,7 @@ class StripeHttp:
                 headers=headers,
                 data=data,
                 params=params,
-                timeout=(connect, timeout - connect),
+                timeout=_split(timeout),
             )
         except requests.Timeout:
             return StripeAnswer(Kind.TRANSIENT, 0, None, f"timed out after {timeout:.1f}s")
@@ -238,6 +230,21 @@ class StripeHttp:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _json_request(credential: str, body: Any) -> tuple[bytes | None, dict[str, str]]:
+    data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+    headers = {"Authorization": f"Bearer {credential}"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    return data, headers
+
+
+def _split(timeout: float) -> tuple[float, float]:
+    """A call's whole budget as (connect, read): requests and urllib3 apply a single number to
+    connecting and to reading each, which could take twice as long."""
+    connect = min(MAX_CONNECT_SECONDS, timeout / 3)
+    return connect, timeout - connect
 
 
 class MeterEventStream:
