@@ -24,6 +24,8 @@ import boto3
 
 from devkit.emulator.app import EmulatorServer
 from devkit.emulator.client import DEFAULT_SECRET_KEY
+from devkit.harness import load_template
+from devkit.local_stack import TEMPLATE, _parameter_default, _queue_arn
 from devkit.moto_server import MotoServer, aws_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +33,6 @@ ENV_JSON = ROOT / "events" / "env.json"
 METERS = Path(__file__).resolve().parent / "local_meters.json"
 MOTO_ADDRESS = "http://127.0.0.1:5000"
 EMULATOR_ADDRESS = "http://127.0.0.1:12111"
-MAX_RECEIVE_COUNT = 5
 
 
 def load_env_vars(moto_url: str = MOTO_ADDRESS, emulator_url: str = EMULATOR_ADDRESS) -> Any:
@@ -67,11 +68,11 @@ def provision(env_vars: dict[str, dict[str, str]], moto_url: str) -> dict[str, s
     usage, dead, secrets = _names(env_vars)
     if len(dead) != 1:
         raise ValueError(f"env.json should name one dead-letter queue, not {sorted(dead)}")
-    urls = {name: sqs.create_queue(QueueName=name)["QueueUrl"] for name in dead}
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=urls[next(iter(dead))], AttributeNames=["All"])
+    (dlq_name,) = dead
+    urls = {dlq_name: sqs.create_queue(QueueName=dlq_name)["QueueUrl"]}
     redrive = {
-        "deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"],
-        "maxReceiveCount": MAX_RECEIVE_COUNT,
+        "deadLetterTargetArn": _queue_arn(sqs, urls[dlq_name]),
+        "maxReceiveCount": int(_parameter_default(load_template(TEMPLATE), "MaxReceiveCount")),
     }
     for name in usage:
         urls[name] = sqs.create_queue(

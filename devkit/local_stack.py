@@ -526,9 +526,10 @@ def read_dead_letters(sqs: SQSClient, dlq_url: str) -> DeadLetterTally:
             return found
         for message in messages:
             letter = read_message(message, rules)
-            keys = [event.identifier or letter.source_message_id for event in letter.events]
-            for key in keys or [letter.source_message_id]:
-                found.duplicates += key in found
+            keys = {event.identifier or letter.source_message_id for event in letter.events}
+            keys = keys or {letter.source_message_id}
+            found.duplicates += any(key in found for key in keys)  # a letter read before
+            for key in keys:
                 found[key] = letter.code
         delete_messages(sqs, dlq_url, messages)
 
@@ -724,12 +725,18 @@ class KillableForwarder(ForwarderRunner):
                 config=Config(read_timeout=120, retries={"max_attempts": 1}),
             )
         killer = None
+        answered = threading.Event()
+        lock = threading.Lock()
+
+        def kill() -> None:  # only while the invocation is still at work
+            with lock:
+                if not answered.is_set():
+                    self._endpoint.kill()
+
         if self._kill_every and self._invocations % self._kill_every == 0:
             self._armed = True
-        if self._armed:
-            # a kill only if the invocation is still at work when the timer fires; one that
-            # answered first leaves the kill armed for the next invocation
-            killer = threading.Timer(self._rng.uniform(0.005, 0.05), self._endpoint.kill)
+        if self._armed:  # one that answered first leaves the kill armed for the next one
+            killer = threading.Timer(self._rng.uniform(0.005, 0.05), kill)
             killer.start()
         try:
             response = self._client.invoke(
@@ -739,8 +746,10 @@ class KillableForwarder(ForwarderRunner):
             failed = bool(response.get("FunctionError"))
         except (BotoCoreError, ClientError, ValueError):
             result, failed = {}, True
+        with lock:
+            answered.set()
         if killer is not None:
-            killer.cancel()  # answered first: no kill
+            killer.cancel()
             killer.join()
             if not self._endpoint.running():
                 self._armed = False

@@ -113,14 +113,20 @@ class DeadLetterQueue:
     def send(
         self, letters: list[DeadLetter], time_left: Callable[[], float] | None = None
     ) -> list[DeadLetter]:
-        """Send every letter; returns the ones not sent (after retries, or not in time)."""
-        if not letters:
-            return []
+        """Send every letter; returns the ones not sent (after retries, or not in time).
+
+        Batches not yet started when the wait ends are cancelled, so that they neither send
+        letters of messages already returned to the queue nor hold up the next invocation's.
+        """
+        wait = max(0.0, time_left()) if time_left is not None else None
+        if not letters or wait == 0.0:
+            return letters
         sending = {
             self._senders.submit(self._send_batch, batch): batch for batch in _batches(letters)
         }
-        wait = max(0.0, time_left()) if time_left is not None else None
-        done, _ = futures_wait(sending, timeout=wait)
+        done, late = futures_wait(sending, timeout=wait)
+        for future in late:
+            future.cancel()
         unsent: list[DeadLetter] = []
         for future, batch in sending.items():  # in the letters' order
             unsent.extend(future.result() if future in done else batch)

@@ -20,7 +20,7 @@ from meter_relay.config import RetryPolicy
 from meter_relay.events import MeterEvent, Rejection
 from meter_relay.observability import logger
 from meter_relay.session import SessionTokenSource, SessionUnavailable
-from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer
+from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer, error_param
 
 MAX_EVENTS_PER_CALL = 100
 MIN_CALL_SECONDS = 0.25  # no call is started with less time than this left
@@ -152,10 +152,6 @@ class StreamDelivery:
                 report.latencies_ms.append(answer.elapsed * 1000)
             if attempts or renewals:
                 report.retried_calls += 1
-            if answer.kind is Kind.REJECTED and not _about_the_events(answer):
-                logger.error("Stripe refused the call itself, not retried now: %s", answer.error)
-                report.give_up(part, "call_refused")
-                return None
             if answer.kind in (Kind.OK, Kind.REJECTED):
                 return answer
             if answer.kind is Kind.SESSION_EXPIRED:
@@ -233,21 +229,8 @@ class DeliveryRun:
         return report
 
 
-def _error_param(answer: StripeAnswer) -> str | None:
-    error = (answer.body or {}).get("error")
-    param = error.get("param") if isinstance(error, dict) else None
-    return param if isinstance(param, str) else None
-
-
-def _about_the_events(answer: StripeAnswer) -> bool:
-    """A 400 is the events' fault unless Stripe names a parameter outside them (a header, a
-    field of the request itself): splitting the call would then dead-letter every event."""
-    param = _error_param(answer)
-    return param is None or param == "events" or param.startswith("events[")
-
-
 def _rejection(answer: StripeAnswer) -> Rejection:
-    param = _error_param(answer)
+    param = error_param(answer)
     return Rejection(
         answer.code or f"http_{answer.status}",
         answer.message or "Stripe rejected the event",

@@ -227,8 +227,6 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         rejected_by_stripe: dict[tuple[int, int], Rejection],
         m: int,
     ) -> list[DeadLetter]:
-        if m not in self._with_rejections:
-            return []  # the common case: nothing of this message to dead-letter
         first_seen = record.attributes.get("ApproximateFirstReceiveTimestamp")
         seen = format_timestamp(
             datetime.fromtimestamp(int(first_seen) / 1000, UTC) if first_seen else self._now

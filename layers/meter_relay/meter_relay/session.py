@@ -157,13 +157,12 @@ class SessionTokenSource:
         refresher: Callable[[str | None], None] | None,
         margin: float = 60.0,
         clock: Callable[[], float] = time.time,
-        time_left: Callable[[], float] | None = None,
     ) -> None:
         self._store = store
         self._refresher = refresher
         self._margin = margin
         self._clock = clock
-        self.time_left = time_left
+        self.time_left: Callable[[], float] | None = None  # set per invocation
         self._cached: MeterEventSession | None = None
         self._renewal_failed = False
         self._renewing: Future[MeterEventSession] | None = None

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -166,6 +166,10 @@ class StripeHttp:
                 retries=False,
                 redirect=False,
             )
+        except urllib3.exceptions.NewConnectionError as error:  # a TimeoutError, for urllib3
+            return StripeAnswer(
+                Kind.TRANSIENT, 0, None, f"connection failed: {type(error).__name__}"
+            )
         except urllib3.exceptions.TimeoutError:
             return StripeAnswer(Kind.TRANSIENT, 0, None, f"timed out after {timeout:.1f}s")
         except urllib3.exceptions.HTTPError as error:
@@ -191,8 +195,9 @@ class StripeHttp:
                 probe, self.session.verify, None, self.session.cert
             )
             assert isinstance(pool, urllib3.connectionpool.HTTPConnectionPool)
-            self._direct_pool = pool
+            # the headers first: another thread takes the pool as the sign that both are set
             self._headers = {name: str(value) for name, value in self.session.headers.items()}
+            self._direct_pool = pool
         return self._direct_pool
 
     def get(
@@ -247,6 +252,20 @@ def _split(timeout: float) -> tuple[float, float]:
     return connect, timeout - connect
 
 
+def error_param(answer: StripeAnswer) -> str | None:
+    """The parameter Stripe names in an error, if it names one."""
+    error = (answer.body or {}).get("error")
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) else None
+
+
+def _about_the_events(answer: StripeAnswer) -> bool:
+    """A 400 is the events' fault unless Stripe names a parameter outside them (a header, a
+    field of the request itself)."""
+    param = error_param(answer)
+    return param is None or param == "events" or param.startswith("events[")
+
+
 class MeterEventStream:
     """POST /v2/billing/meter_event_stream on the meter events host, with a session token."""
 
@@ -256,7 +275,15 @@ class MeterEventStream:
         self.http = http
 
     def send(self, token: str, events: list[dict[str, Any]], timeout: float) -> StripeAnswer:
-        return self.http.post_json_pooled(self.PATH, token, {"events": events}, timeout)
+        return self.blame(self.http.post_json_pooled(self.PATH, token, {"events": events}, timeout))
+
+    @staticmethod
+    def blame(answer: StripeAnswer) -> StripeAnswer:
+        """A 400 that names a parameter outside the events is the request's fault, not theirs:
+        splitting the call would dead-letter every event, so it is a failure to retry later."""
+        if answer.kind is Kind.REJECTED and not _about_the_events(answer):
+            return replace(answer, kind=Kind.FAILED)
+        return answer
 
 
 class StripeApi:

@@ -239,3 +239,24 @@ def test_without_a_time_limit_every_letter_is_sent() -> None:
     letters = [letter(f'{{"n": {i}}}') for i in range(35)]
     assert queue.send(letters) == []
     assert sorted(sqs.sent) == sorted(one.body for one in letters)
+
+
+def test_batches_not_started_in_time_are_never_sent() -> None:
+    sqs = HangingSqs()
+    queue = DeadLetterQueue("https://sqs.example/dlq", cast("SQSClient", sqs))
+    hanging = [letter('{"hang": 1}') for _ in range(4 * MAX_BATCH_ENTRIES)]  # every sender busy
+    waiting = [letter(f'{{"n": {i}}}') for i in range(30)]
+    unsent = queue.send([*hanging, *waiting], time_left=lambda: 0.3)
+    sqs.release.set()
+    queue._senders.shutdown(wait=True)  # whatever was started has finished now
+    assert unsent == [*hanging, *waiting]
+    # the senders were busy, so the other batches had not started: cancelled, never sent
+    assert not any('"n"' in body for body in sqs.sent)
+
+
+def test_no_time_left_sends_nothing() -> None:
+    sqs = HangingSqs()
+    queue = DeadLetterQueue("https://sqs.example/dlq", cast("SQSClient", sqs))
+    letters = [letter(f'{{"n": {i}}}') for i in range(5)]
+    assert queue.send(letters, time_left=lambda: -1.0) == letters
+    assert sqs.sent == []

@@ -13,7 +13,7 @@ from meter_relay.config import RetryPolicy
 from meter_relay.delivery import StreamDelivery
 from meter_relay.events import MeterEvent
 from meter_relay.session import MeterEventSession, SessionStore, SessionTokenSource
-from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer
+from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer, StripeHttp
 
 OK = StripeAnswer(Kind.OK, 200, body={})
 Answer = Callable[[str, list[dict[str, Any]]], StripeAnswer]
@@ -47,7 +47,7 @@ class FakeStream:
 
     def send(self, token: str, events: list[dict[str, Any]], timeout: float) -> StripeAnswer:
         self.calls.append((token, [e["identifier"] for e in events], timeout))
-        return self.answer(token, events)
+        return MeterEventStream.blame(self.answer(token, events))
 
 
 class FakeStore:
@@ -132,8 +132,30 @@ def test_a_call_refused_for_a_parameter_outside_the_events_is_not_split() -> Non
     report = run.deliver([event(f"e{i}") for i in range(10)], plenty)
     assert report.rejected == {}
     assert report.retry == set(range(10))
-    assert report.retry_reasons == {"call_refused": 10}
+    assert report.retry_reasons == {"http_400": 10}
     assert len(stream.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("param", "kind"),
+    [
+        ("version", Kind.FAILED),
+        ("Stripe-Version", Kind.FAILED),
+        ("events[3].payload.value", Kind.REJECTED),
+        ("events", Kind.REJECTED),
+        (None, Kind.REJECTED),  # Stripe's v2 errors need not name one: the events', then
+    ],
+)
+def test_the_stream_blames_the_events_only_for_their_own_parameters(
+    param: str | None, kind: Kind
+) -> None:
+    class Http:
+        def post_json_pooled(self, *args: Any) -> StripeAnswer:
+            return answer
+
+    answer = error(400, "parameter_invalid", param)
+    stream = MeterEventStream(cast("StripeHttp", Http()))
+    assert stream.send("token", [], 1.0).kind is kind
 
 
 def test_an_expired_session_is_replaced_and_the_call_sent_again() -> None:
