@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -94,15 +96,24 @@ def main(argv: list[str] | None = None) -> int:
         MotoServer(port=args.moto_port) as moto,
         EmulatorServer(meters=meters, port=args.emulator_port) as emulator,
     ):
-        provision(load_env_vars(moto.endpoint_url, emulator.url), moto.endpoint_url)
+        env_vars = load_env_vars(moto.endpoint_url, emulator.url)
+        provision(env_vars, moto.endpoint_url)
+        env_json = "events/env.json"
+        if (moto.endpoint_url, emulator.url) != (MOTO_ADDRESS, EMULATOR_ADDRESS):
+            # other ports: a copy of env.json that names them
+            copy = Path(tempfile.gettempdir()) / f"meter-relay-env-{os.getpid()}.json"
+            copy.write_text(json.dumps(env_vars, indent=2), encoding="utf-8")
+            env_json = str(copy)
         print(f"moto server {moto.endpoint_url}, Stripe emulator {emulator.url}")
         print("in another shell:")
         for name, value in aws_env(moto.endpoint_url).items():
             print(f"  export {name}={value}")
-        print("  make invoke FN=RefresherFunction EVENT=events/refresher-force.json", end="")
-        print(" ENV_VARS=events/env.json")
-        print("  make invoke FN=ForwarderFunction EVENT=events/forwarder-mixed-batch.json", end="")
-        print(" ENV_VARS=events/env.json", flush=True)
+        for function, sample in [
+            ("RefresherFunction", "refresher-force.json"),
+            ("ForwarderFunction", "forwarder-mixed-batch.json"),
+        ]:
+            print(f"  make invoke FN={function} EVENT=events/{sample} ENV_VARS={env_json}")
+        sys.stdout.flush()
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
