@@ -47,6 +47,7 @@ from devkit.throttle_proxy import ThrottleProxy
 from meter_relay.dlq import read_message
 from meter_relay.events import ValidationRules, derive_identifier, format_timestamp
 from meter_relay.producer import UsageProducer
+from meter_relay.sqs_batches import in_tens
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -382,7 +383,7 @@ class EventSourceMapping:
         return len(messages)
 
     def _retry_later(self, messages: list[MessageTypeDef]) -> None:
-        for start in range(0, len(messages), 10):
+        for batch in in_tens(messages):
             self._sqs.change_message_visibility_batch(
                 QueueUrl=self._stack.queue_url,
                 Entries=[
@@ -391,7 +392,7 @@ class EventSourceMapping:
                         "ReceiptHandle": m["ReceiptHandle"],
                         "VisibilityTimeout": self._visibility,
                     }
-                    for i, m in enumerate(messages[start : start + 10])
+                    for i, m in enumerate(batch)
                 ],
             )
 
@@ -535,12 +536,11 @@ def read_dead_letters(sqs: SQSClient, dlq_url: str) -> DeadLetterTally:
 
 
 def delete_messages(sqs: SQSClient, queue_url: str, messages: list[MessageTypeDef]) -> None:
-    for start in range(0, len(messages), 10):
+    for batch in in_tens(messages):
         sqs.delete_message_batch(
             QueueUrl=queue_url,
             Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                for i, m in enumerate(messages[start : start + 10])
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
             ],
         )
 

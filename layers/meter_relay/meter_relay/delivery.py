@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,11 +25,6 @@ from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer, erro
 MAX_EVENTS_PER_CALL = 100
 MIN_CALL_SECONDS = 0.25  # no call is started with less time than this left
 MAX_SESSION_RENEWALS = 2  # per call: a third 401 in a row means something else is wrong
-
-
-def chunked(items: Sequence[int], size: int = MAX_EVENTS_PER_CALL) -> Iterator[list[int]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 @dataclass

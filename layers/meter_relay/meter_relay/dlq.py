@@ -46,6 +46,7 @@ from meter_relay.events import (
     normalise_event,
     parse_rfc3339,
 )
+from meter_relay.sqs_batches import in_tens
 from meter_relay.stripe_client import Kind, StripeAnswer, StripeApi
 
 if TYPE_CHECKING:
@@ -300,8 +301,7 @@ class DeadLetterReader:
     def _change_visibility(self, handles: list[str], timeout: int) -> set[str]:
         """ChangeMessageVisibility in batches of 10; the handles it failed for."""
         failed: set[str] = set()
-        for start in range(0, len(handles), 10):
-            batch = handles[start : start + 10]
+        for batch in in_tens(handles):
             response = self.sqs.change_message_visibility_batch(
                 QueueUrl=self.queue_url,
                 Entries=[

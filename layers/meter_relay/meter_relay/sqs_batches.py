@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 MAX_BATCH_ENTRIES = 10
 MAX_BATCH_BYTES = 256 * 1024  # SQS counts bodies and attributes together
+
+
+def in_tens[T](items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """Consecutive groups of at most 10: the entries of one Delete/ChangeVisibility batch."""
+    for start in range(0, len(items), MAX_BATCH_ENTRIES):
+        yield items[start : start + MAX_BATCH_ENTRIES]
 
 
 def batches[T](
