@@ -31,6 +31,7 @@ from devkit.emulator.state import (
 )
 from devkit.emulator.timefmt import format_rfc3339, parse_rfc3339
 
+RESET_WAIT_SECONDS = 30.0  # the longest a reset waits for requests still being answered
 SECRET_HEADERS = ("authorization", "stripe-account", "cookie")
 _SECRET_KIND = re.compile(r"[a-z]{1,8}_(?:test_|live_)?")
 _EVENT_FIELDS = frozenset({"event_name", "payload", "identifier", "timestamp"})
@@ -191,11 +192,23 @@ class Emulator:
         self._counts: Counter[tuple[str, int]] = Counter()
         self._counts_lock = threading.Lock()
         self._request_ids = itertools.count(1)
+        self._in_flight = 0  # API requests being answered (a reset waits for them)
+        self._idle = threading.Condition()
 
     # ----- dispatch ------------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
         if request.path.startswith("/_emulator/"):
             return self._inspect(request)
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return self._answer(request)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _answer(self, request: Request) -> Response:
         route = self._route(request)
         if route is None:
             return _json(
@@ -527,9 +540,15 @@ class Emulator:
         requests: dict[str, dict[str, int]] = {}
         for (endpoint, status), count in counts.items():
             requests.setdefault(endpoint, {})[str(status)] = count
-        return _json(200, {**self.state.stats(), "requests": requests})
+        with self._idle:
+            in_flight = self._in_flight
+        return _json(200, {**self.state.stats(), "requests": requests, "in_flight": in_flight})
 
     def _inspect_reset(self, method: str, query: dict[str, str], body: Any) -> Response:
+        # a request still being answered (one held by injected latency) would otherwise land
+        # in the fresh state: a test's log would show the calls its predecessor left behind
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=RESET_WAIT_SECONDS)
         self.state.reset(meters=bool(body.get("meters", False)))
         self._log.clear()
         with self._counts_lock:

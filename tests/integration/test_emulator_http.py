@@ -14,7 +14,9 @@ import select
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from http.client import HTTPConnection
 from pathlib import Path
@@ -706,6 +708,23 @@ def test_reset_forgets_events_sessions_errors_and_the_log(
     assert emulator.stats()["clock_offset_s"] == 0
     response = post_stream(emulator, http, token, {"events": [event("c")]})
     assert v2_error(response, 401)["code"] != "billing_meter_event_session_expired"
+
+
+def test_reset_waits_for_a_request_still_being_answered(
+    emulator: EmulatorClient, http: requests.Session, token: str
+) -> None:
+    """A call held by injected latency when a test ends must not land in the next one's log."""
+    emulator.set_faults("stream", latency_ms=800)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(post_stream, emulator, requests.Session(), token, {"events": [event()]})
+        deadline = time.monotonic() + 5
+        while emulator.stats()["in_flight"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        emulator.reset()
+        assert slow.done()  # the reset answered only once the held call had been
+        assert slow.result().status_code == 200
+    assert emulator.requests() == []
+    assert emulator.identifiers() == {}
 
 
 # ----- the HTTP layer ------------------------------------------------------------------------
