@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,10 +78,10 @@ class RecordingStream(MeterEventStream):
         self.calls: list[tuple[list[str], Kind]] = []
         self._lock = threading.Lock()
 
-    def send(self, token: str, events: list[dict[str, Any]], timeout: float) -> StripeAnswer:
-        answer = super().send(token, events, timeout)
+    def send_events(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
+        answer = super().send_events(token, events, timeout)
         with self._lock:
-            self.calls.append(([event["identifier"] for event in events], answer.kind))
+            self.calls.append(([event.identifier for event in events], answer.kind))
         return answer
 
     def take(self) -> list[tuple[list[str], Kind]]:
@@ -96,10 +96,10 @@ class RefusingStream(RecordingStream):
 
     MARK = "refused-by-stripe"
 
-    def send(self, token: str, events: list[dict[str, Any]], timeout: float) -> StripeAnswer:
-        refused = [n for n, e in enumerate(events) if e["payload"].get("region") == self.MARK]
+    def send_events(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
+        refused = [n for n, e in enumerate(events) if e.payload.get("region") == self.MARK]
         if not refused:
-            return super().send(token, events, timeout)
+            return super().send_events(token, events, timeout)
         error = {
             "type": "invalid_request_error",
             "code": "parameter_invalid",
@@ -110,7 +110,7 @@ class RefusingStream(RecordingStream):
             Kind.REJECTED, 400, error["code"], error["message"], None, {"error": error}
         )
         with self._lock:
-            self.calls.append(([event["identifier"] for event in events], answer.kind))
+            self.calls.append(([event.identifier for event in events], answer.kind))
         return answer
 
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any
 
 from meter_relay.config import RetryPolicy
 from meter_relay.events import MeterEvent, Rejection
@@ -95,18 +94,18 @@ class StreamDelivery:
         return DeliveryRun(self, remaining)
 
     def submit_chunk(
-        self, chunk: list[int], bodies: list[dict[str, Any]], remaining: Callable[[], float]
+        self, chunk: list[int], events: list[MeterEvent], remaining: Callable[[], float]
     ) -> Future[DeliveryReport]:
-        return self._executor.submit(self._deliver_chunk, chunk, bodies, remaining)
+        return self._executor.submit(self._deliver_chunk, chunk, events, remaining)
 
     def _deliver_chunk(
-        self, chunk: list[int], bodies: list[dict[str, Any]], remaining: Callable[[], float]
+        self, chunk: list[int], events: list[MeterEvent], remaining: Callable[[], float]
     ) -> DeliveryReport:
         report = DeliveryReport()
         parts = [chunk]
         while parts:
             part = parts.pop()
-            answer = self._send_with_retries(part, bodies, remaining, report)
+            answer = self._send_with_retries(part, events, remaining, report)
             if answer is None:
                 continue  # given up: already in report.retry
             if answer.kind is Kind.OK:
@@ -122,13 +121,13 @@ class StreamDelivery:
     def _send_with_retries(
         self,
         part: list[int],
-        bodies: list[dict[str, Any]],
+        events: list[MeterEvent],
         remaining: Callable[[], float],
         report: DeliveryReport,
     ) -> StripeAnswer | None:
         """OK or REJECTED answer; None once the part is given up (reported for retry)."""
         policy = self._policy
-        payload = [bodies[i] for i in part]
+        payload = [events[i] for i in part]
         attempts = renewals = 0
         while True:
             budget = remaining() - policy.deadline_margin
@@ -141,7 +140,9 @@ class StreamDelivery:
                 logger.warning("no usable session token: %s", error)
                 report.give_up(part, "session_unavailable")
                 return None
-            answer = self._stream.send(session.token, payload, min(policy.request_timeout, budget))
+            answer = self._stream.send_events(
+                session.token, payload, min(policy.request_timeout, budget)
+            )
             report.calls += 1
             if answer.status:
                 report.latencies_ms.append(answer.elapsed * 1000)
@@ -194,25 +195,25 @@ class DeliveryRun:
     def __init__(self, delivery: StreamDelivery, remaining: Callable[[], float]) -> None:
         self._delivery = delivery
         self._remaining = remaining
-        self._bodies: list[dict[str, Any]] = []
+        self._events: list[MeterEvent] = []
         self._chunks: list[tuple[list[int], Future[DeliveryReport]]] = []
         self._unsent_from = 0
 
     def add(self, event: MeterEvent) -> int:
         """Queue one event; returns its position (the key of the report's sets)."""
-        self._bodies.append(event.to_stripe())
-        if len(self._bodies) - self._unsent_from == MAX_EVENTS_PER_CALL:
+        self._events.append(event)
+        if len(self._events) - self._unsent_from == MAX_EVENTS_PER_CALL:
             self._submit()
-        return len(self._bodies) - 1
+        return len(self._events) - 1
 
     def _submit(self) -> None:
-        chunk = list(range(self._unsent_from, len(self._bodies)))
-        self._unsent_from = len(self._bodies)
-        future = self._delivery.submit_chunk(chunk, self._bodies, self._remaining)
+        chunk = list(range(self._unsent_from, len(self._events)))
+        self._unsent_from = len(self._events)
+        future = self._delivery.submit_chunk(chunk, self._events, self._remaining)
         self._chunks.append((chunk, future))
 
     def finish(self) -> DeliveryReport:
-        if self._unsent_from < len(self._bodies):
+        if self._unsent_from < len(self._events):
             self._submit()
         report = DeliveryReport()
         for chunk, future in self._chunks:

@@ -11,7 +11,7 @@ import email.utils
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+
+from meter_relay.events import MeterEvent, stream_body
 
 SESSION_EXPIRED_CODE = "billing_meter_event_session_expired"
 USER_AGENT = "meter-relay/0.1 (+python-requests)"
@@ -150,10 +152,16 @@ class StripeHttp:
         redirect handling, none of which the stream uses). Same connections, TLS settings and
         headers; a proxy, if one is configured, takes the full path instead.
         """
+        data, headers = _json_request(credential, body)
+        return self.post_pooled(path, data, headers, timeout)
+
+    def post_pooled(
+        self, path: str, data: bytes | None, headers: dict[str, str], timeout: float
+    ) -> StripeAnswer:
+        """The same with the body already encoded (and its headers, credential included)."""
         pool = self._pool()
         if pool is None:
-            return self.post_json(path, credential, body, timeout)
-        data, headers = _json_request(credential, body)
+            return self._send("POST", path, headers, data, timeout)
         connect, read = _split(timeout)
         started = time.perf_counter()
         try:
@@ -276,6 +284,12 @@ class MeterEventStream:
 
     def send(self, token: str, events: list[dict[str, Any]], timeout: float) -> StripeAnswer:
         return self.blame(self.http.post_json_pooled(self.PATH, token, {"events": events}, timeout))
+
+    def send_events(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
+        """`send` for normalised events (an event received in Stripe's form keeps its text)."""
+        data = stream_body(events)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        return self.blame(self.http.post_pooled(self.PATH, data, headers, timeout))
 
     @staticmethod
     def blame(answer: StripeAnswer) -> StripeAnswer:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -16,7 +16,7 @@ from meter_relay.session import MeterEventSession, SessionStore, SessionTokenSou
 from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer, StripeHttp
 
 OK = StripeAnswer(Kind.OK, 200, body={})
-Answer = Callable[[str, list[dict[str, Any]]], StripeAnswer]
+Answer = Callable[[str, Sequence[MeterEvent]], StripeAnswer]
 
 
 def event(identifier: str) -> MeterEvent:
@@ -45,8 +45,8 @@ class FakeStream:
         self.answer = answer
         self.calls: list[tuple[str, list[str], float]] = []
 
-    def send(self, token: str, events: list[dict[str, Any]], timeout: float) -> StripeAnswer:
-        self.calls.append((token, [e["identifier"] for e in events], timeout))
+    def send_events(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
+        self.calls.append((token, [e.identifier for e in events], timeout))
         return MeterEventStream.blame(self.answer(token, events))
 
 
@@ -111,8 +111,8 @@ def test_server_errors_are_retried_with_growing_backoff_then_given_up() -> None:
 
 
 def test_a_rejected_call_is_split_down_to_the_events_stripe_refuses() -> None:
-    def answer(token: str, events: list[dict[str, Any]]) -> StripeAnswer:
-        bad = [i for i, e in enumerate(events) if e["identifier"].startswith("bad")]
+    def answer(token: str, events: Sequence[MeterEvent]) -> StripeAnswer:
+        bad = [i for i, e in enumerate(events) if e.identifier.startswith("bad")]
         return error(400, "parameter_invalid", f"events[{bad[0]}].payload") if bad else OK
 
     run, stream, _ = delivery(answer)
@@ -159,7 +159,7 @@ def test_the_stream_blames_the_events_only_for_their_own_parameters(
 
 
 def test_an_expired_session_is_replaced_and_the_call_sent_again() -> None:
-    def answer(token: str, events: list[dict[str, Any]]) -> StripeAnswer:
+    def answer(token: str, events: Sequence[MeterEvent]) -> StripeAnswer:
         if token == "token_1":
             return error(401, "billing_meter_event_session_expired")
         return OK

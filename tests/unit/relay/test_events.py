@@ -5,6 +5,7 @@ Every test parses a real body, as the forwarder does; time is fixed (NOW, SENT),
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -29,8 +30,10 @@ from meter_relay.events import (
     Rejection,
     ValidationRules,
     format_timestamp,
+    normalise_event,
     parse_message,
     parse_rfc3339,
+    stream_body,
 )
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -1093,3 +1096,132 @@ def test_the_schema_and_the_parser_agree_at_the_edges(document: Any) -> None:
 @given(document=documents | one_field_varied())
 def test_property_the_schema_and_the_parser_agree_on_form(document: Any) -> None:
     assert_schema_and_parser_agree(document)
+
+
+# ----- an event received in Stripe's form keeps its text ---------------------------------------
+
+
+def judged_the_long_way(text: str) -> ParsedEvent:
+    """What normalise_event, the full path, makes of a single-event body."""
+    return normalise_event(json.loads(text), 0, MID, SENT, RULES, NOW)
+
+
+def without_text(parsed: ParsedEvent) -> ParsedEvent:
+    event = parsed.event
+    return dataclasses.replace(
+        parsed, event=None if event is None else dataclasses.replace(event, source=None)
+    )
+
+
+def keys_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), f"a key repeated: {keys}"
+    return dict(pairs)
+
+
+def renderings(document: dict[str, Any]) -> st.SearchStrategy[str]:
+    """The ways producers write one event: separators, escapes, key order, a key twice."""
+    keys, whole = list(document), json.dumps(document)
+
+    def with_a_key_twice(key: str, first: Any) -> str:
+        rest = ", " + whole[1:] if document else "}"
+        return "{" + json.dumps({key: first})[1:-1] + rest
+
+    return st.one_of(
+        st.just(whole),
+        st.just(json.dumps(document, separators=(",", ":"), ensure_ascii=False)),
+        st.permutations(keys).map(lambda order: json.dumps({k: document[k] for k in order})),
+        st.just(" " + whole + "\n"),
+        st.builds(with_a_key_twice, st.sampled_from(keys or ["event_name"]), json_values),
+    )
+
+
+# events already in Stripe's form (what producers mostly send), in the window or near it
+stripe_form_events = st.builds(
+    event,
+    identifier=st.text(min_size=1, max_size=100),
+    timestamp=rfc3339_texts(near=True),
+    payload=st.dictionaries(st.text(max_size=6), st.text(max_size=8), max_size=3).map(
+        lambda extras: {**extras, "stripe_customer_id": "cus_1", "value": "1"}
+    ),
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    data=st.data(), document=pick((2, stripe_form_events), (1, event_dicts() | one_field_varied()))
+)
+def test_property_a_single_event_is_judged_as_the_full_path_judges_it(
+    data: st.DataObject, document: dict[str, Any]
+) -> None:
+    text = data.draw(renderings(document))
+    message = parse(text)
+    assert message.rejection is None
+    (parsed,) = message.events
+    assert without_text(parsed) == without_text(judged_the_long_way(text))
+    if parsed.event is not None and parsed.event.source is not None:
+        # sent as it is: Stripe reads exactly the normalised event, and no key twice
+        assert parsed.event.source == text
+        assert json.loads(text, object_pairs_hook=keys_once) == parsed.event.to_stripe()
+
+
+def test_the_common_event_keeps_its_text() -> None:
+    text = json.dumps(event(identifier="evt-1", timestamp="2026-06-01T11:59:00.000Z"))
+    parsed = one(text)
+    assert parsed.event is not None
+    assert parsed.event.source == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a key twice: Python keeps the last, Stripe's parser need not
+        '{"event_name": "other", "event_name": "api_requests", "identifier": "e1", '
+        '"timestamp": "2026-06-01T11:59:00Z", '
+        '"payload": {"stripe_customer_id": "cus_1", "value": "1"}}',
+        '{"event_name": "api_requests", "identifier": "e1", "timestamp": "2026-06-01T11:59:00Z", '
+        '"payload": {"value": "7", "stripe_customer_id": "cus_1", "value": "1"}}',
+        # an escaped quote
+        '{"event_name": "api_requests", "identifier": "e\\"1", '
+        '"timestamp": "2026-06-01T11:59:00Z", '
+        '"payload": {"stripe_customer_id": "cus_1", "value": "1"}}',
+        # surrounding whitespace
+        ' {"event_name": "api_requests", "identifier": "e1", "timestamp": "2026-06-01T11:59:00Z", '
+        '"payload": {"stripe_customer_id": "cus_1", "value": "1"}}\n',
+    ],
+)
+def test_an_event_whose_text_could_read_otherwise_is_encoded_again(text: str) -> None:
+    parsed = one(text)
+    assert parsed.event is not None
+    assert parsed.event.source is None
+    assert without_text(parsed) == without_text(judged_the_long_way(text))
+
+
+@PROPERTY_SETTINGS
+@given(
+    documents=st.lists(
+        st.builds(
+            event,
+            identifier=st.none() | st.text(min_size=1, max_size=100),
+            timestamp=st.just("2026-06-01T11:59:00Z"),
+            payload=st.dictionaries(
+                st.text(max_size=6), st.text(max_size=8) | st.integers(0, 10**6), max_size=3
+            ).map(lambda extras: {**extras, "stripe_customer_id": "cus_1", "value": "1"}),
+        ),
+        min_size=1,
+        max_size=100,
+    ),
+    separators=st.sampled_from([(", ", ": "), (",", ":")]),
+)
+def test_property_a_stream_body_holds_exactly_the_normalised_events(
+    documents: list[dict[str, Any]], separators: tuple[str, str]
+) -> None:
+    events = [
+        parsed.event
+        for document in documents
+        for parsed in parse(json.dumps(document, separators=separators)).events
+        if parsed.event is not None
+    ]
+    assert len(events) == len(documents)
+    body = json.loads(stream_body(events), object_pairs_hook=keys_once)
+    assert body == {"events": [event.to_stripe() for event in events]}
