@@ -234,10 +234,11 @@ def parse_message(
             raise ValueError("text after the document")
     except (ValueError, RecursionError):
         document = _UNREAD
-    if type(document) is dict and len(document) == len(EVENT_FIELDS):
-        event = _as_received(document, body, rules, now)
-        if event is not None:
-            return ParsedMessage(message_id, [ParsedEvent(0, event.identifier, event, document)])
+    event = _in_stripe_form(document, rules, now)
+    if event is not None:
+        if _text_reads_the_same(body, event):
+            event.source = body
+        return ParsedMessage(message_id, [ParsedEvent(0, event.identifier, event, document)])
     try:
         if document is _UNREAD:
             document = _DECODER.decode(body)  # surrounding whitespace, or its own error message
@@ -277,10 +278,13 @@ def parse_message(
                 f"body is a JSON {kind}, not an event object or an envelope",
             ),
         )
-    events = [
-        normalise_event(raw, index, message_id, sent_at, rules, now)
-        for index, raw in enumerate(raw_events)
-    ]
+    events = []
+    for index, raw in enumerate(raw_events):
+        event = _in_stripe_form(raw, rules, now)
+        if event is None:
+            events.append(normalise_event(raw, index, message_id, sent_at, rules, now))
+        else:
+            events.append(ParsedEvent(index, event.identifier, event, raw))
     return ParsedMessage(message_id, events)
 
 
@@ -288,20 +292,16 @@ _UNREAD = object()
 _STRINGS_PER_EVENT = 7  # 4 keys, 3 values (the payload's are counted apart)
 
 
-def _as_received(
-    document: dict[str, Any], body: str, rules: ValidationRules, now: datetime
-) -> MeterEvent | None:
-    """The single-event body that is already exactly Stripe's form and valid, which is what
-    producers send: judged with fewer steps than `normalise_event`, and its text kept to be
-    sent as it is. None for anything else (the full path then judges it, and says why).
-
-    The text is reusable only if it holds no key twice (JSON's last one wins here; Stripe's
-    parser need not agree): with every value a string, it holds exactly two quotes per key and
-    per value, unless it repeats a key or escapes a quote."""
-    event_name = document.get("event_name")
-    identifier = document.get("identifier")
-    timestamp = document.get("timestamp")
-    payload = document.get("payload")
+def _in_stripe_form(raw: Any, rules: ValidationRules, now: datetime) -> MeterEvent | None:
+    """The event that is already exactly Stripe's form and valid, which is what producers send:
+    judged in fewer steps than `normalise_event`. None for anything else (the full path then
+    judges it, and says why)."""
+    if type(raw) is not dict or len(raw) != len(EVENT_FIELDS):
+        return None
+    event_name = raw.get("event_name")
+    identifier = raw.get("identifier")
+    timestamp = raw.get("timestamp")
+    payload = raw.get("payload")
     if (
         type(event_name) is not str
         or type(identifier) is not str
@@ -324,10 +324,17 @@ def _as_received(
         or not value_allowed(value, rules.value_rule)
         or moment is None
         or not earliest <= moment <= latest
-        or body.count('"') != 2 * (_STRINGS_PER_EVENT + 2 * len(payload))
     ):
         return None
-    return MeterEvent(event_name, payload, identifier, timestamp, body)
+    return MeterEvent(event_name, payload, identifier, timestamp)
+
+
+def _text_reads_the_same(body: str, event: MeterEvent) -> bool:
+    """Whether a single event's body, sent as it is, says exactly what was judged: not if it
+    holds a key twice (JSON's last one wins here; Stripe's parser need not agree). Every value
+    being a string, such a text holds exactly two quotes per key and per value, unless it
+    repeats a key or escapes a quote."""
+    return body.count('"') == 2 * (_STRINGS_PER_EVENT + 2 * len(event.payload))
 
 
 def normalise_event(

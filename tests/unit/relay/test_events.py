@@ -1165,6 +1165,25 @@ def test_property_a_single_event_is_judged_as_the_full_path_judges_it(
         assert json.loads(text, object_pairs_hook=keys_once) == parsed.event.to_stripe()
 
 
+@PROPERTY_SETTINGS
+@given(
+    documents=st.lists(
+        pick((2, stripe_form_events), (1, event_dicts() | one_field_varied())),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_property_an_envelope_event_is_judged_as_the_full_path_judges_it(
+    documents: list[dict[str, Any]],
+) -> None:
+    message = parse({"events": documents})
+    assert message.rejection is None
+    assert message.events == [
+        normalise_event(document, index, MID, SENT, RULES, NOW)
+        for index, document in enumerate(json.loads(json.dumps(documents)))
+    ]
+
+
 def test_the_common_event_keeps_its_text() -> None:
     text = json.dumps(event(identifier="evt-1", timestamp="2026-06-01T11:59:00.000Z"))
     parsed = one(text)
