@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal, cast
 
@@ -32,6 +32,8 @@ _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z"
 )
 _POSITIVE_INTEGER = re.compile(r"^[0-9]+\Z")  # not $: it lets "5\n" through
+# a number as JSON writes one, unsigned: Decimal() alone also takes " 5 ", "1_000" and "٣"
+_DECIMAL_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 _DECODER = json.JSONDecoder()  # json.loads without its per-call argument handling
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
@@ -191,9 +193,12 @@ def stream_body(events: Sequence[MeterEvent]) -> bytes:
     case for single-event messages), the texts are joined as they are; otherwise all are
     encoded in one go (an encoder call per event would cost more than it saves)."""
     texts = [event.source for event in events]
-    if None in texts:
-        return _COMPACT.encode({"events": [event.to_stripe() for event in events]}).encode()
-    return ('{"events":[' + ",".join(cast("list[str]", texts)) + "]}").encode()
+    if None not in texts:
+        try:
+            return ('{"events":[' + ",".join(cast("list[str]", texts)) + "]}").encode()
+        except UnicodeEncodeError:
+            pass  # a lone surrogate written as such: only JSON's \u escape carries it
+    return _COMPACT.encode({"events": [event.to_stripe() for event in events]}).encode()
 
 
 def derive_identifier(message_id: str, index: int) -> str:
@@ -444,15 +449,12 @@ def _payload_string(key: str, value: Any) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def value_allowed(value: str, rule: ValueRule) -> bool:
-    """Stripe documents a positive integer; the "decimal" rule admits any finite number >= 0."""
+    """Stripe documents a positive integer; the "decimal" rule admits any number >= 0 written
+    as JSON writes numbers (digits, a fraction, an exponent; no sign, space or other digits)."""
     if rule == "positive_integer":
         # not int(value) > 0: int() refuses texts of more than 4300 digits (ValueError)
         return bool(_POSITIVE_INTEGER.match(value)) and value.strip("0") != ""
-    try:
-        number = Decimal(value)
-    except InvalidOperation:
-        return False
-    return number.is_finite() and number >= 0
+    return bool(_DECIMAL_TEXT.match(value))
 
 
 @functools.lru_cache(maxsize=8)

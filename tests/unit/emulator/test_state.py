@@ -115,6 +115,17 @@ def test_decimal_value_rule_admits_decimals_and_zero(state: EmulatorState) -> No
     assert statuses(state) == {"a": "counted", "b": "counted", "c": "invalid"}
 
 
+def test_decimal_value_rule_takes_only_numbers_as_json_writes_them(state: EmulatorState) -> None:
+    state.settings.value_rule = "decimal"
+    taken = {"e": "1e3", "f": "1.5E-2"}
+    refused = {"s": " 5 ", "u": "1_000", "d": "\u0663", "m": "-0", "p": "+1", "h": ".5"}
+    stream(state, *(event(i, value=v) for i, v in {**taken, **refused}.items()))
+    assert statuses(state) == {
+        **dict.fromkeys(taken, "counted"),
+        **dict.fromkeys(refused, "invalid"),
+    }
+
+
 def test_duplicates_within_24_hours_are_accepted_not_counted(state: EmulatorState) -> None:
     stream(state, event("a"))
     state.clock.advance(DAY - 60)

@@ -390,7 +390,13 @@ def test_the_decimal_rule_admits_numbers_from_zero(value: Any) -> None:
     assert accepted(event(payload=payload(value=value)), rules=DECIMAL_RULES)
 
 
-@pytest.mark.parametrize("value", ["-1", "-0.5", "abc", "NaN", "Infinity", "sNaN", "1,5", -2])
+@pytest.mark.parametrize(
+    "value",
+    [
+        *("-1", "-0.5", "abc", "NaN", "Infinity", "sNaN", "1,5", -2),
+        *(" 5 ", "5\n", "1_000", "\u0663", "-0", "+1", ".5", "5."),
+    ],
+)
 def test_the_decimal_rule_refuses_negatives_and_non_numbers(value: Any) -> None:
     rejection = rejection_of(event(payload=payload(value=value)), rules=DECIMAL_RULES)
     assert (rejection.code, rejection.param) == ("payload_invalid_value", "payload.value")
@@ -1182,6 +1188,20 @@ def test_property_an_envelope_event_is_judged_as_the_full_path_judges_it(
         normalise_event(document, index, MID, SENT, RULES, NOW)
         for index, document in enumerate(json.loads(json.dumps(documents)))
     ]
+
+
+def test_a_text_with_a_lone_surrogate_goes_out_escaped() -> None:
+    """JSON text may hold one unescaped, UTF-8 cannot: that call's body is encoded again."""
+    text = json.dumps(event(identifier="e1", timestamp="2026-06-01T11:59:00Z"))
+    text = text.replace("cus_1", "cus_\ud800")
+    plain = one(json.dumps(event(identifier="e2", timestamp="2026-06-01T11:59:00Z"))).event
+    odd = one(text).event
+    assert plain is not None
+    assert odd is not None
+    assert odd.source == text
+    body = stream_body([plain, odd])
+    assert json.loads(body) == {"events": [plain.to_stripe(), odd.to_stripe()]}
+    assert json.loads(body)["events"][1]["payload"]["stripe_customer_id"] == "cus_\ud800"
 
 
 def test_the_common_event_keeps_its_text() -> None:
