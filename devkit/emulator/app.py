@@ -549,6 +549,7 @@ class Emulator:
         # in the fresh state: a test's log would show the calls its predecessor left behind
         with self._idle:
             self._idle.wait_for(lambda: self._in_flight == 0, timeout=RESET_WAIT_SECONDS)
+            left = self._in_flight  # not 0 only if a request outlasted the wait
         self.state.reset(meters=bool(body.get("meters", False)))
         self._log.clear()
         with self._counts_lock:
@@ -557,7 +558,7 @@ class Emulator:
             self.faults.clear()
             self.limits.clear()
             self._apply_config(self._startup)
-        return _json(200, {"ok": True})
+        return _json(200, {"ok": True, "in_flight": left})
 
     def _inspect_config(self, method: str, query: dict[str, str], body: Any) -> Response:
         if method == "POST":

@@ -75,8 +75,13 @@ class EmulatorClient:
 
     # ----- steering ------------------------------------------------------------------------
     def reset(self, *, meters: bool = True, config: bool = True) -> None:
-        """Forget events, sessions, logs; by default also meters and config (to start-up's)."""
-        self._post("reset", {"meters": meters, "config": config})
+        """Forget events, sessions, logs; by default also meters and config (to start-up's).
+
+        Raises if a request was still being answered when the emulator gave up waiting for it:
+        it would land in the fresh state."""
+        left = self._post("reset", {"meters": meters, "config": config}).get("in_flight", 0)
+        if left:
+            raise RuntimeError(f"{left} request(s) still being answered after the reset")
 
     def configure(self, **config: Any) -> dict[str, Any]:
         """Faults, rate limits, session_ttl, value_rule...: see POST /_emulator/config."""

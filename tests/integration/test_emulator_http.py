@@ -27,7 +27,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from devkit.emulator import httpserver
+from devkit.emulator import app, httpserver
 from devkit.emulator.client import EmulatorClient
 
 pytestmark = pytest.mark.integration
@@ -726,6 +726,21 @@ def test_reset_waits_for_a_request_still_being_answered(
         assert slow.result().status_code == 200
     assert emulator.requests() == []
     assert emulator.identifiers() == {}
+
+
+def test_a_reset_that_gives_up_waiting_says_so(
+    emulator: EmulatorClient, http: requests.Session, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "RESET_WAIT_SECONDS", 0.05)
+    emulator.set_faults("stream", latency_ms=800)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(post_stream, emulator, requests.Session(), token, {"events": [event()]})
+        deadline = time.monotonic() + 5
+        while emulator.stats()["in_flight"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(RuntimeError, match="1 request"):
+            emulator.reset()
+        assert slow.result().status_code == 401  # it met the fresh state
 
 
 # ----- the HTTP layer ------------------------------------------------------------------------
