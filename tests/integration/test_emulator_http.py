@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from http.client import HTTPConnection
 from pathlib import Path
@@ -710,37 +710,39 @@ def test_reset_forgets_events_sessions_errors_and_the_log(
     assert v2_error(response, 401)["code"] != "billing_meter_event_session_expired"
 
 
-def test_reset_waits_for_a_request_still_being_answered(
-    emulator: EmulatorClient, http: requests.Session, token: str
-) -> None:
-    """A call held by injected latency when a test ends must not land in the next one's log."""
+@contextlib.contextmanager
+def a_held_stream_call(emulator: EmulatorClient, token: str) -> Iterator[Future[requests.Response]]:
+    """A stream call held for 800 ms by injected latency, being answered as the block starts."""
     emulator.set_faults("stream", latency_ms=800)
     with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(post_stream, emulator, requests.Session(), token, {"events": [event()]})
+        call = pool.submit(post_stream, emulator, requests.Session(), token, {"events": [event()]})
         deadline = time.monotonic() + 5
         while emulator.stats()["in_flight"] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert emulator.stats()["in_flight"] == 1
+        yield call
+
+
+def test_reset_waits_for_a_request_still_being_answered(
+    emulator: EmulatorClient, token: str
+) -> None:
+    """A call held by injected latency when a test ends must not land in the next one's log."""
+    with a_held_stream_call(emulator, token) as held:
         emulator.reset()
         # answered before the reset took its session: not a 401 left in the next test's log
-        assert slow.result().status_code == 200
+        assert held.result().status_code == 200
     assert emulator.requests() == []
     assert emulator.identifiers() == {}
 
 
 def test_a_reset_that_gives_up_waiting_says_so(
-    emulator: EmulatorClient, http: requests.Session, token: str, monkeypatch: pytest.MonkeyPatch
+    emulator: EmulatorClient, token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(app, "RESET_WAIT_SECONDS", 0.05)
-    emulator.set_faults("stream", latency_ms=800)
-    with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(post_stream, emulator, requests.Session(), token, {"events": [event()]})
-        deadline = time.monotonic() + 5
-        while emulator.stats()["in_flight"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with a_held_stream_call(emulator, token) as held:
         with pytest.raises(RuntimeError, match="1 request"):
             emulator.reset()
-        assert slow.result().status_code == 401  # it met the fresh state
+        assert held.result().status_code == 401  # it met the fresh state
 
 
 # ----- the HTTP layer ------------------------------------------------------------------------
