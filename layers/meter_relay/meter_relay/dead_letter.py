@@ -111,18 +111,24 @@ class DeadLetterQueue:
         self._senders = ThreadPoolExecutor(SENDERS, thread_name_prefix="dead-letters")
 
     def send(
-        self, letters: list[DeadLetter], time_left: Callable[[], float] | None = None
+        self,
+        letters: list[DeadLetter],
+        time_left: Callable[[], float] | None = None,
+        *,
+        confirmed: set[str] | None = None,
     ) -> list[DeadLetter]:
         """Send every letter; returns the ones not sent (after retries, or not in time).
 
         Batches not yet started when the wait ends are cancelled, so that they neither send
         letters of messages already returned to the queue nor hold up the next invocation's.
+        `confirmed`, if given, gets the SQS message id of every letter SQS took.
         """
         wait = max(0.0, time_left()) if time_left is not None else None
         if not letters or wait == 0.0:
             return letters
         sending = {
-            self._senders.submit(self._send_batch, batch): batch for batch in _batches(letters)
+            self._senders.submit(self._send_batch, batch, confirmed): batch
+            for batch in _batches(letters)
         }
         done, late = futures_wait(sending, timeout=wait)
         for future in late:
@@ -132,7 +138,7 @@ class DeadLetterQueue:
             unsent.extend(future.result() if future in done else batch)
         return unsent
 
-    def _send_batch(self, batch: list[DeadLetter]) -> list[DeadLetter]:
+    def _send_batch(self, batch: list[DeadLetter], confirmed: set[str] | None) -> list[DeadLetter]:
         pending = {f"e{i}": letter for i, letter in enumerate(batch)}
         for _ in range(SEND_ATTEMPTS):
             entries: list[SendMessageBatchRequestEntryTypeDef] = [
@@ -147,6 +153,8 @@ class DeadLetterQueue:
                 response = self._sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
             except (BotoCoreError, ClientError):
                 continue  # botocore already retried with backoff; try the whole batch again
+            if confirmed is not None:
+                confirmed.update(entry["MessageId"] for entry in response.get("Successful", []))
             failed = {entry["Id"] for entry in response.get("Failed", [])}
             pending = {entry_id: pending[entry_id] for entry_id in failed}
             if not pending:

@@ -34,6 +34,7 @@ from meter_relay.dead_letter import (
     ATTR_IDENTIFIER,
     ATTR_SOURCE_MESSAGE_ID,
     DeadLetter,
+    DeadLetterQueue,
 )
 from meter_relay.events import (
     MAX_IDENTIFIER_LENGTH,
@@ -211,6 +212,7 @@ class DeadLetterReader:
         # (on the clock), in the order the holds end
         self._held: dict[str, float] = {}
         self._copies: set[str] = set()  # message ids of the letters settle() put in
+        self._letters = DeadLetterQueue(queue_url, sqs)
 
     def depth(self) -> int:
         """The queue's approximate number of visible messages."""
@@ -319,17 +321,18 @@ class DeadLetterReader:
     def settle(self, message: DlqMessage, letters: list[DeadLetter]) -> None:
         """Put `letters` (what of the message stays in the DLQ) in, then delete the message.
 
-        Nothing is deleted unless every letter went in (an error is raised at the first that
-        does not: the message stays, whole). The letters are not taken again by this reader's
-        scan."""
-        for letter in letters:
-            sent = self.sqs.send_message(
-                QueueUrl=self.queue_url,
-                MessageBody=letter.body,
-                MessageAttributes=letter.attributes(),
-            )
-            self._copies.add(sent["MessageId"])
+        The letters go in batches, as the forwarder sends its own. Nothing is deleted unless
+        every letter went in: LettersNotSent is raised and the message stays, whole (the
+        letters that did go in are then in the DLQ twice once it is settled again). The
+        letters are not taken again by this reader's scan."""
+        unsent = self._letters.send(letters, confirmed=self._copies)
+        if unsent:
+            raise LettersNotSent(f"{len(unsent)} of {len(letters)} letters could not be put in")
         self.delete(message)
+
+
+class LettersNotSent(Exception):
+    """SQS did not take every letter of a message: the message stays in the DLQ, whole."""
 
 
 def event_letter(message: DlqMessage, event: ParsedEvent, rejection: Rejection) -> DeadLetter:
@@ -709,7 +712,7 @@ class Replayer:
                         return outcome.summarised(), stopped  # it stays as it is
                     letters.append(rest_letter(message, result.rest, reason))
             self.reader.settle(message, letters)  # only now: what it carried is safely elsewhere
-        except (BotoCoreError, ClientError) as error:  # it stays in the DLQ, as it was
+        except (BotoCoreError, ClientError, LettersNotSent) as error:  # it stays, as it was
             outcome.action, outcome.code = "kept", "aws_error"
             outcome.detail = f"kept whole: {type(error).__name__}: {error}"
             if sent:  # a later replay sends them again, with the same identifiers

@@ -479,6 +479,7 @@ class StubSqs:
         self.calls: list[tuple[str, Any]] = []
         self.fail_send = False
         self.fail_send_to: str | None = None
+        self.send_batches = 0
 
     def get_queue_attributes(self, **kwargs: Any) -> dict[str, Any]:
         count = len({m["MessageId"] for batch in self.batches for m in batch})
@@ -499,13 +500,27 @@ class StubSqs:
 
     def send_message(self, **kwargs: Any) -> dict[str, Any]:
         if self.fail_send:
-            raise RuntimeError("send failed")
+            raise ClientError({"Error": {"Code": "InternalError"}}, "SendMessage")
         if kwargs["QueueUrl"] == self.fail_send_to:
             raise ClientError(
                 {"Error": {"Code": "AWS.SimpleQueueService.NonExistentQueue"}}, "Send"
             )
         self.calls.append(("send", kwargs))
         return {"MessageId": f"copy-{len(sends(self))}"}
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[Any]) -> dict[str, Any]:
+        """Recorded as one "send" per entry, in order, as send_message records it."""
+        assert len(Entries) <= 10
+        self.send_batches += 1
+        successful = []
+        for entry in Entries:
+            sent = self.send_message(
+                QueueUrl=QueueUrl,
+                MessageBody=entry["MessageBody"],
+                MessageAttributes=entry["MessageAttributes"],
+            )
+            successful.append({"Id": entry["Id"], "MessageId": sent["MessageId"]})
+        return {"Successful": successful, "Failed": []}
 
     def released(self) -> list[str]:
         return [h for name, handles in self.calls if name == "release" for h in handles]
@@ -746,9 +761,19 @@ def test_settle_deletes_nothing_when_a_letter_cannot_be_sent() -> None:
     sqs = StubSqs([])
     sqs.fail_send = True
     message = dlq_message()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(dlq.LettersNotSent, match="1 of 1 letters"):
         reader(sqs).settle(message, [dlq.rest_letter(message, [], Rejection("a", "b"))])
     assert sqs.calls == []
+
+
+def test_settle_puts_many_letters_in_by_tens() -> None:
+    sqs = StubSqs([])
+    message = dlq_message()
+    letters = [DeadLetter(f'{{"n": {n}}}', "no_meter", "no meter", MID, "") for n in range(25)]
+    reader(sqs).settle(message, letters)
+    assert sqs.send_batches == 3
+    assert sorted(json.loads(kwargs["MessageBody"])["n"] for kwargs in sends(sqs)) == [*range(25)]
+    assert [name for name, _ in sqs.calls][-1] == "delete"
 
 
 def test_a_scan_does_not_take_again_the_copies_it_made() -> None:
@@ -848,7 +873,9 @@ def test_nothing_leaves_the_dlq_when_a_letter_cannot_be_written() -> None:
     replayer = dlq.Replayer(reader(sqs), RULES, usage_queue_url=USAGE_URL)
     (outcome,) = replayer.replay(Filters(), "queue").outcomes
     assert (outcome.action, outcome.code) == ("kept", "aws_error")
-    assert outcome.detail.startswith("2 events were sent via queue; kept whole: ClientError")
+    assert outcome.detail.startswith(
+        "2 events were sent via queue; kept whole: LettersNotSent: 2 of 2 letters"
+    )
     assert "delete" not in [name for name, _ in sqs.calls]
     assert sqs.released() == [f"rh-{MID}"]  # given back whole, to be replayed again
 
