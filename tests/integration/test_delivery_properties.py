@@ -78,8 +78,8 @@ class RecordingStream(MeterEventStream):
         self.calls: list[tuple[list[str], Kind]] = []
         self._lock = threading.Lock()
 
-    def send_events(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
-        answer = super().send_events(token, events, timeout)
+    def send(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
+        answer = super().send(token, events, timeout)
         with self._lock:
             self.calls.append(([event.identifier for event in events], answer.kind))
         return answer
@@ -96,10 +96,10 @@ class RefusingStream(RecordingStream):
 
     MARK = "refused-by-stripe"
 
-    def send_events(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
+    def send(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
         refused = [n for n, e in enumerate(events) if e.payload.get("region") == self.MARK]
         if not refused:
-            return super().send_events(token, events, timeout)
+            return super().send(token, events, timeout)
         error = {
             "type": "invalid_request_error",
             "code": "parameter_invalid",

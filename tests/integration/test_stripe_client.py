@@ -4,6 +4,7 @@ both of its forms, failures without an answer, and that no credential ever shows
 from __future__ import annotations
 
 import email.utils
+import json
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ import pytest
 import requests
 
 from devkit.emulator.client import EmulatorClient
+from meter_relay.events import MeterEvent
 from meter_relay.stripe_client import (
     SESSION_EXPIRED_CODE,
     Kind,
@@ -52,6 +54,21 @@ def good_events(count: int = 2) -> list[dict[str, Any]]:
     ]
 
 
+def as_written(events: list[dict[str, Any]]) -> list[MeterEvent]:
+    """Events exactly as a test writes them, even ones Stripe refuses: each one's text goes in
+    the call as it is (as a single-event body in Stripe's form does)."""
+    return [
+        MeterEvent(
+            raw.get("event_name", ""),
+            raw.get("payload", {}),
+            raw.get("identifier", ""),
+            raw.get("timestamp", ""),
+            source=json.dumps(raw),
+        )
+        for raw in events
+    ]
+
+
 class Client:
     """The library's clients on the emulator, remembering every answer for the secrets check."""
 
@@ -79,7 +96,7 @@ class Client:
     def send(
         self, token: str, events: list[dict[str, Any]], timeout: float = TIMEOUT
     ) -> StripeAnswer:
-        return self.keep(self.stream.send(token, events, timeout))
+        return self.keep(self.stream.send(token, as_written(events), timeout))
 
     def secrets(self) -> list[str]:
         return [self.emulator.secret_key, *self.tokens]
@@ -227,7 +244,7 @@ def test_a_timeout_is_transient_without_a_status(client: Client) -> None:
 
 def test_nothing_listening_is_transient() -> None:
     http = StripeHttp(closed_port_url(), VERSION)
-    answer = MeterEventStream(http).send("ekmeter_test_token_value", good_events(), 2.0)
+    answer = MeterEventStream(http).send("ekmeter_test_token_value", as_written(good_events()), 2.0)
     http.close()
     assert (answer.kind, answer.status) == (Kind.TRANSIENT, 0)
     assert "ekmeter_test_token_value" not in repr(answer) + answer.error
@@ -365,7 +382,7 @@ def test_behind_a_proxy_the_stream_takes_requests_full_path(
 
 def test_a_base_url_with_a_path_keeps_it_on_the_pooled_path(emulator: EmulatorClient) -> None:
     http = StripeHttp(f"{emulator.url}/gateway", VERSION)  # e.g. behind an API gateway
-    answer = MeterEventStream(http).send("token_unused", good_events(), TIMEOUT)
+    answer = MeterEventStream(http).send("token_unused", as_written(good_events()), TIMEOUT)
     http.close()
     # the emulator serves nothing under /gateway: a 404, where the stream's own path would
     # have answered 401 to this token

@@ -140,9 +140,7 @@ class StreamDelivery:
                 logger.warning("no usable session token: %s", error)
                 report.give_up(part, "session_unavailable")
                 return None
-            answer = self._stream.send_events(
-                session.token, payload, min(policy.request_timeout, budget)
-            )
+            answer = self._stream.send(session.token, payload, min(policy.request_timeout, budget))
             report.calls += 1
             if answer.status:
                 report.latencies_ms.append(answer.elapsed * 1000)

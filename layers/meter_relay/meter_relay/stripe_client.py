@@ -142,23 +142,16 @@ class StripeHttp:
         data, headers = _json_request(credential, body)
         return self._send("POST", path, headers, data, timeout)
 
-    def post_json_pooled(
-        self, path: str, credential: str, body: Any, timeout: float
-    ) -> StripeAnswer:
-        """`post_json` straight through the session's connection pool, for the hot path.
+    def post_pooled(self, path: str, credential: str, data: bytes, timeout: float) -> StripeAnswer:
+        """A JSON body, already encoded, straight through the session's connection pool, for
+        the hot path.
 
         requests' adapter holds a urllib3 pool per host; a call through `Session.request`
         costs twice the CPU of the pool's own `urlopen` (cookie jar, header merging, hooks,
         redirect handling, none of which the stream uses). Same connections, TLS settings and
         headers; a proxy, if one is configured, takes the full path instead.
         """
-        data, headers = _json_request(credential, body)
-        return self.post_pooled(path, data, headers, timeout)
-
-    def post_pooled(
-        self, path: str, data: bytes | None, headers: dict[str, str], timeout: float
-    ) -> StripeAnswer:
-        """The same with the body already encoded (and its headers, credential included)."""
+        headers = _headers(credential, data)
         pool = self._pool()
         if pool is None:
             return self._send("POST", path, headers, data, timeout)
@@ -247,10 +240,14 @@ class StripeHttp:
 
 def _json_request(credential: str, body: Any) -> tuple[bytes | None, dict[str, str]]:
     data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+    return data, _headers(credential, data)
+
+
+def _headers(credential: str, data: bytes | None) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {credential}"}
     if data is not None:
         headers["Content-Type"] = "application/json"
-    return data, headers
+    return headers
 
 
 def _split(timeout: float) -> tuple[float, float]:
@@ -282,14 +279,9 @@ class MeterEventStream:
     def __init__(self, http: StripeHttp) -> None:
         self.http = http
 
-    def send(self, token: str, events: list[dict[str, Any]], timeout: float) -> StripeAnswer:
-        return self.blame(self.http.post_json_pooled(self.PATH, token, {"events": events}, timeout))
-
-    def send_events(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
-        """`send` for normalised events (an event received in Stripe's form keeps its text)."""
-        data = stream_body(events)
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        return self.blame(self.http.post_pooled(self.PATH, data, headers, timeout))
+    def send(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
+        """One call (an event received in Stripe's form goes with its own text)."""
+        return self.blame(self.http.post_pooled(self.PATH, token, stream_body(events), timeout))
 
     @staticmethod
     def blame(answer: StripeAnswer) -> StripeAnswer:

@@ -45,7 +45,7 @@ class FakeStream:
         self.answer = answer
         self.calls: list[tuple[str, list[str], float]] = []
 
-    def send_events(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
+    def send(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
         self.calls.append((token, [e.identifier for e in events], timeout))
         return MeterEventStream.blame(self.answer(token, events))
 
@@ -150,7 +150,7 @@ def test_the_stream_blames_the_events_only_for_their_own_parameters(
     param: str | None, kind: Kind
 ) -> None:
     class Http:
-        def post_json_pooled(self, *args: Any) -> StripeAnswer:
+        def post_pooled(self, *args: Any) -> StripeAnswer:
             return answer
 
     answer = error(400, "parameter_invalid", param)
