@@ -139,8 +139,8 @@ class StripeHttp:
         self._headers: dict[str, str] = {}
 
     def post_json(self, path: str, credential: str, body: Any, timeout: float) -> StripeAnswer:
-        data, headers = _json_request(credential, body)
-        return self._send("POST", path, headers, data, timeout)
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        return self._send("POST", path, _headers(credential, data), data, timeout)
 
     def post_pooled(self, path: str, credential: str, data: bytes, timeout: float) -> StripeAnswer:
         """A JSON body, already encoded, straight through the session's connection pool, for
@@ -236,11 +236,6 @@ class StripeHttp:
 
     def close(self) -> None:
         self.session.close()
-
-
-def _json_request(credential: str, body: Any) -> tuple[bytes | None, dict[str, str]]:
-    data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-    return data, _headers(credential, data)
 
 
 def _headers(credential: str, data: bytes | None) -> dict[str, str]:
