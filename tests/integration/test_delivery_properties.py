@@ -426,9 +426,12 @@ def failed_ids(invocation: Invocation) -> set[str]:
 
 
 def take_dead_letters(
-    relay: Relay, code: str = "payload_invalid_value"
+    relay: Relay,
+    code: str = "payload_invalid_value",
+    bodies: dict[tuple[str, int], Any] | None = None,
 ) -> dict[tuple[str, int], str]:
-    """Every letter on the DLQ, removed from it: (SourceMessageId, EventIndex) -> Identifier."""
+    """Every letter on the DLQ, removed from it: (SourceMessageId, EventIndex) -> Identifier;
+    and, into `bodies` if given, each letter's body, decoded."""
     sqs = relay.aws.client("sqs")
     found: dict[tuple[str, int], str] = {}
     while True:
@@ -446,6 +449,8 @@ def take_dead_letters(
             assert key not in found, f"dead-lettered twice: {key}"
             assert attributes["ErrorCode"] == code
             found[key] = attributes["Identifier"]
+            if bodies is not None:
+                bodies[key] = json.loads(message["Body"])
         sqs.delete_message_batch(
             QueueUrl=relay.dlq_url,
             Entries=[
@@ -518,13 +523,16 @@ def test_a_message_fails_if_and_only_if_one_of_its_events_is_left_to_retry(
 
 
 @st.composite
-def refusal_batches(draw: st.DrawFn) -> list[tuple[str, list[dict[str, Any]], set[int]]]:
-    """Envelopes whose events repeat identifiers (a producer's mistake), some refused by Stripe:
-    (message id, events, indexes refused)."""
+def refusal_batches(draw: st.DrawFn) -> list[tuple[str, Any, list[dict[str, Any]], set[int]]]:
+    """Envelopes whose events repeat identifiers (a producer's mistake), and single events in
+    Stripe's form (read by the forwarder's short path), some refused by Stripe: (message id,
+    body, events, indexes refused)."""
     prefix = example_prefix("r")
+    now = format_timestamp(datetime.now(UTC))
     batch = []
     for m in range(draw(st.integers(1, 6))):
-        size = draw(st.integers(1, 30))
+        single = draw(st.booleans())
+        size = 1 if single else draw(st.integers(1, 30))
         pool = draw(st.integers(1, size))
         refused = draw(st.sets(st.integers(0, size - 1), max_size=3))
         events = []
@@ -533,37 +541,46 @@ def refusal_batches(draw: st.DrawFn) -> list[tuple[str, list[dict[str, Any]], se
             if index in refused:
                 payload["region"] = RefusingStream.MARK
             identifier = f"{prefix}m{m}-{draw(st.integers(0, pool - 1))}"
-            events.append(
-                {"event_name": "api_requests", "payload": payload, "identifier": identifier}
-            )
-        batch.append((f"{prefix}m{m}", events, refused))
+            event = {"event_name": "api_requests", "payload": payload, "identifier": identifier}
+            if single:
+                event["timestamp"] = now
+            events.append(event)
+        body = events[0] if single else {"events": events}
+        batch.append((f"{prefix}m{m}", body, events, refused))
     return batch
 
 
 @PROPERTIES
 @given(batch=refusal_batches())
 def test_stripes_refusals_are_dead_lettered_for_exactly_the_events_refused(
-    refusing_stack: Stack, batch: list[tuple[str, list[dict[str, Any]], set[int]]]
+    refusing_stack: Stack, batch: list[tuple[str, Any, list[dict[str, Any]], set[int]]]
 ) -> None:
     relay = refusing_stack.relay
     take_dead_letters(relay, "parameter_invalid")
-    sqs_event = relay.sqs_event(
-        [{"events": events} for _, events, _ in batch], [mid for mid, _, _ in batch]
-    )
+    sqs_event = relay.sqs_event([body for _, body, _, _ in batch], [mid for mid, *_ in batch])
     assert refusing_stack.handle(sqs_event) == set()
 
-    letters = take_dead_letters(relay, "parameter_invalid")
+    bodies: dict[tuple[str, int], Any] = {}
+    letters = take_dead_letters(relay, "parameter_invalid", bodies)
     assert letters == {
         (mid, index): events[index]["identifier"]
-        for mid, events, refused in batch
+        for mid, _, events, refused in batch
         for index in refused
     }
+    # a letter holds the event as it was sent (an envelope's, with the timestamp it was given)
+    for mid, body, events, refused in batch:
+        for index in refused:
+            letter = bodies[(mid, index)]
+            if "events" in body:
+                assert set(letter) - set(events[index]) == {"timestamp"}
+                letter = {key: value for key, value in letter.items() if key != "timestamp"}
+            assert letter == events[index]
     # every other event delivered, even one that shares its identifier with a refused one
-    mine = {e["identifier"] for _, events, _ in batch for e in events}
+    mine = {e["identifier"] for _, _, events, _ in batch for e in events}
     counted = {i for i, c in relay.emulator.identifiers().items() if i in mine and c["counted"]}
     assert counted == {
         events[index]["identifier"]
-        for _, events, refused in batch
+        for _, _, events, refused in batch
         for index in range(len(events))
         if index not in refused
     }

@@ -197,6 +197,11 @@ class DeliveryRun:
         self._chunks: list[tuple[list[int], Future[DeliveryReport]]] = []
         self._unsent_from = 0
 
+    @property
+    def events(self) -> Sequence[MeterEvent]:
+        """Every event added, by position."""
+        return self._events
+
     def add(self, event: MeterEvent) -> int:
         """Queue one event; returns its position (the key of the report's sets)."""
         self._events.append(event)

@@ -36,6 +36,7 @@ _POSITIVE_INTEGER = re.compile(r"^[0-9]+\Z")  # not $: it lets "5\n" through
 _DECIMAL_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 _DECODER = json.JSONDecoder()  # json.loads without its per-call argument handling
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+UNREAD: Any = object()  # what `decode_body` gives for a body that is not exactly one document
 
 
 class ErrorCode(StrEnum):
@@ -233,19 +234,52 @@ def parse_message(
     now: datetime,
 ) -> ParsedMessage:
     """Parse one SQS message body once; every event comes back normalised or rejected."""
-    try:
-        document, end = _DECODER.raw_decode(body)  # the common case: no whitespace around
-        if end != len(body):
-            raise ValueError("text after the document")
-    except (ValueError, RecursionError):
-        document = _UNREAD
-    event = _in_stripe_form(document, rules, now)
+    document = decode_body(body)
+    event = single_event(body, document, rules, now)
     if event is not None:
-        if _text_reads_the_same(body, event):
-            event.source = body
         return ParsedMessage(message_id, [ParsedEvent(0, event.identifier, event, document)])
+    return parse_document(body, document, message_id, sent_at, rules, now)
+
+
+def decode_body(body: str) -> Any:
+    """The body's JSON document when the body is exactly one (the common case: no whitespace
+    around it); else UNREAD, and `parse_document` reads it again for its own error message."""
     try:
-        if document is _UNREAD:
+        document, end = _DECODER.raw_decode(body)
+    except (ValueError, RecursionError):
+        return UNREAD
+    return document if end == len(body) else UNREAD
+
+
+def single_event(
+    body: str, document: Any, rules: ValidationRules, now: datetime
+) -> MeterEvent | None:
+    """The one valid event of a body already in Stripe's form (what producers send), judged in
+    the fewest steps, with the body's text kept when it reads the same. None for anything else:
+    `parse_document` then judges it in full, and says why."""
+    event = _in_stripe_form(document, rules, now)
+    if event is not None and _text_reads_the_same(body, event):
+        event.source = body
+    return event
+
+
+def single_message(message_id: str, event: MeterEvent) -> ParsedMessage:
+    """A message of one event in Stripe's form as `parse_message` returns it, made again from
+    the event alone (the forwarder keeps nothing else of such a message unless it fails)."""
+    return ParsedMessage(message_id, [ParsedEvent(0, event.identifier, event, event.to_stripe())])
+
+
+def parse_document(
+    body: str,
+    document: Any,
+    message_id: str,
+    sent_at: datetime,
+    rules: ValidationRules,
+    now: datetime,
+) -> ParsedMessage:
+    """The full path of `parse_message`, from what `decode_body` made of the body."""
+    try:
+        if document is UNREAD:
             document = _DECODER.decode(body)  # surrounding whitespace, or its own error message
     except (ValueError, RecursionError) as error:
         reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
@@ -293,7 +327,6 @@ def parse_message(
     return ParsedMessage(message_id, events)
 
 
-_UNREAD = object()
 _STRINGS_PER_EVENT = 7  # 4 keys, 3 values (the payload's are counted apart)
 
 

@@ -40,8 +40,12 @@ from meter_relay.events import (
     ParsedMessage,
     Rejection,
     ValidationRules,
+    decode_body,
     format_timestamp,
+    parse_document,
     parse_message,
+    single_event,
+    single_message,
 )
 from meter_relay.observability import logger, metrics
 from meter_relay.session import LambdaRefresher, SessionStore, SessionTokenSource
@@ -155,13 +159,18 @@ class ForwardingProcessor(BasePartialBatchProcessor):
 
     def _parse_raw(self, raw: dict[str, Any]) -> ParsedMessage:
         """The same, on the record as Lambda sends it (no wrapper objects on the hot path)."""
-        sent = (raw.get("attributes") or {}).get("SentTimestamp")
-        sent_at = _from_millis(sent) if sent else self._now
         rules: ValidationRules = self.forwarder.config.rules
-        return parse_message(raw.get("body") or "", raw["messageId"], sent_at, rules, self._now)
+        return parse_message(
+            raw.get("body") or "", raw["messageId"], self._sent_at(raw), rules, self._now
+        )
+
+    def _sent_at(self, raw: dict[str, Any]) -> datetime:
+        """When the producer sent the message: an event without a timestamp takes it."""
+        sent = (raw.get("attributes") or {}).get("SentTimestamp")
+        return _from_millis(sent) if sent else self._now
 
     def process(self) -> list[tuple[Any, ...]]:
-        parsed, valid, report = self._parse_and_deliver()
+        in_full, valid, report = self._parse_and_deliver()
         to_retry = Counter(valid[i][0] for i in report.retry)  # message -> events to retry
         # by (message, event index): events of a message may share an identifier (a producer's
         # mistake), and only the one Stripe refused is dead-lettered
@@ -170,7 +179,7 @@ class ForwardingProcessor(BasePartialBatchProcessor):
             rejected_by_stripe[valid[position]] = rejection
             self._with_rejections.add(valid[position][0])
         letters = {
-            m: self._dead_letters(SQSRecord(self.records[m]), parsed[m], rejected_by_stripe, m)
+            m: self._dead_letters(SQSRecord(self.records[m]), in_full[m], rejected_by_stripe, m)
             for m in sorted(self._with_rejections)
             if m not in to_retry
         }
@@ -190,25 +199,43 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         for m, raw in enumerate(self.records):  # Lambda's dicts: wrapped only when failed
             reason = failed.get(m)
             if reason is None:
-                results.append(self.success_handler(raw, len(parsed[m].events)))
+                results.append(self.success_handler(raw, _events_in(in_full, m)))
             else:
                 error = _exc_info(RetryLater(reason))
                 results.append(self.failure_handler(SQSRecord(raw), error))
-        self._account(report, letters, unsent, set(to_retry), parsed)
+        self._account(report, letters, unsent, set(to_retry), in_full)
         return results
 
     def _parse_and_deliver(
         self,
-    ) -> tuple[list[ParsedMessage], list[tuple[int, int]], DeliveryReport]:
-        """Each record parsed once; its valid events handed to the delivery as they come.
-        Returns the messages, (message, event index) by delivery position, and the report."""
+    ) -> tuple[dict[int, ParsedMessage], list[tuple[int, int]], DeliveryReport]:
+        """Each record read once; its valid events handed to the delivery as they come.
+
+        A record of one valid event in Stripe's form, nearly every record, is read in the
+        fewest steps and leaves nothing behind but that event: objects kept per record cost
+        more than the reading itself. The others are parsed in full, and so is such a record
+        again if Stripe refuses its event (for its letter). Returns the messages parsed in full
+        by index (any other holds one event), (message, event index) by delivery position, and
+        the report.
+        """
         run = self.forwarder.delivery.start(self._remaining)
-        parsed: list[ParsedMessage] = []
+        rules: ValidationRules = self.forwarder.config.rules
+        now = self._now
+        in_full: dict[int, ParsedMessage] = {}
         valid: list[tuple[int, int]] = []
         self._with_rejections.clear()
         for m, raw in enumerate(self.records):
-            message = self._parse_raw(raw)
-            parsed.append(message)
+            body = raw.get("body") or ""
+            document = decode_body(body)
+            event = single_event(body, document, rules, now)
+            if event is not None:
+                run.add(event)
+                valid.append((m, 0))
+                continue
+            message = parse_document(
+                body, document, raw["messageId"], self._sent_at(raw), rules, now
+            )
+            in_full[m] = message
             if message.rejection is not None:
                 self._with_rejections.add(m)
             for one in message.events:
@@ -217,8 +244,14 @@ class ForwardingProcessor(BasePartialBatchProcessor):
                     valid.append((m, one.index))
                 else:
                     self._with_rejections.add(m)
-        self.settled.received = sum(len(m.events) or 1 for m in parsed)
-        return parsed, valid, run.finish()
+        received = len(self.records) - len(in_full)
+        self.settled.received = received + sum(len(m.events) or 1 for m in in_full.values())
+        report = run.finish()
+        for position in report.rejected:
+            m = valid[position][0]
+            if m not in in_full:
+                in_full[m] = single_message(self.records[m]["messageId"], run.events[position])
+        return in_full, valid, report
 
     def _dead_letters(
         self,
@@ -274,7 +307,7 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         letters: dict[int, list[DeadLetter]],
         unsent: set[int],
         retry_messages: set[int],
-        parsed: list[ParsedMessage],
+        in_full: dict[int, ParsedMessage],
     ) -> None:
         settled = self.settled
         codes: Counter[str] = Counter(
@@ -285,7 +318,7 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         )
         settled.dead_lettered = codes
         settled.delivered = len(report.delivered)
-        settled.retried_events = sum(len(parsed[m].events) for m in retry_messages)
+        settled.retried_events = sum(_events_in(in_full, m) for m in retry_messages)
         settled.failed_messages = len(self.fail_messages)
         metrics.add_metric("EventsReceived", MetricUnit.Count, settled.received)
         metrics.add_metric("EventsDelivered", MetricUnit.Count, settled.delivered)
@@ -327,6 +360,12 @@ def _cyclic_gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _events_in(in_full: dict[int, ParsedMessage], m: int) -> int:
+    """A message's events: one, unless it was parsed in full (see _parse_and_deliver)."""
+    message = in_full.get(m)
+    return 1 if message is None else len(message.events)
 
 
 @functools.lru_cache(maxsize=1024)
