@@ -8,6 +8,10 @@ path). Figures:
   seconds per 100,000 events (this process: the harness runs the handler here);
 - baseline: the same events, pre-serialised into 100-event bodies, posted over one
   keep-alive requests.Session at the same concurrency: what this machine allows at best;
+- floors, the same single-event payloads decoded as Lambda does and their bodies sent through
+  the forwarder's own stream client at that concurrency, (a) unread, (b) each decoded but not
+  judged: no forwarder that reads every record can beat (b), nor any forwarder at all (a);
+  the gap from (b) to the forwarder is what judging and accounting for events costs;
 - the official stripe SDK as its users write it: (a) Stripe's example, a new client per send
   and one event a call, (b) 100-event batches through one reused client at that concurrency;
 - cold start, in a fresh interpreter each: the handler module's import time, and the first
@@ -45,7 +49,8 @@ from devkit.emulator.client import DEFAULT_SECRET_KEY
 from devkit.harness import Invocation, load_function
 from devkit.local_stack import METERS, TEMPLATE, _server_process
 from devkit.moto_server import aws_env
-from meter_relay.events import format_timestamp
+from meter_relay.events import decode_body, format_timestamp
+from meter_relay.stripe_client import Kind, MeterEventStream, StripeHttp
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
@@ -221,6 +226,39 @@ def bench_baseline(emulator_url: str, token: str, n: int) -> Contestant:
     return Contestant(prepare, run)
 
 
+def bench_floors(emulator_url: str, token: str, singles: Contestant) -> list[Contestant]:
+    """The floors (see the module docstring), on the payloads the forwarder gets."""
+    http = StripeHttp(emulator_url, API_VERSION, pool_size=8)
+    pool = ThreadPoolExecutor(8)
+
+    def post(texts: list[str]) -> None:
+        body = ('{"events":[' + ",".join(texts) + "]}").encode()
+        answer = http.post_pooled(MeterEventStream.PATH, token, body, 30)
+        assert answer.kind is Kind.OK, answer.error
+
+    def floor(read: Callable[[str], object]) -> Callable[[bytes], None]:
+        def run(payload: bytes) -> None:
+            calls, texts = [], []
+            for record in json.loads(payload)["Records"]:
+                body = record["body"]
+                read(body)
+                texts.append(body)
+                if len(texts) == 100:
+                    calls.append(pool.submit(post, texts))
+                    texts = []
+            if texts:
+                calls.append(pool.submit(post, texts))
+            for call in calls:
+                call.result()
+
+        return run
+
+    return [
+        Contestant(singles.prepare, floor(lambda body: None)),
+        Contestant(singles.prepare, floor(decode_body)),
+    ]
+
+
 def bench_sdk(
     emulator_url: str, token: str, seconds: float, n: int
 ) -> tuple[dict[str, float], Contestant]:
@@ -342,9 +380,15 @@ def main(argv: list[str] | None = None) -> int:
         scope.callback(close)
         example, sdk_batched = bench_sdk(emulator, setup["token"], args.sdk_seconds, args.events)
         baseline_run = bench_baseline(emulator, setup["token"], args.events)
-        race([singles, envelopes, baseline_run, sdk_batched], args.events, args.rounds)
+        unread, decoded = bench_floors(emulator, setup["token"], singles)
+        race(
+            [singles, envelopes, baseline_run, unread, decoded, sdk_batched],
+            args.events,
+            args.rounds,
+        )
         forwarder = {"singles": singles.result(), "envelopes": envelopes.result()}
         baseline = baseline_run.result()
+        floors = {"unread": unread.result(), "decoded": decoded.result()}
         sdk = {"example": example, "batched": sdk_batched.result()}
     ratio = forwarder["singles"]["events_per_s"] / baseline["events_per_s"]
     envelope_ratio = forwarder["envelopes"]["events_per_s"] / baseline["events_per_s"]
@@ -352,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         ("forwarder, 10,000 single-event records", forwarder["singles"]),
         ("forwarder, 100 envelopes x 100 events", forwarder["envelopes"]),
         ("baseline, pre-serialised, one session", baseline),
+        ("floor: single-event bodies sent unread", floors["unread"]),
+        ("floor: ... each decoded, not judged", floors["decoded"]),
         ("stripe SDK, example (new client, 1 event)", sdk["example"]),
         ("stripe SDK, 100-event batches, one client", sdk["batched"]),
     ]
@@ -363,6 +409,13 @@ def main(argv: list[str] | None = None) -> int:
         f"(init {cold['init_ms'] or 0:.0f} ms), peak RSS {cold['peak_rss_mb']:.0f} MB after a "
         f"{args.events:,}-record batch; handler import {imported:.0f} ms"
     )
+    floor_ratios = {
+        name: row["events_per_s"] / baseline["events_per_s"] for name, row in floors.items()
+    }
+    print(
+        f"floors/baseline: unread {floor_ratios['unread']:.2f}, "
+        f"decoded {floor_ratios['decoded']:.2f}"
+    )
     print(f"envelopes/baseline = {envelope_ratio:.2f}")
     print(f"forwarder/baseline = {ratio:.2f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -372,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                 "forwarder_events_per_s": forwarder["singles"]["events_per_s"],
                 "forwarder_envelope_events_per_s": forwarder["envelopes"]["events_per_s"],
                 "baseline_events_per_s": baseline["events_per_s"],
+                "floor_unread_events_per_s": floors["unread"]["events_per_s"],
+                "floor_decoded_events_per_s": floors["decoded"]["events_per_s"],
                 "sdk_example_events_per_s": sdk["example"]["events_per_s"],
                 "sdk_batched_events_per_s": sdk["batched"]["events_per_s"],
                 "forwarder_cpu_s_per_100k_events": forwarder["singles"]["cpu_s_per_100k"],
@@ -385,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                 "first_invocation_init_ms": cold["init_ms"],
                 "forwarder_to_baseline": ratio,
                 "envelopes_to_baseline": envelope_ratio,
+                "floor_unread_to_baseline": floor_ratios["unread"],
+                "floor_decoded_to_baseline": floor_ratios["decoded"],
                 "events_per_batch": args.events,
                 "rounds": args.rounds,
             },

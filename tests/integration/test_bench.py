@@ -18,6 +18,8 @@ REQUIRED = {
     "sdk_example_events_per_s",
     "sdk_batched_events_per_s",
     "forwarder_envelope_events_per_s",
+    "floor_unread_events_per_s",
+    "floor_decoded_events_per_s",
     "forwarder_peak_rss_mb",
     "handler_import_ms",
     "first_invocation_ms",
