@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,14 @@ API_VERSION = "2026-09-30.preview"
 
 
 def make_events(n: int) -> list[dict[str, Any]]:
-    now = format_timestamp(datetime.now(UTC))
+    """Events as a producer sending 10,000 a second stamps them: ten a millisecond, the batch
+    ending now (one timestamp for all would flatter whatever judges timestamps once)."""
+    end = datetime.now(UTC)
     return [
         {
             "event_name": "api_requests",
             "identifier": uuid.uuid4().hex,
-            "timestamp": now,
+            "timestamp": format_timestamp(end - timedelta(milliseconds=(n - i) // 10)),
             "payload": {"stripe_customer_id": f"cus_{i % 500:04d}", "value": str(1 + i % 9)},
         }
         for i in range(n)

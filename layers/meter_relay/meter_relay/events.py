@@ -234,11 +234,12 @@ def parse_message(
     now: datetime,
 ) -> ParsedMessage:
     """Parse one SQS message body once; every event comes back normalised or rejected."""
+    judge = Judge(rules, now)
     document = decode_body(body)
-    event = single_event(body, document, rules, now)
+    event = judge.single(body, document)
     if event is not None:
         return ParsedMessage(message_id, [ParsedEvent(0, event.identifier, event, document)])
-    return parse_document(body, document, message_id, sent_at, rules, now)
+    return parse_document(body, document, message_id, sent_at, judge)
 
 
 def decode_body(body: str) -> Any:
@@ -251,18 +252,6 @@ def decode_body(body: str) -> Any:
     return document if end == len(body) else UNREAD
 
 
-def single_event(
-    body: str, document: Any, rules: ValidationRules, now: datetime
-) -> MeterEvent | None:
-    """The one valid event of a body already in Stripe's form (what producers send), judged in
-    the fewest steps, with the body's text kept when it reads the same. None for anything else:
-    `parse_document` then judges it in full, and says why."""
-    event = _in_stripe_form(document, rules, now)
-    if event is not None and _text_reads_the_same(body, event):
-        event.source = body
-    return event
-
-
 def single_message(message_id: str, event: MeterEvent) -> ParsedMessage:
     """A message of one event in Stripe's form as `parse_message` returns it, made again from
     the event alone (the forwarder keeps nothing else of such a message unless it fails)."""
@@ -270,12 +259,7 @@ def single_message(message_id: str, event: MeterEvent) -> ParsedMessage:
 
 
 def parse_document(
-    body: str,
-    document: Any,
-    message_id: str,
-    sent_at: datetime,
-    rules: ValidationRules,
-    now: datetime,
+    body: str, document: Any, message_id: str, sent_at: datetime, judge: Judge
 ) -> ParsedMessage:
     """The full path of `parse_message`, from what `decode_body` made of the body."""
     try:
@@ -319,9 +303,9 @@ def parse_document(
         )
     events = []
     for index, raw in enumerate(raw_events):
-        event = _in_stripe_form(raw, rules, now)
+        event = judge.stripe_form(raw)
         if event is None:
-            events.append(normalise_event(raw, index, message_id, sent_at, rules, now))
+            events.append(normalise_event(raw, index, message_id, sent_at, judge.rules, judge.now))
         else:
             events.append(ParsedEvent(index, event.identifier, event, raw))
     return ParsedMessage(message_id, events)
@@ -330,49 +314,77 @@ def parse_document(
 _STRINGS_PER_EVENT = 7  # 4 keys, 3 values (the payload's are counted apart)
 
 
-def _in_stripe_form(raw: Any, rules: ValidationRules, now: datetime) -> MeterEvent | None:
-    """The event that is already exactly Stripe's form and valid, which is what producers send:
-    judged in fewer steps than `normalise_event`. None for anything else (the full path then
-    judges it, and says why)."""
-    if type(raw) is not dict or len(raw) != len(EVENT_FIELDS):
-        return None
-    event_name = raw.get("event_name")
-    identifier = raw.get("identifier")
-    timestamp = raw.get("timestamp")
-    payload = raw.get("payload")
-    if (
-        type(event_name) is not str
-        or type(identifier) is not str
-        or type(timestamp) is not str
-        or type(payload) is not dict
-        or not 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH
-        or not event_name.strip()
-    ):
-        return None
-    for value in payload.values():
-        if type(value) is not str:
+class Judge:
+    """Stripe's rules for the events of one batch, as of one moment (`now` fixes the timestamp
+    window): the short judgement of events already in Stripe's form, which is what producers
+    send. A batch's events share a few event names and values, and at most a timestamp per
+    millisecond: each is judged once per batch and kept in a dict that lives as long as the
+    batch (an lru_cache would cost a call and a key per event)."""
+
+    __slots__ = ("_earliest", "_keys", "_latest", "_timestamps", "_values", "now", "rules")
+
+    def __init__(self, rules: ValidationRules, now: datetime) -> None:
+        self.rules = rules
+        self.now = now
+        self._earliest, self._latest = _window(now)
+        self._keys: dict[str, MeterKeys] = {}  # event names with a non-blank name
+        self._values: dict[str | None, bool] = {}
+        self._timestamps: dict[str, bool] = {}
+
+    def stripe_form(self, raw: Any) -> MeterEvent | None:
+        """The event, if it is already exactly Stripe's form and valid; judged in fewer steps
+        than `normalise_event`. None for anything else (the full path then judges it, and
+        says why)."""
+        if type(raw) is not dict or len(raw) != len(EVENT_FIELDS):
             return None
-    keys = rules.keys_for(event_name)
-    value = payload.get(keys.value_key)
-    moment = _parse_timestamp_text(timestamp)
-    earliest, latest = _window(now)
-    if (
-        not payload.get(keys.customer_key, "").strip()
-        or not value
-        or not value_allowed(value, rules.value_rule)
-        or moment is None
-        or not earliest <= moment <= latest
-    ):
-        return None
-    return MeterEvent(event_name, payload, identifier, timestamp)
+        event_name = raw.get("event_name")
+        identifier = raw.get("identifier")
+        timestamp = raw.get("timestamp")
+        payload = raw.get("payload")
+        if (
+            type(event_name) is not str
+            or type(identifier) is not str
+            or type(timestamp) is not str
+            or type(payload) is not dict
+            or not 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH
+        ):
+            return None
+        for value in payload.values():
+            if type(value) is not str:
+                return None
+        keys = self._keys.get(event_name)
+        if keys is None:
+            if not event_name.strip():
+                return None
+            keys = self._keys[event_name] = self.rules.keys_for(event_name)
+        value = payload.get(keys.value_key)
+        allowed = self._values.get(value)
+        if allowed is None:
+            allowed = bool(value) and value_allowed(value, self.rules.value_rule)
+            self._values[value] = allowed
+        in_window = self._timestamps.get(timestamp)
+        if in_window is None:
+            moment = parse_rfc3339(timestamp)
+            in_window = moment is not None and self._earliest <= moment <= self._latest
+            self._timestamps[timestamp] = in_window
+        if not allowed or not in_window or not payload.get(keys.customer_key, "").strip():
+            return None
+        return MeterEvent(event_name, payload, identifier, timestamp)
 
-
-def _text_reads_the_same(body: str, event: MeterEvent) -> bool:
-    """Whether a single event's body, sent as it is, says exactly what was judged: not if it
-    holds a key twice (JSON's last one wins here; Stripe's parser need not agree). Every value
-    being a string, such a text holds exactly two quotes per key and per value, unless it
-    repeats a key or escapes a quote."""
-    return body.count('"') == 2 * (_STRINGS_PER_EVENT + 2 * len(event.payload))
+    def single(self, body: str, document: Any) -> MeterEvent | None:
+        """The one valid event of a body already in Stripe's form, with the body's text kept
+        when it reads the same. None for anything else: `parse_document` then judges it in
+        full, and says why."""
+        event = self.stripe_form(document)
+        # The text is sent as it is only if it says exactly what was judged: not if it holds a
+        # key twice (JSON's last one wins here; Stripe's parser need not agree). Every value
+        # being a string, such a text holds exactly two quotes per key and per value, unless it
+        # repeats a key or escapes a quote.
+        if event is not None and body.count('"') == 2 * (
+            _STRINGS_PER_EVENT + 2 * len(event.payload)
+        ):
+            event.source = body
+        return event
 
 
 def normalise_event(

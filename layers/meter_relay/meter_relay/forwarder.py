@@ -37,6 +37,7 @@ from meter_relay.config import AWS_CLIENT_CONFIG, ForwarderConfig
 from meter_relay.dead_letter import DeadLetter, DeadLetterQueue
 from meter_relay.delivery import DeliveryReport, StreamDelivery
 from meter_relay.events import (
+    Judge,
     ParsedMessage,
     Rejection,
     ValidationRules,
@@ -44,7 +45,6 @@ from meter_relay.events import (
     format_timestamp,
     parse_document,
     parse_message,
-    single_event,
     single_message,
 )
 from meter_relay.observability import logger, metrics
@@ -219,22 +219,19 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         the report.
         """
         run = self.forwarder.delivery.start(self._remaining)
-        rules: ValidationRules = self.forwarder.config.rules
-        now = self._now
+        judge = Judge(self.forwarder.config.rules, self._now)
         in_full: dict[int, ParsedMessage] = {}
         valid: list[tuple[int, int]] = []
         self._with_rejections.clear()
         for m, raw in enumerate(self.records):
             body = raw.get("body") or ""
             document = decode_body(body)
-            event = single_event(body, document, rules, now)
+            event = judge.single(body, document)
             if event is not None:
                 run.add(event)
                 valid.append((m, 0))
                 continue
-            message = parse_document(
-                body, document, raw["messageId"], self._sent_at(raw), rules, now
-            )
+            message = parse_document(body, document, raw["messageId"], self._sent_at(raw), judge)
             in_full[m] = message
             if message.rejection is not None:
                 self._with_rejections.add(m)
