@@ -380,14 +380,18 @@ class Message:
 
 @st.composite
 def batches(draw: st.DrawFn) -> list[Message]:
-    """1 to 20 messages: single events and envelopes of up to 40, some events invalid."""
+    """1 to 20 messages: single events and envelopes of up to 40, some events invalid. Events
+    with an identifier are sometimes stamped too: a single one is then in Stripe's form, which
+    the forwarder reads in its short path."""
     prefix = example_prefix("h")
+    now = format_timestamp(datetime.now(UTC))
     messages: list[Message] = []
     for m in range(draw(st.integers(1, 20))):
         message_id = f"{prefix}m{m}"
         envelope = draw(st.booleans())
         size = draw(st.integers(1, 40)) if envelope else 1
         given_ids = draw(st.booleans())
+        stamped = given_ids and draw(st.booleans())
         invalid_at = (
             draw(st.sets(st.integers(0, size - 1), max_size=2))
             if draw(st.integers(0, 3)) == 0
@@ -405,6 +409,8 @@ def batches(draw: st.DrawFn) -> list[Message]:
             }
             if given_ids:
                 event["identifier"] = identifier
+            if stamped:
+                event["timestamp"] = now
             events.append(event)
             if index in invalid_at:
                 invalid.append((index, identifier))

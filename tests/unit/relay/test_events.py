@@ -24,15 +24,19 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 import meter_relay
 from meter_relay.events import (
     EVENT_FIELDS,
+    UNREAD,
     ErrorCode,
+    Judge,
     ParsedEvent,
     ParsedMessage,
     Rejection,
     ValidationRules,
+    decode_body,
     format_timestamp,
     normalise_event,
     parse_message,
     parse_rfc3339,
+    single_message,
     stream_body,
 )
 
@@ -1264,3 +1268,69 @@ def test_property_a_stream_body_holds_exactly_the_normalised_events(
     assert len(events) == len(documents)
     body = json.loads(stream_body(events), object_pairs_hook=keys_once)
     assert body == {"events": [event.to_stripe() for event in events]}
+
+
+# ----- one Judge for a whole batch: what it keeps of one event never changes another's -----------
+
+DECIMAL_SEARCH_RULES = ValidationRules(SEARCH_RULES.meter_keys, "decimal")
+
+# a small pool of each field, so that a batch's events share names, values and timestamps
+pooled_events = st.builds(
+    lambda name, customer, value, timestamp, identifier, customer_key, value_key: {
+        "event_name": name,
+        "identifier": identifier,
+        "timestamp": timestamp,
+        "payload": {customer_key: customer, value_key: value},
+    },
+    name=st.sampled_from(["api_requests", "search_calls", " ", ""]),
+    customer=st.sampled_from(["cus_1", " ", ""]),
+    value=st.sampled_from(["1", "0", "2.5", "07", "-1", "", "1e3"]),
+    timestamp=st.sampled_from(
+        [rfc(NOW), rfc(NOW - timedelta(days=36)), rfc(NOW + timedelta(minutes=6)), "soon"]
+    ),
+    identifier=st.sampled_from(["e1", "e2", "x" * 101]),
+    customer_key=st.sampled_from(["stripe_customer_id", "customer"]),
+    value_key=st.sampled_from(["value", "calls"]),
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    documents=st.lists(pooled_events, min_size=1, max_size=30),
+    rules=st.sampled_from([RULES, SEARCH_RULES, DECIMAL_SEARCH_RULES]),
+)
+def test_property_one_judge_for_a_batch_judges_each_event_as_a_fresh_one_would(
+    documents: list[dict[str, Any]], rules: ValidationRules
+) -> None:
+    judge = Judge(rules, NOW)
+    for document in documents:
+        shared = judge.stripe_form(document)
+        assert shared == Judge(rules, NOW).stripe_form(document)
+        full = normalise_event(document, 0, MID, SENT, rules, NOW)
+        if shared is not None:  # the short path takes only what the full path takes as it is
+            assert full.event == shared
+
+
+@pytest.mark.parametrize("body", [' {"a": 1}', '{"a": 1}\n', '{"a": 1} {"b": 2}', "{", "", "[1, 2"])
+def test_a_body_that_is_not_exactly_one_document_is_left_to_the_full_path(body: str) -> None:
+    assert decode_body(body) is UNREAD
+    message = parse(body)  # which reads it again, for its own verdict and message
+    if body.strip() == '{"a": 1}':
+        assert message.rejection is None
+        assert message.events[0].rejection is not None
+    else:
+        assert message.rejection is not None
+        assert message.rejection.code == ErrorCode.MESSAGE_NOT_JSON
+        assert "body is not JSON" in message.rejection.message
+
+
+def test_a_single_message_made_again_writes_the_letter_parse_message_writes() -> None:
+    text = json.dumps(event(identifier="e1", timestamp=rfc(NOW)))
+    parsed = one(text)
+    assert parsed.event is not None
+    again = single_message(MID, parsed.event)
+    assert again.message_id == MID
+    (event_again,) = again.events
+    assert (event_again.index, event_again.identifier) == (0, "e1")
+    assert event_again.dead_letter_body() == parsed.dead_letter_body()
+    assert event_again.event_name == parsed.event_name == "api_requests"
