@@ -55,6 +55,20 @@ def mask_secret(value: str) -> str:
     return f"{scheme} {masked}" if scheme else masked
 
 
+LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+
+
+def _credential(request: Request) -> str:
+    """The key or token of a request's Authorization header (Bearer, or Basic's user)."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(credential).decode().partition(":")[0]
+        except ValueError:
+            return ""
+    return credential if scheme.lower() == "bearer" else ""
+
+
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(status, json.dumps(payload, separators=(",", ":")).encode(), headers or {})
 
@@ -287,15 +301,7 @@ class Emulator:
 
     # ----- cross-cutting -------------------------------------------------------------------
     def _authenticate(self, request: Request, endpoint: str) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, credential = header.partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                credential = base64.b64decode(credential).decode().partition(":")[0]
-            except ValueError:
-                credential = ""
-        elif scheme.lower() != "bearer":
-            credential = ""
+        credential = _credential(request)
         if endpoint == "stream":
             self.state.check_session_token(credential)
             return
@@ -369,7 +375,10 @@ class Emulator:
 
     # ----- v2 ------------------------------------------------------------------------------
     def _create_session(self, request: Request) -> Response:
-        return _json(200, self.state.create_session().to_api())
+        # Stripe's session is in the mode of the key that made it (the emulator takes a live
+        # key only when it is one of its accepted_keys)
+        live = _credential(request).startswith(LIVE_KEY_PREFIXES)
+        return _json(200, self.state.create_session(livemode=live).to_api())
 
     def _stream(self, request: Request) -> Response:
         body = self._json_body(request)

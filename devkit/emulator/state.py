@@ -100,6 +100,7 @@ class Session:
     token: str
     created: float
     expires_at: float
+    livemode: bool = False  # made with a live key (sk_live_, rk_live_)
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -108,7 +109,7 @@ class Session:
             "authentication_token": self.token,
             "created": format_rfc3339(self.created),
             "expires_at": format_rfc3339(self.expires_at),
-            "livemode": False,
+            "livemode": self.livemode,
         }
 
 
@@ -388,13 +389,14 @@ class EmulatorState:
         return {name: self._meter_for(name) for name in names}
 
     # ----- sessions ------------------------------------------------------------------------
-    def create_session(self) -> Session:
+    def create_session(self, livemode: bool = False) -> Session:
         now = self.clock.now()
         session = Session(
             id=self._new_id("mtres"),
             token=f"token_{secrets.token_urlsafe(32)}",
             created=now,
             expires_at=now + self.settings.session_ttl,
+            livemode=livemode,
         )
         with self._lock:
             self._sessions[session.token] = session

@@ -958,3 +958,24 @@ def test_cli_refuses_an_invalid_rate_limit(limit: str) -> None:
     assert result.returncode != 0
     assert "listening" not in result.stdout
     assert result.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    ("key", "livemode"),
+    [
+        ("sk_test_mode_of_the_key_1234", False),
+        ("sk_live_mode_of_the_key_5678", True),
+        ("rk_live_mode_of_the_key_9012", True),
+        ("rk_test_mode_of_the_key_3456", False),
+    ],
+)
+def test_a_session_is_in_the_mode_of_the_key_that_made_it(
+    emulator: EmulatorClient, http: requests.Session, key: str, livemode: bool
+) -> None:
+    emulator.configure(accepted_keys=[key])
+    response = http.post(
+        emulator.url + SESSION, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
+
+    assert response.status_code == 200
+    assert response.json()["livemode"] is livemode
