@@ -9,7 +9,8 @@ import pytest
 from botocore.exceptions import ReadTimeoutError
 from botocore.stub import Stubber
 
-from meter_relay.producer import UsageProducer, message_body
+from meter_relay.producer import MAX_MESSAGE_BYTES, UsageProducer, message_body
+from tests.message_schema import events_in
 from tests.plugins.aws import AwsEnv
 
 if TYPE_CHECKING:
@@ -57,10 +58,7 @@ def test_events_arrive_once_grouped_into_envelopes(
     assert len(report.sent) == messages
     bodies = drain(aws, url)
     assert len(bodies) == messages
-    received = []
-    for body in bodies:
-        document = json.loads(body)
-        received.extend(document.get("events", [document]))
+    received = [event for body in bodies for event in events_in(body)]  # valid by the schema
     assert sorted(e["identifier"] for e in received) == sorted(f"p-{i}" for i in range(23))
 
 
@@ -70,28 +68,30 @@ def test_a_single_event_is_sent_as_itself_several_as_an_envelope() -> None:
     assert json.loads(message_body([one, two])) == {"events": [one, two]}
 
 
+# SendMessageBatch's answers to three entries: one taken, one refused for now (sent again and
+# taken), one refused for good. test_producer_versions.py gives them to every Python too.
+REFUSALS: list[dict[str, Any]] = [
+    {
+        "Successful": [{"Id": "m0", "MessageId": "id-0", "MD5OfMessageBody": "x"}],
+        "Failed": [
+            {"Id": "m1", "SenderFault": False, "Code": "ServiceUnavailable"},
+            {"Id": "m2", "SenderFault": True, "Code": "InvalidMessageContents"},
+        ],
+    },
+    {
+        "Successful": [{"Id": "m1", "MessageId": "id-1", "MD5OfMessageBody": "x"}],
+        "Failed": [],  # required in an answer by older botocore models
+    },
+]
+
+
 def test_refused_entries_are_retried_and_permanent_ones_reported(aws: AwsEnv) -> None:
     sqs = aws.client("sqs")
     url = sqs.create_queue(QueueName="usage-stubbed")["QueueUrl"]
     events = usage(3)
     with Stubber(sqs) as stub:
-        stub.add_response(
-            "send_message_batch",
-            {
-                "Successful": [{"Id": "m0", "MessageId": "id-0", "MD5OfMessageBody": "x"}],
-                "Failed": [
-                    {"Id": "m1", "SenderFault": False, "Code": "ServiceUnavailable"},
-                    {"Id": "m2", "SenderFault": True, "Code": "InvalidMessageContents"},
-                ],
-            },
-        )
-        stub.add_response(
-            "send_message_batch",
-            {
-                "Successful": [{"Id": "m1", "MessageId": "id-1", "MD5OfMessageBody": "x"}],
-                "Failed": [],
-            },
-        )
+        for answer in REFUSALS:
+            stub.add_response("send_message_batch", answer)
         sleeps: list[float] = []
         report = UsageProducer(url, sqs, sleep=sleeps.append).send(events)
         stub.assert_no_pending_responses()
@@ -121,9 +121,41 @@ def test_gives_up_after_max_attempts_and_says_why(aws: AwsEnv) -> None:
     assert "InternalError" in report.failed[0][1]
 
 
-def test_envelope_size_is_checked(aws: AwsEnv) -> None:
+def test_envelope_size_and_attempts_are_checked(aws: AwsEnv) -> None:
     with pytest.raises(ValueError, match="envelope_size"):
         UsageProducer("https://queue", aws.client("sqs"), envelope_size=0)
+    with pytest.raises(ValueError, match="envelope_size"):
+        UsageProducer("https://queue", aws.client("sqs"), envelope_size=1001)
+    with pytest.raises(ValueError, match="max_attempts"):
+        UsageProducer("https://queue", aws.client("sqs"), max_attempts=0)
+
+
+def test_an_event_too_big_for_a_message_is_reported_and_the_rest_sent(aws: AwsEnv) -> None:
+    """Reported with the reason, not sent; the events around it go as usual."""
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="usage-oversized")["QueueUrl"]
+    small, big, other = usage(3)
+    big = {**big, "payload": {**big["payload"], "note": "x" * MAX_MESSAGE_BYTES}}
+    report = UsageProducer(url, sqs).send([small, big, other])
+    [(events, reason)] = report.failed
+    assert events == (big,)
+    assert reason.startswith(f"MessageTooLong: {len(message_body([big]))} bytes")
+    assert sorted(json.loads(body)["identifier"] for body in drain(aws, url)) == ["p-0", "p-2"]
+
+
+def test_an_envelope_is_cut_before_half_the_largest_message(aws: AwsEnv) -> None:
+    """So that big envelopes still travel two or more to a SendMessageBatch call."""
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="usage-big-envelopes")["QueueUrl"]
+    events = [
+        {**event, "payload": {**event["payload"], "note": "x" * 20_000}} for event in usage(20)
+    ]
+    report = UsageProducer(url, sqs, envelope_size=1000).send(events)
+    assert report.failed == []
+    sizes = [len(message_body(m.events)) for m in report.sent]
+    assert len(sizes) > 1
+    assert all(size <= MAX_MESSAGE_BYTES // 2 for size in sizes)
+    assert [e["identifier"] for m in report.sent for e in m.events] == [f"p-{i}" for i in range(20)]
 
 
 class AnswerLostOnce:

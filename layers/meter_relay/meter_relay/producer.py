@@ -1,8 +1,12 @@
-"""A small producer helper for Python services: usage events onto the usage queue.
+"""Usage events onto Meter Relay's usage queue, from a Python service.
+
+One file, Python 3.9 or later, boto3 its only dependency: copy it into a service as it is (it
+imports nothing else of meter_relay), or import it from the meter-relay package.
 
 Events (Stripe's v2 shape) are grouped into envelopes of `envelope_size` events, envelopes
-into SendMessageBatch calls of 10 messages (and at most 256 KiB), and entries SQS refuses for
-a transient reason are sent again with backoff.
+into SendMessageBatch calls of at most 10 messages and 256 KiB, and entries SQS refuses for a
+transient reason are sent again with backoff. What is not sent is in the report, with the reason:
+nothing is dropped silently.
 
 An event without an `identifier` gets one here, before its first send: a batch whose answer
 was lost (a timeout after SQS took it) is sent again with the same identifiers, and Stripe
@@ -10,6 +14,7 @@ counts it once. Better still, give every event an identifier you can reproduce (
 a request id): then a retry on your side, across processes, is never counted twice either.
 """
 
+# Python 3.9: no `X | Y` outside annotations, no match, no dataclass(slots=...), no `def f[T]`.
 from __future__ import annotations
 
 import json
@@ -18,17 +23,22 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
-
-from meter_relay.sqs_batches import batches
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
+# the largest message the relay is built for, its dead letters included (SQS's classic limit)
 MAX_MESSAGE_BYTES = 256 * 1024
+MAX_BATCH_ENTRIES = 10  # SendMessageBatch's limits: entries a call,
+MAX_BATCH_BYTES = 256 * 1024  # and their bodies together
+MAX_ENVELOPE_EVENTS = 1000
+
+Event = dict[str, Any]
+_Item = TypeVar("_Item")
 
 
 @dataclass(frozen=True)
@@ -36,13 +46,15 @@ class SentMessage:
     """One SQS message: its id and the events it carries, in order."""
 
     message_id: str
-    events: tuple[dict[str, Any], ...]
+    events: tuple[Event, ...]
 
 
 @dataclass
 class SendReport:
+    """What one `send` did: the messages SQS took, and the events it did not, with why."""
+
     sent: list[SentMessage] = field(default_factory=list)
-    failed: list[tuple[tuple[dict[str, Any], ...], str]] = field(default_factory=list)
+    failed: list[tuple[tuple[Event, ...], str]] = field(default_factory=list)
 
     @property
     def events_sent(self) -> int:
@@ -53,19 +65,21 @@ class SendReport:
         return sum(len(events) for events, _ in self.failed)
 
 
-def message_body(events: Sequence[dict[str, Any]]) -> str:
+def message_body(events: Sequence[Event]) -> str:
     """One event as itself; several as an envelope."""
     return json.dumps(events[0] if len(events) == 1 else {"events": list(events)})
 
 
 @dataclass(frozen=True)
 class _Message:
-    events: tuple[dict[str, Any], ...]
+    events: tuple[Event, ...]
     body: str
+    size: int  # of the body in bytes, as SQS counts it
 
     @classmethod
-    def of(cls, events: list[dict[str, Any]]) -> _Message:
-        return cls(tuple(events), message_body(events))
+    def of(cls, events: Sequence[Event]) -> _Message:
+        body = message_body(events)
+        return cls(tuple(events), body, len(body.encode()))
 
 
 class UsageProducer:
@@ -82,8 +96,10 @@ class UsageProducer:
         sleep: Callable[[float], None] = time.sleep,
         assign_identifiers: bool = True,
     ) -> None:
-        if not 1 <= envelope_size <= 1000:
-            raise ValueError("envelope_size must be between 1 and 1000")
+        if not 1 <= envelope_size <= MAX_ENVELOPE_EVENTS:
+            raise ValueError(f"envelope_size must be between 1 and {MAX_ENVELOPE_EVENTS}")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         self.queue_url = queue_url
         self._sqs = sqs
         self.envelope_size = envelope_size
@@ -94,27 +110,29 @@ class UsageProducer:
         # after an ambiguous failure then makes new messages, new identifiers, counted again
         self.assign_identifiers = assign_identifiers
 
-    def send(self, events: Iterable[dict[str, Any]]) -> SendReport:
+    def send(self, events: Iterable[Event]) -> SendReport:
         """Send every event; what could not be sent after retries is in `report.failed`."""
         report = SendReport()
-        for batch in _batches(self._messages(events)):
+        sendable = []
+        for message in self._messages(events):
+            if message.size > MAX_MESSAGE_BYTES:  # one event that big: reported, not sent
+                reason = f"MessageTooLong: {message.size} bytes, the most is {MAX_MESSAGE_BYTES}"
+                report.failed.append((message.events, reason))
+            else:
+                sendable.append(message)
+        for batch in _groups(sendable, lambda m: m.size, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES):
             self._send_batch(batch, report)
         return report
 
-    def _messages(self, events: Iterable[dict[str, Any]]) -> Iterator[_Message]:
-        group: list[dict[str, Any]] = []
-        size = 0
-        for event in events:
-            if self.assign_identifiers and event.get("identifier") is None:
-                event = {**event, "identifier": uuid.uuid4().hex}  # the caller's dict untouched
-            event_size = len(json.dumps(event)) + 2
-            full = len(group) == self.envelope_size or size + event_size > MAX_MESSAGE_BYTES // 2
-            if group and full:
-                yield _Message.of(group)
-                group, size = [], 0
-            group.append(event)
-            size += event_size
-        if group:
+    def _messages(self, events: Iterable[Event]) -> Iterator[_Message]:
+        if self.assign_identifiers:
+            # a copy: the caller's dicts are left untouched
+            events = (
+                e if e.get("identifier") is not None else {**e, "identifier": uuid.uuid4().hex}
+                for e in events
+            )
+        # an envelope is kept to half the largest message, so that a batch takes at least two
+        for group in _groups(events, _event_size, self.envelope_size, MAX_MESSAGE_BYTES // 2):
             yield _Message.of(group)
 
     def _send_batch(self, batch: list[_Message], report: SendReport) -> None:
@@ -150,5 +168,24 @@ class UsageProducer:
         report.failed.extend((m.events, last_error or "not sent") for m in pending.values())
 
 
-def _batches(messages: Iterable[_Message]) -> Iterator[list[_Message]]:
-    return batches(messages, lambda message: len(message.body.encode()))
+def _event_size(event: Event) -> int:
+    return len(json.dumps(event)) + 2  # its text in an envelope, with the separator
+
+
+def _groups(
+    items: Iterable[_Item], size_of: Callable[[_Item], int], max_items: int, max_bytes: int
+) -> Iterator[list[_Item]]:
+    """Consecutive groups of at most `max_items` items and `max_bytes` (one item may exceed).
+
+    meter_relay.sqs_batches has the same; this file keeps its own to stand alone."""
+    group: list[_Item] = []
+    size = 0
+    for item in items:
+        item_size = size_of(item)
+        if group and (len(group) == max_items or size + item_size > max_bytes):
+            yield group
+            group, size = [], 0
+        group.append(item)
+        size += item_size
+    if group:
+        yield group
