@@ -122,6 +122,7 @@ def stack(emulator_url: str, moto_url: str) -> Iterator[dict[str, Any]]:
             {
                 "token": session["authentication_token"],
                 "session_id": session["id"],
+                "livemode": session["livemode"],
                 "expires_at": session["expires_at"],
             }
         ),
@@ -131,7 +132,7 @@ def stack(emulator_url: str, moto_url: str) -> Iterator[dict[str, Any]]:
         "env": env,
         "token": session["authentication_token"],
         "env_vars": {
-            "Parameters": {"SESSION_TOKEN_PARAMETER": PARAMETER},
+            "Parameters": {"SESSION_TOKEN_PARAMETER": PARAMETER, "STRIPE_MODE": "test"},
             "ForwarderFunction": {
                 "STRIPE_METER_EVENTS_BASE": emulator_url,
                 "DEAD_LETTER_QUEUE_URL": dlq,

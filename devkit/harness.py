@@ -13,7 +13,9 @@ invokes of that object, as Lambda reuses a warm environment, while another `Lamb
 Environment, as `sam local invoke` builds it: Globals.Function merged with the function (maps
 key by key, lists such as Layers concatenated); values that are strings, numbers or booleans;
 Refs to parameters (override, else Default) and pseudo parameters; Fn::Sub and Fn::Join over
-those. Anything else (a resource's Ref, GetAtt, Fn::If) is left out unless overridden.
+those, and Fn::If over Conditions made of them (Fn::Equals, Fn::Not, Fn::And, Fn::Or), as SAM
+CLI's intrinsic resolver does. Anything else (a resource's Ref, GetAtt) is left out unless
+overridden.
 `--env-vars` overrides ({"Parameters": {...}, "<LogicalId>": {...}}, the function's section
 winning) apply, like SAM's, only to variables the template declares; `extra_env` applies to any.
 Lambda's own variables (AWS_LAMBDA_FUNCTION_NAME, AWS_REGION, _HANDLER, ...) are added.
@@ -141,10 +143,19 @@ _SUB_VARIABLE = re.compile(r"\$\{([^}]*)\}")
 
 
 class _Resolver:
-    """Resolves what `sam local invoke` can resolve without a stack: parameters and pseudos."""
+    """Resolves what `sam local invoke` can resolve without a stack: parameters, pseudo
+    parameters, and the conditions built of them (Fn::If, Fn::Equals, Fn::Not, Fn::And, Fn::Or).
+    """
 
-    def __init__(self, template: Mapping[str, Any], overrides: Mapping[str, str], region: str):
+    def __init__(
+        self,
+        template: Mapping[str, Any],
+        overrides: Mapping[str, str],
+        region: str,
+        stack_name: str = STACK_NAME,
+    ):
         self.parameters: Mapping[str, Any] = template.get("Parameters") or {}
+        self.conditions: Mapping[str, Any] = template.get("Conditions") or {}
         unknown = sorted(set(overrides) - set(self.parameters))
         if unknown:
             raise HarnessError(f"parameter overrides for undeclared parameters: {unknown}")
@@ -152,9 +163,9 @@ class _Resolver:
         self.pseudo = {
             "AWS::Region": region,
             "AWS::AccountId": ACCOUNT_ID,
-            "AWS::StackName": STACK_NAME,
+            "AWS::StackName": stack_name,
             "AWS::StackId": (
-                f"arn:aws:cloudformation:{region}:{ACCOUNT_ID}:stack/{STACK_NAME}/"
+                f"arn:aws:cloudformation:{region}:{ACCOUNT_ID}:stack/{stack_name}/"
                 "51af3dc0-da77-11e4-872e-1234567db123"
             ),
             "AWS::Partition": "aws",
@@ -176,6 +187,30 @@ class _Resolver:
                 delimiter, items = arg
                 if isinstance(delimiter, str) and isinstance(items, list):
                     return delimiter.join(self.value(item) for item in items)
+            if key == "Fn::If" and isinstance(arg, list) and len(arg) == 3:
+                name, when_true, when_false = arg
+                return self.value(when_true if self.condition(name) else when_false)
+        raise _Unresolvable(repr(node))
+
+    def condition(self, name: Any) -> bool:
+        if not isinstance(name, str) or name not in self.conditions:
+            raise _Unresolvable(f"condition {name!r}")
+        return self.truth(self.conditions[name])
+
+    def truth(self, node: Any) -> bool:
+        """A condition's value (only conditions of parameters and pseudo parameters)."""
+        if isinstance(node, dict) and len(node) == 1:
+            ((key, arg),) = node.items()
+            if key == "Condition":
+                return self.condition(arg)
+            if key == "Fn::Equals" and isinstance(arg, list) and len(arg) == 2:
+                return self.value(arg[0]) == self.value(arg[1])
+            if key == "Fn::Not" and isinstance(arg, list) and len(arg) == 1:
+                return not self.truth(arg[0])
+            if key == "Fn::And" and isinstance(arg, list):
+                return all(self.truth(item) for item in arg)
+            if key == "Fn::Or" and isinstance(arg, list):
+                return any(self.truth(item) for item in arg)
         raise _Unresolvable(repr(node))
 
     def ref(self, name: str) -> str:
@@ -344,11 +379,13 @@ def resolve_function(
     parameter_overrides: Mapping[str, str] | None = None,
     region: str | None = None,
     timeout: float | None = None,
+    stack_name: str = STACK_NAME,
 ) -> FunctionSpec:
     """Resolve an AWS::Serverless::Function as `sam local invoke` sees it.
 
     env_vars (the `--env-vars` document, or its path) overrides only variables the template
     declares, as SAM does; extra_env is applied regardless (e.g. AWS_ENDPOINT_URL for moto).
+    stack_name is AWS::StackName (`sam local` says "local"; tests give two stacks their own).
     """
     template_file = Path(template_path).resolve()
     template = load_template(template_file)
@@ -372,7 +409,7 @@ def resolve_function(
         or os.environ.get("AWS_REGION")
         or DEFAULT_REGION
     )
-    resolver = _Resolver(template, parameter_overrides or {}, region)
+    resolver = _Resolver(template, parameter_overrides or {}, region, stack_name)
     base = template_file.parent
 
     handler = resolver.required(props.get("Handler"), f"{logical_id}.Handler")
@@ -841,6 +878,7 @@ def load_function(
     *,
     region: str | None = None,
     timeout: float | None = None,
+    stack_name: str = STACK_NAME,
 ) -> LambdaFunction:
     """Resolve a function from a template and return its (not yet started) environment."""
     return LambdaFunction(
@@ -852,5 +890,6 @@ def load_function(
             parameter_overrides=parameter_overrides,
             region=region,
             timeout=timeout,
+            stack_name=stack_name,
         )
     )

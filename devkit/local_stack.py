@@ -56,8 +56,9 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
 METERS = Path(__file__).resolve().parent / "local_meters.json"
-SESSION_PARAMETER = "/meter-relay/local/meter-event-session"
-SECRET_NAME = "meter-relay-local/stripe-secret-key"  # noqa: S105 (a name, not a secret)
+# Names no deployed stack can have (a stack's name holds no "."): see events/env.json.
+SESSION_PARAMETER = "/meter-relay.local/stripe/meter-event-session"
+SECRET_NAME = "meter-relay.local/stripe-secret-key"  # noqa: S105 (a name, not a secret)
 MAX_QUEUE_DEPTH = 300  # moto slows down on deep queues: the producer waits above this
 MAX_PAYLOAD_BYTES = 5_500_000  # Lambda's 6 MB invocation payload, with room for the envelope
 DELIVERED = "delivered"
@@ -170,7 +171,7 @@ def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
         },
     )["QueueUrl"]
     secrets.create_secret(Name=SECRET_NAME, SecretString=DEFAULT_SECRET_KEY)
-    common = {"SESSION_TOKEN_PARAMETER": SESSION_PARAMETER}
+    common = {"SESSION_TOKEN_PARAMETER": SESSION_PARAMETER, "STRIPE_MODE": "test"}
     # Margins in proportion when the emulator's sessions live shorter than Stripe's 15 minutes.
     refresh_margin = min(420.0, options.session_ttl / 2)
     env_vars = {

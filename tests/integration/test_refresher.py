@@ -92,7 +92,8 @@ def test_first_run_creates_the_secure_string_parameter(relay: Relay) -> None:
     parameter = ssm.get_parameter(Name=relay.parameter, WithDecryption=True)["Parameter"]
     assert parameter["Type"] == "SecureString"
     value = json.loads(parameter["Value"])
-    assert set(value) == {"token", "session_id", "expires_at"}
+    assert set(value) == {"token", "session_id", "expires_at", "livemode"}
+    assert value["livemode"] is False  # the emulator's key is a test-mode key
     assert value["session_id"] == result["session_id"]
     assert value["session_id"].startswith("mtres_")
     assert value["token"]

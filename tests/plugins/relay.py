@@ -64,13 +64,20 @@ FORWARDER_TUNING = {
 }
 
 
-def reset_powertools_logger(service: str = "meter-relay") -> None:
-    """Forget Powertools' configuration of the process-wide `logging` logger of the service.
+def reset_powertools_logger(*stacks: str) -> None:
+    """Forget Powertools' configuration of the process-wide `logging` loggers of the services
+    (a stack's name, as the template sets POWERTOOLS_SERVICE_NAME: the harness's, and any
+    others named; and the library's default).
 
-    Powertools configures that logger once per process, with a handler bound to the
+    Powertools configures such a logger once per process, with a handler bound to the
     sys.stdout of that moment; the harness shares `logging` between environments, so without
     this a later test's logs would go to an earlier test's (closed) capture stream.
     """
+    for service in (STACK_NAME, "meter-relay", *stacks):
+        _reset_logger(service)
+
+
+def _reset_logger(service: str) -> None:
     std_logger = logging.getLogger(service)
     for handler in list(std_logger.handlers):
         std_logger.removeHandler(handler)
@@ -97,6 +104,7 @@ def build_env_vars(moto_url: str, emulator_url: str, *, refresher: bool) -> dict
     return {
         "Parameters": {
             "STRIPE_API_VERSION": API_VERSION,
+            "STRIPE_MODE": "test",
             "SESSION_TOKEN_PARAMETER": SESSION_PARAMETER,
             "POWERTOOLS_LOG_LEVEL": "INFO",
         },
@@ -310,6 +318,7 @@ class Relay:
             "token": session["authentication_token"],
             "session_id": session["id"],
             "expires_at": expires_at or session["expires_at"],
+            "livemode": session["livemode"],
         }
         self.aws.client("ssm").put_parameter(
             Name=self.parameter, Value=json.dumps(value), Type="SecureString", Overwrite=True

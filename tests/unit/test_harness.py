@@ -68,9 +68,39 @@ def test_environment_resolves_globals_parameters_pseudos_and_sub() -> None:
     assert env["ACCOUNT"] == "123456789012"
     assert env["COUNT"] == "42"
     assert env["ENABLED"] == "true"
-    # a resource's Ref, GetAtt, Fn::If and a parameter without a default cannot be resolved
-    for unresolvable in ("QUEUE_URL", "QUEUE_ARN", "MODE", "NEEDS_VALUE"):
+    # a resource's Ref, GetAtt and a parameter without a default cannot be resolved
+    for unresolvable in ("QUEUE_URL", "QUEUE_ARN", "NEEDS_VALUE"):
         assert unresolvable not in env
+
+
+def test_fn_if_resolves_over_conditions_of_parameters_and_pseudos() -> None:
+    """As SAM CLI's intrinsic resolver: Fn::If with Fn::Equals, Fn::Not, Fn::And, Fn::Or and
+    Condition; a branch that needs a deployed stack stays unresolved only when it is taken."""
+    europe = load_function(TEMPLATE, "AlphaFunction", region="eu-west-1").environment
+    elsewhere = load_function(TEMPLATE, "AlphaFunction", region="us-east-1").environment
+    prod = load_function(
+        TEMPLATE, "AlphaFunction", parameter_overrides={"Stage": "prod"}, region="us-east-1"
+    ).environment
+    blank = load_function(
+        TEMPLATE, "AlphaFunction", parameter_overrides={"Stage": ""}, region="eu-west-1"
+    ).environment
+
+    assert (europe["MODE"], europe["REACH"], europe["PROD_QUEUE"]) == (
+        "development",
+        "local-wide",
+        "none",
+    )
+    assert (elsewhere["MODE"], elsewhere["REACH"]) == ("development", "narrow")
+    assert (prod["MODE"], prod["REACH"]) == ("production", "local-wide")
+    assert "PROD_QUEUE" not in prod  # the branch taken is a resource's Ref
+    assert blank["REACH"] == "narrow"
+
+
+def test_the_stack_name_can_be_given_as_for_a_deployed_stack() -> None:
+    staging = load_function(TEMPLATE, "AlphaFunction", region="eu-west-1", stack_name="staging")
+
+    assert staging.environment["STAGE_LABEL"] == "staging-dev-eu-west-1"
+    assert staging.environment["REACH"] == "staging-wide"
 
 
 def test_lambda_variables_and_function_properties_merge_globals() -> None:

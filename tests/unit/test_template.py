@@ -26,20 +26,29 @@ SAMCONFIG = ROOT / "samconfig.toml"
 FORWARDER = "ForwarderFunction"
 REFRESHER = "RefresherFunction"
 SECRET = "StripeSecretKey"
+# The session parameter: the one given, else one named after the stack (never shared).
+TOKEN_PARAMETER = {
+    "Fn::If": [
+        "HasSessionTokenParameterName",
+        {"Ref": "SessionTokenParameterName"},
+        {"Fn::Sub": "/${AWS::StackName}/stripe/meter-event-session"},
+    ]
+}
 TOKEN_PARAMETER_ARN = {
-    "Fn::Sub": (
-        "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}"
-        ":parameter${SessionTokenParameterName}"
-    )
+    "Fn::Sub": [
+        "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${Name}",
+        {"Name": TOKEN_PARAMETER},
+    ]
 }
 FOURTEEN_DAYS = 14 * 24 * 3600
-DEFAULT_TOKEN_PARAMETER = "/meter-relay/stripe/meter-event-session"
+GIVEN_TOKEN_PARAMETER = "/billing/meter-event-session"
 
 # The configuration contract (DESIGN.md and the brief): variable -> template value.
 FORWARDER_ENV: dict[str, Any] = {
     "STRIPE_METER_EVENTS_BASE": {"Ref": "StripeMeterEventsBase"},
     "STRIPE_API_VERSION": {"Ref": "StripeApiVersion"},
-    "SESSION_TOKEN_PARAMETER": {"Ref": "SessionTokenParameterName"},
+    "STRIPE_MODE": {"Ref": "StripeMode"},
+    "SESSION_TOKEN_PARAMETER": TOKEN_PARAMETER,
     "DEAD_LETTER_QUEUE_URL": {"Ref": "UsageDeadLetterQueue"},
     "REFRESHER_FUNCTION_NAME": {"Ref": REFRESHER},
     "STREAM_CONCURRENCY": {"Ref": "StreamConcurrency"},
@@ -50,18 +59,19 @@ REFRESHER_ENV: dict[str, Any] = {
     "STRIPE_API_BASE": {"Ref": "StripeApiBase"},
     "STRIPE_API_VERSION": {"Ref": "StripeApiVersion"},
     "STRIPE_SECRET_ID": {"Ref": SECRET},
-    "SESSION_TOKEN_PARAMETER": {"Ref": "SessionTokenParameterName"},
+    "STRIPE_MODE": {"Ref": "StripeMode"},
+    "SESSION_TOKEN_PARAMETER": TOKEN_PARAMETER,
     "REFRESH_MARGIN_SECONDS": {"Ref": "RefreshMarginSeconds"},
 }
 POWERTOOLS_ENV = {
-    "POWERTOOLS_SERVICE_NAME": "meter-relay",
+    "POWERTOOLS_SERVICE_NAME": {"Ref": "AWS::StackName"},
     "POWERTOOLS_METRICS_NAMESPACE": "MeterRelay",
     "POWERTOOLS_LOG_LEVEL": "INFO",
 }
 PARAMETER_DEFAULTS: dict[str, object] = {
     "StripeApiBase": "https://api.stripe.com",
     "StripeMeterEventsBase": "https://meter-events.stripe.com",
-    "SessionTokenParameterName": DEFAULT_TOKEN_PARAMETER,
+    "SessionTokenParameterName": "",
     "StreamConcurrency": 8,
     "MeterKeys": "{}",
     "ValueRule": "positive_integer",
@@ -347,9 +357,13 @@ def test_contract_parameters_have_their_documented_defaults(template: dict[str, 
     assert parameter(template, "ValueRule")["AllowedValues"] == ["positive_integer", "decimal"]
     assert isinstance(json.loads(parameter(template, "MeterKeys")["Default"]), dict)
     pattern = parameter(template, "SessionTokenParameterName")["AllowedPattern"]
-    assert pattern.startswith("^/"), "the SSM ARN is built as parameter${Name}: Name needs a /"
-    assert re.fullmatch(pattern, DEFAULT_TOKEN_PARAMETER)
+    # the SSM ARN is built as parameter${Name}: a given name needs its leading /
+    assert re.fullmatch(pattern, GIVEN_TOKEN_PARAMETER)
+    assert re.fullmatch(pattern, "")
     assert not re.fullmatch(pattern, "meter-relay/no-leading-slash")
+    mode = parameter(template, "StripeMode")
+    assert mode["AllowedValues"] == ["test", "live"]
+    assert "Default" not in mode, "the mode is stated at deploy, never guessed"
 
 
 def test_refresher_runs_on_a_schedule_with_an_empty_event(template: dict[str, Any]) -> None:
@@ -491,68 +505,368 @@ def test_producer_policy_allows_sending_to_the_usage_queue_only(template: dict[s
     assert any("sqs:SendMessage" in actions(s) for s in document["Statement"])
 
 
-# --- alarms and outputs --------------------------------------------------------------------
+# --- alarms, the alarm topic, the dashboard: as deployed (the SAM transform), for a stack -----
 
 
-def test_alarm_on_any_message_in_the_dead_letter_queue(template: dict[str, Any]) -> None:
-    alarm = the_alarm(
-        template,
-        "AWS/SQS",
-        "ApproximateNumberOfMessagesVisible",
-        [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["UsageDeadLetterQueue", "QueueName"]}}],
-    )
-    assert alarm["Statistic"] == "Maximum"
+class Deployed:
+    """The SAM-transformed template resolved for one stack name and parameter values.
+
+    Parameters and pseudo parameters resolve to their values, conditions and Fn::If are
+    evaluated, and a resource's Ref or GetAtt becomes a readable token (`<UsageQueue>`,
+    `<UsageQueue.QueueName>`) that a test can compare, as CloudFormation's values would be.
+    """
+
+    def __init__(self, stack: str, **parameters: str) -> None:
+        self.stack = stack
+        self.template = sam_transform(TEMPLATE)
+        declared = self.template["Parameters"]
+        unknown = set(parameters) - set(declared)
+        assert not unknown, unknown
+        self.values = {
+            name: str(parameters.get(name, spec.get("Default", "")))
+            for name, spec in declared.items()
+        }
+        self.values.update(
+            {
+                "AWS::StackName": stack,
+                "AWS::Region": "eu-west-1",
+                "AWS::AccountId": "111122223333",
+                "AWS::Partition": "aws",
+                "AWS::URLSuffix": "amazonaws.com",
+            }
+        )
+        self.resources: dict[str, Any] = {
+            logical_id: resource
+            for logical_id, resource in self.template["Resources"].items()
+            if "Condition" not in resource or self.condition(resource["Condition"])
+        }
+
+    def condition(self, name: str) -> bool:
+        return bool(self.resolve(self.template["Conditions"][name]))
+
+    def resolve(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self.resolve(item) for item in node if item != {"Ref": "AWS::NoValue"}]
+        if not isinstance(node, dict):
+            return node
+        if len(node) != 1:
+            return {key: self.resolve(value) for key, value in node.items()}
+        ((key, arg),) = node.items()
+        if key == "Ref":
+            return self.values.get(arg, f"<{arg}>")
+        if key == "Fn::GetAtt":
+            target, attribute = arg if isinstance(arg, list) else arg.split(".", 1)
+            return f"<{target}.{attribute}>"
+        if key == "Fn::Sub":
+            text, variables = (arg, {}) if isinstance(arg, str) else arg
+            local = {name: str(self.resolve(value)) for name, value in variables.items()}
+
+            def substitute(match: re.Match[str]) -> str:
+                name = match.group(1)
+                if name in local:
+                    return local[name]
+                if name in self.values:
+                    return self.values[name]
+                return f"<{name}>"
+
+            return re.sub(r"\$\{([^}!][^}]*)\}", substitute, text)
+        if key == "Fn::If":
+            name, when_true, when_false = arg
+            return self.resolve(when_true if self.condition(name) else when_false)
+        if key == "Fn::Equals":
+            return self.resolve(arg[0]) == self.resolve(arg[1])
+        if key == "Fn::Not":
+            return not self.resolve(arg[0])
+        if key == "Fn::And":
+            return all(self.resolve(item) for item in arg)
+        if key == "Fn::Or":
+            return any(self.resolve(item) for item in arg)
+        if key == "Condition":
+            return self.condition(arg)
+        if key == "Fn::Join":
+            return arg[0].join(str(self.resolve(item)) for item in arg[1])
+        return {key: self.resolve(arg)}
+
+    def of_type(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {
+            logical_id: self.resolve(resource.get("Properties", {}))
+            for logical_id, resource in self.resources.items()
+            if resource["Type"] == kind
+        }
+
+    def alarms(self) -> dict[str, dict[str, Any]]:
+        return self.of_type("AWS::CloudWatch::Alarm")
+
+
+@pytest.fixture(scope="module")
+def production() -> Deployed:
+    return Deployed("production", StripeMode="live", AlarmEmail="oncall@example.com")
+
+
+def metric_of(
+    alarm: dict[str, Any], metric_id: str | None = None
+) -> tuple[str, str, dict[str, str]]:
+    """(namespace, metric name, dimensions) of a plain alarm, or of one metric of a math one."""
+    if metric_id is None:
+        metric = alarm
+    else:
+        (query,) = [m for m in alarm["Metrics"] if m["Id"] == metric_id]
+        metric = query["MetricStat"]["Metric"]
+    dimensions = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
+    return metric["Namespace"], metric["MetricName"], dimensions
+
+
+# What each alarm watches and when it fires: (metric or expression, dimensions, statistic,
+# period, comparison, threshold, periods, missing data). `dead letters` counts hidden letters
+# too: `dlq list` hides what it reads, and the alarm must not flip to OK meanwhile.
+USAGE = {"QueueName": "<UsageQueue.QueueName>"}
+DLQ = {"QueueName": "<UsageDeadLetterQueue.QueueName>"}
+SERVICE = {"service": "production"}
+PLAIN_ALARMS = {
+    "production-dead-letters-aging": (
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage", DLQ),
+        ("Maximum", 300, "GreaterThanThreshold", "259200", 1, "notBreaching"),
+    ),
+    "production-usage-waiting": (
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage", USAGE),
+        ("Maximum", 60, "GreaterThanThreshold", "900", 3, "notBreaching"),
+    ),
+    "production-session-expiring": (
+        ("MeterRelay", "SessionSecondsLeft", SERVICE),
+        ("Minimum", 600, "LessThanThreshold", 300, 1, "breaching"),
+    ),
+    "production-refresh-failing": (
+        ("MeterRelay", "RefreshFailures", SERVICE),
+        ("Sum", 300, "GreaterThanOrEqualToThreshold", 1, 1, "notBreaching"),
+    ),
+    "production-stripe-mode-mismatch": (
+        ("MeterRelay", "SessionModeMismatch", SERVICE),
+        ("Sum", 300, "GreaterThanOrEqualToThreshold", 1, 1, "notBreaching"),
+    ),
+    "production-refresher-errors": (
+        ("AWS/Lambda", "Errors", {"FunctionName": f"<{REFRESHER}>"}),
+        ("Sum", 300, "GreaterThanOrEqualToThreshold", 1, 2, "notBreaching"),
+    ),
+    "production-forwarder-errors": (
+        ("AWS/Lambda", "Errors", {"FunctionName": f"<{FORWARDER}>"}),
+        ("Sum", 300, "GreaterThanOrEqualToThreshold", 1, 1, "notBreaching"),
+    ),
+}
+
+
+def test_each_plain_alarm_watches_its_metric_of_this_stack(production: Deployed) -> None:
+    alarms = {alarm["AlarmName"]: alarm for alarm in production.alarms().values()}
+    for name, (metric, rule) in PLAIN_ALARMS.items():
+        alarm = alarms[name]
+        assert metric_of(alarm) == metric, name
+        statistic, period, comparison, threshold, periods, missing = rule
+        assert (alarm["Statistic"], alarm["Period"], alarm["ComparisonOperator"]) == (
+            statistic,
+            period,
+            comparison,
+        ), name
+        assert (alarm["Threshold"], alarm["EvaluationPeriods"]) == (threshold, periods), name
+        assert alarm["TreatMissingData"] == missing, name
+
+
+def test_the_dead_letter_alarm_counts_hidden_letters_too(production: Deployed) -> None:
+    (alarm,) = [a for a in production.alarms().values() if a["AlarmName"].endswith("-letters")]
+    (returned,) = [m for m in alarm["Metrics"] if m.get("ReturnData", True)]
+    assert returned["Expression"] == "visible + hidden"
+    assert metric_of(alarm, "visible") == ("AWS/SQS", "ApproximateNumberOfMessagesVisible", DLQ)
+    assert metric_of(alarm, "hidden") == ("AWS/SQS", "ApproximateNumberOfMessagesNotVisible", DLQ)
     assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
-    assert alarm["TreatMissingData"] == "notBreaching"
+    # the text names the supported recovery and warns against the console's redrive
+    text = alarm["AlarmDescription"]
+    assert "meter-relay --stack-name production dlq redrive" in text
+    assert "Start DLQ redrive" in text
+    assert "billed twice" in text
 
 
-def test_alarm_on_old_messages_in_the_usage_queue(template: dict[str, Any]) -> None:
-    alarm = the_alarm(
-        template,
-        "AWS/SQS",
-        "ApproximateAgeOfOldestMessage",
-        [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["UsageQueue", "QueueName"]}}],
+def test_sustained_rate_limiting_is_a_share_of_calls_over_fifteen_minutes(
+    production: Deployed,
+) -> None:
+    (alarm,) = [a for a in production.alarms().values() if a["AlarmName"].endswith("-limiting")]
+    (returned,) = [m for m in alarm["Metrics"] if m.get("ReturnData", True)]
+    assert returned["Expression"] == "IF(calls > 0, 100 * limited / calls, 0)"
+    assert metric_of(alarm, "limited") == ("MeterRelay", "StreamCallsRateLimited", SERVICE)
+    assert metric_of(alarm, "calls") == ("MeterRelay", "StreamCalls", SERVICE)
+    periods = {m["Id"]: m["MetricStat"]["Period"] for m in alarm["Metrics"] if "MetricStat" in m}
+    assert set(periods.values()) == {300}
+    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"], alarm["Threshold"]) == (
+        3,
+        3,
+        10,
     )
-    assert alarm["Threshold"] == {"Ref": "QueueAgeAlarmThresholdSeconds"}
-    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
 
 
-def test_alarm_on_refresh_failures_matches_powertools_metrics(template: dict[str, Any]) -> None:
-    env = globals_function(template)["Environment"]["Variables"]
-    alarm = the_alarm(
-        template,
-        env["POWERTOOLS_METRICS_NAMESPACE"],
-        "RefreshFailures",
-        [{"Name": "service", "Value": env["POWERTOOLS_SERVICE_NAME"]}],
-    )
-    assert alarm["Statistic"] == "Sum"
-    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == (
-        "GreaterThanOrEqualToThreshold",
-        1,
-    )
-    assert alarm["TreatMissingData"] == "notBreaching"
+def test_every_alarm_is_named_after_the_stack_and_reaches_its_topic(production: Deployed) -> None:
+    alarms = production.alarms()
+    assert len(alarms) == len(PLAIN_ALARMS) + 2
+    topics = production.of_type("AWS::SNS::Topic")
+    assert list(topics) == ["AlarmTopic"]
+    assert topics["AlarmTopic"]["TopicName"] == "production-alarms"
+    for alarm in alarms.values():
+        assert alarm["AlarmName"].startswith("production-")
+        assert alarm["AlarmActions"] == alarm["OKActions"] == ["<AlarmTopic>"]
+    (subscription,) = production.of_type("AWS::SNS::Subscription").values()
+    assert subscription == {
+        "TopicArn": "<AlarmTopic>",
+        "Protocol": "email",
+        "Endpoint": "oncall@example.com",
+    }
 
 
-def test_alarm_on_refresher_errors(template: dict[str, Any]) -> None:
-    alarm = the_alarm(
-        template, "AWS/Lambda", "Errors", [{"Name": "FunctionName", "Value": {"Ref": REFRESHER}}]
-    )
-    assert alarm["Statistic"] == "Sum"
-    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+def test_only_this_stacks_alarms_may_publish_to_its_topic(production: Deployed) -> None:
+    (policy,) = production.of_type("AWS::SNS::TopicPolicy").values()
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert statement["Action"] == "sns:Publish"
+    pattern = statement["Condition"]["ArnLike"]["aws:SourceArn"]
+    for alarm in production.alarms().values():
+        arn = f"arn:aws:cloudwatch:eu-west-1:111122223333:alarm:{alarm['AlarmName']}"
+        assert fnmatchcase(arn, pattern), arn
+    assert not fnmatchcase("arn:aws:cloudwatch:eu-west-1:111122223333:alarm:staging-x", pattern)
 
 
-def test_alarms_notify_the_topic_only_when_one_is_given(template: dict[str, Any]) -> None:
-    condition = template["Conditions"]["HasAlarmTopic"]
-    assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]}
-    expected = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
-    every = [
-        res["Properties"]
-        for res in template["Resources"].values()
-        if res["Type"] == "AWS::CloudWatch::Alarm"
-    ]
-    assert len(every) >= 4
-    for alarm in every:
-        assert alarm["AlarmActions"] == expected, alarm
+def test_an_existing_topic_replaces_the_stacks_own() -> None:
+    pager = "arn:aws:sns:eu-west-1:111122223333:pager"
+    stack = Deployed("production", StripeMode="live", AlarmTopicArn=pager, AlarmEmail="a@b.co")
+    assert stack.of_type("AWS::SNS::Topic") == {}
+    assert stack.of_type("AWS::SNS::Subscription") == {}
+    for alarm in stack.alarms().values():
+        assert alarm["AlarmActions"] == alarm["OKActions"] == [pager]
+
+
+def test_without_an_email_the_topic_is_made_and_nobody_is_subscribed() -> None:
+    stack = Deployed("production", StripeMode="live")
+    assert list(stack.of_type("AWS::SNS::Topic")) == ["AlarmTopic"]
+    assert stack.of_type("AWS::SNS::Subscription") == {}
+
+
+def _emitted_metric_names() -> set[str]:
+    """Every metric name the library emits (add_metric, single_metric)."""
+    library = ROOT / "layers" / "meter_relay" / "meter_relay"
+    names: set[str] = set()
+    for path in library.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        names.update(re.findall(r'add_metric\(\s*"(\w+)"', text))
+        names.update(re.findall(r'single_metric\(\s*name="(\w+)"', text))
+    return names
+
+
+def test_every_custom_metric_watched_or_shown_is_one_the_code_emits(production: Deployed) -> None:
+    emitted = _emitted_metric_names()
+    assert {"EventsReceived", "SessionSecondsLeft", "SessionModeMismatch"} <= emitted
+    watched: set[str] = set()
+    for alarm in production.alarms().values():
+        for query in alarm.get("Metrics", [alarm]):
+            metric = query.get("MetricStat", {}).get("Metric", query)
+            if metric.get("Namespace") == "MeterRelay":
+                watched.add(metric["MetricName"])
+    (dashboard,) = production.of_type("AWS::CloudWatch::Dashboard").values()
+    body = json.loads(dashboard["DashboardBody"])
+    for widget in body["widgets"]:
+        for line in widget["properties"].get("metrics", []):
+            if line[0] == "MeterRelay":
+                watched.add(line[1])
+            if isinstance(line[0], dict) and "SEARCH" in line[0]["expression"]:
+                watched.update(re.findall(r"MetricName=\"(\w+)\"", line[0]["expression"]))
+    assert watched - emitted == set()
+    assert "EventsDeadLetteredByCode" in watched
+
+
+def test_the_dashboard_shows_this_stacks_queues_metrics_and_alarms(production: Deployed) -> None:
+    (dashboard,) = production.of_type("AWS::CloudWatch::Dashboard").values()
+    assert dashboard["DashboardName"] == "production-meter-relay"
+    widgets = json.loads(dashboard["DashboardBody"])["widgets"]
+    (alarm_widget,) = [w for w in widgets if w["type"] == "alarm"]
+    shown = set(alarm_widget["properties"]["alarms"])
+    assert shown == {f"<{logical_id}.Arn>" for logical_id in production.alarms()}
+    titles = " | ".join(w["properties"]["title"] for w in widgets)
+    for subject in ("Usage queue", "Dead-letter queue", "latency", "429", "Session", "error code"):
+        assert subject in titles, subject
+    for widget in widgets:
+        assert widget["properties"].get("region", "eu-west-1") == "eu-west-1"
+        for line in widget["properties"].get("metrics", []):
+            if line[0] == "MeterRelay":
+                assert line[2:4] == ["service", "production"], line
+            elif line[0] == "AWS/SQS":
+                assert line[2:4] in (
+                    ["QueueName", USAGE["QueueName"]],
+                    ["QueueName", DLQ["QueueName"]],
+                )
+    latency = next(w for w in widgets if "latency" in w["properties"]["title"])
+    stats = {line[-1]["stat"] for line in latency["properties"]["metrics"]}
+    assert stats == {"p50", "p99"}
+
+
+def test_two_stacks_of_the_defaults_share_no_name() -> None:
+    """Staging (sk_test) and production (sk_live) in one account: no session parameter, metric
+    dimension, alarm, topic, dashboard, queue, secret or schedule of one is the other's."""
+    names = {}
+    for stack in ("staging", "production"):
+        deployed = Deployed(stack, StripeMode="test" if stack == "staging" else "live")
+        found: set[str] = set()
+        env = deployed.resolve(
+            deployed.template["Resources"][FORWARDER]["Properties"]["Environment"]
+        )
+        found.add(env["Variables"]["SESSION_TOKEN_PARAMETER"])
+        found.add(env["Variables"]["POWERTOOLS_SERVICE_NAME"])
+        for kind, key in [
+            ("AWS::CloudWatch::Alarm", "AlarmName"),
+            ("AWS::SNS::Topic", "TopicName"),
+            ("AWS::CloudWatch::Dashboard", "DashboardName"),
+            ("AWS::SQS::Queue", "QueueName"),
+            ("AWS::SecretsManager::Secret", "Name"),
+            ("AWS::Scheduler::Schedule", "Name"),
+            ("AWS::Lambda::LayerVersion", "LayerName"),
+        ]:
+            found.update(properties[key] for properties in deployed.of_type(kind).values())
+        names[stack] = found
+    assert "/staging/stripe/meter-event-session" in names["staging"]
+    assert len(names["staging"]) == len(names["production"]) >= 17
+    assert names["staging"] & names["production"] == set()
+
+
+def test_a_given_session_parameter_name_is_used_as_given() -> None:
+    deployed = Deployed("production", StripeMode="live", SessionTokenParameterName="/billing/s")
+    for function in (FORWARDER, REFRESHER):
+        env = deployed.resolve(
+            deployed.template["Resources"][function]["Properties"]["Environment"]
+        )
+        assert env["Variables"]["SESSION_TOKEN_PARAMETER"] == "/billing/s"
+
+
+def test_nobody_can_start_the_consoles_dlq_redrive(production: Deployed) -> None:
+    """It gives moved messages new ids, and identifiers derived from them change: billed twice."""
+    (policy,) = production.of_type("AWS::SQS::QueuePolicy").values()
+    assert policy["Queues"] == ["<UsageDeadLetterQueue>"]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Principal"] == "*"
+    assert statement["Action"] == "sqs:StartMessageMoveTask"
+    assert statement["Resource"] == "<UsageDeadLetterQueue.Arn>"
+
+
+def test_a_stripe_outage_of_twelve_hours_dead_letters_nothing(template: dict[str, Any]) -> None:
+    """A message that could not be delivered is received again after the visibility timeout;
+    MaxReceiveCount receives must outlast a long Stripe outage, and the queue keeps it longer."""
+    visibility = props(template, "UsageQueue")["VisibilityTimeout"]
+    receives = parameter(template, "MaxReceiveCount")["Default"]
+    assert receives * visibility >= 12 * 3600
+    assert receives * visibility < props(template, "UsageQueue")["MessageRetentionPeriod"]
+
+
+def test_dlq_functions_finish_before_sam_remote_invokes_read_timeout(
+    template: dict[str, Any],
+) -> None:
+    """botocore (sam remote invoke's client) reads for DEFAULT_TIMEOUT seconds and retries a
+    read timeout: a function that runs longer is invoked again while it still runs."""
+    from botocore.endpoint import DEFAULT_TIMEOUT
+
+    for function in ("DlqReplayFunction", "DlqCancelFunction"):
+        assert function_setting(template, function, "Timeout") < DEFAULT_TIMEOUT, function
 
 
 def test_outputs_tell_producers_where_the_queue_is(template: dict[str, Any]) -> None:
@@ -570,7 +884,8 @@ def test_outputs_for_operators(template: dict[str, Any]) -> None:
         "DeadLetterQueueUrl": {"Ref": "UsageDeadLetterQueue"},
         "DeadLetterQueueArn": {"Fn::GetAtt": ["UsageDeadLetterQueue", "Arn"]},
         "StripeSecretArn": {"Ref": SECRET},
-        "SessionTokenParameterName": {"Ref": "SessionTokenParameterName"},
+        "SessionTokenParameterName": TOKEN_PARAMETER,
+        "StripeMode": {"Ref": "StripeMode"},
         "ForwarderFunctionName": {"Ref": FORWARDER},
         "RefresherFunctionName": {"Ref": REFRESHER},
         "MeterRelayLayerArn": {"Ref": "MeterRelayLayer"},

@@ -132,12 +132,13 @@ def _api(args: argparse.Namespace) -> StripeApi:
         "the Stripe secret (--secret-id or STRIPE_SECRET_ID)",
     )
     secrets = boto3.client("secretsmanager", config=AWS_CLIENT_CONFIG)
+    base = _setting(args, "api_base", "STRIPE_API_BASE") or DEFAULT_API_BASE
     try:
-        key = read_secret_key(SecretsProvider(boto3_client=secrets), secret_id)
+        key = read_secret_key(SecretsProvider(boto3_client=secrets), secret_id, api_base=base)
     except SecretKeyError as error:
         raise CliError(str(error)) from None
     http = StripeHttp(
-        _setting(args, "api_base", "STRIPE_API_BASE") or DEFAULT_API_BASE,
+        base,
         _setting(args, "api_version", "STRIPE_API_VERSION") or DEFAULT_API_VERSION,
         pool_size=1,
     )

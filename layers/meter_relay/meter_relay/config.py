@@ -1,4 +1,4 @@
-"""Configuration from the environment (DESIGN.md's contract), checked once at start-up.
+"""Configuration from the environment (docs/design.md's contract), checked once at start-up.
 
 A missing or malformed variable fails loudly with its name, never with a default that would
 send usage somewhere unexpected. Tuning variables have safe defaults, documented in README.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 from botocore.config import Config
@@ -23,8 +24,53 @@ DEFAULT_API_VERSION = "2026-09-30.preview"
 AWS_CLIENT_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 5}, connect_timeout=5)
 
 
+StripeMode = Literal["test", "live"]
+LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
+
+
 class ConfigError(ValueError):
     """A configuration variable is missing or malformed."""
+
+
+def is_stripe_url(url: str) -> bool:
+    """Stripe's own hosts over HTTPS: where live keys and live sessions may go, and nowhere else."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return False
+    return parts.scheme == "https" and (host == "stripe.com" or host.endswith(".stripe.com"))
+
+
+def key_mode(key: str) -> StripeMode | None:
+    """The mode a Stripe key works in, from its prefix (None: not a key we can tell)."""
+    if key.startswith(LIVE_KEY_PREFIXES):
+        return "live"
+    if key.startswith(TEST_KEY_PREFIXES):
+        return "test"
+    return None
+
+
+def stripe_mode(env: Mapping[str, str]) -> StripeMode:
+    """STRIPE_MODE (the stack's StripeMode): which of Stripe's modes this stack bills in.
+
+    Required: a stack that streams live usage with a test-mode session is answered 200 by
+    Stripe and never billed, so the mode is stated, never guessed."""
+    value = _required(env, "STRIPE_MODE")
+    if value not in ("test", "live"):
+        raise ConfigError(f"STRIPE_MODE={value!r} is 'test' or 'live'")
+    return "live" if value == "live" else "test"
+
+
+def _live_on_stripe(mode: StripeMode, name: str, url: str) -> str:
+    """A live stack talks to Stripe itself: a live session token sent elsewhere is leaked."""
+    if mode == "live" and not is_stripe_url(url):
+        raise ConfigError(
+            f"{name}={url!r} is not Stripe's (https://*.stripe.com) and STRIPE_MODE is live: "
+            "a live stack sends its credentials to Stripe only"
+        )
+    return url
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -81,6 +127,7 @@ class ForwarderConfig:
     session_parameter: str
     dead_letter_queue_url: str
     refresher_function_name: str | None
+    mode: StripeMode = "test"
     stream_concurrency: int = 8
     token_margin: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -95,12 +142,15 @@ class ForwarderConfig:
             )
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        mode = stripe_mode(env)
+        base = _base_url(env, "STRIPE_METER_EVENTS_BASE", DEFAULT_METER_EVENTS_BASE)
         return cls(
-            meter_events_base=_base_url(env, "STRIPE_METER_EVENTS_BASE", DEFAULT_METER_EVENTS_BASE),
+            meter_events_base=_live_on_stripe(mode, "STRIPE_METER_EVENTS_BASE", base),
             api_version=env.get("STRIPE_API_VERSION", "").strip() or DEFAULT_API_VERSION,
             session_parameter=_required(env, "SESSION_TOKEN_PARAMETER"),
             dead_letter_queue_url=_required(env, "DEAD_LETTER_QUEUE_URL"),
             refresher_function_name=env.get("REFRESHER_FUNCTION_NAME", "").strip() or None,
+            mode=mode,
             stream_concurrency=int(_number(env, "STREAM_CONCURRENCY", 8, 1, 64)),
             token_margin=_number(env, "TOKEN_MARGIN_SECONDS", 60, 0, 600),
             retry=RetryPolicy(
@@ -120,17 +170,21 @@ class RefresherConfig:
     api_version: str
     secret_id: str
     session_parameter: str
+    mode: StripeMode = "test"
     refresh_margin: float = 420.0
     request_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RefresherConfig:
         env = os.environ if env is None else env
+        mode = stripe_mode(env)
+        base = _base_url(env, "STRIPE_API_BASE", DEFAULT_API_BASE)
         return cls(
-            api_base=_base_url(env, "STRIPE_API_BASE", DEFAULT_API_BASE),
+            api_base=_live_on_stripe(mode, "STRIPE_API_BASE", base),
             api_version=env.get("STRIPE_API_VERSION", "").strip() or DEFAULT_API_VERSION,
             secret_id=_required(env, "STRIPE_SECRET_ID"),
             session_parameter=_required(env, "SESSION_TOKEN_PARAMETER"),
+            mode=mode,
             refresh_margin=_number(env, "REFRESH_MARGIN_SECONDS", 420, 0, 840),
             request_timeout=_number(env, "REQUEST_TIMEOUT_SECONDS", 10, 0.1, 120),
         )

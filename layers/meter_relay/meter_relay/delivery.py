@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from meter_relay.config import RetryPolicy
 from meter_relay.events import MeterEvent, Rejection
 from meter_relay.observability import logger
-from meter_relay.session import SessionTokenSource, SessionUnavailable
+from meter_relay.session import SessionModeMismatch, SessionTokenSource, SessionUnavailable
 from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer, error_param
 
 MAX_EVENTS_PER_CALL = 100
@@ -138,7 +138,7 @@ class StreamDelivery:
                 session = self._tokens.current()
             except SessionUnavailable as error:
                 logger.warning("no usable session token: %s", error)
-                report.give_up(part, "session_unavailable")
+                report.give_up(part, _unavailable_reason(error))
                 return None
             answer = self._stream.send(session.token, payload, min(policy.request_timeout, budget))
             report.calls += 1
@@ -158,7 +158,7 @@ class StreamDelivery:
                     self._tokens.expired(session)
                 except SessionUnavailable as error:
                     logger.warning("the session could not be renewed: %s", error)
-                    report.give_up(part, "session_unavailable")
+                    report.give_up(part, _unavailable_reason(error))
                     return None
                 continue
             if answer.kind is Kind.FAILED:
@@ -226,6 +226,12 @@ class DeliveryRun:
                 logger.exception("delivery of a chunk failed unexpectedly; it will be retried")
                 report.give_up(chunk, "internal_error")
         return report
+
+
+def _unavailable_reason(error: SessionUnavailable) -> str:
+    return (
+        "session_mode_mismatch" if isinstance(error, SessionModeMismatch) else "session_unavailable"
+    )
 
 
 def _rejection(answer: StripeAnswer) -> Rejection:

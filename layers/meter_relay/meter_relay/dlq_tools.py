@@ -68,11 +68,12 @@ def _reader() -> DeadLetterReader:
 
 def _api() -> StripeApi:
     secrets = boto3.client("secretsmanager", config=AWS_CLIENT_CONFIG)
-    key = read_secret_key(SecretsProvider(boto3_client=secrets), _env("STRIPE_SECRET_ID"))
+    base = os.environ.get("STRIPE_API_BASE", "").strip() or DEFAULT_API_BASE
+    key = read_secret_key(
+        SecretsProvider(boto3_client=secrets), _env("STRIPE_SECRET_ID"), api_base=base
+    )
     http = StripeHttp(
-        os.environ.get("STRIPE_API_BASE", "").strip() or DEFAULT_API_BASE,
-        os.environ.get("STRIPE_API_VERSION", "").strip() or DEFAULT_API_VERSION,
-        pool_size=1,
+        base, os.environ.get("STRIPE_API_VERSION", "").strip() or DEFAULT_API_VERSION, pool_size=1
     )
     return StripeApi(http, key)
 

@@ -101,7 +101,10 @@ class Forwarder:
             )
             refresher = LambdaRefresher(config.refresher_function_name, lambda_client)
         tokens = SessionTokenSource(
-            SessionStore(config.session_parameter, ssm), refresher, config.token_margin
+            SessionStore(config.session_parameter, ssm),
+            refresher,
+            config.token_margin,
+            mode=config.mode,
         )
         http = StripeHttp(
             config.meter_events_base, config.api_version, pool_size=config.stream_concurrency
@@ -114,8 +117,9 @@ class Forwarder:
     def handle(self, event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
         # waiting for SSM or the refresher must not carry this invocation past its deadline
         margin = self.config.retry.deadline_margin
-        self.tokens.time_left = lambda: context.get_remaining_time_in_millis() / 1000.0 - margin
-        self.tokens.begin_invocation()
+        self.tokens.begin_invocation(
+            time_left=lambda: context.get_remaining_time_in_millis() / 1000.0 - margin
+        )
         processor = ForwardingProcessor(self, context)
         with _cyclic_gc_paused():
             response = process_partial_response(
@@ -326,10 +330,10 @@ class ForwardingProcessor(BasePartialBatchProcessor):
         metrics.add_metric("StreamCallsRetried", MetricUnit.Count, report.retried_calls)
         metrics.add_metric("StreamCallsRateLimited", MetricUnit.Count, report.rate_limited_calls)
         metrics.add_metric("SessionRenewals", MetricUnit.Count, report.session_renewals)
-        tokens = self.forwarder.tokens.stats
+        tokens = self.forwarder.tokens.take_stats()
         metrics.add_metric("TokenParameterReads", MetricUnit.Count, tokens.parameter_reads)
         metrics.add_metric("TokenRefresherCalls", MetricUnit.Count, tokens.refresher_calls)
-        tokens.parameter_reads = tokens.refresher_calls = 0
+        metrics.add_metric("SessionModeMismatch", MetricUnit.Count, tokens.mode_mismatches)
         # Powertools flushes a metric by itself once it holds 100 values: stay below, so that
         # one EMF document per invocation carries every metric.
         for latency in report.latencies_ms[:MAX_LATENCY_SAMPLES]:

@@ -1,13 +1,16 @@
 """The refresher: renews the meter event session in SSM before it expires.
 
 Only this function and the operator tools read the secret key. A failure (Stripe, network,
-the secret not set yet) raises with a message that names no secret, after counting a
-`RefreshFailures` metric that an alarm watches.
+the secret not set yet, a key or session not in the stack's StripeMode) raises with a message
+that names no secret, after counting `RefreshFailures` (and `SessionModeMismatch`) metrics that
+alarms watch; `SessionSecondsLeft` is counted either way, so a failing refresher is seen before
+its session runs out.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import boto3
@@ -19,8 +22,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from meter_relay.config import AWS_CLIENT_CONFIG, RefresherConfig
 from meter_relay.observability import logger, metrics
 from meter_relay.secret_key import SECRET_PLACEHOLDER as SECRET_PLACEHOLDER  # re-exported
-from meter_relay.secret_key import SecretKeyError, read_secret_key
-from meter_relay.session import RefreshError, RefreshSummary, SessionStore, refresh_session
+from meter_relay.secret_key import KeyModeError, SecretKeyError, read_secret_key
+from meter_relay.session import (
+    RefreshError,
+    RefreshModeError,
+    RefreshSummary,
+    SessionFormatError,
+    SessionStore,
+    refresh_session,
+)
 from meter_relay.stripe_client import StripeApi, StripeHttp
 
 
@@ -43,8 +53,13 @@ class Refresher:
         return cls(config, store, SecretsProvider(boto3_client=secretsmanager))
 
     def _secret_key(self) -> str:
+        config = self.config
         try:
-            return read_secret_key(self._secrets, self.config.secret_id)
+            return read_secret_key(
+                self._secrets, config.secret_id, api_base=config.api_base, mode=config.mode
+            )
+        except KeyModeError as error:
+            raise RefreshModeError(str(error)) from None
         except SecretKeyError as error:
             raise RefreshError(str(error)) from None
 
@@ -56,18 +71,22 @@ class Refresher:
                 self.store,
                 StripeApi(self._http, self._secret_key()),
                 margin=self.config.refresh_margin,
+                mode=self.config.mode,
                 force=force,
                 replace_session_id=replace if isinstance(replace, str) else None,
                 timeout=self.config.request_timeout,
             )
         except (RefreshError, BotoCoreError, ClientError, GetParameterError) as error:
             metrics.add_metric("RefreshFailures", MetricUnit.Count, 1)
+            if isinstance(error, RefreshModeError):
+                metrics.add_metric("SessionModeMismatch", MetricUnit.Count, 1)
             reason = (
                 str(error)
                 if isinstance(error, RefreshError)
                 else (f"an AWS call failed: {type(error).__name__}: {error}")
             )
             logger.error("session refresh failed", extra={"reason": reason})
+            metrics.add_metric("SessionSecondsLeft", MetricUnit.Seconds, self._usable_seconds())
             if isinstance(error, RefreshError):
                 raise
             raise RefreshError(reason) from None
@@ -76,6 +95,17 @@ class Refresher:
         result = summary.to_dict()
         logger.info("session checked", extra=result)
         return result
+
+    def _usable_seconds(self) -> float:
+        """What the forwarder has left to work with after a failed run (the alarm on
+        SessionSecondsLeft sees a failing refresher's session run out)."""
+        try:
+            stored = self.store.read()
+        except (SessionFormatError, GetParameterError, BotoCoreError, ClientError):
+            return 0.0
+        if stored is None or not stored.in_mode(self.config.mode):
+            return 0.0
+        return max(0.0, stored.seconds_left(time.time()))
 
 
 @functools.cache

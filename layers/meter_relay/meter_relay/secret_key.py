@@ -9,6 +9,8 @@ from __future__ import annotations
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
+from meter_relay.config import StripeMode, is_stripe_url, key_mode
+
 SECRET_PLACEHOLDER = "REPLACE_WITH_STRIPE_SECRET_KEY"  # noqa: S105 (means "not set yet")
 SECRET_MAX_AGE_SECONDS = 300  # a rotated key is picked up within five minutes
 
@@ -17,7 +19,16 @@ class SecretKeyError(Exception):
     """The key cannot be had: missing, empty, unreadable, or not a Stripe key."""
 
 
-def read_secret_key(secrets: SecretsProvider, secret_id: str) -> str:
+class KeyModeError(SecretKeyError):
+    """The key is not in the stack's StripeMode."""
+
+
+def read_secret_key(
+    secrets: SecretsProvider, secret_id: str, *, api_base: str, mode: StripeMode | None = None
+) -> str:
+    """The key, if it may be used here: a live key only with Stripe's own `api_base` (a local
+    file naming an emulator must never make a live key leave for it), and only a key of `mode`
+    when a mode is set (the stack's StripeMode)."""
     try:
         value = secrets.get(secret_id, max_age=SECRET_MAX_AGE_SECONDS)
     except GetParameterError as error:
@@ -37,4 +48,17 @@ def read_secret_key(secrets: SecretsProvider, secret_id: str) -> str:
         )
     if not key.startswith(("sk_", "rk_")):
         raise SecretKeyError(f"the secret {secret_id} does not hold a Stripe key")
+    held = key_mode(key)
+    if held == "live" and not is_stripe_url(api_base):
+        raise SecretKeyError(
+            f"the secret {secret_id} holds a live key and the Stripe API base {api_base!r} is "
+            "not Stripe's (https://api.stripe.com): refusing to send a live key there"
+        )
+    if mode is not None and held != mode:
+        what = f"a {held}-mode key" if held else "a key whose mode cannot be told"
+        raise KeyModeError(
+            f"the secret {secret_id} holds {what}, but this stack's StripeMode is {mode}: put a "
+            f"{mode}-mode key (sk_{mode}_ or rk_{mode}_) in the secret, or deploy the stack with "
+            "the StripeMode of its key"
+        )
     return key

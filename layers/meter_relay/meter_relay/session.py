@@ -1,26 +1,31 @@
 """The meter event session token: stored in SSM, cached by the forwarder, renewed by the refresher.
 
 The forwarder never holds the secret key. It reads the SecureString parameter (token, session
-id, expires_at) once, keeps it in memory across invocations, and reads it again only when it
-nears `expires_at` or Stripe says it expired; if the parameter is stale too, it asks the
+id, expires_at, livemode) once, keeps it in memory across invocations, and reads it again only
+when it nears `expires_at` or Stripe says it expired; if the parameter is stale too, it asks the
 refresher function to renew it. The refresher is the only one that creates sessions.
+
+A session is used only in the stack's StripeMode: a live stack holding a test-mode session
+would stream usage that Stripe answers 200 and never bills.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aws_lambda_powertools.utilities.parameters import SSMProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from botocore.exceptions import BotoCoreError, ClientError
 
+from meter_relay.config import StripeMode
 from meter_relay.events import format_timestamp, parse_rfc3339
 from meter_relay.stripe_client import Kind, StripeApi
 
@@ -28,9 +33,17 @@ if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_ssm import SSMClient
 
+# What an Authorization header can carry: a token with a line break or a space in it would make
+# the HTTP layer raise an error quoting the whole header (the token with it).
+_TOKEN_TEXT = re.compile(r"[!-~]+\Z")
+
 
 class SessionUnavailable(Exception):
     """No live session token could be had; the events wait in the queue for a later try."""
+
+
+class SessionModeMismatch(SessionUnavailable):
+    """The only session to be had is not in the stack's StripeMode: it is never used."""
 
 
 class SessionFormatError(ValueError):
@@ -41,14 +54,26 @@ class RefreshError(Exception):
     """Stripe or the network refused a new session. The message names no secret."""
 
 
+class RefreshModeError(RefreshError):
+    """The key, or the session Stripe made with it, is not in the stack's StripeMode."""
+
+
+def mode_of(livemode: bool | None) -> str:
+    return "unknown" if livemode is None else ("live" if livemode else "test")
+
+
 @dataclass(frozen=True)
 class MeterEventSession:
     session_id: str
     expires_at: datetime
     token: str = field(repr=False)  # never in a repr, a log line or an exception
+    livemode: bool | None = None  # None: written before sessions recorded their mode
 
     def seconds_left(self, now: float) -> float:
         return self.expires_at.timestamp() - now
+
+    def in_mode(self, mode: StripeMode) -> bool:
+        return self.livemode is (mode == "live")
 
     def to_parameter_value(self) -> str:
         return json.dumps(
@@ -56,6 +81,7 @@ class MeterEventSession:
                 "token": self.token,
                 "session_id": self.session_id,
                 "expires_at": format_timestamp(self.expires_at),
+                "livemode": self.livemode,
             }
         )
 
@@ -65,20 +91,46 @@ class MeterEventSession:
             data = json.loads(text)
             expires_at = parse_rfc3339(data["expires_at"])
             token, session_id = data["token"], data["session_id"]
-        except (ValueError, KeyError, TypeError):
+            livemode = data.get("livemode")
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise SessionFormatError("the session parameter is not the refresher's JSON") from None
-        if expires_at is None or not isinstance(token, str) or not isinstance(session_id, str):
+        if (
+            expires_at is None
+            or not isinstance(token, str)
+            or not isinstance(session_id, str)
+            or not (livemode is None or isinstance(livemode, bool))
+        ):
             raise SessionFormatError("the session parameter is not the refresher's JSON")
-        return cls(session_id, expires_at, token)
+        return cls(session_id, expires_at, _checked_token(token), livemode)
 
     @classmethod
     def from_stripe(cls, body: dict[str, Any]) -> MeterEventSession:
         """From a `v2.billing.meter_event_session` object."""
         expires_at = parse_rfc3339(str(body.get("expires_at", "")))
         token, session_id = body.get("authentication_token"), body.get("id")
-        if expires_at is None or not isinstance(token, str) or not isinstance(session_id, str):
+        livemode = body.get("livemode")
+        if (
+            expires_at is None
+            or not isinstance(token, str)
+            or not isinstance(session_id, str)
+            or not isinstance(livemode, bool)
+        ):
             raise RefreshError("Stripe answered the session request with an unexpected object")
-        return cls(session_id, expires_at, token)
+        try:
+            return cls(session_id, expires_at, _checked_token(token), livemode)
+        except SessionFormatError:
+            raise RefreshError(
+                "Stripe answered the session request with an unusable token"
+            ) from None
+
+
+def _checked_token(token: str) -> str:
+    """The token without surrounding whitespace (a value pasted by hand may end in a line
+    break); anything else that cannot go in a header is refused, without quoting it."""
+    token = token.strip()
+    if not _TOKEN_TEXT.match(token):
+        raise SessionFormatError("the session token holds characters a header cannot carry")
+    return token
 
 
 class SessionStore:
@@ -137,18 +189,23 @@ class LambdaRefresher:
 
 @dataclass
 class TokenStats:
+    """What the token source cost one invocation (for its metrics)."""
+
     parameter_reads: int = 0
     refresher_calls: int = 0
+    mode_mismatches: int = 0  # stored sessions refused for not being in the stack's mode
 
 
 class SessionTokenSource:
     """The forwarder's view of the session: cached, re-read before it expires, healed on 401.
 
     A renewal (an SSM read, perhaps the refresher, perhaps a second read) runs on a worker
-    thread of its own, and callers wait for it at most `time_left()` seconds (set per
-    invocation by the forwarder): SSM or the refresher being slow must not carry the forwarder
-    past its deadline. A renewal that outlasts the wait goes on in the background; its session
-    serves the next invocation, which waits for it rather than starting another.
+    thread of its own, and callers wait for it at most `time_left()` seconds (given per
+    invocation by `begin_invocation`): SSM or the refresher being slow must not carry the
+    forwarder past its deadline. A renewal that outlasts the wait goes on in the background;
+    its session serves the next invocation, which waits for it rather than starting another.
+    A stored session not in the stack's `mode` is never used: the refresher is asked for one
+    that is, and until it has one the events wait in the queue.
     """
 
     def __init__(
@@ -157,18 +214,32 @@ class SessionTokenSource:
         refresher: Callable[[str | None], None] | None,
         margin: float = 60.0,
         clock: Callable[[], float] = time.time,
+        *,
+        mode: StripeMode = "test",
     ) -> None:
         self._store = store
         self._refresher = refresher
         self._margin = margin
         self._clock = clock
-        self.time_left: Callable[[], float] | None = None  # set per invocation
+        self._mode: StripeMode = mode
+        self._time_left: Callable[[], float] | None = None
         self._cached: MeterEventSession | None = None
         self._renewal_failed = False
         self._renewing: Future[MeterEventSession] | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="session")
         self._lock = threading.Lock()
-        self.stats = TokenStats()
+        self._stats = TokenStats()
+
+    def begin_invocation(self, time_left: Callable[[], float] | None = None) -> None:
+        """A new invocation: renewals wait at most `time_left()` seconds, and may be tried
+        again even if one failed in the last invocation."""
+        self._time_left = time_left
+        self._renewal_failed = False
+
+    def take_stats(self) -> TokenStats:
+        """What the token source did since the last call (reads, refresher calls, refusals)."""
+        stats, self._stats = self._stats, TokenStats()
+        return stats
 
     def current(self) -> MeterEventSession:
         """A session good for at least `margin` seconds; no SSM call while the cache is."""
@@ -204,7 +275,7 @@ class SessionTokenSource:
             raise
 
     def _renew_within_time_left(self, refused: MeterEventSession | None) -> MeterEventSession:
-        wait = self.time_left() if self.time_left is not None else None
+        wait = self._time_left() if self._time_left is not None else None
         if wait is not None and wait < MIN_RENEWAL_WAIT:
             raise SessionUnavailable("no time left in this invocation to renew the session")
         if self._renewing is None or self._renewing.done():
@@ -216,27 +287,31 @@ class SessionTokenSource:
                 f"the session renewal did not finish within {wait:.1f}s"
             ) from None
 
-    def begin_invocation(self) -> None:
-        """A new invocation may try to renew again."""
-        self._renewal_failed = False
-
     def _renew_now(self, refused: MeterEventSession | None) -> MeterEventSession:
         stored = self._read()
         if not self._usable(stored, refused, self._margin):
             if self._refresher is None:
-                raise SessionUnavailable("the stored session is stale and no refresher is set")
-            self.stats.refresher_calls += 1
+                self._raise_unusable(stored, "no refresher is set")
+            self._stats.refresher_calls += 1
             self._refresher(stored.session_id if stored is not None else None)
             stored = self._read()
             # Just made: usable even if its whole life is shorter than the margin.
             if not self._usable(stored, refused, MIN_FRESH_SECONDS):
-                raise SessionUnavailable("the refresher ran but the stored session is still stale")
+                self._raise_unusable(stored, "the refresher ran")
         assert stored is not None
         self._cached = stored
         return stored
 
+    def _raise_unusable(self, stored: MeterEventSession | None, after: str) -> NoReturn:
+        if stored is not None and not stored.in_mode(self._mode):
+            raise SessionModeMismatch(
+                f"the stored session is in {mode_of(stored.livemode)} mode and this stack's "
+                f"StripeMode is {self._mode} ({after}): it is not used"
+            )
+        raise SessionUnavailable(f"the stored session is stale ({after})")
+
     def _read(self) -> MeterEventSession | None:
-        self.stats.parameter_reads += 1
+        self._stats.parameter_reads += 1
         try:
             return self._store.read()
         except (GetParameterError, SessionFormatError) as error:
@@ -246,6 +321,9 @@ class SessionTokenSource:
         self, stored: MeterEventSession | None, refused: MeterEventSession | None, margin: float
     ) -> bool:
         if stored is None or stored.seconds_left(self._clock()) <= margin:
+            return False
+        if not stored.in_mode(self._mode):
+            self._stats.mode_mismatches += 1
             return False
         # The session Stripe just refused is no good, whatever its expires_at says.
         return refused is None or stored.session_id != refused.session_id
@@ -276,12 +354,14 @@ def refresh_session(
     api: StripeApi,
     *,
     margin: float,
+    mode: StripeMode,
     force: bool = False,
     replace_session_id: str | None = None,
     timeout: float = 10.0,
     now: Callable[[], float] = time.time,
 ) -> RefreshSummary:
-    """Create a session when the stored one is missing, near expiry, refused, or forced."""
+    """Create a session when the stored one is missing, near expiry, refused, not in the
+    stack's `mode`, or forced. A new session not in `mode` is never stored."""
     try:
         stored = store.read()
     except SessionFormatError:
@@ -292,6 +372,8 @@ def refresh_session(
         reason = "the stored value is unreadable" if unreadable else "no stored session"
     elif force:
         reason = "forced"
+    elif not stored.in_mode(mode):
+        reason = f"the stored session is in {mode_of(stored.livemode)} mode, not {mode}"
     elif replace_session_id is not None and stored.session_id == replace_session_id:
         reason = "the forwarder reported it expired"
     elif stored.seconds_left(now()) <= margin:
@@ -308,6 +390,12 @@ def refresh_session(
     if answer.kind is not Kind.OK or answer.body is None:
         raise RefreshError(f"Stripe refused a new meter event session: {answer.error}")
     session = MeterEventSession.from_stripe(answer.body)
+    if not session.in_mode(mode):
+        raise RefreshModeError(
+            f"Stripe made a {mode_of(session.livemode)}-mode session with the stack's key, but "
+            f"its StripeMode is {mode}: the session is not stored (set the key of the right "
+            "mode in the secret, or deploy with the key's StripeMode)"
+        )
     store.write(session)
     return RefreshSummary(
         True,

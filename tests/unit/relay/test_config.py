@@ -12,14 +12,18 @@ from meter_relay.config import (
     ForwarderConfig,
     RefresherConfig,
     RetryPolicy,
+    is_stripe_url,
+    key_mode,
 )
 from meter_relay.events import MeterKeys
 
 FORWARDER_ENV = {
+    "STRIPE_MODE": "test",
     "SESSION_TOKEN_PARAMETER": "/meter-relay/session",
     "DEAD_LETTER_QUEUE_URL": "http://127.0.0.1:5000/123456789012/usage-dlq",
 }
 REFRESHER_ENV = {
+    "STRIPE_MODE": "test",
     "STRIPE_SECRET_ID": "meter-relay/stripe-secret-key",
     "SESSION_TOKEN_PARAMETER": "/meter-relay/session",
 }
@@ -95,7 +99,9 @@ def test_the_forwarder_reads_every_variable() -> None:
     assert config.rules.keys_for("api_requests") == MeterKeys("stripe_customer_id", "value")
 
 
-@pytest.mark.parametrize("name", ["SESSION_TOKEN_PARAMETER", "DEAD_LETTER_QUEUE_URL"])
+@pytest.mark.parametrize(
+    "name", ["STRIPE_MODE", "SESSION_TOKEN_PARAMETER", "DEAD_LETTER_QUEUE_URL"]
+)
 @pytest.mark.parametrize("value", [None, "", "   "])
 def test_a_required_forwarder_variable_missing_is_named(name: str, value: str | None) -> None:
     env = dict(FORWARDER_ENV)
@@ -224,6 +230,78 @@ def test_a_base_url_loses_its_trailing_slashes(url: str, kept: str) -> None:
     assert forwarder(STRIPE_METER_EVENTS_BASE=url).meter_events_base == kept
 
 
+# ----- the stack's Stripe mode ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["test", "live"])
+def test_both_functions_read_the_stripe_mode(mode: str) -> None:
+    assert forwarder(STRIPE_MODE=mode).mode == mode
+    assert refresher(STRIPE_MODE=mode).mode == mode
+
+
+@pytest.mark.parametrize("mode", ["Live", "production", "sk_live", "true", "prod"])
+def test_a_stripe_mode_other_than_test_or_live_is_refused(mode: str) -> None:
+    with pytest.raises(ConfigError, match="STRIPE_MODE"):
+        forwarder(STRIPE_MODE=mode)
+    with pytest.raises(ConfigError, match="STRIPE_MODE"):
+        refresher(STRIPE_MODE=mode)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:12111",
+        "http://api.stripe.com",  # not over TLS
+        "https://api.stripe.com.example.net",
+        "https://stripe.com.evil.example",
+        "https://notstripe.com",
+    ],
+)
+def test_a_live_stack_refuses_a_base_that_is_not_stripes_own(url: str) -> None:
+    """A live session token or key must never leave for an emulator or a look-alike host."""
+    with pytest.raises(ConfigError, match="STRIPE_METER_EVENTS_BASE"):
+        forwarder(STRIPE_MODE="live", STRIPE_METER_EVENTS_BASE=url)
+    with pytest.raises(ConfigError, match="STRIPE_API_BASE"):
+        refresher(STRIPE_MODE="live", STRIPE_API_BASE=url)
+    assert forwarder(STRIPE_MODE="test", STRIPE_METER_EVENTS_BASE=url).mode == "test"
+
+
+def test_a_live_stack_takes_stripes_hosts() -> None:
+    assert forwarder(STRIPE_MODE="live").meter_events_base == "https://meter-events.stripe.com"
+    assert refresher(STRIPE_MODE="live").api_base == "https://api.stripe.com"
+
+
+@pytest.mark.parametrize(
+    ("url", "stripe"),
+    [
+        ("https://api.stripe.com", True),
+        ("https://meter-events.stripe.com/", True),
+        ("https://API.STRIPE.COM", True),
+        ("http://api.stripe.com", False),
+        ("https://api.stripe.com.attacker.io", False),
+        ("https://xstripe.com", False),
+        ("https://[::1", False),
+    ],
+)
+def test_is_stripe_url(url: str, stripe: bool) -> None:
+    assert is_stripe_url(url) is stripe
+
+
+@pytest.mark.parametrize(
+    ("key", "mode"),
+    [
+        ("sk_live_abc", "live"),
+        ("rk_live_abc", "live"),
+        ("sk_test_abc", "test"),
+        ("rk_test_abc", "test"),
+        ("sk_abc", None),
+        ("pk_live_abc", None),
+    ],
+)
+def test_a_keys_mode_is_told_by_its_prefix(key: str, mode: str | None) -> None:
+    assert key_mode(key) == mode
+
+
 # ----- the refresher ----------------------------------------------------------------------------
 
 
@@ -234,6 +312,7 @@ def test_the_refresher_defaults() -> None:
         api_version=DEFAULT_API_VERSION,
         secret_id="meter-relay/stripe-secret-key",
         session_parameter="/meter-relay/session",
+        mode="test",
         refresh_margin=420.0,
         request_timeout=10.0,
     )
@@ -251,7 +330,7 @@ def test_the_refresher_reads_every_variable() -> None:
     assert (config.refresh_margin, config.request_timeout) == (300, 4)
 
 
-@pytest.mark.parametrize("name", ["STRIPE_SECRET_ID", "SESSION_TOKEN_PARAMETER"])
+@pytest.mark.parametrize("name", ["STRIPE_MODE", "STRIPE_SECRET_ID", "SESSION_TOKEN_PARAMETER"])
 def test_a_required_refresher_variable_missing_is_named(name: str) -> None:
     env = {key: value for key, value in REFRESHER_ENV.items() if key != name}
     with pytest.raises(ConfigError, match=name):
@@ -261,7 +340,7 @@ def test_a_required_refresher_variable_missing_is_named(name: str) -> None:
 def test_the_refresher_does_not_need_the_forwarders_variables() -> None:
     assert RefresherConfig.from_env(REFRESHER_ENV).secret_id == REFRESHER_ENV["STRIPE_SECRET_ID"]
     with pytest.raises(ConfigError, match="DEAD_LETTER_QUEUE_URL"):
-        ForwarderConfig.from_env({"SESSION_TOKEN_PARAMETER": "/p"})
+        ForwarderConfig.from_env({"STRIPE_MODE": "live", "SESSION_TOKEN_PARAMETER": "/p"})
 
 
 @pytest.mark.parametrize(

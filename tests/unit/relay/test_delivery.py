@@ -57,7 +57,10 @@ class FakeStore:
     def read(self) -> MeterEventSession:
         self.serial += 1  # every read finds a newer session (the refresher renews it)
         return MeterEventSession(
-            f"mtres_{self.serial}", datetime(2100, 1, 1, tzinfo=UTC), f"token_{self.serial}"
+            f"mtres_{self.serial}",
+            datetime(2100, 1, 1, tzinfo=UTC),
+            f"token_{self.serial}",
+            livemode=False,
         )
 
 

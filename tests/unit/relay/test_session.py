@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import pytest
 
+from meter_relay.config import StripeMode
 from meter_relay.session import (
     MeterEventSession,
+    SessionFormatError,
+    SessionModeMismatch,
     SessionStore,
     SessionTokenSource,
     SessionUnavailable,
@@ -18,9 +22,9 @@ from meter_relay.session import (
 NOW = 1_800_000_000.0
 
 
-def session(name: str, lives: float) -> MeterEventSession:
+def session(name: str, lives: float, livemode: bool | None = False) -> MeterEventSession:
     expires = datetime.fromtimestamp(NOW + lives, UTC)
-    return MeterEventSession(f"mtres_{name}", expires, f"token_{name}")
+    return MeterEventSession(f"mtres_{name}", expires, f"token_{name}", livemode)
 
 
 class FakeStore:
@@ -52,9 +56,14 @@ class FakeRefresher:
 
 
 def source(
-    store: FakeStore, refresher: FakeRefresher | None = None, margin: float = 60.0
+    store: FakeStore,
+    refresher: FakeRefresher | None = None,
+    margin: float = 60.0,
+    mode: StripeMode = "test",
 ) -> SessionTokenSource:
-    return SessionTokenSource(cast("SessionStore", store), refresher, margin, clock=lambda: NOW)
+    return SessionTokenSource(
+        cast("SessionStore", store), refresher, margin, clock=lambda: NOW, mode=mode
+    )
 
 
 def test_a_cached_session_is_read_once_for_many_calls() -> None:
@@ -62,7 +71,8 @@ def test_a_cached_session_is_read_once_for_many_calls() -> None:
     tokens = source(store)
     assert {tokens.current().session_id for _ in range(50)} == {"mtres_a"}
     assert store.reads == 1
-    assert tokens.stats.parameter_reads == 1
+    assert tokens.take_stats().parameter_reads == 1
+    assert tokens.take_stats().parameter_reads == 0  # taken: the next invocation starts at 0
 
 
 def test_a_cached_session_near_its_end_is_read_again() -> None:
@@ -88,7 +98,7 @@ def test_a_refused_session_asks_the_refresher_for_another_once() -> None:
 
     assert renewed.session_id == again.session_id == "mtres_b"
     assert refresher.asked == ["mtres_a"]
-    assert tokens.stats.refresher_calls == 1
+    assert tokens.take_stats().refresher_calls == 1
 
 
 def test_a_failed_renewal_is_not_retried_in_the_same_invocation() -> None:
@@ -118,13 +128,13 @@ def test_a_slow_renewal_is_cut_at_time_left_and_serves_the_next_invocation() -> 
     store = FakeStore(session("a", 900))
     store.gate = threading.Event()  # SSM does not answer
     tokens = source(store)
-    tokens.time_left = lambda: 1.2
+    tokens.begin_invocation(time_left=lambda: 1.2)
     with pytest.raises(SessionUnavailable, match=r"did not finish within 1\.2s"):
         tokens.current()
     assert store.reads == 0
 
     store.gate.set()  # SSM answers at last: the renewal finishes in the background
-    tokens.begin_invocation()
+    tokens.begin_invocation(time_left=lambda: 30)
     assert tokens.current().session_id == "mtres_a"
     assert store.reads == 1  # the next invocation took that renewal's result, no second read
 
@@ -132,7 +142,7 @@ def test_a_slow_renewal_is_cut_at_time_left_and_serves_the_next_invocation() -> 
 def test_with_too_little_time_left_no_renewal_starts() -> None:
     store = FakeStore(session("a", 900))
     tokens = source(store)
-    tokens.time_left = lambda: 0.5
+    tokens.begin_invocation(time_left=lambda: 0.5)
     with pytest.raises(SessionUnavailable, match="no time left"):
         tokens.current()
     assert store.reads == 0
@@ -150,3 +160,58 @@ def test_the_session_shows_no_token_in_its_repr() -> None:
     made = session("a", 900)
     assert "token_a" not in repr(made)
     assert made.seconds_left(NOW) == pytest.approx(timedelta(seconds=900).total_seconds())
+
+
+# ----- the stack's Stripe mode ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "livemode"), [("live", False), ("test", True), ("live", None)])
+def test_a_stored_session_of_another_mode_is_never_used(
+    mode: StripeMode, livemode: bool | None
+) -> None:
+    """Stripe answers 200 to a live stack streaming with a test-mode token and never bills
+    it: such a session, or one whose mode is unknown, is refused; the refresher is asked for
+    one in the stack's mode, and while none comes the events stay in the queue."""
+    store = FakeStore(session("other", 900, livemode))
+    refresher = FakeRefresher(store, session("still_other", 900, livemode))
+    tokens = source(store, refresher, mode=mode)
+
+    with pytest.raises(SessionModeMismatch, match=f"StripeMode is {mode}"):
+        tokens.current()
+
+    assert refresher.asked == ["mtres_other"]
+    assert tokens.take_stats().mode_mismatches == 2  # the stored one, then the refresher's
+    assert issubclass(SessionModeMismatch, SessionUnavailable)
+
+
+def test_the_refresher_replacing_a_session_of_another_mode_heals_it() -> None:
+    store = FakeStore(session("written_before_modes", 900, livemode=None))
+    refresher = FakeRefresher(store, session("live", 900, livemode=True))
+    tokens = source(store, refresher, mode="live")
+
+    assert tokens.current().session_id == "mtres_live"
+    assert tokens.take_stats().mode_mismatches == 1
+
+
+@pytest.mark.parametrize("token", ["token_abc\n", "  token_abc", "token_abc\r\n"])
+def test_a_stored_token_with_surrounding_whitespace_is_stripped(token: str) -> None:
+    value = json.dumps(
+        {"token": token, "session_id": "s", "expires_at": "2027-01-01T00:00:00Z", "livemode": False}
+    )
+    assert MeterEventSession.from_parameter_value(value).token == "token_abc"
+
+
+@pytest.mark.parametrize("token", ["token\nabc", "token abc", "tokén", "", "token\x00"])
+def test_a_stored_token_that_cannot_go_in_a_header_is_refused_without_quoting_it(
+    token: str,
+) -> None:
+    value = json.dumps({"token": token, "session_id": "s", "expires_at": "2027-01-01T00:00:00Z"})
+    with pytest.raises(SessionFormatError) as raised:
+        MeterEventSession.from_parameter_value(value)
+    assert token.strip() not in str(raised.value) or not token.strip()
+
+
+def test_the_stored_value_keeps_the_sessions_mode() -> None:
+    for livemode in (True, False):
+        made = session("a", 900, livemode)
+        assert MeterEventSession.from_parameter_value(made.to_parameter_value()) == made
