@@ -11,9 +11,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from devkit.emulator.apierror import ApiError
 from devkit.emulator.app import EmulatorServer
 from devkit.emulator.faults import ENDPOINTS
-from devkit.emulator.state import ApiError, Settings
+from devkit.emulator.settings import Settings, WebhookEndpoint
+
+_NOT_SETTINGS = ("faults", "rate_limits", "seed", "settings", "clear_faults")
 
 
 def _rate_limit(text: str) -> tuple[str, dict[str, float]]:
@@ -60,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY",
         help="accept only these secret keys (default: any sk_test_...)",
+    )
+    parser.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="push thin events (asynchronous error reports) to this URL, signed with the "
+        "secret in --webhook-secret-file (repeatable)",
+    )
+    parser.add_argument(
+        "--webhook-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the whsec_... secret that signs --webhook deliveries",
     )
     parser.add_argument(
         "--value-rule",
@@ -121,12 +138,18 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
             faults[endpoint.strip()] = {**faults.get(endpoint.strip(), {}), **spec}
     rate_limits = dict(config.get("rate_limits", {}))
     rate_limits.update(dict(args.rate_limit))
-    settings = Settings(
-        session_ttl=float(config.get("session_ttl", args.session_ttl)),
-        value_rule=config.get("value_rule", args.value_rule),
-        meter_events_hold_ms=float(config.get("meter_events_hold_ms", 0.0)),
-        accepted_keys=list(args.api_key or config.get("accepted_keys", [])),
-    )
+    settings = Settings(session_ttl=args.session_ttl, value_rule=args.value_rule)
+    values = {k: v for k, v in config.items() if k not in _NOT_SETTINGS}
+    settings.update({**values, **config.get("settings", {})})  # the file's values win
+    if args.api_key:
+        settings.accepted_keys = list(args.api_key)
+    if args.webhook:
+        if args.webhook_secret_file is None:
+            raise ValueError("--webhook needs --webhook-secret-file (the whsec_... secret)")
+        secret = args.webhook_secret_file.read_text().strip()
+        settings.webhooks = settings.webhooks + [
+            WebhookEndpoint.parse({"url": url, "secret": secret}) for url in args.webhook
+        ]
     try:
         meters = json.loads(args.meters.read_text()) if args.meters else []
     except json.JSONDecodeError as error:

@@ -73,6 +73,12 @@ class EmulatorClient:
         data: dict[str, Any] = self._get("config")
         return data
 
+    def deliveries(self) -> dict[str, Any]:
+        """Pushes of thin events: {"pending": n, "data": [{"event", "kind", "destination",
+        "status" (pending|delivered|failed), "attempts": [{"at", "status", "error"}], "body"}]}."""
+        data: dict[str, Any] = self._get("deliveries")
+        return data
+
     # ----- steering ------------------------------------------------------------------------
     def reset(self, *, meters: bool = True, config: bool = True) -> None:
         """Forget events, sessions, logs; by default also meters and config (to start-up's).
@@ -95,8 +101,53 @@ class EmulatorClient:
         return self.configure(**config)
 
     def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Move the clock; validation windows it passes become thin events, then pushed."""
         data: dict[str, Any] = self._post("clock", {"advance": seconds})
         return data
+
+    def set_clock(self, moment: float | str) -> dict[str, Any]:
+        """Set the clock to epoch seconds or an RFC 3339 date-time."""
+        data: dict[str, Any] = self._post("clock", {"set": moment})
+        return data
+
+    def close_error_windows(self) -> dict[str, Any]:
+        """Advance the clock by one validation window: every failure so far is then reported
+        in a thin event (GET /v2/core/events) and its push queued."""
+        return self.advance_clock(float(self.config()["error_window_s"]))
+
+    def wait_for_deliveries(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Close the windows that have ended, wait until every push is delivered or has
+        failed for good, and return the deliveries; TimeoutError if some are still left."""
+        data: dict[str, Any] = self._post("deliveries/wait", {"timeout": timeout})
+        if data["pending"]:
+            raise TimeoutError(f"{data['pending']} deliveries still pending after {timeout} s")
+        deliveries: list[dict[str, Any]] = data["data"]
+        return deliveries
+
+    def set_webhooks(self, *endpoints: tuple[str, str]) -> dict[str, Any]:
+        """Push thin events to these (url, whsec_ secret) endpoints (none: stop pushing)."""
+        return self.configure(
+            webhooks=[{"url": url, "secret": secret} for url, secret in endpoints]
+        )
+
+    def set_eventbridge(
+        self,
+        event_bus_name: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        source: str | None = None,
+    ) -> dict[str, Any]:
+        """Put thin events on this EventBridge bus as Stripe's partner source would."""
+        bus = {"event_bus_name": event_bus_name, "endpoint_url": endpoint_url, "region": region}
+        if source is not None:
+            bus["source"] = source
+        return self.configure(eventbridge=bus)
+
+    def set_known_customers(self, *customers: str) -> dict[str, Any]:
+        """The customers the account has (none: every customer is known); events for another
+        are reported meter_event_customer_not_found."""
+        return self.configure(known_customers=list(customers))
 
     def expire_sessions(self) -> int:
         return int(self._post("sessions/expire")["expired"])
@@ -126,6 +177,33 @@ class EmulatorClient:
         response.raise_for_status()
         meter: dict[str, Any] = response.json()
         return meter
+
+    def list_events(self, **params: Any) -> dict[str, Any]:
+        """GET /v2/core/events (types=[...], object_id, created={"gt": ...}, limit, page)."""
+        query: dict[str, Any] = {}
+        for name, value in params.items():
+            if name == "types":
+                query.update({f"types[{i}]": t for i, t in enumerate(value)})
+            elif name == "created":
+                query.update({f"created[{op}]": at for op, at in value.items()})
+            else:
+                query[name] = value
+        return self._stripe_get("/v2/core/events", query)
+
+    def get_event(self, event_id: str) -> dict[str, Any]:
+        """GET /v2/core/events/{id}: a thin event with its data."""
+        return self._stripe_get(f"/v2/core/events/{event_id}", {})
+
+    def _stripe_get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        response = self._http.get(
+            f"{self.url}{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {self.secret_key}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
 
     def deactivate_meter(self, meter_id: str) -> dict[str, Any]:
         response = self._http.post(

@@ -15,7 +15,15 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
-ENDPOINTS = ("session", "stream", "meter_events", "adjustments", "meters", "event_summaries")
+ENDPOINTS = (
+    "session",
+    "stream",
+    "meter_events",
+    "adjustments",
+    "meters",
+    "event_summaries",
+    "events",
+)
 
 
 class Action(Enum):

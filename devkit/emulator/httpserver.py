@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import socket
 import socketserver
 import struct
@@ -20,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 MAX_LINE = 65_536
@@ -35,6 +37,7 @@ class Request:
     headers: dict[str, str]  # lower-case names
     body: bytes
     client: str
+    query_string: str = ""  # as sent, for parameters given more than once
 
 
 @dataclass
@@ -45,6 +48,10 @@ class Response:
     content_type: str = "application/json"
     drop: bool = False  # close the connection without answering (an injected fault)
     after: Callable[[], None] | None = None  # work done once the answer is sent (or dropped)
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, json.dumps(payload, separators=(",", ":")).encode(), headers or {})
 
 
 Handler = Callable[[Request], Response]
@@ -139,6 +146,7 @@ class _Connection(socketserver.StreamRequestHandler):
             headers=headers,
             body=body,
             client=self.client_address[0],
+            query_string=query,
         )
         response = self.server.handler(request)
         if response.drop:

@@ -6,6 +6,10 @@ Events from the stream are validated after the 200, as Stripe does: accepted bat
 in a backlog that `drain()` works off, in arrival order, before anything reads the results
 or changes the rules, and that the HTTP server has worked off (`work_off()`) once each
 stream answer is sent, so it stays as short as the number of connections.
+
+Failures found then are gathered per meter and validation window; `settle()` turns each
+window that has ended on the emulator's clock into a thin event (v2_events) and hands the
+new events to `on_thin_events` (the app pushes them to the configured destinations).
 """
 
 from __future__ import annotations
@@ -20,10 +24,16 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Literal
 
+from devkit.emulator.apierror import ApiError
+from devkit.emulator.error_reports import ErrorReport, ErrorWindows
+from devkit.emulator.settings import Settings, ValueRule
+from devkit.emulator.summaries import SummaryQuery, summarize
 from devkit.emulator.timefmt import Clock, format_rfc3339
+from devkit.emulator.v2_events import EventLog, ThinEvent
+
+__all__ = ["DAY", "ApiError", "EmulatorState", "ErrorReport", "Meter", "Settings", "StoredEvent"]
 
 DAY = 86_400.0
 DEDUP_WINDOW_S = DAY
@@ -34,32 +44,9 @@ MAX_IDENTIFIER_LENGTH = 100
 MAX_STREAM_EVENTS = 100
 
 Formula = Literal["sum", "count", "last"]
-ValueRule = Literal["positive_integer", "decimal"]
 Status = Literal["counted", "duplicate", "invalid", "cancelled"]
 _POSITIVE_INTEGER = re.compile(r"^[0-9]+\Z")  # not $: it would let "5\n" through
 _DECIMAL_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
-
-
-class ApiError(Exception):
-    """A Stripe error answer: HTTP status, error type, code, message, optional param."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        error_type: str = "invalid_request_error",
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.error_type = error_type
-        self.param = param
-        self.headers = headers or {}
 
 
 @dataclass
@@ -205,43 +192,6 @@ class Adjustment:
         }
 
 
-@dataclass
-class ErrorReport:
-    """One asynchronous validation failure, as Stripe reports it in its error-report events."""
-
-    code: str
-    message: str
-    identifier: str
-    event_name: str
-    received_at: float
-    meter_id: str | None = None
-
-    def to_api(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "message": self.message,
-            "identifier": self.identifier,
-            "event_name": self.event_name,
-            "meter": self.meter_id,
-            "received_at": format_rfc3339(self.received_at),
-        }
-
-
-@dataclass
-class Settings:
-    """What tests may change at run time through /_emulator/config."""
-
-    session_ttl: float = 900.0
-    value_rule: ValueRule = "positive_integer"
-    meter_events_hold_ms: float = 0.0
-    accepted_keys: list[str] = field(default_factory=list)
-
-    def key_is_valid(self, key: str) -> bool:
-        if self.accepted_keys:
-            return key in self.accepted_keys
-        return key.startswith("sk_test_") and len(key) > len("sk_test_")
-
-
 class EmulatorState:
     """The account: all mutation goes through these methods, under one lock."""
 
@@ -255,6 +205,9 @@ class EmulatorState:
         self._backlog: deque[Callable[[], None]] = deque()
         self._accepted = 0
         self._inflight: set[tuple[str, str]] = set()
+        self.thin_events = EventLog()
+        self.on_thin_events: Callable[[list[ThinEvent]], None] | None = None
+        self._settling = threading.Lock()  # one settle at a time: events leave in order
         self._clear_events()
 
     # ----- ids and reset -------------------------------------------------------------------
@@ -272,7 +225,9 @@ class EmulatorState:
         self._counted_again: dict[str, int] = {}
         self._not_counted: dict[str, int] = {}
         self._errors: list[ErrorReport] = []
+        self._error_windows = ErrorWindows()
         self._adjustments: list[Adjustment] = []
+        self.thin_events.clear()
 
     def reset(self, *, meters: bool = False) -> None:
         """Forget events, sessions, reports; with meters=True also meters made at run time."""
@@ -482,6 +437,7 @@ class EmulatorState:
             }
             rule = self.settings.value_rule
             allowed = _ALLOWED[rule]
+            customers = self.settings.known_customers or None  # None: every customer known
             earliest, latest = received_at - PAST_LIMIT_S, received_at + FUTURE_LIMIT_S
             last_counted = self._last_counted
             identifiers, names, payloads = batch.identifiers, batch.names, batch.payloads
@@ -494,7 +450,8 @@ class EmulatorState:
                 spec = keys.get(name)
                 if (
                     spec is None
-                    or not payload.get(spec[1])
+                    or not (customer := payload.get(spec[1]))
+                    or (customers is not None and customer not in customers)
                     or not (value := payload.get(spec[2]))
                     or not (allowed.get(value) or _value_allowed(rule, value))
                     or not earliest <= timestamp <= latest
@@ -532,18 +489,30 @@ class EmulatorState:
         *,
         sync: bool,
     ) -> tuple[str, str, str | None] | None:
-        """Stripe's per-event rules; codes differ between the sync endpoint and error reports."""
+        """Stripe's per-event rules; codes differ between the sync endpoint and error reports
+        (whose messages follow Stripe's documented samples). The sync endpoint does not check
+        that the customer exists: see _unknown_customer."""
         if meter is None:
-            return "no_meter", f"No active meter with event_name {name!r}.", None
+            if sync:
+                return "no_meter", f"No active meter with event_name {name!r}.", None
+            return "no_meter", f"No meter was found matching event_name {name}.", None
         if meter.status != "active":
             return "archived_meter", "The meter must be Active to submit events.", meter.id
         if not payload.get(meter.customer_key):
-            code = "payload_no_customer_defined" if sync else "meter_event_no_customer_defined"
-            return code, f"The payload must have a {meter.customer_key!r} key.", meter.id
+            if sync:
+                message = f"The payload must have a {meter.customer_key!r} key."
+                return "payload_no_customer_defined", message, meter.id
+            message = f"Customer mapping key {meter.customer_key} not found in payload."
+            return "meter_event_no_customer_defined", message, meter.id
+        if not sync and (unknown := self._unknown_customer(meter, payload)):
+            return unknown
         value = payload.get(meter.value_key)
         if value is None or value == "":
-            code = "payload_no_value_defined" if sync else "meter_event_invalid_value"
-            return code, f"The payload must have a {meter.value_key!r} value.", meter.id
+            if sync:
+                message = f"The payload must have a {meter.value_key!r} value."
+                return "payload_no_value_defined", message, meter.id
+            message = f"Value mapping key {meter.value_key} not found in payload."
+            return "meter_event_invalid_value", message, meter.id
         if not _value_allowed(self.settings.value_rule, value):
             code = "payload_invalid_value" if sync else "meter_event_invalid_value"
             return code, f"The value must be a positive integer, got {value!r}.", meter.id
@@ -561,6 +530,16 @@ class EmulatorState:
             )
         return None
 
+    def _unknown_customer(
+        self, meter: Meter, payload: dict[str, str]
+    ) -> tuple[str, str, str | None] | None:
+        """meter_event_customer_not_found, when the account knows its customers (settings)."""
+        customer = payload[meter.customer_key]
+        known = self.settings.known_customers
+        if not known or customer in known:
+            return None
+        return "meter_event_customer_not_found", f"No such customer: '{customer}'", meter.id
+
     def _add(
         self,
         batch: _Batch,
@@ -577,8 +556,11 @@ class EmulatorState:
             code, message, meter_id = failure
             status = "invalid"
             batch.error_codes[len(batch.identifiers)] = code
-            self._errors.append(
-                ErrorReport(code, message, identifier, name, batch.received_at, meter_id)
+            report = ErrorReport(code, message, identifier, name, batch.received_at, meter_id)
+            self._errors.append(report)
+            settings = self.settings
+            self._error_windows.add(
+                report, settings.error_window_s, settings.error_samples_per_code
             )
         elif self._counted_recently(identifier, batch.received_at):
             status = "duplicate"
@@ -604,7 +586,10 @@ class EmulatorState:
     def create_sync_event(
         self, raw: dict[str, Any], timestamp: float | None, hold: float
     ) -> StoredEvent:
-        """POST /v2/billing/meter_events: validated now, errors as Stripe documents them."""
+        """POST /v2/billing/meter_events: validated now, errors as Stripe documents them.
+
+        An unknown customer is not one of them: such an event is accepted, then reported
+        asynchronously (meter_event_customer_not_found), as a streamed one would be."""
         self.drain()
         received_at = self.clock.now()
         name, payload = raw["event_name"], raw["payload"]
@@ -637,7 +622,8 @@ class EmulatorState:
                 time.sleep(hold)
             with self._lock:
                 batch = _Batch(received_at, "sync")
-                self._add(batch, identifier, name, payload, timestamp, None)
+                unknown = self._unknown_customer(meter, payload)
+                self._add(batch, identifier, name, payload, timestamp, unknown)
                 self._batches.append(batch)
         finally:
             with self._lock:
@@ -739,40 +725,49 @@ class EmulatorState:
                 "clock_offset_s": self.clock.offset,
             }
 
-    def summaries(
-        self, meter: Meter, customer: str, start: int, end: int, window: int | None
-    ) -> list[dict[str, Any]]:
-        """Aggregated values of counted, uncancelled events by event time, [start, end)."""
+    def usage(
+        self, meter: Meter, customer: str, start: float, end: float
+    ) -> list[tuple[float, str]]:
+        """(event timestamp, value) of the meter's counted events for customer with a
+        timestamp in [start, end), in arrival order: no duplicate, no cancelled event, none
+        rejected asynchronously."""
         self.drain()
+        name, customer_key, value_key = meter.event_name, meter.customer_key, meter.value_key
+        rows: list[tuple[float, str]] = []
         with self._lock:
-            events = [
-                batch.event(i)
-                for batch in self._batches
-                for i, status in enumerate(batch.statuses)
-                if status == "counted"
-                and batch.names[i] == meter.event_name
-                and batch.payloads[i].get(meter.customer_key) == customer
-                and start <= batch.timestamps[i] < end
-            ]
-        step = window or (end - start)
-        out = []
-        for lower in range(start, end, step):
-            upper = min(lower + step, end)
-            inside = sorted(
-                (e for e in events if lower <= e.timestamp < upper), key=lambda e: e.timestamp
-            )
-            out.append(
-                {
-                    "id": f"mtrusum_{meter.id}_{lower}",
-                    "object": "billing.meter_event_summary",
-                    "aggregated_value": _aggregate(meter.formula, inside, meter.value_key),
-                    "start_time": lower,
-                    "end_time": upper,
-                    "livemode": False,
-                    "meter": meter.id,
-                }
-            )
-        return out
+            for batch in self._batches:
+                names, payloads, timestamps = batch.names, batch.payloads, batch.timestamps
+                for index, status in enumerate(batch.statuses):
+                    if (
+                        status == "counted"
+                        and names[index] == name
+                        and start <= timestamps[index] < end
+                        and payloads[index].get(customer_key) == customer
+                    ):
+                        rows.append((timestamps[index], payloads[index].get(value_key, "")))
+        return rows
+
+    def summaries(self, meter: Meter, query: SummaryQuery) -> list[dict[str, Any]]:
+        """Stripe's meter event summaries of the meter for query (newest first)."""
+        rows = self.usage(meter, query.customer, query.start, query.end)
+        return summarize(meter.id, meter.formula, query, rows)
+
+    # ----- error reports as thin events ----------------------------------------------------
+    def settle(self) -> list[ThinEvent]:
+        """Turn every validation window that has ended into a thin event, stored, and handed
+        to on_thin_events; what was accepted is validated first."""
+        with self._settling:
+            with self._lock:
+                self.drain()
+                now = self.clock.now()
+                events = self.thin_events.record(self._error_windows.close(now), now)
+            if events and self.on_thin_events is not None:
+                self.on_thin_events(events)
+        return events
+
+    def has_open_windows(self) -> bool:
+        """Whether settle() may have work: failures in open windows, or batches to validate."""
+        return bool(self._error_windows.pending or self._backlog)
 
 
 _ALLOWED: dict[ValueRule, dict[str, bool]] = {"positive_integer": {}, "decimal": {}}
@@ -796,12 +791,3 @@ def _value_rule_holds(rule: ValueRule, value: str) -> bool:
         # not int(value) > 0: int() refuses texts of more than 4300 digits
         return bool(_POSITIVE_INTEGER.match(value)) and value.strip("0") != ""
     return bool(_DECIMAL_TEXT.match(value))
-
-
-def _aggregate(formula: Formula, events: list[StoredEvent], value_key: str) -> float:
-    if formula == "count":
-        return float(len(events))
-    values = [float(Decimal(e.payload[value_key])) for e in events]
-    if formula == "last":
-        return values[-1] if values else 0.0
-    return float(sum(values))

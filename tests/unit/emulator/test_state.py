@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from devkit.emulator.state import DAY, ApiError, EmulatorState, Settings
+from devkit.emulator.summaries import SummaryQuery
 
 METERS: list[dict[str, Any]] = [
     {"id": "mtr_api", "event_name": "api_requests", "default_aggregation": {"formula": "sum"}},
@@ -220,7 +221,7 @@ def test_cancel_within_24_hours_then_counts_no_more(state: EmulatorState) -> Non
     meter = state.get_meter("mtr_api")
     now = int(state.clock.now())
     start = now - now % 60 - 3600
-    [summary] = state.summaries(meter, "cus_1", start, start + 7200, None)
+    [summary] = state.summaries(meter, SummaryQuery("cus_1", start, start + 7200, None))
     assert summary["aggregated_value"] == 3.0
 
 
@@ -257,10 +258,12 @@ def test_summaries_aggregate_by_formula_and_window(state: EmulatorState) -> None
     cases = {"mtr_api": [5.0, 10.0], "mtr_logins": [2.0, 1.0], "mtr_last": [3.0, 10.0]}
     for meter_id, expected in cases.items():
         meter = state.get_meter(meter_id)
-        hourly = state.summaries(meter, "cus_1", hour, hour + 7200, 3600)
-        assert [s["aggregated_value"] for s in hourly] == expected
-        assert [s["start_time"] for s in hourly] == [hour, hour + 3600]
-    other = state.summaries(state.get_meter("mtr_api"), "cus_2", hour, hour + 7200, None)
+        hourly = state.summaries(meter, SummaryQuery("cus_1", hour, hour + 7200, 3600))
+        assert [s["aggregated_value"] for s in hourly] == expected[::-1]  # newest first
+        assert [s["start_time"] for s in hourly] == [hour + 3600, hour]
+    other = state.summaries(
+        state.get_meter("mtr_api"), SummaryQuery("cus_2", hour, hour + 7200, None)
+    )
     assert other[0]["aggregated_value"] == 0.0
 
 
