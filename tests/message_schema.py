@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.commands import ROOT
+
 SCHEMA_PATH = ROOT / "schema" / "message.schema.json"
 
 

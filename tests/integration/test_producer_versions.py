@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from tests.commands import ROOT, run
 from tests.integration.test_producer import REFUSALS, drain
-from tests.message_schema import ROOT, events_in
+from tests.message_schema import events_in
 from tests.plugins.aws import AwsEnv
 
 pytestmark = pytest.mark.integration
@@ -72,20 +73,16 @@ def boto3_for(version: str) -> Path:
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".installing-", dir=CACHE))
-    completed = subprocess.run(  # noqa: S603 (our pip, pinned requirements)
-        [
+    try:
+        run(
             sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
             "--no-compile", "--only-binary=:all:", "--python-version", resolved_for,
-            "--target", str(scratch), "-c", str(constraints), "boto3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )  # fmt: skip
-    if completed.returncode != 0:
+            "--target", scratch, "-c", constraints, "boto3",
+            cwd=CACHE,
+        )  # fmt: skip
+    except AssertionError:
         shutil.rmtree(scratch, ignore_errors=True)
-        pytest.fail(f"pip could not install boto3 for Python {version}:\n{completed.stderr}")
+        raise
     try:
         scratch.rename(target)  # whole or not at all; another run may have got there first
     except OSError:
@@ -105,18 +102,15 @@ def run_check(python: str, site: Path, queue_url: str, aws: AwsEnv, tmp_path: Pa
         "PYTHONPATH": str(site),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    completed = subprocess.run(  # noqa: S603 (an interpreter found by find_python)
-        [python, "-S", str(service / CHECK.name)],
-        input=json.dumps({"queue_url": queue_url, "refusals": REFUSALS}),
+    output = run(
+        python,
+        "-S",
+        service / CHECK.name,
         cwd=service,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        input=json.dumps({"queue_url": queue_url, "refusals": REFUSALS}),
     )
-    assert completed.returncode == 0, completed.stderr
-    return json.loads(completed.stdout)
+    return json.loads(output)
 
 
 @pytest.mark.parametrize("version", ["3.9", "3.10", "3.11", "3.12", "3.13"])

@@ -22,24 +22,11 @@ from pathlib import Path
 import pytest
 
 import meter_relay
-from tests.message_schema import ROOT, SCHEMA_PATH
+from tests.commands import ROOT, run
+from tests.message_schema import SCHEMA_PATH
 
 WHEELS = ROOT / ".cache" / "wheels"
 DEV_SCRIPTS = ("stripe-emulator", "lambda-invoke")
-
-
-def run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
-    completed = subprocess.run(  # noqa: S603 (our interpreter, pip, or the installed command)
-        [str(part) for part in command],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, f"{command}:\n{completed.stdout}\n{completed.stderr}"
-    return completed.stdout
 
 
 def pip(*args: str | Path, cwd: Path) -> str:
