@@ -194,14 +194,15 @@ class Emulator:
         unknown = set(settings) - Settings.NAMES
         if unknown:
             raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
+        self.state.settings.copy().update(settings)  # checked before anything changes
         self.state.drain()  # what was accepted is judged by the rules in force when it came
-        self.state.settings.update(settings)
         if config.get("clear_faults"):
             self.faults.clear()
         if "faults" in config or "seed" in config:
             self.faults.configure(config.get("faults", {}), seed=config.get("seed"))
         if "rate_limits" in config:
             self.limits.configure(config["rate_limits"])
+        self.state.settings.update(settings)
 
     def describe_config(self) -> dict[str, Any]:
         return {

@@ -22,8 +22,10 @@ class EmulatorClient:
         response.raise_for_status()
         return response.json()
 
-    def _post(self, route: str, body: dict[str, Any] | None = None) -> Any:
-        response = self._http.post(f"{self.url}/_emulator/{route}", json=body or {}, timeout=60)
+    def _post(self, route: str, body: dict[str, Any] | None = None, timeout: float = 60) -> Any:
+        response = self._http.post(
+            f"{self.url}/_emulator/{route}", json=body or {}, timeout=timeout
+        )
         response.raise_for_status()
         return response.json()
 
@@ -118,7 +120,9 @@ class EmulatorClient:
     def wait_for_deliveries(self, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Close the windows that have ended, wait until every push is delivered or has
         failed for good, and return the deliveries; TimeoutError if some are still left."""
-        data: dict[str, Any] = self._post("deliveries/wait", {"timeout": timeout})
+        data: dict[str, Any] = self._post(
+            "deliveries/wait", {"timeout": timeout}, timeout=timeout + 30
+        )
         if data["pending"]:
             raise TimeoutError(f"{data['pending']} deliveries still pending after {timeout} s")
         deliveries: list[dict[str, Any]] = data["data"]

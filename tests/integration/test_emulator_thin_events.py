@@ -339,6 +339,8 @@ def test_reset_forgets_deliveries_and_the_webhooks(
         ({"webhooks": [{"url": "http://x/y", "secret": "nope"}]}, "whsec_"),
         ({"eventbridge": {"event_bus_name": 3}}, "eventbridge.event_bus_name"),
         ({"error_window_s": 0}, "error_window_s"),
+        ({"error_window_s": 30, "faults": {"nowhere": {}}}, "unknown endpoint"),
+        ({"faults": {"events": {"error_rate": 1}}, "delivery_attempts": 0}, "delivery_attempts"),
     ],
 )
 def test_bad_destination_settings_are_a_400_that_changes_nothing(
