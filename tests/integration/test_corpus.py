@@ -17,6 +17,7 @@ import json
 import random
 import re
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
@@ -31,7 +32,7 @@ from tests.plugins.relay import ROOT, Relay, emf_sums
 
 CORPUS = ROOT / "tests" / "corpus"
 EXPECTED_FILE = CORPUS / "EXPECTED.json"
-FILE_NAME = re.compile(r"^[0-9]{2}-[a-z0-9]+(?:-[a-z0-9]+)*\.(?:json|txt)\Z")
+FILE_NAME = re.compile(r"^[0-9]{2,3}-[a-z0-9]+(?:-[a-z0-9]+)*\.(?:json|txt)\Z")
 MAX_SQS_MESSAGE_BYTES = 256 * 1024
 # What SQS accepts in a message body (anything else, SendMessage refuses).
 NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -147,7 +148,7 @@ def test_the_corpus_is_complete_and_every_file_is_a_body_sqs_can_carry() -> None
     assert len(files) >= 40
     assert {p.name for p in files} == others, "a corpus file is misnamed"
     assert listed == others, "EXPECTED.json and the corpus files disagree"
-    assert len({p.name[:2] for p in files}) == len(files), "numbers repeat"
+    assert len({p.name.split("-")[0] for p in files}) == len(files), "numbers repeat"
     now = datetime.now(UTC)
     for path in files:
         text = raw_text(path)  # UTF-8, or it raises
@@ -160,7 +161,9 @@ def test_the_corpus_is_complete_and_every_file_is_a_body_sqs_can_carry() -> None
 def test_the_corpus_reaches_every_error_code_and_each_kind_of_fault() -> None:
     corpus = load_corpus(datetime.now(UTC))
     codes = {m.message_code for m in corpus} | {e.code for m in corpus for e in m.events}
-    assert codes - {None} == {code.value for code in ErrorCode}
+    # a gateway's 413 is a matter of the path to Stripe, not of any body
+    of_bodies = {code.value for code in ErrorCode} - {ErrorCode.REQUEST_TOO_LARGE}
+    assert codes - {None} == of_bodies
     envelopes_with_valid_and_invalid = [
         m for m in corpus if any(e.code is None for e in m.events) and any(e.code for e in m.events)
     ]
@@ -334,14 +337,14 @@ def test_the_whole_corpus_in_one_batch_is_dead_lettered_while_good_records_are_d
     # nothing goes back to the queue: every record is settled in this invocation
     assert batch_failures(invocation) == []
 
-    # every valid event, good record or inside a mixed envelope, counted once at Stripe
+    # every valid event, good record or inside a mixed envelope, counted once at Stripe (an
+    # event sent twice, the same both times, is received twice and counted once)
     must_deliver = [i for _, _, ids in good for i in ids] + [
         i for m in corpus for i in m.delivered()
     ]
-    assert len(must_deliver) == len(set(must_deliver))
     identifiers = relay.emulator.identifiers()
     assert {k: v["counted"] for k, v in identifiers.items()} == dict.fromkeys(must_deliver, 1)
-    assert {k: v["received"] for k, v in identifiers.items()} == dict.fromkeys(must_deliver, 1)
+    assert {k: v["received"] for k, v in identifiers.items()} == Counter(must_deliver)
     assert relay.emulator.counted_more_than_once() == []
     assert relay.emulator.errors()["total"] == 0  # nothing invalid slipped through to Stripe
     assert {e["status"] for e in relay.emulator.requests(endpoint="stream")} == {200}

@@ -128,7 +128,7 @@ class Stack:
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))  # Hypothesis would print every field of a dataclass
 
-    def deliver(self, events: list[MeterEvent]) -> DeliveryReport:
+    def deliver(self, events: list[MeterEvent]) -> DeliveryReport[int]:
         self.stream.take()  # nothing left over from an example that failed
         return self.delivery.deliver(events, lambda: 300.0)
 
@@ -157,6 +157,7 @@ def build_stack(
     """What Forwarder.from_environment builds, with a recording (or refusing) stream client."""
     config = ForwarderConfig.from_env(
         {
+            "STRIPE_MODE": "test",
             "STRIPE_METER_EVENTS_BASE": relay.emulator_url,
             "STRIPE_API_VERSION": API_VERSION,
             "SESSION_TOKEN_PARAMETER": relay.parameter,
@@ -169,7 +170,10 @@ def build_stack(
         }
     )
     tokens = SessionTokenSource(
-        SessionStore(config.session_parameter, relay.aws.client("ssm")), None, config.token_margin
+        SessionStore(config.session_parameter, relay.aws.client("ssm")),
+        None,
+        config.token_margin,
+        mode=config.mode,
     )
     http = StripeHttp(
         config.meter_events_base, config.api_version, pool_size=config.stream_concurrency
@@ -257,7 +261,7 @@ def emulator_counts(relay: Relay, generated: Generated) -> tuple[Counter[str], C
     return received, counted
 
 
-def assert_partition(report: DeliveryReport, size: int) -> None:
+def assert_partition(report: DeliveryReport[int], size: int) -> None:
     delivered, rejected, retry = report.delivered, set(report.rejected), report.retry
     assert delivered | rejected | retry == set(range(size))
     assert not delivered & rejected
@@ -292,7 +296,7 @@ def test_delivery_sends_each_event_once_in_calls_of_at_most_100(
         assert rejection.code == "parameter_invalid"
         assert rejection.param is not None
         assert rejection.param.endswith(".identifier")
-    assert report.calls == len(calls)
+    assert report.calls.calls == len(calls)
     assert_calls_within_limits(calls)
     if not generated.bad:
         assert len(calls) == -(-size // MAX_EVENTS_PER_CALL)  # nothing split, nothing resent
@@ -433,11 +437,13 @@ def failed_ids(invocation: Invocation) -> set[str]:
 
 def take_dead_letters(
     relay: Relay,
-    code: str = "payload_invalid_value",
+    code: str | None = "payload_invalid_value",
     bodies: dict[tuple[str, int], Any] | None = None,
+    codes: dict[tuple[str, int], str] | None = None,
 ) -> dict[tuple[str, int], str]:
     """Every letter on the DLQ, removed from it: (SourceMessageId, EventIndex) -> Identifier;
-    and, into `bodies` if given, each letter's body, decoded."""
+    into `bodies` if given, each letter's body, decoded; each with `code`, or, when `code` is
+    None, any code, put into `codes`."""
     sqs = relay.aws.client("sqs")
     found: dict[tuple[str, int], str] = {}
     while True:
@@ -453,7 +459,10 @@ def take_dead_letters(
             }
             key = (attributes["SourceMessageId"], int(attributes["EventIndex"]))
             assert key not in found, f"dead-lettered twice: {key}"
-            assert attributes["ErrorCode"] == code
+            if code is not None:
+                assert attributes["ErrorCode"] == code
+            if codes is not None:
+                codes[key] = attributes["ErrorCode"]
             found[key] = attributes["Identifier"]
             if bodies is not None:
                 bodies[key] = json.loads(message["Body"])
@@ -556,26 +565,53 @@ def refusal_batches(draw: st.DrawFn) -> list[tuple[str, Any, list[dict[str, Any]
     return batch
 
 
+def expected_fates(events: list[dict[str, Any]], refused: set[int]) -> dict[int, str]:
+    """Each event's fate in a message whose events may repeat identifiers: the first event of
+    an identifier, and any later one just like it, is sent (delivered, or refused by Stripe:
+    `parameter_invalid`); a later one with other contents is `duplicate_identifier_in_batch`,
+    since Stripe would count only the first."""
+    first: dict[str, int] = {}
+    fates = {}
+    for index, event in enumerate(events):
+        earlier = first.setdefault(event["identifier"], index)
+        if earlier != index and (earlier in refused) != (index in refused):
+            fates[index] = "duplicate_identifier_in_batch"
+        else:
+            fates[index] = "parameter_invalid" if index in refused else "delivered"
+    return fates
+
+
 @PROPERTIES
 @given(batch=refusal_batches())
 def test_stripes_refusals_are_dead_lettered_for_exactly_the_events_refused(
     refusing_stack: Stack, batch: list[tuple[str, Any, list[dict[str, Any]], set[int]]]
 ) -> None:
     relay = refusing_stack.relay
-    take_dead_letters(relay, "parameter_invalid")
+    take_dead_letters(relay, None)
     sqs_event = relay.sqs_event([body for _, body, _, _ in batch], [mid for mid, *_ in batch])
     assert refusing_stack.handle(sqs_event) == set()
 
     bodies: dict[tuple[str, int], Any] = {}
-    letters = take_dead_letters(relay, "parameter_invalid", bodies)
+    codes: dict[tuple[str, int], str] = {}
+    letters = take_dead_letters(relay, None, bodies, codes)
+    fates = {mid: expected_fates(events, refused) for mid, _, events, refused in batch}
+    assert codes == {
+        (mid, index): fate
+        for mid, message_fates in fates.items()
+        for index, fate in message_fates.items()
+        if fate != "delivered"
+    }
     assert letters == {
         (mid, index): events[index]["identifier"]
-        for mid, _, events, refused in batch
-        for index in refused
+        for mid, _, events, _ in batch
+        for index in range(len(events))
+        if (mid, index) in codes
     }
     # a letter holds the event as it was sent (an envelope's, with the timestamp it was given)
-    for mid, body, events, refused in batch:
-        for index in refused:
+    for mid, body, events, _ in batch:
+        for index in range(len(events)):
+            if (mid, index) not in bodies:
+                continue
             letter = bodies[(mid, index)]
             if "events" in body:
                 assert set(letter) - set(events[index]) == {"timestamp"}
@@ -586,7 +622,7 @@ def test_stripes_refusals_are_dead_lettered_for_exactly_the_events_refused(
     counted = {i for i, c in relay.emulator.identifiers().items() if i in mine and c["counted"]}
     assert counted == {
         events[index]["identifier"]
-        for _, _, events, refused in batch
+        for mid, _, events, _ in batch
         for index in range(len(events))
-        if index not in refused
+        if fates[mid][index] == "delivered"
     }

@@ -330,7 +330,7 @@ def test_classify_reads_an_http_date_retry_after() -> None:
         (b'{"error": "flat"}', 400, Kind.REJECTED, None),
         (b'{"error": {"code": 42}}', 400, Kind.REJECTED, None),
         (b"[1, 2]", 403, Kind.FAILED, None),
-        (b"", 204, Kind.OK, None),
+        (b"", 204, Kind.TRANSIENT, None),  # no JSON object: not Stripe's success
     ],
 )
 def test_classify_survives_bodies_that_are_not_stripes(
@@ -387,3 +387,34 @@ def test_a_base_url_with_a_path_keeps_it_on_the_pooled_path(emulator: EmulatorCl
     # the emulator serves nothing under /gateway: a 404, where the stream's own path would
     # have answered 401 to this token
     assert (answer.status, answer.code) == (404, "not_found")
+
+
+def test_a_413_is_too_large_not_a_failure() -> None:
+    response = requests.Response()
+    response.status_code = 413
+    response._content = b"<html>413 Request Entity Too Large</html>"
+    assert classify(response, 0.0).kind is Kind.TOO_LARGE
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_a_credential_a_header_cannot_carry_is_not_quoted_in_the_answer(
+    emulator: EmulatorClient, pooled: bool
+) -> None:
+    """http.client refuses a header value with a line break in a ValueError quoting the
+    whole header: the answer names the error's type only."""
+    http = StripeHttp(emulator.url, "2026-09-30.preview")
+    credential = "token_visible\r\nX-Injected: secret-part-of-the-token"
+    try:
+        if pooled:
+            answer = http.post_pooled("/v2/billing/meter_event_stream", credential, b"{}", 5.0)
+        else:
+            answer = http.post_json("/v2/billing/meter_event_stream", credential, {}, 5.0)
+    finally:
+        http.close()
+    assert answer.kind is Kind.TRANSIENT
+    # requests checks headers itself (InvalidHeader); the pooled path meets http.client's
+    assert answer.message in (
+        "the request was not sent: ValueError",
+        "connection failed: InvalidHeader",
+    )
+    assert "secret-part" not in answer.error

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from meter_relay.events import ParsedEvent, Rejection
 from meter_relay.sqs_batches import MAX_BATCH_BYTES as MAX_BATCH_BYTES  # re-exported
 from meter_relay.sqs_batches import MAX_BATCH_ENTRIES as MAX_BATCH_ENTRIES  # re-exported
 from meter_relay.sqs_batches import batches
@@ -62,6 +63,38 @@ class DeadLetter:
     event_name: str | None = None
     identifier: str | None = None
     param: str | None = None
+
+    @classmethod
+    def for_message(
+        cls, body: str, rejection: Rejection, source_message_id: str, first_seen: str
+    ) -> DeadLetter:
+        """A message that holds no usable event (not JSON, not the contract): kept as it came."""
+        return cls(
+            body,
+            rejection.code,
+            rejection.message,
+            source_message_id,
+            first_seen,
+            param=rejection.param,
+        )
+
+    @classmethod
+    def for_event(
+        cls, event: ParsedEvent, rejection: Rejection, source_message_id: str, first_seen: str
+    ) -> DeadLetter:
+        """One event of a message: normalised when it was valid, else as sent, with what a
+        new messageId and SentTimestamp would change written in (`dead_letter_body`)."""
+        return cls(
+            event.dead_letter_body(),
+            rejection.code,
+            rejection.message,
+            source_message_id,
+            first_seen,
+            event_index=event.index,
+            event_name=event.event_name,
+            identifier=event.identifier,
+            param=rejection.param,
+        )
 
     def attributes(self) -> dict[str, MessageAttributeValueTypeDef]:
         texts = {

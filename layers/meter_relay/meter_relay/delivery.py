@@ -1,22 +1,24 @@
 """Batching and delivery: events go to the stream in calls of at most 100, several at once.
 
-Each call retries on its own: a 429 waits for Retry-After (plus jitter), 5xx, timeouts and
-dropped connections back off exponentially with full jitter, an expired session is replaced
-once for every thread that saw it fail, and a 400 for a whole call is split in halves until
-the events Stripe rejects stand alone. Nothing waits past the Lambda deadline minus a margin:
-what is not delivered by then is reported for retry, never dropped.
+Each call retries on its own: a 429 waits for Retry-After (plus jitter), 5xx, timeouts,
+dropped connections and answers that are not Stripe's back off exponentially with full
+jitter, an expired session is replaced once for every thread that saw it fail, and a 400 (or a
+gateway's 413) for a whole call is split in halves until the events refused stand alone.
+Nothing waits past the Lambda deadline minus a margin: what is not delivered by then is
+reported for retry, never dropped. Each event is added with a tag (the forwarder's: its
+message and its index there), and the report answers by tag.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 from meter_relay.config import RetryPolicy
-from meter_relay.events import MeterEvent, Rejection
+from meter_relay.events import ErrorCode, MeterEvent, Rejection
 from meter_relay.observability import logger
 from meter_relay.session import SessionModeMismatch, SessionTokenSource, SessionUnavailable
 from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer, error_param
@@ -27,8 +29,8 @@ MAX_SESSION_RENEWALS = 2  # per call: a third 401 in a row means something else 
 
 
 @dataclass
-class DeliveryReport:
-    """Where each event (by position in the list given to `deliver`) ended up."""
+class CallReport:
+    """What happened to one chunk's events, by position in the run, and to its calls."""
 
     delivered: set[int] = field(default_factory=set)
     rejected: dict[int, Rejection] = field(default_factory=dict)
@@ -36,18 +38,20 @@ class DeliveryReport:
     calls: int = 0
     retried_calls: int = 0
     rate_limited_calls: int = 0
+    not_stripe_answers: int = 0
     split_calls: int = 0
     session_renewals: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     retry_reasons: dict[str, int] = field(default_factory=dict)
 
-    def merge(self, other: DeliveryReport) -> None:
+    def merge(self, other: CallReport) -> None:
         self.delivered |= other.delivered
         self.rejected.update(other.rejected)
         self.retry |= other.retry
         self.calls += other.calls
         self.retried_calls += other.retried_calls
         self.rate_limited_calls += other.rate_limited_calls
+        self.not_stripe_answers += other.not_stripe_answers
         self.split_calls += other.split_calls
         self.session_renewals += other.session_renewals
         self.latencies_ms.extend(other.latencies_ms)
@@ -57,6 +61,36 @@ class DeliveryReport:
     def give_up(self, positions: list[int], reason: str) -> None:
         self.retry.update(positions)
         self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + len(positions)
+
+
+@dataclass
+class DeliveryReport[T: Hashable]:
+    """Where each event ended up, by the tag it was added with: delivered, refused by Stripe
+    (with its reason, and the event as sent), or to retry; `calls` describes the stream calls.
+    """
+
+    rejected: dict[T, Rejection]
+    refused_events: dict[T, MeterEvent]
+    retry: set[T]
+    calls: CallReport
+    _events: Sequence[MeterEvent]
+    _tags: Sequence[T]
+
+    @property
+    def delivered_count(self) -> int:
+        return len(self.calls.delivered)
+
+    @property
+    def delivered(self) -> set[T]:
+        """The tags of the events delivered (built when asked: most callers want the count)."""
+        tags = self._tags
+        return {tags[position] for position in self.calls.delivered}
+
+    def delivered_events(self) -> Iterator[tuple[T, MeterEvent]]:
+        """Each event delivered, with its tag, in the order it was added."""
+        tags, events = self._tags, self._events
+        for position in sorted(self.calls.delivered):
+            yield tags[position], events[position]
 
 
 class StreamDelivery:
@@ -81,27 +115,28 @@ class StreamDelivery:
 
     def deliver(
         self, events: Sequence[MeterEvent], remaining: Callable[[], float]
-    ) -> DeliveryReport:
-        """Send every event; `remaining()` gives the seconds left before the Lambda deadline."""
-        run = self.start(remaining)
-        for event in events:
-            run.add(event)
+    ) -> DeliveryReport[int]:
+        """Send every event, each tagged with its position; `remaining()` gives the seconds
+        left before the Lambda deadline."""
+        run: DeliveryRun[int] = self.start(remaining)
+        for position, event in enumerate(events):
+            run.add(event, position)
         return run.finish()
 
-    def start(self, remaining: Callable[[], float]) -> DeliveryRun:
+    def start[T: Hashable](self, remaining: Callable[[], float]) -> DeliveryRun[T]:
         """A delivery that sends each call as soon as its 100 events are known, so the
         network works while the caller is still parsing the rest of the batch."""
         return DeliveryRun(self, remaining)
 
     def submit_chunk(
         self, chunk: list[int], events: list[MeterEvent], remaining: Callable[[], float]
-    ) -> Future[DeliveryReport]:
+    ) -> Future[CallReport]:
         return self._executor.submit(self._deliver_chunk, chunk, events, remaining)
 
     def _deliver_chunk(
         self, chunk: list[int], events: list[MeterEvent], remaining: Callable[[], float]
-    ) -> DeliveryReport:
-        report = DeliveryReport()
+    ) -> CallReport:
+        report = CallReport()
         parts = [chunk]
         while parts:
             part = parts.pop()
@@ -123,9 +158,9 @@ class StreamDelivery:
         part: list[int],
         events: list[MeterEvent],
         remaining: Callable[[], float],
-        report: DeliveryReport,
+        report: CallReport,
     ) -> StripeAnswer | None:
-        """OK or REJECTED answer; None once the part is given up (reported for retry)."""
+        """OK, REJECTED or TOO_LARGE answer; None once the part is given up (for retry)."""
         policy = self._policy
         payload = [events[i] for i in part]
         attempts = renewals = 0
@@ -146,7 +181,7 @@ class StreamDelivery:
                 report.latencies_ms.append(answer.elapsed * 1000)
             if attempts or renewals:
                 report.retried_calls += 1
-            if answer.kind in (Kind.OK, Kind.REJECTED):
+            if answer.kind in (Kind.OK, Kind.REJECTED, Kind.TOO_LARGE):
                 return answer
             if answer.kind is Kind.SESSION_EXPIRED:
                 renewals += 1
@@ -168,6 +203,9 @@ class StreamDelivery:
             attempts += 1
             if answer.kind is Kind.RATE_LIMITED:
                 report.rate_limited_calls += 1
+            if answer.not_stripe:
+                report.not_stripe_answers += 1
+                logger.warning("a stream answer is not Stripe's, retried: %s", answer.error)
             if attempts >= policy.max_attempts:
                 report.give_up(part, "rate_limited" if answer.status == 429 else "transient")
                 return None
@@ -187,27 +225,32 @@ class StreamDelivery:
         return jitter
 
 
-class DeliveryRun:
+class DeliveryRun[T: Hashable]:
     """Events added one by one; a call leaves for every 100 of them; `finish()` waits for all."""
 
     def __init__(self, delivery: StreamDelivery, remaining: Callable[[], float]) -> None:
         self._delivery = delivery
         self._remaining = remaining
         self._events: list[MeterEvent] = []
-        self._chunks: list[tuple[list[int], Future[DeliveryReport]]] = []
+        self._tags: list[T] = []
+        self._chunks: list[tuple[list[int], Future[CallReport]]] = []
         self._unsent_from = 0
 
     @property
     def events(self) -> Sequence[MeterEvent]:
-        """Every event added, by position."""
+        """Every event added, in order."""
         return self._events
 
-    def add(self, event: MeterEvent) -> int:
-        """Queue one event; returns its position (the key of the report's sets)."""
+    def add(self, event: MeterEvent, tag: T) -> int:
+        """Queue one event; the report answers for it by `tag`. Returns its position."""
         self._events.append(event)
+        self._tags.append(tag)
         if len(self._events) - self._unsent_from == MAX_EVENTS_PER_CALL:
             self._submit()
         return len(self._events) - 1
+
+    def tag_at(self, position: int) -> T:
+        return self._tags[position]
 
     def _submit(self) -> None:
         chunk = list(range(self._unsent_from, len(self._events)))
@@ -215,17 +258,29 @@ class DeliveryRun:
         future = self._delivery.submit_chunk(chunk, self._events, self._remaining)
         self._chunks.append((chunk, future))
 
-    def finish(self) -> DeliveryReport:
+    def finish(self) -> DeliveryReport[T]:
         if self._unsent_from < len(self._events):
             self._submit()
-        report = DeliveryReport()
+        calls = CallReport()
         for chunk, future in self._chunks:
             try:
-                report.merge(future.result())
-            except Exception:
-                logger.exception("delivery of a chunk failed unexpectedly; it will be retried")
-                report.give_up(chunk, "internal_error")
-        return report
+                calls.merge(future.result())
+            except Exception as error:
+                # by type only: an exception's text can quote a request, headers and all
+                logger.error(
+                    "delivery of a chunk failed unexpectedly (%s); it will be retried",
+                    type(error).__name__,
+                )
+                calls.give_up(chunk, "internal_error")
+        tags = self._tags
+        return DeliveryReport(
+            rejected={tags[p]: rejection for p, rejection in calls.rejected.items()},
+            refused_events={tags[p]: self._events[p] for p in calls.rejected},
+            retry={tags[p] for p in calls.retry},
+            calls=calls,
+            _events=self._events,
+            _tags=tags,
+        )
 
 
 def _unavailable_reason(error: SessionUnavailable) -> str:
@@ -235,6 +290,12 @@ def _unavailable_reason(error: SessionUnavailable) -> str:
 
 
 def _rejection(answer: StripeAnswer) -> Rejection:
+    if answer.kind is Kind.TOO_LARGE:
+        return Rejection(
+            ErrorCode.REQUEST_TOO_LARGE,
+            f"HTTP 413: the event alone is too large for a gateway on the way to Stripe "
+            f"({answer.message or 'no reason given'})",
+        )
     param = error_param(answer)
     return Rejection(
         answer.code or f"http_{answer.status}",

@@ -3,12 +3,12 @@
 A message body is one meter event in Stripe's v2 shape or an envelope `{"events": [...]}`.
 Form is normalised (numbers in the payload become strings, epoch seconds become RFC 3339);
 anything Stripe would certainly reject is judged here, with Stripe's own error code, so that it
-is dead-lettered before it costs a call or blocks its batch.
+is dead-lettered before it costs a call or blocks its batch. `Judge.read` is the one way in;
+the envelope rule (`envelope_events`) and the identifier rule (`identifier_of`) live here only.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -42,6 +42,8 @@ UNREAD: Any = object()  # what `decode_body` gives for a body that is not exactl
 class ErrorCode(StrEnum):
     """Why an event is dead-lettered. Where Stripe has a code for the case, it is Stripe's."""
 
+    DUPLICATE_IDENTIFIER_IN_BATCH = "duplicate_identifier_in_batch"
+    REQUEST_TOO_LARGE = "request_too_large"
     MESSAGE_NOT_JSON = "message_not_json"
     MESSAGE_NOT_CONTRACT = "message_not_contract"
     PARAMETER_MISSING = "parameter_missing"
@@ -233,13 +235,12 @@ def parse_message(
     rules: ValidationRules,
     now: datetime,
 ) -> ParsedMessage:
-    """Parse one SQS message body once; every event comes back normalised or rejected."""
-    judge = Judge(rules, now)
-    document = decode_body(body)
-    event = judge.single(body, document)
-    if event is not None:
-        return ParsedMessage(message_id, [ParsedEvent(0, event.identifier, event, document)])
-    return parse_document(body, document, message_id, sent_at, judge)
+    """One SQS message body as `Judge.read` reads it, its one valid event (when it is read in
+    the fewest steps) in a ParsedMessage too: for the tools and tests that want one shape."""
+    read = Judge(rules, now).read(body, message_id, sent_at)
+    if isinstance(read, ParsedMessage):
+        return read
+    return ParsedMessage(message_id, [ParsedEvent(0, read.identifier, read, read.to_stripe())])
 
 
 def decode_body(body: str) -> Any:
@@ -252,16 +253,34 @@ def decode_body(body: str) -> Any:
     return document if end == len(body) else UNREAD
 
 
-def single_message(message_id: str, event: MeterEvent) -> ParsedMessage:
-    """A message of one event in Stripe's form as `parse_message` returns it, made again from
-    the event alone (the forwarder keeps nothing else of such a message unless it fails)."""
-    return ParsedMessage(message_id, [ParsedEvent(0, event.identifier, event, event.to_stripe())])
+def envelope_events(document: Any) -> list[Any] | Rejection:
+    """The events a message's JSON document holds: an envelope's, or the document as one event;
+    a Rejection when it is neither (the message is unusable as a whole)."""
+    if isinstance(document, dict) and "events" in document:
+        raw_events = document["events"]
+        if set(document) != {"events"}:
+            extra = sorted(set(document) - {"events"})
+            return Rejection(
+                ErrorCode.MESSAGE_NOT_CONTRACT, f"an envelope holds only 'events', not {extra}"
+            )
+        if not isinstance(raw_events, list) or not raw_events:
+            return Rejection(
+                ErrorCode.MESSAGE_NOT_CONTRACT, "an envelope's 'events' is a non-empty array"
+            )
+        return raw_events
+    if isinstance(document, dict):
+        return [document]
+    kind = type(document).__name__
+    return Rejection(
+        ErrorCode.MESSAGE_NOT_CONTRACT,
+        f"body is a JSON {kind}, not an event object or an envelope",
+    )
 
 
 def parse_document(
     body: str, document: Any, message_id: str, sent_at: datetime, judge: Judge
 ) -> ParsedMessage:
-    """The full path of `parse_message`, from what `decode_body` made of the body."""
+    """The full reading of a message, from what `decode_body` made of the body."""
     try:
         if document is UNREAD:
             document = _DECODER.decode(body)  # surrounding whitespace, or its own error message
@@ -270,42 +289,14 @@ def parse_document(
         return ParsedMessage(
             message_id, [], Rejection(ErrorCode.MESSAGE_NOT_JSON, f"body is not JSON: {reason}")
         )
-    if isinstance(document, dict) and "events" in document:
-        raw_events = document["events"]
-        if set(document) != {"events"}:
-            extra = sorted(set(document) - {"events"})
-            return ParsedMessage(
-                message_id,
-                [],
-                Rejection(
-                    ErrorCode.MESSAGE_NOT_CONTRACT, f"an envelope holds only 'events', not {extra}"
-                ),
-            )
-        if not isinstance(raw_events, list) or not raw_events:
-            return ParsedMessage(
-                message_id,
-                [],
-                Rejection(
-                    ErrorCode.MESSAGE_NOT_CONTRACT, "an envelope's 'events' is a non-empty array"
-                ),
-            )
-    elif isinstance(document, dict):
-        raw_events = [document]
-    else:
-        kind = type(document).__name__
-        return ParsedMessage(
-            message_id,
-            [],
-            Rejection(
-                ErrorCode.MESSAGE_NOT_CONTRACT,
-                f"body is a JSON {kind}, not an event object or an envelope",
-            ),
-        )
+    raw_events = envelope_events(document)
+    if isinstance(raw_events, Rejection):
+        return ParsedMessage(message_id, [], raw_events)
     events = []
     for index, raw in enumerate(raw_events):
         event = judge.stripe_form(raw)
         if event is None:
-            events.append(normalise_event(raw, index, message_id, sent_at, judge.rules, judge.now))
+            events.append(judge.normalise(raw, index, message_id, sent_at))
         else:
             events.append(ParsedEvent(index, event.identifier, event, raw))
     return ParsedMessage(message_id, events)
@@ -321,15 +312,100 @@ class Judge:
     millisecond: each is judged once per batch and kept in a dict that lives as long as the
     batch (an lru_cache would cost a call and a key per event)."""
 
-    __slots__ = ("_earliest", "_keys", "_latest", "_timestamps", "_values", "now", "rules")
+    __slots__ = (
+        "_earliest",
+        "_first",
+        "_keys",
+        "_latest",
+        "_moments",
+        "_timestamps",
+        "_values",
+        "now",
+        "rules",
+    )
 
     def __init__(self, rules: ValidationRules, now: datetime) -> None:
         self.rules = rules
         self.now = now
-        self._earliest, self._latest = _window(now)
+        self._earliest, self._latest = now - MAX_TIMESTAMP_AGE, now + MAX_TIMESTAMP_LEAD
         self._keys: dict[str, MeterKeys] = {}  # event names with a non-blank name
         self._values: dict[str | None, bool] = {}
-        self._timestamps: dict[str, bool] = {}
+        self._timestamps: dict[str, bool] = {}  # text -> within the window (the short path)
+        self._moments: dict[str, datetime | None] = {}  # text -> its moment (the full path)
+        # identifier -> the first valid event of the batch that holds it, and where it was
+        self._first: dict[str, tuple[MeterEvent, str, int]] = {}
+
+    def read(self, body: str, message_id: str, sent_at: datetime) -> MeterEvent | ParsedMessage:
+        """A message body, read once: its one valid event when the body is exactly that event
+        in Stripe's form (nearly every body; read in the fewest steps, its text kept), else
+        everything it holds, each event normalised and valid or rejected with a reason.
+        A UTF-8 byte-order mark before the JSON is read past."""
+        if body[:1] == "\ufeff":
+            body = body[1:]
+        document = decode_body(body)
+        event = self.single(body, document)
+        if event is not None:
+            duplicate = self._duplicate(event, message_id, 0)
+            if duplicate is None:
+                return event
+            refused = ParsedEvent(0, event.identifier, None, document, duplicate, sent_at)
+            return ParsedMessage(message_id, [refused])
+        message = parse_document(body, document, message_id, sent_at, self)
+        for index, parsed in enumerate(message.events):
+            if parsed.event is not None:
+                duplicate = self._duplicate(parsed.event, message_id, parsed.index)
+                if duplicate is not None:
+                    message.events[index] = ParsedEvent(
+                        parsed.index, parsed.identifier, None, parsed.raw, duplicate, sent_at
+                    )
+        return message
+
+    def _duplicate(self, event: MeterEvent, message_id: str, index: int) -> Rejection | None:
+        """Stripe counts the first event of an identifier and drops the others without a word:
+        a later event of the batch with that identifier and other contents is refused here.
+        The same event again is not (Stripe counts it once, which is what was meant)."""
+        first = self._first.get(event.identifier)
+        if first is None:
+            self._first[event.identifier] = (event, message_id, index)
+            return None
+        earlier, where, at = first
+        if (
+            earlier.event_name == event.event_name
+            and earlier.payload == event.payload
+            and self.moment(earlier.timestamp) == self.moment(event.timestamp)
+        ):
+            return None
+        return Rejection(
+            ErrorCode.DUPLICATE_IDENTIFIER_IN_BATCH,
+            f"identifier {event.identifier!r} is also that of event {at} of message {where}, "
+            "with other contents, in the same batch: Stripe would count only the first",
+            "identifier",
+        )
+
+    def normalise(self, raw: Any, index: int, message_id: str, sent_at: datetime) -> ParsedEvent:
+        """One event of a message: its form normalised and Stripe's rules applied."""
+        identifier = identifier_of(raw, index, message_id)
+        try:
+            event = _normalised(raw, identifier, sent_at, self)
+        except EventRejected as rejected:
+            return ParsedEvent(index, identifier, None, raw, rejected.rejection, sent_at)
+        return ParsedEvent(index, identifier, event, raw)
+
+    def value_ok(self, value: str) -> bool:
+        allowed = self._values.get(value)
+        if allowed is None:
+            allowed = self._values[value] = value_allowed(value, self.rules.value_rule)
+        return allowed
+
+    def moment(self, text: str) -> datetime | None:
+        if text in self._moments:
+            return self._moments[text]
+        moment = self._moments[text] = parse_rfc3339(text)
+        return moment
+
+    def window(self) -> tuple[datetime, datetime]:
+        """Stripe's window around `now`: 35 days back, 5 minutes ahead."""
+        return self._earliest, self._latest
 
     def stripe_form(self, raw: Any) -> MeterEvent | None:
         """The event, if it is already exactly Stripe's form and valid; judged in fewer steps
@@ -360,7 +436,11 @@ class Judge:
         value = payload.get(keys.value_key)
         allowed = self._values.get(value)
         if allowed is None:
-            allowed = bool(value) and value_allowed(value, self.rules.value_rule)
+            allowed = (
+                isinstance(value, str)
+                and value != ""
+                and value_allowed(value, self.rules.value_rule)
+            )
             self._values[value] = allowed
         in_window = self._timestamps.get(timestamp)
         if in_window is None:
@@ -395,17 +475,13 @@ def normalise_event(
     rules: ValidationRules,
     now: datetime,
 ) -> ParsedEvent:
-    """Normalise one event's form and apply Stripe's rules to it."""
-    identifier = _identifier_of(raw, index, message_id)
-    try:
-        event = _normalised(raw, identifier, sent_at, rules, now)
-    except EventRejected as rejected:
-        return ParsedEvent(index, identifier, None, raw, rejected.rejection, sent_at)
-    return ParsedEvent(index, identifier, event, raw)
+    """Normalise one event's form and apply Stripe's rules to it (a Judge of its own)."""
+    return Judge(rules, now).normalise(raw, index, message_id, sent_at)
 
 
-def _identifier_of(raw: Any, index: int, message_id: str) -> str | None:
-    """The producer's identifier when usable; derived when absent; None when it is broken."""
+def identifier_of(raw: Any, index: int, message_id: str) -> str | None:
+    """The producer's identifier when usable; derived from the message id when absent (stable
+    across redeliveries of the message); None when it is broken (Stripe would refuse it)."""
     if not isinstance(raw, dict) or raw.get("identifier") is None:
         return derive_identifier(message_id, index)
     given = raw["identifier"]
@@ -414,9 +490,7 @@ def _identifier_of(raw: Any, index: int, message_id: str) -> str | None:
     return None
 
 
-def _normalised(
-    raw: Any, identifier: str | None, sent_at: datetime, rules: ValidationRules, now: datetime
-) -> MeterEvent:
+def _normalised(raw: Any, identifier: str | None, sent_at: datetime, judge: Judge) -> MeterEvent:
     if not isinstance(raw, dict):
         raise _reject(
             ErrorCode.PARAMETER_INVALID, f"an event is a JSON object, not {type(raw).__name__}"
@@ -435,12 +509,12 @@ def _normalised(
             f"identifier is a string of 1 to {MAX_IDENTIFIER_LENGTH} characters",
             "identifier",
         )
-    payload = _payload(raw.get("payload"), rules.keys_for(event_name), rules.value_rule)
-    timestamp = _timestamp(raw.get("timestamp"), sent_at, now)
+    payload = _payload(raw.get("payload"), judge.rules.keys_for(event_name), judge)
+    timestamp = _timestamp(raw.get("timestamp"), sent_at, judge)
     return MeterEvent(event_name, payload, identifier, timestamp)
 
 
-def _payload(raw: Any, keys: MeterKeys, value_rule: ValueRule) -> dict[str, str]:
+def _payload(raw: Any, keys: MeterKeys, judge: Judge) -> dict[str, str]:
     if raw is None:
         raise _reject(ErrorCode.PARAMETER_MISSING, "payload is required", "payload")
     if not isinstance(raw, dict):
@@ -463,8 +537,12 @@ def _payload(raw: Any, keys: MeterKeys, value_rule: ValueRule) -> dict[str, str]
             f"payload has no value under {keys.value_key!r}",
             f"payload.{keys.value_key}",
         )
-    if not value_allowed(value, value_rule):
-        wanted = "a positive integer" if value_rule == "positive_integer" else "a number >= 0"
+    if not judge.value_ok(value):
+        wanted = (
+            "a positive integer"
+            if judge.rules.value_rule == "positive_integer"
+            else ("a number >= 0")
+        )
         raise _reject(
             ErrorCode.PAYLOAD_INVALID_VALUE,
             f"value {value[:40]!r} is not {wanted}",
@@ -492,7 +570,6 @@ def _payload_string(key: str, value: Any) -> str:
     return format(Decimal(repr(value)), "f")
 
 
-@functools.lru_cache(maxsize=4096)
 def value_allowed(value: str, rule: ValueRule) -> bool:
     """Stripe documents a positive integer; the "decimal" rule admits any number >= 0 written
     as JSON writes numbers (digits, a fraction, an exponent; no sign, space or other digits)."""
@@ -502,24 +579,12 @@ def value_allowed(value: str, rule: ValueRule) -> bool:
     return bool(_DECIMAL_TEXT.match(value))
 
 
-@functools.lru_cache(maxsize=8)
-def _window(now: datetime) -> tuple[datetime, datetime]:
-    """Stripe's window around `now` (one `now` per batch)."""
-    return now - MAX_TIMESTAMP_AGE, now + MAX_TIMESTAMP_LEAD
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse_timestamp_text(text: str) -> datetime | None:
-    """Events of a batch mostly share a handful of timestamps: parse each text once."""
-    return parse_rfc3339(text)
-
-
-def _timestamp(raw: Any, sent_at: datetime, now: datetime) -> str:
+def _timestamp(raw: Any, sent_at: datetime, judge: Judge) -> str:
     """RFC 3339 text inside Stripe's window. Absent: when the producer sent the message."""
     if raw is None:
         moment = sent_at
     elif isinstance(raw, str):
-        parsed = _parse_timestamp_text(raw)
+        parsed = judge.moment(raw)
         if parsed is None:
             raise _reject(
                 ErrorCode.PARAMETER_INVALID,
@@ -540,7 +605,7 @@ def _timestamp(raw: Any, sent_at: datetime, now: datetime) -> str:
             f"timestamp is RFC 3339 text or epoch seconds, not {type(raw).__name__}",
             "timestamp",
         )
-    earliest, latest = _window(now)
+    earliest, latest = judge.window()
     if moment < earliest:
         raise _reject(
             ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST,

@@ -35,8 +35,9 @@ class Kind(Enum):
     OK = "ok"
     SESSION_EXPIRED = "session_expired"  # 401 (expired or unknown token): new session, retry
     RATE_LIMITED = "rate_limited"  # 429: wait Retry-After (with jitter), then retry
-    TRANSIENT = "transient"  # 5xx, timeout, dropped connection: back off and retry
+    TRANSIENT = "transient"  # 5xx, timeout, dropped connection, not Stripe's answer: retry
     REJECTED = "rejected"  # 400: Stripe will not take this body as it is
+    TOO_LARGE = "too_large"  # 413: a gateway on the way refuses a body this large
     FAILED = "failed"  # anything else (403, 404, ...): not the event's fault; retry later
 
 
@@ -49,6 +50,7 @@ class StripeAnswer:
     retry_after: float | None = None
     body: dict[str, Any] | None = field(default=None, repr=False)  # may hold a session token
     elapsed: float = 0.0
+    not_stripe: bool = False  # a 2xx whose body is not a JSON object: not Stripe's answer
 
     @property
     def error(self) -> str:
@@ -86,9 +88,20 @@ def classify_parts(
 ) -> StripeAnswer:
     """`classify` on an answer's parts, whichever HTTP layer read it."""
     try:
-        body = json.loads(content) if content else {}
+        body = json.loads(content) if content else None
     except ValueError:
-        body = {}
+        body = None
+    if 200 <= status < 300 and not isinstance(body, dict):
+        # A proxy's page, an empty body, a wrong base URL: Stripe's success is a JSON object
+        # ({} from the stream), and only that may count as delivered.
+        return StripeAnswer(
+            Kind.TRANSIENT,
+            status,
+            None,
+            f"HTTP {status} that is not Stripe's answer: {content[:64]!r}",
+            elapsed=elapsed,
+            not_stripe=True,
+        )
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}
     code = error.get("code") if isinstance(error.get("code"), str) else None
@@ -103,6 +116,8 @@ def classify_parts(
         kind = Kind.TRANSIENT
     elif status == 400:
         kind = Kind.REJECTED
+    elif status == 413:
+        kind = Kind.TOO_LARGE
     else:
         kind = Kind.FAILED
     return StripeAnswer(
@@ -177,6 +192,8 @@ class StripeHttp:
             return StripeAnswer(
                 Kind.TRANSIENT, 0, None, f"connection failed: {type(error).__name__}"
             )
+        except Exception as error:  # its text may quote a header, credential and all
+            return _not_sent(error)
         return classify_parts(
             response.status,
             response.reason,
@@ -232,10 +249,20 @@ class StripeHttp:
             return StripeAnswer(
                 Kind.TRANSIENT, 0, None, f"connection failed: {type(error).__name__}"
             )
+        except Exception as error:  # its text may quote a header, credential and all
+            return _not_sent(error)
         return classify(response, time.perf_counter() - started)
 
     def close(self) -> None:
         self.session.close()
+
+
+def _not_sent(error: Exception) -> StripeAnswer:
+    """The request could not even be sent (e.g. http.client's ValueError for a header value
+    with a line break, whose text quotes the header, credential included): named by type."""
+    return StripeAnswer(
+        Kind.TRANSIENT, 0, None, f"the request was not sent: {type(error).__name__}"
+    )
 
 
 def _headers(credential: str, data: bytes | None) -> dict[str, str]:

@@ -100,15 +100,15 @@ def test_a_rate_limit_waits_for_retry_after_plus_jitter() -> None:
     report = run.deliver([event("a")], plenty)
     assert report.delivered == {0}
     assert sleeps == [2.0 + 0.2]  # Retry-After, plus the jitter of a first retry
-    assert report.rate_limited_calls == 1
-    assert report.retried_calls == 1
+    assert report.calls.rate_limited_calls == 1
+    assert report.calls.retried_calls == 1
 
 
 def test_server_errors_are_retried_with_growing_backoff_then_given_up() -> None:
     run, stream, sleeps = delivery(lambda token, events: error(503, "unavailable"))
     report = run.deliver([event("a"), event("b")], plenty)
     assert report.retry == {0, 1}
-    assert report.retry_reasons == {"transient": 2}
+    assert report.calls.retry_reasons == {"transient": 2}
     assert len(stream.calls) == RetryPolicy().max_attempts
     assert sleeps == [0.2, 0.4, 0.8]
 
@@ -124,7 +124,7 @@ def test_a_rejected_call_is_split_down_to_the_events_stripe_refuses() -> None:
     assert set(report.rejected) == {1, 5}
     assert report.rejected[1].code == "parameter_invalid"
     assert report.delivered == {0, 2, 3, 4, 6, 7}
-    assert report.split_calls >= 2
+    assert report.calls.split_calls >= 2
     delivered_ids = [i for _, ids, _ in stream.calls for i in ids if not i.startswith("bad")]
     assert len(delivered_ids) >= 6
 
@@ -135,7 +135,7 @@ def test_a_call_refused_for_a_parameter_outside_the_events_is_not_split() -> Non
     report = run.deliver([event(f"e{i}") for i in range(10)], plenty)
     assert report.rejected == {}
     assert report.retry == set(range(10))
-    assert report.retry_reasons == {"http_400": 10}
+    assert report.calls.retry_reasons == {"http_400": 10}
     assert len(stream.calls) == 1
 
 
@@ -171,7 +171,7 @@ def test_an_expired_session_is_replaced_and_the_call_sent_again() -> None:
     report = run.deliver([event("a")], plenty)
     assert report.delivered == {0}
     assert [token for token, _, _ in stream.calls] == ["token_1", "token_2"]
-    assert report.session_renewals == 1
+    assert report.calls.session_renewals == 1
 
 
 def test_a_session_refused_again_and_again_is_given_up() -> None:
@@ -180,7 +180,7 @@ def test_a_session_refused_again_and_again_is_given_up() -> None:
     )
     report = run.deliver([event("a")], plenty)
     assert report.retry == {0}
-    assert report.retry_reasons == {"session_refused": 1}
+    assert report.calls.retry_reasons == {"session_refused": 1}
     assert len(stream.calls) == 3  # the first token and two renewals
 
 
@@ -189,7 +189,7 @@ def test_nothing_is_sent_within_the_deadline_margin() -> None:
     report = run.deliver([event("a")], lambda: RetryPolicy().deadline_margin + 0.1)
     assert stream.calls == []
     assert report.retry == {0}
-    assert report.retry_reasons == {"deadline": 1}
+    assert report.calls.retry_reasons == {"deadline": 1}
 
 
 def test_a_backoff_that_would_pass_the_deadline_is_not_waited() -> None:
@@ -199,7 +199,7 @@ def test_a_backoff_that_would_pass_the_deadline_is_not_waited() -> None:
     )
     report = run.deliver([event("a")], lambda: left[0])
     assert sleeps == []  # 30 s of Retry-After does not fit in 20 s
-    assert report.retry_reasons == {"deadline": 1}
+    assert report.calls.retry_reasons == {"deadline": 1}
     assert len(stream.calls) == 1
 
 

@@ -27,6 +27,7 @@ from meter_relay.events import (
     UNREAD,
     ErrorCode,
     Judge,
+    MeterEvent,
     ParsedEvent,
     ParsedMessage,
     Rejection,
@@ -36,7 +37,6 @@ from meter_relay.events import (
     normalise_event,
     parse_message,
     parse_rfc3339,
-    single_message,
     stream_body,
 )
 
@@ -1188,10 +1188,40 @@ def test_property_an_envelope_event_is_judged_as_the_full_path_judges_it(
 ) -> None:
     message = parse({"events": documents})
     assert message.rejection is None
-    assert message.events == [
-        normalise_event(document, index, MID, SENT, RULES, NOW)
-        for index, document in enumerate(json.loads(json.dumps(documents)))
-    ]
+    expected = with_the_batch_rule(
+        [
+            normalise_event(document, index, MID, SENT, RULES, NOW)
+            for index, document in enumerate(json.loads(json.dumps(documents)))
+        ]
+    )
+    assert [verdict(parsed) for parsed in message.events] == [verdict(e) for e in expected]
+
+
+def verdict(parsed: ParsedEvent) -> tuple[Any, ...]:
+    """What is judged of an event, but the wording of a rejection's message."""
+    rejection = parsed.rejection
+    reason = None if rejection is None else (rejection.code, rejection.param)
+    return parsed.index, parsed.identifier, parsed.event, parsed.raw, reason
+
+
+def with_the_batch_rule(events: list[ParsedEvent]) -> list[ParsedEvent]:
+    """Events judged alone, then the batch's rule on identifiers: a valid event whose
+    identifier an earlier valid one holds, with other contents, is refused (Stripe would
+    count only the first)."""
+    first: dict[str, MeterEvent] = {}
+    judged = []
+    for parsed in events:
+        event = parsed.event
+        if event is not None and event.identifier in first:
+            earlier = first[event.identifier]
+            same = (earlier.event_name, earlier.payload) == (event.event_name, event.payload)
+            if not same or parse_rfc3339(earlier.timestamp) != parse_rfc3339(event.timestamp):
+                refused = Rejection(ErrorCode.DUPLICATE_IDENTIFIER_IN_BATCH, "", "identifier")
+                parsed = dataclasses.replace(parsed, event=None, rejection=refused)
+        elif event is not None:
+            first[event.identifier] = event
+        judged.append(parsed)
+    return judged
 
 
 def test_a_text_with_a_lone_surrogate_goes_out_escaped() -> None:
@@ -1324,13 +1354,35 @@ def test_a_body_that_is_not_exactly_one_document_is_left_to_the_full_path(body: 
         assert "body is not JSON" in message.rejection.message
 
 
-def test_a_single_message_made_again_writes_the_letter_parse_message_writes() -> None:
+def test_read_gives_the_one_valid_event_alone_and_everything_else_in_full() -> None:
+    """The one entry point: a body that is exactly one valid event in Stripe's form is that
+    event (nothing else is kept of it); any other body is read in full, with its verdicts."""
+    judge = Judge(RULES, NOW)
     text = json.dumps(event(identifier="e1", timestamp=rfc(NOW)))
-    parsed = one(text)
-    assert parsed.event is not None
-    again = single_message(MID, parsed.event)
-    assert again.message_id == MID
-    (event_again,) = again.events
-    assert (event_again.index, event_again.identifier) == (0, "e1")
-    assert event_again.dead_letter_body() == parsed.dead_letter_body()
-    assert event_again.event_name == parsed.event_name == "api_requests"
+    read = judge.read(text, MID, SENT)
+    assert isinstance(read, MeterEvent)
+    assert read.source == text
+    envelope = judge.read(json.dumps({"events": [event(identifier="e2")]}), MID, SENT)
+    assert isinstance(envelope, ParsedMessage)
+    assert envelope == parse({"events": [event(identifier="e2")]})
+    broken = judge.read("{", MID, SENT)
+    assert isinstance(broken, ParsedMessage)
+    assert broken.rejection is not None
+
+
+@pytest.mark.parametrize("body", [event(identifier="bom-1"), {"events": [event(), event()]}])
+def test_a_byte_order_mark_before_the_json_is_read_past(body: dict[str, Any]) -> None:
+    text = json.dumps(body)
+    with_mark = parse("\ufeff" + text)
+    assert with_mark == parse(text)
+    assert with_mark.rejection is None
+    assert all(parsed.rejection is None for parsed in with_mark.events)
+    kept = with_mark.events[0].event
+    assert kept is not None
+    assert kept.source in (None, text)  # the text goes out without the mark
+
+
+def test_only_a_leading_byte_order_mark_is_read_past() -> None:
+    text = json.dumps(event(identifier="e1"))
+    assert parse(text + "\ufeff").rejection is not None
+    assert parse("\ufeff\ufeff" + text).rejection is not None
