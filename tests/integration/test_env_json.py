@@ -4,6 +4,7 @@ with it against what `make local-env` provisions (moto and the emulator on free 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,43 @@ def test_env_json_names_one_dead_letter_queue_and_the_usage_queue(
     replay = env_vars["DlqReplayFunction"]
     assert forwarder["DEAD_LETTER_QUEUE_URL"] == replay["DEAD_LETTER_QUEUE_URL"]
     assert replay["USAGE_QUEUE_URL"] != replay["DEAD_LETTER_QUEUE_URL"]
+
+
+# A stack's name (CloudFormation): a letter, then letters, digits and hyphens.
+STACK_NAME = r"[A-Za-z][-A-Za-z0-9]{0,127}"
+
+
+def test_no_local_name_is_one_a_deployed_stack_can_have() -> None:
+    """`sam local invoke` with real credentials reaches the real account: were env.json's names
+    those of a stack (as the default stack's were), the refresher would read its live key and
+    overwrite its session with an emulator's token. The names a stack derives from its own
+    name (secret, session parameter, queues) must never match env.json's."""
+    env_json = json.loads((ROOT / "events" / "env.json").read_text(encoding="utf-8"))
+    marker = "STACKNAMEMARKER"
+    derived = []
+    for function in ("ForwarderFunction", "RefresherFunction"):
+        spec = load_function(TEMPLATE, function, stack_name=marker).environment
+        derived.append(spec["SESSION_TOKEN_PARAMETER"])
+    template = (ROOT / "template.yaml").read_text(encoding="utf-8")
+    derived.append("${AWS::StackName}/stripe-secret-key")  # the secret's Name
+    derived += ["${AWS::StackName}-usage", "${AWS::StackName}-usage-dlq"]  # the queues'
+    for name in derived[2:]:
+        assert f'"{name}"' in template, name
+    patterns = [
+        re.compile(re.escape(name.replace("${AWS::StackName}", marker)).replace(marker, STACK_NAME))
+        for name in derived
+    ]
+    local_names = []
+    for section in env_json.values():
+        for variable in ("SESSION_TOKEN_PARAMETER", "STRIPE_SECRET_ID"):
+            if variable in section:
+                local_names.append(section[variable])
+        for variable in ("DEAD_LETTER_QUEUE_URL", "USAGE_QUEUE_URL"):
+            if variable in section:
+                local_names.append(section[variable].rsplit("/", 1)[-1])
+    assert len(local_names) >= 6
+    for name in local_names:
+        assert not any(pattern.fullmatch(name) for pattern in patterns), name
+    # the patterns do match what a stack named "meter-relay" has (the old env.json's names)
+    old = ["/meter-relay/stripe/meter-event-session", "meter-relay/stripe-secret-key"]
+    assert all(any(pattern.fullmatch(name) for pattern in patterns) for name in old)
