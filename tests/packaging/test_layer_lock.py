@@ -13,7 +13,7 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.message_schema import ROOT
+from tests.commands import ROOT
 
 LAYER = ROOT / "layers" / "meter_relay"
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)", re.M)

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 import meter_relay
-from tests.message_schema import ROOT, SCHEMA_PATH, events_in
+from tests.commands import ROOT
+from tests.message_schema import SCHEMA_PATH, events_in
 
 PACKAGE_COPY = Path(meter_relay.__file__).parent / "message.schema.json"
 
