@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
@@ -119,6 +120,31 @@ def test_gives_up_after_max_attempts_and_says_why(aws: AwsEnv) -> None:
     assert report.sent == []
     assert report.events_failed == 1
     assert "InternalError" in report.failed[0][1]
+
+
+def test_batches_go_as_the_events_come(aws: AwsEnv) -> None:
+    """A stream of events is never held whole: a batch goes once its ten messages are made."""
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="usage-stream")["QueueUrl"]
+    pulled = 0
+
+    def stream() -> Iterator[dict[str, Any]]:
+        nonlocal pulled
+        for event in usage(25):
+            pulled += 1
+            yield event
+
+    pulled_at_each_call: list[int] = []
+
+    class Counting:
+        def send_message_batch(self, **kwargs: Any) -> Any:
+            pulled_at_each_call.append(pulled)
+            return sqs.send_message_batch(**kwargs)
+
+    report = UsageProducer(url, cast("SQSClient", Counting())).send(stream())
+    assert report.events_sent == 25
+    # a batch is cut when the message after it is made, a message when the event after it comes
+    assert pulled_at_each_call == [12, 22, 25]
 
 
 def test_envelope_size_and_attempts_are_checked(aws: AwsEnv) -> None:

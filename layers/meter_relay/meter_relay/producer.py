@@ -113,16 +113,19 @@ class UsageProducer:
     def send(self, events: Iterable[Event]) -> SendReport:
         """Send every event; what could not be sent after retries is in `report.failed`."""
         report = SendReport()
-        sendable = []
+        messages = self._sendable(events, report)  # lazily: batches go as the events come
+        for batch in _groups(messages, lambda m: m.size, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES):
+            self._send_batch(batch, report)
+        return report
+
+    def _sendable(self, events: Iterable[Event], report: SendReport) -> Iterator[_Message]:
+        """The events' messages; one too big to send (a single huge event) goes in the report."""
         for message in self._messages(events):
-            if message.size > MAX_MESSAGE_BYTES:  # one event that big: reported, not sent
+            if message.size > MAX_MESSAGE_BYTES:
                 reason = f"MessageTooLong: {message.size} bytes, the most is {MAX_MESSAGE_BYTES}"
                 report.failed.append((message.events, reason))
             else:
-                sendable.append(message)
-        for batch in _groups(sendable, lambda m: m.size, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES):
-            self._send_batch(batch, report)
-        return report
+                yield message
 
     def _messages(self, events: Iterable[Event]) -> Iterator[_Message]:
         if self.assign_identifiers:
