@@ -131,3 +131,4 @@ layer-report: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(LOCK_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf .cache examples/node/node_modules
