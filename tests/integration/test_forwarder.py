@@ -445,15 +445,27 @@ def test_429_storm_is_waited_out_and_delivered(relay: Relay) -> None:
     assert counted(relay) == {"storm-0": 1, "storm-1": 1}
 
 
-def test_429_storm_outlasting_the_attempts_returns_the_messages(relay: Relay) -> None:
-    relay.emulator.set_faults("stream", burst_429_rate=1.0, burst_429_length=50, retry_after_s=0)
+def test_429_storm_outlasting_the_invocation_returns_the_messages_before_the_deadline(
+    relay: Relay,
+) -> None:
+    """429s are retried for as long as the deadline allows (not a fixed number of times), and
+    the messages go back to the queue in time: nothing dead-lettered, nothing counted."""
+    relay.emulator.set_faults(
+        "stream", burst_429_rate=1.0, burst_429_length=10_000, retry_after_s=0
+    )
     sqs_event = relay.sqs_event([event("long-storm-0"), event("long-storm-1")])
     relay.put_session()
-    with relay.forwarder(extra_env={"MAX_ATTEMPTS": "3"}) as forwarder:
-        invocation = forwarder.invoke(sqs_event)
+    with relay.forwarder(extra_env={"MAX_ATTEMPTS": "3", "DEADLINE_MARGIN_MS": "1000"}) as f:
+        started = time.monotonic()
+        invocation = f.invoke(sqs_event, timeout=4.0)
+        took = time.monotonic() - started
 
+    assert invocation.error is None, invocation.error  # never Sandbox.Timedout
+    assert took < 4.0
     assert failures(invocation, sqs_event) == {r["messageId"] for r in sqs_event["Records"]}
-    assert stream_statuses(relay) == [429, 429, 429]
+    statuses = stream_statuses(relay)
+    assert len(statuses) > 3  # more than MAX_ATTEMPTS: 429s do not use the attempts
+    assert set(statuses) == {429}
     assert counted(relay) == {}
     assert relay.dlq_messages() == []
 

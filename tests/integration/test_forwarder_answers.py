@@ -9,9 +9,13 @@ answer cannot be had.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -289,3 +293,56 @@ def test_a_single_event_too_large_for_the_gateway_is_dead_lettered(
     assert {key: m["attributes"]["ErrorCode"] for key, m in letters.items()} == {
         ("m-huge", "huge"): "request_too_large"
     }
+
+
+# ----- an answer that never quite arrives -----------------------------------------------------
+
+
+@contextmanager
+def trickling_endpoint() -> Iterator[str]:
+    """Answers 200, then sends its body one byte every 0.25 s: each read is quick enough for
+    any socket timeout, the whole answer never is."""
+    stop = threading.Event()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer(connection: socket.socket) -> None:
+        with contextlib.suppress(OSError), connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            connection.sendall(b"Content-Length: 400\r\n\r\n{")
+            while not stop.wait(0.25):
+                connection.sendall(b" ")
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                connection, _ = server.accept()
+                threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        server.close()
+
+
+def test_the_handler_returns_before_the_deadline_however_slowly_answers_arrive(
+    relay: Relay,
+) -> None:
+    relay.put_session()
+    sqs_event = relay.sqs_event([event(f"trickle-{n}") for n in range(3)])
+    with (
+        trickling_endpoint() as url,
+        relay.forwarder(
+            env={"STRIPE_METER_EVENTS_BASE": url}, extra_env={"DEADLINE_MARGIN_MS": "2000"}
+        ) as forwarder,
+    ):
+        started = time.monotonic()
+        invocation = forwarder.invoke(sqs_event, timeout=8.0)
+        took = time.monotonic() - started
+
+    assert invocation.error is None, invocation.error  # never Sandbox.Timedout
+    assert took < 8.0
+    assert failures(invocation, sqs_event) == {r["messageId"] for r in sqs_event["Records"]}

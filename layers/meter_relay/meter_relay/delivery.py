@@ -1,31 +1,87 @@
 """Batching and delivery: events go to the stream in calls of at most 100, several at once.
 
-Each call retries on its own: a 429 waits for Retry-After (plus jitter), 5xx, timeouts,
-dropped connections and answers that are not Stripe's back off exponentially with full
-jitter, an expired session is replaced once for every thread that saw it fail, and a 400 (or a
-gateway's 413) for a whole call is split in halves until the events refused stand alone.
-Nothing waits past the Lambda deadline minus a margin: what is not delivered by then is
-reported for retry, never dropped. Each event is added with a tag (the forwarder's: its
+Each call retries on its own: a 429 means "slow down", not failure: it waits for Retry-After
+(plus jitter) and is retried for as long as the deadline allows, while the calls in flight
+adapt (additive increase, multiplicative decrease on 429, as TCP does) instead of hammering
+the account's limit; 5xx, timeouts, dropped connections and answers that are not Stripe's back
+off exponentially with full jitter, within a bounded number of attempts; an expired session is
+replaced once for every thread that saw it fail, and a 400 (or a gateway's 413) for a whole
+call is split in halves until the events refused stand alone. Nothing waits past the Lambda
+deadline minus a margin, however slowly an answer arrives: what is not known delivered by then
+is reported for retry, never dropped. Each event is added with a tag (the forwarder's: its
 message and its index there), and the report answers by tag.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 
 from meter_relay.config import RetryPolicy
 from meter_relay.events import ErrorCode, MeterEvent, Rejection
 from meter_relay.observability import logger
-from meter_relay.session import SessionModeMismatch, SessionTokenSource, SessionUnavailable
+from meter_relay.session import (
+    MeterEventSession,
+    SessionModeMismatch,
+    SessionTokenSource,
+    SessionUnavailable,
+)
 from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer, error_param
 
 MAX_EVENTS_PER_CALL = 100
 MIN_CALL_SECONDS = 0.25  # no call is started with less time than this left
 MAX_SESSION_RENEWALS = 2  # per call: a third 401 in a row means something else is wrong
+RATE_LIMIT_BACKOFF_CAP = 5.0  # seconds: a 429 without Retry-After waits at most this (jittered)
+
+
+class AdaptiveLimit:
+    """How many stream calls may be in flight at once, between 1 and `most`: one more for each
+    window of successes, halved on a 429 (at most once per `cooldown` seconds: the calls that
+    were already in flight when the limit was reached answer 429 together, and that is one
+    signal, not several). Shared by every invocation of an execution environment, so a warm
+    forwarder starts where the account's limit left it."""
+
+    def __init__(
+        self, most: int, cooldown: float = 0.5, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.most = most
+        self._limit = float(most)
+        self._in_flight = 0
+        self._cooldown = cooldown
+        self._clock = clock
+        self._decreased_at = -cooldown
+        self._changed = threading.Condition()
+
+    @property
+    def limit(self) -> int:
+        return int(self._limit)
+
+    def acquire(self, timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) for a place among the calls in flight."""
+        with self._changed:
+            placed = self._changed.wait_for(
+                lambda: self._in_flight < int(self._limit), timeout=max(0.0, timeout)
+            )
+            if placed:
+                self._in_flight += 1
+            return placed
+
+    def release(self, rate_limited: bool) -> None:
+        with self._changed:
+            self._in_flight -= 1
+            now = self._clock()
+            if rate_limited:
+                if now - self._decreased_at >= self._cooldown:
+                    self._limit = max(1.0, self._limit / 2)
+                    self._decreased_at = now
+            else:
+                self._limit = min(float(self.most), self._limit + 1 / self._limit)
+            self._changed.notify_all()
 
 
 @dataclass
@@ -40,6 +96,7 @@ class CallReport:
     rate_limited_calls: int = 0
     not_stripe_answers: int = 0
     split_calls: int = 0
+    late_chunks: int = 0  # calls still unanswered at the deadline: their events go back
     session_renewals: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     retry_reasons: dict[str, int] = field(default_factory=dict)
@@ -53,6 +110,7 @@ class CallReport:
         self.rate_limited_calls += other.rate_limited_calls
         self.not_stripe_answers += other.not_stripe_answers
         self.split_calls += other.split_calls
+        self.late_chunks += other.late_chunks
         self.session_renewals += other.session_renewals
         self.latencies_ms.extend(other.latencies_ms)
         for reason, count in other.retry_reasons.items():
@@ -103,6 +161,7 @@ class StreamDelivery:
         policy: RetryPolicy,
         executor: Executor,
         *,
+        concurrency: int = 8,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
@@ -110,6 +169,9 @@ class StreamDelivery:
         self._tokens = tokens
         self._policy = policy
         self._executor = executor
+        self._concurrency = concurrency
+        self.limit = AdaptiveLimit(concurrency)
+        self._stuck: list[Future[CallReport]] = []  # calls abandoned at an earlier deadline
         self._sleep = sleep
         self._jitter = jitter
 
@@ -126,7 +188,18 @@ class StreamDelivery:
     def start[T: Hashable](self, remaining: Callable[[], float]) -> DeliveryRun[T]:
         """A delivery that sends each call as soon as its 100 events are known, so the
         network works while the caller is still parsing the rest of the batch."""
+        self._stuck = [future for future in self._stuck if not future.done()]
+        if self._stuck:
+            # an earlier invocation left calls hanging (an answer trickling in): their threads
+            # are not this invocation's to wait for; it gets threads of its own
+            logger.warning("%d stream calls of an earlier invocation still hang", len(self._stuck))
+            self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="stream")
+            self._stuck = []
         return DeliveryRun(self, remaining)
+
+    def abandon(self, futures: list[Future[CallReport]]) -> None:
+        """Calls not answered by the deadline: the next invocation does not wait for them."""
+        self._stuck.extend(futures)
 
     def submit_chunk(
         self, chunk: list[int], events: list[MeterEvent], remaining: Callable[[], float]
@@ -160,26 +233,29 @@ class StreamDelivery:
         remaining: Callable[[], float],
         report: CallReport,
     ) -> StripeAnswer | None:
-        """OK, REJECTED or TOO_LARGE answer; None once the part is given up (for retry)."""
+        """OK, REJECTED or TOO_LARGE answer; None once the part is given up (for retry).
+
+        429s are retried while the deadline allows (they do not use the attempts); other
+        transient answers at most `max_attempts` times in all."""
         policy = self._policy
         payload = [events[i] for i in part]
-        attempts = renewals = 0
+        failures = renewals = throttled = 0
         while True:
             budget = remaining() - policy.deadline_margin
-            if budget < MIN_CALL_SECONDS:
-                report.give_up(part, "deadline")
+            if budget < MIN_CALL_SECONDS or not self.limit.acquire(budget - MIN_CALL_SECONDS):
+                report.give_up(part, "rate_limited" if throttled else "deadline")
                 return None
+            rate_limited = False
             try:
-                session = self._tokens.current()
+                session, answer = self._call(payload, min(policy.request_timeout, budget), report)
+                rate_limited = answer.kind is Kind.RATE_LIMITED
             except SessionUnavailable as error:
                 logger.warning("no usable session token: %s", error)
                 report.give_up(part, _unavailable_reason(error))
                 return None
-            answer = self._stream.send(session.token, payload, min(policy.request_timeout, budget))
-            report.calls += 1
-            if answer.status:
-                report.latencies_ms.append(answer.elapsed * 1000)
-            if attempts or renewals:
+            finally:
+                self.limit.release(rate_limited)
+            if failures or renewals or throttled:
                 report.retried_calls += 1
             if answer.kind in (Kind.OK, Kind.REJECTED, Kind.TOO_LARGE):
                 return answer
@@ -200,29 +276,48 @@ class StreamDelivery:
                 logger.error("stream call failed, not retried now: %s", answer.error)
                 report.give_up(part, f"http_{answer.status}")
                 return None
-            attempts += 1
             if answer.kind is Kind.RATE_LIMITED:
-                report.rate_limited_calls += 1
-            if answer.not_stripe:
-                report.not_stripe_answers += 1
-                logger.warning("a stream answer is not Stripe's, retried: %s", answer.error)
-            if attempts >= policy.max_attempts:
-                report.give_up(part, "rate_limited" if answer.status == 429 else "transient")
-                return None
-            delay = self._delay(attempts, answer)
+                throttled += 1
+                delay = self._rate_limited_delay(throttled, answer)
+            else:
+                failures += 1
+                if answer.not_stripe:
+                    report.not_stripe_answers += 1
+                    logger.warning("a stream answer is not Stripe's, retried: %s", answer.error)
+                if failures >= policy.max_attempts:
+                    report.give_up(part, "transient")
+                    return None
+                delay = self._delay(failures, answer)
             if delay > remaining() - policy.deadline_margin - MIN_CALL_SECONDS:
-                report.give_up(part, "deadline")
+                report.give_up(part, "rate_limited" if throttled else "deadline")
                 return None
             self._sleep(delay)
 
+    def _call(
+        self, payload: list[MeterEvent], timeout: float, report: CallReport
+    ) -> tuple[MeterEventSession, StripeAnswer]:
+        """One stream call with the current session (SessionUnavailable when there is none)."""
+        session = self._tokens.current()
+        answer = self._stream.send(session.token, payload, timeout)
+        report.calls += 1
+        if answer.status:
+            report.latencies_ms.append(answer.elapsed * 1000)
+        if answer.kind is Kind.RATE_LIMITED:
+            report.rate_limited_calls += 1
+        return session, answer
+
     def _delay(self, attempt: int, answer: StripeAnswer) -> float:
-        """Full-jitter exponential backoff; after a 429, Retry-After plus that jitter."""
+        """Full-jitter exponential backoff (5xx, timeouts, dropped connections)."""
         policy = self._policy
-        ceiling = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
-        jitter = self._jitter(0.0, ceiling)
-        if answer.kind is Kind.RATE_LIMITED and answer.retry_after is not None:
-            return answer.retry_after + jitter
-        return jitter
+        return self._jitter(0.0, min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1)))
+
+    def _rate_limited_delay(self, throttled: int, answer: StripeAnswer) -> float:
+        """Retry-After when Stripe gives one, else exponential backoff up to a few seconds;
+        plus full jitter either way, so that calls refused together do not return together."""
+        policy = self._policy
+        ceiling = min(RATE_LIMIT_BACKOFF_CAP, policy.base_delay * 2 ** (throttled - 1))
+        spread = self._jitter(0.0, ceiling)
+        return spread if answer.retry_after is None else answer.retry_after + spread
 
 
 class DeliveryRun[T: Hashable]:
@@ -258,11 +353,23 @@ class DeliveryRun[T: Hashable]:
         future = self._delivery.submit_chunk(chunk, self._events, self._remaining)
         self._chunks.append((chunk, future))
 
-    def finish(self) -> DeliveryReport[T]:
+    def finish(self, stop_at: float = 0.0) -> DeliveryReport[T]:
+        """Wait for every call, but not once only `stop_at` seconds are left before the
+        deadline: a call still unanswered then (an answer trickling in byte by byte outlasts
+        any socket timeout) is abandoned, and its events are reported for retry."""
         if self._unsent_from < len(self._events):
             self._submit()
         calls = CallReport()
+        futures = [future for _, future in self._chunks]
+        _, late = wait_for(futures, timeout=max(0.0, self._remaining() - stop_at))
+        if late:
+            logger.error("%d stream calls unanswered at the deadline; retried later", len(late))
+            self._delivery.abandon(list(late))
         for chunk, future in self._chunks:
+            if future in late:
+                calls.late_chunks += 1
+                calls.give_up(chunk, "deadline")
+                continue
             try:
                 calls.merge(future.result())
             except Exception as error:

@@ -86,7 +86,13 @@ class Forwarder:
             config.meter_events_base, config.api_version, pool_size=config.stream_concurrency
         )
         executor = ThreadPoolExecutor(config.stream_concurrency, thread_name_prefix="stream")
-        delivery = StreamDelivery(MeterEventStream(http), tokens, config.retry, executor)
+        delivery = StreamDelivery(
+            MeterEventStream(http),
+            tokens,
+            config.retry,
+            executor,
+            concurrency=config.stream_concurrency,
+        )
         dead_letters = DeadLetterQueue(config.dead_letter_queue_url, sqs)
         return cls(config, delivery, dead_letters, tokens)
 
@@ -106,11 +112,13 @@ class Forwarder:
             batch = Batch(records, Judge(self.config.rules, datetime.now(UTC)))
             run: DeliveryRun[EventTag] = self.delivery.start(remaining)
             batch.read_into(run)
-            report = run.finish()
+            # calls unanswered with half the margin left are abandoned: dead letters and the
+            # answer need the rest
+            report = run.finish(stop_at=retry.deadline_margin / 2)
             letters = batch.letters(report)
             unsent = self.dead_letters.send(letters, lambda: remaining() - retry.dead_letter_margin)
             settled = batch.settle(report, letters, unsent)
-        _publish(settled, report, self.tokens.take_stats())
+        _publish(settled, report, self.tokens.take_stats(), self.delivery.limit.limit)
         logger.info(
             "batch settled",
             extra={
@@ -263,7 +271,9 @@ class Batch:
         return format_timestamp(_from_millis(first) if first else self.judge.now)
 
 
-def _publish(settled: Settled, report: DeliveryReport[EventTag], tokens: TokenStats) -> None:
+def _publish(
+    settled: Settled, report: DeliveryReport[EventTag], tokens: TokenStats, in_flight_limit: int
+) -> None:
     """The invocation's metrics, in one EMF document (plus one per dead-letter code)."""
     calls = report.calls
     counts: dict[str, float] = {
@@ -276,6 +286,8 @@ def _publish(settled: Settled, report: DeliveryReport[EventTag], tokens: TokenSt
         "StreamCallsRetried": calls.retried_calls,
         "StreamCallsRateLimited": calls.rate_limited_calls,
         "StreamAnswersNotStripe": calls.not_stripe_answers,
+        "StreamCallsAbandoned": calls.late_chunks,
+        "StreamConcurrencyLimit": in_flight_limit,
         "SessionRenewals": calls.session_renewals,
         "TokenParameterReads": tokens.parameter_reads,
         "TokenRefresherCalls": tokens.refresher_calls,

@@ -52,7 +52,7 @@ def test_the_forwarder_defaults() -> None:
     assert config.stream_concurrency == 8
     assert config.token_margin == 60
     assert config.retry == RetryPolicy(
-        max_attempts=4, base_delay=0.2, max_delay=5.0, request_timeout=10.0, deadline_margin=3.0
+        max_attempts=6, base_delay=0.2, max_delay=5.0, request_timeout=10.0, deadline_margin=3.0
     )
     assert config.rules.value_rule == "positive_integer"
     assert config.rules.keys_for("api_requests") == MeterKeys("stripe_customer_id", "value")

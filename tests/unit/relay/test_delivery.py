@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from meter_relay.config import RetryPolicy
-from meter_relay.delivery import StreamDelivery
+from meter_relay.delivery import AdaptiveLimit, StreamDelivery
 from meter_relay.events import MeterEvent
 from meter_relay.session import MeterEventSession, SessionStore, SessionTokenSource
 from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer, StripeHttp
@@ -109,8 +109,9 @@ def test_server_errors_are_retried_with_growing_backoff_then_given_up() -> None:
     report = run.deliver([event("a"), event("b")], plenty)
     assert report.retry == {0, 1}
     assert report.calls.retry_reasons == {"transient": 2}
-    assert len(stream.calls) == RetryPolicy().max_attempts
-    assert sleeps == [0.2, 0.4, 0.8]
+    attempts = RetryPolicy().max_attempts
+    assert len(stream.calls) == attempts
+    assert sleeps == [min(5.0, 0.2 * 2**n) for n in range(attempts - 1)]  # full jitter's top
 
 
 def test_a_rejected_call_is_split_down_to_the_events_stripe_refuses() -> None:
@@ -199,7 +200,7 @@ def test_a_backoff_that_would_pass_the_deadline_is_not_waited() -> None:
     )
     report = run.deliver([event("a")], lambda: left[0])
     assert sleeps == []  # 30 s of Retry-After does not fit in 20 s
-    assert report.calls.retry_reasons == {"deadline": 1}
+    assert report.calls.retry_reasons == {"rate_limited": 1}
     assert len(stream.calls) == 1
 
 
@@ -209,3 +210,63 @@ def test_a_call_never_gets_more_time_than_is_left(left: float) -> None:
     run.deliver([event("a")], lambda: left)
     policy = RetryPolicy()
     assert stream.calls[0][2] == min(policy.request_timeout, left - policy.deadline_margin)
+
+
+def test_429s_are_retried_while_the_deadline_allows_not_counted_as_attempts() -> None:
+    """Three 429s, two 500s and a 503, then success, with plenty of time: 429 means "slow
+    down", so it does not use the budget of attempts that 5xx answers have."""
+    answers = iter(
+        [error(429, "account_rate_limit_exceeded", retry_after=0.0)] * 3
+        + [error(500, "internal"), error(500, "internal"), error(503, "unavailable"), OK]
+    )
+    run, stream, _ = delivery(lambda token, events: next(answers), RetryPolicy(max_attempts=4))
+    report = run.deliver([event("a")], plenty)
+    assert report.delivered == {0}
+    assert len(stream.calls) == 7
+    assert report.calls.rate_limited_calls == 3
+
+
+def test_a_429_storm_is_retried_until_the_deadline_then_returned() -> None:
+    clock = [60.0]
+
+    def answer(token: str, events: Sequence[MeterEvent]) -> StripeAnswer:
+        clock[0] -= 1.0  # each call takes a second of the invocation
+        return error(429, "account_rate_limit_exceeded", retry_after=1.0)
+
+    run, stream, sleeps = delivery(answer, RetryPolicy(max_attempts=2))
+    report = run.deliver([event("a")], lambda: clock[0] - sum(sleeps))
+    assert report.retry == {0}
+    assert report.calls.retry_reasons == {"rate_limited": 1}
+    assert len(stream.calls) > 10  # far beyond max_attempts: the time left decided
+    assert all(delay >= 1.0 for delay in sleeps)  # Retry-After honoured
+    assert clock[0] - sum(sleeps) >= RetryPolicy().deadline_margin
+
+
+def test_the_calls_in_flight_halve_on_429_and_grow_back_on_success() -> None:
+    now = [0.0]
+    limit = AdaptiveLimit(8, cooldown=0.5, clock=lambda: now[0])
+    for _ in range(3):  # answers of calls already in flight together: one signal
+        assert limit.acquire(0)
+        limit.release(rate_limited=True)
+    assert limit.limit == 4
+    now[0] = 1.0
+    assert limit.acquire(0)
+    limit.release(rate_limited=True)
+    assert limit.limit == 2
+    for _ in range(20):
+        assert limit.acquire(0)
+        limit.release(rate_limited=False)
+    assert 2 < limit.limit <= 8
+    for _ in range(500):
+        assert limit.acquire(0)
+        limit.release(rate_limited=False)
+    assert limit.limit == 8
+
+
+def test_no_more_calls_than_the_limit_are_in_flight() -> None:
+    limit = AdaptiveLimit(2)
+    assert limit.acquire(0)
+    assert limit.acquire(0)
+    assert not limit.acquire(0.05)  # a third waits, and gives up when its time is out
+    limit.release(rate_limited=False)
+    assert limit.acquire(0)
