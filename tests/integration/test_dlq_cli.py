@@ -26,7 +26,8 @@ import requests
 
 from meter_relay.cli import main
 from meter_relay.dead_letter import DeadLetter
-from meter_relay.dlq import DeadLetterReader, read_message
+from meter_relay.dlq.reading import read_message
+from meter_relay.dlq.scan import DeadLetterReader
 from meter_relay.events import ValidationRules, format_timestamp
 from tests.plugins.relay import (
     API_VERSION,
@@ -71,7 +72,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    code, out, _ = run(capsys, *argv, "--json")
+    code, out, _ = run(capsys, *argv, "--output", "json")
     document: dict[str, Any] = json.loads(out)
     return code, document
 
@@ -239,7 +240,10 @@ def test_a_missing_setting_is_one_clear_line(
     code, out, err = run(capsys, "dlq", "list")
     assert code == 2
     assert out == ""
-    assert err == "meter-relay: the DLQ (--dlq-url or DEAD_LETTER_QUEUE_URL) is not set\n"
+    assert err == (
+        "meter-relay: the DLQ is not known: give --stack-name, or --dlq-url "
+        "(or DEAD_LETTER_QUEUE_URL)\n"
+    )
 
 
 # ----- list -------------------------------------------------------------------------------------
@@ -277,9 +281,14 @@ def test_list_summarises_and_exports_without_consuming(
     assert "< 1 hour" in out
 
     export = tmp_path / "dlq.jsonl"
-    code, summary = run_json(capsys, "dlq", "list", "--output", str(export))
+    code, summary = run_json(capsys, "dlq", "list", "--export", str(export))
     assert code == 0
+    scan = summary.pop("scan")
+    assert (scan["seen"], scan["depth"], scan["unseen"]) == (6, 6, 0)
     assert summary == {
+        "complete": True,
+        "stopped": None,
+        "shortfall": None,
         "messages": 6,
         "events": 5,
         "by_code": {
@@ -317,7 +326,7 @@ def test_list_summarises_and_exports_without_consuming(
 def test_console_entry_runs_as_a_module(cli: Relay) -> None:
     put_redriven(cli, api_event("module-1"))
     completed = subprocess.run(
-        [sys.executable, "-m", "meter_relay", "dlq", "list", "--json"],
+        [sys.executable, "-m", "meter_relay", "dlq", "list", "--output", "json"],
         env=dict(os.environ),
         cwd=ROOT,
         capture_output=True,
@@ -457,12 +466,11 @@ def test_nothing_leaves_the_dlq_unless_it_was_resent(
     before = snapshot(cli)
     monkeypatch.setenv("USAGE_QUEUE_URL", queue_url(cli.aws.endpoint_url, "no-such-queue"))
 
-    code, result = run_json(capsys, "dlq", "replay")
-    assert code == 1
-    assert result["counts"] == {"kept": 2}
-    for outcome in result["outcomes"]:
-        assert outcome["code"] == "aws_error"
-        assert "QueueDoesNotExist" in outcome["detail"] or "NonExistent" in outcome["detail"]
+    for command in ("replay", "redrive"):  # checked before the DLQ is touched
+        code, out, err = run(capsys, "dlq", command)
+        assert (code, out) == (2, "")
+        assert err.startswith("meter-relay: the queue does not exist: GetQueueAttributes: ")
+        assert err.count("\n") == 1
     assert snapshot(cli) == before  # still there, visible at once
 
     monkeypatch.setenv("USAGE_QUEUE_URL", cli.queue_url)
@@ -489,7 +497,7 @@ def test_the_valid_events_of_a_redriven_envelope_go_and_each_other_stays_as_a_le
     }
     redriven = redrive(cli, envelope)
 
-    code, result = run_json(capsys, "dlq", "replay", "--via", via)
+    code, result = run_json(capsys, "dlq", "replay", "--via", via, "--yes")
     assert code == 1  # two events stay
     (outcome,) = result["outcomes"]
     assert (outcome["action"], outcome["code"]) == ("partly_replayed", "payload_invalid_value")
@@ -518,7 +526,7 @@ def test_the_valid_events_of_a_redriven_envelope_go_and_each_other_stays_as_a_le
         assert counted == {f"{redriven}-0": 1, f"{redriven}-2": 1}
 
     # a second run replays none of it again: what stays cannot be sent as it is
-    code, result = run_json(capsys, "dlq", "replay", "--via", via)
+    code, result = run_json(capsys, "dlq", "replay", "--via", via, "--yes")
     assert (code, result["counts"]) == (1, {"kept": 1, "skipped": 1})
     assert len(peek(cli)) == 2
 
@@ -627,7 +635,7 @@ def test_sync_replay_with_each_answer(cli: Relay, capsys: pytest.CaptureFixture[
         },
     )
 
-    code, result = run_json(capsys, "dlq", "replay", "--via", "sync")
+    code, result = run_json(capsys, "dlq", "replay", "--via", "sync", "--yes")
     assert code == 1
     outcomes = by_message(result["outcomes"])
     assert {m: (o["action"], o["code"]) for m, o in outcomes.items()} == {
@@ -657,7 +665,7 @@ def test_sync_replay_with_each_answer(cli: Relay, capsys: pytest.CaptureFixture[
 
     # a kept copy replays like the original did (it is not taken twice in one run)
     earlier = len(cli.emulator.requests(endpoint="meter_events"))
-    code, result = run_json(capsys, "dlq", "replay", "--via", "sync", "--code", "no_meter")
+    code, result = run_json(capsys, "dlq", "replay", "--via", "sync", "--yes", "--code", "no_meter")
     assert code == 1
     assert result["counts"] == {"kept": 2}
     assert kept()[envelope] == ("no_meter", [f"{envelope}-1"])
@@ -671,7 +679,7 @@ def test_sync_replay_retries_409(cli: Relay, capsys: pytest.CaptureFixture[str])
     cli.emulator.set_faults("meter_events", seed=4, error_rate=0.5, error_statuses=[409])
     put_redriven(cli, api_event("conflict-1"))
 
-    code, result = run_json(capsys, "dlq", "replay", "--via", "sync")
+    code, result = run_json(capsys, "dlq", "replay", "--via", "sync", "--yes")
     assert code == 0
     assert result["counts"] == {"replayed": 1}
     statuses = [r["status"] for r in cli.emulator.requests(endpoint="meter_events")]
@@ -764,7 +772,7 @@ def test_cancel_identifiers_inside_and_outside_24_hours(
     assert [json.loads(line)["status"] for line in out.splitlines()[:2]] == ["would_cancel"] * 2
     assert cli.emulator.requests(endpoint="adjustments") == []
 
-    code, out, _ = run(capsys, *cancel, "--audit", str(audit))
+    code, out, _ = run(capsys, *cancel, "--yes", "--audit", str(audit))
     assert code == 0
     printed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [(p["identifier"], p["event_name"], p["status"]) for p in printed] == [
@@ -788,7 +796,7 @@ def test_cancel_identifiers_inside_and_outside_24_hours(
 
     cli.emulator.advance_clock(86401)  # Stripe received c-3 more than 24 hours ago
     identifiers.write_text("c-3\n")
-    code, result = run_json(capsys, *cancel, "--audit", str(audit))
+    code, result = run_json(capsys, *cancel, "--yes", "--audit", str(audit))
     assert code == 1
     assert result["counts"] == {"refused": 1}
     (refused,) = result["audit"]
@@ -821,7 +829,7 @@ def test_cancel_events_of_dlq_messages_chosen_by_filters(
     assert cli.emulator.requests(endpoint="adjustments") == []
 
     by_filters = ["--code", "max_receive_count_exceeded", "--customer", "cus_a"]
-    code, result = run_json(capsys, "dlq", "cancel", *by_filters)
+    code, result = run_json(capsys, "dlq", "cancel", "--yes", *by_filters)
     assert code == 0
     assert [(a["identifier"], a["status"]) for a in result["audit"]] == [("dq-1", "pending")]
     assert {e["identifier"]: e["status"] for e in cli.emulator.events()} == {
@@ -831,7 +839,7 @@ def test_cancel_events_of_dlq_messages_chosen_by_filters(
     }
 
     cli.emulator.advance_clock(86401)
-    code, out, _ = run(capsys, "dlq", "cancel", "--code", "payload_invalid_value")
+    code, out, _ = run(capsys, "dlq", "cancel", "--yes", "--code", "payload_invalid_value")
     assert code == 1
     (line,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert (line["identifier"], line["status"]) == ("dq-old", "past_cancel_window")
@@ -847,11 +855,13 @@ def test_cancel_stopped_by_max_continues_with_its_audit_file_and_cancels_nothing
         put_redriven(cli, api_event(identifier))
     audit = tmp_path / "audit.jsonl"
 
-    code, result = run_json(capsys, "dlq", "cancel", "--max", "2", "--audit", str(audit))
+    code, result = run_json(capsys, "dlq", "cancel", "--yes", "--max", "2", "--audit", str(audit))
     assert code == 0
     assert result["complete"] is False  # a third message matched
     assert len(result["audit"]) == 2
-    code, _, err = run(capsys, "dlq", "cancel", "--skip", str(audit), "--audit", str(audit))
+    code, _, err = run(
+        capsys, "dlq", "cancel", "--yes", "--skip", str(audit), "--audit", str(audit)
+    )
     assert code == 0
     assert "stopped early" not in err
     logged = [json.loads(line) for line in audit.read_text().splitlines()]

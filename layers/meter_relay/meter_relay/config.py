@@ -249,3 +249,64 @@ class ToolsConfig:
         if not value:
             raise ConfigError(f"{variable} is not set")
         return value
+
+
+# ----- the operator tools: the meter-relay CLI and the DLQ functions ------------------------------
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    """What the operator tools work with, read and checked once, alike for the CLI and the DLQ
+    functions: the environment (as the template sets it for the functions), and for the CLI
+    its stack's outputs and flags over it. A setting a command does not use may be missing
+    (`need` says so when one does); the Stripe mode, when known, is checked against the key."""
+
+    dead_letter_queue_url: str | None
+    usage_queue_url: str | None
+    secret_id: str | None
+    api_base: str
+    api_version: str
+    mode: StripeMode | None
+    rules: ValidationRules = field(default_factory=ValidationRules)
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str | None] | None = None,
+        *,
+        mode_required: bool = False,
+    ) -> ToolsConfig:
+        """From `env` (os.environ), with `overrides` (variable name -> value, None or empty:
+        not given) over it. `mode_required`: STRIPE_MODE must be set (the DLQ functions)."""
+        merged = dict(os.environ if env is None else env)
+        merged.update({name: value for name, value in (overrides or {}).items() if value})
+        given = merged.get("STRIPE_MODE", "").strip()
+        mode = stripe_mode(merged) if given or mode_required else None
+        base = _base_url(merged, "STRIPE_API_BASE", DEFAULT_API_BASE)
+        try:
+            rules = ValidationRules.from_settings(
+                merged.get("METER_KEYS", "{}"), merged.get("VALUE_RULE", "") or "positive_integer"
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        return cls(
+            dead_letter_queue_url=merged.get("DEAD_LETTER_QUEUE_URL", "").strip() or None,
+            usage_queue_url=merged.get("USAGE_QUEUE_URL", "").strip() or None,
+            secret_id=merged.get("STRIPE_SECRET_ID", "").strip() or None,
+            api_base=base if mode is None else _live_on_stripe(mode, "STRIPE_API_BASE", base),
+            api_version=merged.get("STRIPE_API_VERSION", "").strip() or DEFAULT_API_VERSION,
+            mode=mode,
+            rules=rules,
+        )
+
+    def need(self, variable: str) -> str:
+        """The value of a setting a command cannot do without, else a ConfigError naming it."""
+        value = {
+            "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
+            "USAGE_QUEUE_URL": self.usage_queue_url,
+            "STRIPE_SECRET_ID": self.secret_id,
+        }[variable]
+        if not value:
+            raise ConfigError(f"{variable} is not set")
+        return value

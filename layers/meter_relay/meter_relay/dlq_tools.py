@@ -1,81 +1,52 @@
 """The dead-letter operations as Lambda entry points (for `sam remote invoke`).
 
-Same options as the CLI, as JSON. A run stops cleanly before the Lambda deadline and says
-how far it got; what it replayed has left the DLQ, so calling again with the same input
-continues with what is left.
+`sam remote invoke` waits for the answer with botocore's read timeout (60 s) and retries a
+call that timed out: a run longer than that would be started again while the first still
+ran. So the functions' Timeout is under it (template.yaml), a run stops DEADLINE_MARGIN_SECONDS
+before its deadline, and a run that did not finish answers `"complete": false` with `"next"`,
+the input of the call that continues it. Invoking again with `next` does nothing twice:
 
     replay: {"filters": {"code": [...], "event_name": [...], "customer": [...],
                          "since": "...", "until": "...", "max": 100},
-             "via": "queue" | "sync", "fix": {...}, "dry_run": false, "rate": 10}
+             "via": "queue" | "sync", "fix": {...}, "dry_run": false, "rate": 10,
+             "skip_messages": ["message id", ...]}
     cancel: {"identifiers": ["..."], "event_name": "...", "dry_run": false, "rate": 10}
             or {"filters": {...}, "skip": ["identifier", ...], "dry_run": false}
 
-Cancelling reads the DLQ without consuming it, so a cancel that stops early answers, in
-"next", the input that continues it: the identifiers left, or the same filters with every
-identifier already handled (audited) in "skip".
+What a replay sent has left the DLQ; its `next` adds to `skip_messages` the messages it left
+there as they were (nothing in them could be sent, or a dry run), so the next call goes on
+with the others. A cancel reads the DLQ without consuming it: its `next` holds the identifiers
+left, or the same filters with every identifier already handled (audited) in `skip`. `max` is
+per call.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 from typing import Any
 
-import boto3
-from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from meter_relay.config import (
-    AWS_CLIENT_CONFIG,
-    DEFAULT_API_BASE,
-    DEFAULT_API_VERSION,
-    ConfigError,
-)
-from meter_relay.dlq import (
-    CancelTarget,
-    DeadLetterReader,
-    Filters,
-    Fix,
-    RateLimit,
-    Replayer,
-    cancel,
-    targets_from_dlq,
-)
-from meter_relay.events import ValidationRules
+from meter_relay.config import ToolsConfig
+from meter_relay.dlq.cancel import AuditLine, CancelTarget, cancel, targets_from_dlq
+from meter_relay.dlq.replay import OUT_OF_TIME, Replayer, Resend
+from meter_relay.dlq.runs import Outcome, RunSummary
+from meter_relay.dlq.selection import Filters, Fix
+from meter_relay.dlq.toolkit import Toolkit
 from meter_relay.observability import logger
-from meter_relay.secret_key import read_secret_key
-from meter_relay.stripe_client import StripeApi, StripeHttp
+from meter_relay.retry import RateLimit
 
 DEADLINE_MARGIN_SECONDS = 5.0
-_KNOWN_REPLAY = {"filters", "via", "fix", "dry_run", "rate"}
+MAX_OUTCOMES = 1000  # in an answer (Lambda's 6 MB): those that stay first; every one is logged
+_KNOWN_REPLAY = {"filters", "via", "fix", "dry_run", "rate", "skip_messages"}
 _KNOWN_CANCEL = {"filters", "identifiers", "event_name", "skip", "dry_run", "rate"}
 
 
-def _env(name: str) -> str:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise ConfigError(f"{name} is not set")
-    return value
-
-
-def _reader() -> DeadLetterReader:
-    rules = ValidationRules.from_settings(
-        os.environ.get("METER_KEYS", "{}"), os.environ.get("VALUE_RULE", "") or "positive_integer"
-    )
-    sqs = boto3.client("sqs", config=AWS_CLIENT_CONFIG)
-    return DeadLetterReader(sqs, _env("DEAD_LETTER_QUEUE_URL"), rules)
-
-
-def _api() -> StripeApi:
-    secrets = boto3.client("secretsmanager", config=AWS_CLIENT_CONFIG)
-    base = os.environ.get("STRIPE_API_BASE", "").strip() or DEFAULT_API_BASE
-    key = read_secret_key(
-        SecretsProvider(boto3_client=secrets), _env("STRIPE_SECRET_ID"), api_base=base
-    )
-    http = StripeHttp(
-        base, os.environ.get("STRIPE_API_VERSION", "").strip() or DEFAULT_API_VERSION, pool_size=1
-    )
-    return StripeApi(http, key)
+@functools.cache
+def _toolkit() -> Toolkit:
+    """One configuration per execution environment, checked at the first invocation."""
+    return Toolkit(ToolsConfig.from_env(mode_required=True))
 
 
 def _check(event: dict[str, Any], known: set[str]) -> None:
@@ -95,39 +66,6 @@ def _rate(event: dict[str, Any]) -> float | None:
     return float(rate)
 
 
-def _remaining(context: LambdaContext) -> float:
-    return context.get_remaining_time_in_millis() / 1000.0 - DEADLINE_MARGIN_SECONDS
-
-
-def replay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    _check(event, _KNOWN_REPLAY)
-    via = event.get("via", "queue")
-    if via not in ("queue", "sync"):
-        raise ValueError("via is 'queue' or 'sync'")
-    reader = _reader()
-    replayer = Replayer(
-        reader,
-        reader.rules,
-        usage_queue_url=_env("USAGE_QUEUE_URL") if via == "queue" else None,
-        api=_api() if via == "sync" else None,
-        fix=Fix.from_dict(event.get("fix") or {}),
-        dry_run=bool(event.get("dry_run", False)),
-        rate=RateLimit(_rate(event)),
-    )
-    summary = replayer.replay(
-        Filters.from_dict(event.get("filters") or {}), via, remaining=lambda: _remaining(context)
-    )
-    result = {
-        "complete": summary.complete,
-        "counts": summary.counts(),
-        "outcomes": [o.to_json() for o in summary.outcomes],
-    }
-    if not summary.complete:
-        result["next"] = "stopped early: invoke again with the same input to continue"
-    logger.info("dlq replay", extra={"counts": result["counts"], "complete": summary.complete})
-    return result
-
-
 def _strings(event: dict[str, Any], key: str) -> list[str]:
     values = event.get(key)
     if values is None:
@@ -137,10 +75,66 @@ def _strings(event: dict[str, Any], key: str) -> list[str]:
     return values
 
 
+def _remaining(context: LambdaContext) -> float:
+    return context.get_remaining_time_in_millis() / 1000.0 - DEADLINE_MARGIN_SECONDS
+
+
+def _resend(event: dict[str, Any], kit: Toolkit) -> Resend:
+    via = event.get("via", "queue")
+    if via == "queue":
+        return kit.queue_resend()
+    if via == "sync":
+        return kit.sync_resend()
+    raise ValueError(f"via is 'queue' or 'sync', not {via!r}")
+
+
+def replay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    _check(event, _KNOWN_REPLAY)
+    filters = Filters.from_dict(event.get("filters") or {})
+    fix = Fix.from_dict(event.get("fix") or {})
+    rate = RateLimit(_rate(event))
+    skip = _strings(event, "skip_messages")
+    kit = _toolkit()
+    replayer = Replayer(
+        kit.reader(), _resend(event, kit), fix=fix, dry_run=bool(event.get("dry_run")), rate=rate
+    )
+    summary = replayer.replay(filters, remaining=lambda: _remaining(context), skip=frozenset(skip))
+    for outcome in summary.outcomes:
+        logger.info("dlq replay", extra=outcome.to_json())
+    result = _answer(summary)
+    if not summary.complete:
+        done = [o.message_id for o in summary.outcomes if _left_as_it_was(o)]
+        result["next"] = {**event, "skip_messages": list(dict.fromkeys([*skip, *done]))}
+    logger.info(
+        "dlq replay run", extra={"counts": result["counts"], "complete": result["complete"]}
+    )
+    return result
+
+
+def _left_as_it_was(outcome: Outcome) -> bool:
+    """A message a replay handled that is still in the DLQ as it was, and that another call
+    would handle the same way (not one the time ran out on: that one the next call sends)."""
+    if not (outcome.action.stays or outcome.action.value.startswith("would_")):
+        return False
+    return not any(e["detail"] == OUT_OF_TIME for e in outcome.kept_events)
+
+
+def _answer(summary: RunSummary) -> dict[str, Any]:
+    """The summary as an answer, with at most MAX_OUTCOMES outcomes (those that stay first)."""
+    result = summary.to_json()
+    ranked = sorted(summary.outcomes, key=lambda o: not (o.action.stays or o.kept_events))
+    result["outcomes"] = [o.to_json() for o in ranked[:MAX_OUTCOMES]]
+    if len(ranked) > MAX_OUTCOMES:
+        result["outcomes_omitted"] = len(ranked) - MAX_OUTCOMES  # in the function's log
+    return result
+
+
 def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     _check(event, _KNOWN_CANCEL)
     dry_run = bool(event.get("dry_run", False))
+    rate = RateLimit(_rate(event))
     skip = _strings(event, "skip")
+    kit = _toolkit()
     scanned_all = True
     if event.get("identifiers") is not None:
         name = event.get("event_name")
@@ -149,19 +143,19 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
             raise ValueError("identifiers (a list) needs an event_name")
         targets = [CancelTarget(i, name) for i in dict.fromkeys(identifiers) if i not in skip]
     else:
+        filters = Filters.from_dict(event.get("filters") or {})
         # keep half of the time for the cancels themselves
         targets, scanned_all = targets_from_dlq(
-            _reader(),
-            Filters.from_dict(event.get("filters") or {}),
+            kit.reader(),
+            filters,
             remaining=lambda: _remaining(context),
             reserve=_remaining(context) / 2,
             skip=skip,
         )
     audit, cancelled_all = cancel(
-        None if dry_run else _api(),
+        None if dry_run else kit.stripe_api(),
         targets,
-        dry_run=dry_run,
-        rate=RateLimit(_rate(event)),
+        rate=rate,
         remaining=lambda: _remaining(context),
     )
     for line in audit:
@@ -169,17 +163,26 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
     complete = scanned_all and cancelled_all
     result: dict[str, Any] = {"complete": complete, "audit": [line.to_json() for line in audit]}
     if not complete:
-        done = {(line.identifier, line.event_name) for line in audit}
-        left = [t for t in targets if (t.identifier, t.event_name) not in done]
-        result["remaining"] = [
-            {"identifier": t.identifier, "event_name": t.event_name} for t in left
-        ]
-        # the input of the call that continues: nothing handled here is cancelled again
-        options = {k: event[k] for k in ("dry_run", "rate") if k in event}
-        if event.get("identifiers") is not None:
-            ids = [t.identifier for t in left]
-            result["next"] = {"identifiers": ids, "event_name": event["event_name"], **options}
-        else:
-            handled = list(dict.fromkeys([*skip, *(line.identifier for line in audit)]))
-            result["next"] = {"filters": event.get("filters") or {}, "skip": handled, **options}
+        result.update(_cancel_next(event, skip, targets, audit))
     return result
+
+
+def _cancel_next(
+    event: dict[str, Any], skip: list[str], targets: list[CancelTarget], audit: list[AuditLine]
+) -> dict[str, Any]:
+    """What is left, and the input of the call that continues: nothing handled here (audited)
+    is cancelled again."""
+    done = {(line.identifier, line.event_name) for line in audit}
+    left = [t for t in targets if (t.identifier, t.event_name) not in done]
+    options: dict[str, Any] = {k: event[k] for k in ("dry_run", "rate") if k in event}
+    following: dict[str, Any]
+    if event.get("identifiers") is not None:
+        ids = [t.identifier for t in left]
+        following = {"identifiers": ids, "event_name": event["event_name"], **options}
+    else:
+        handled = list(dict.fromkeys([*skip, *(line.identifier for line in audit)]))
+        following = {"filters": event.get("filters") or {}, "skip": handled, **options}
+    return {
+        "remaining": [{"identifier": t.identifier, "event_name": t.event_name} for t in left],
+        "next": following,
+    }

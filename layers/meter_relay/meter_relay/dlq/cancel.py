@@ -1,0 +1,180 @@
+"""Cancel delivered events through /v2/billing/meter_event_adjustments (Stripe allows it within
+24 hours of receiving the event), chosen by identifier or from the DLQ by filters.
+
+Choosing from the DLQ reads it without consuming it and takes exactly the events every filter
+chooses: a message SQS moved whole can be an envelope of many customers, and the other
+customers' delivered usage must not be cancelled with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable, Iterable
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from meter_relay.dlq.scan import DeadLetterReader, WhenFull
+from meter_relay.dlq.selection import Filters
+from meter_relay.events import format_timestamp
+from meter_relay.retry import TOOLS_RETRY, Jitter, RateLimit, with_retries
+from meter_relay.stripe_client import Kind, StripeAnswer
+
+CANCEL_WINDOW = timedelta(hours=24)
+
+
+class AdjustmentsApi(Protocol):
+    """Stripe's meter event adjustments (StripeApi has it)."""
+
+    def cancel_meter_event(
+        self, event_name: str, identifier: str, timeout: float
+    ) -> StripeAnswer: ...
+
+
+class AuditStatus(StrEnum):
+    """What became (or, in a dry run, would become) of one cancellation."""
+
+    PENDING = "pending"  # Stripe accepted it (its own status: pending, then complete)
+    COMPLETE = "complete"
+    REFUSED = "refused"  # Stripe answered 400 (e.g. an identifier it does not know)
+    PAST_CANCEL_WINDOW = "past_cancel_window"  # received by Stripe more than 24 hours ago
+    FAILED = "failed"  # no final answer after the retries (Stripe unreachable, 5xx)
+    WOULD_CANCEL = "would_cancel"
+
+    @property
+    def bad(self) -> bool:
+        return self in (AuditStatus.REFUSED, AuditStatus.FAILED, AuditStatus.PAST_CANCEL_WINDOW)
+
+
+@dataclass(frozen=True)
+class CancelTarget:
+    identifier: str
+    event_name: str
+    first_seen: datetime | None = None  # when known (from a DLQ message)
+    customer: str | None = None  # when known (from a DLQ message), to show the operator
+
+
+@dataclass
+class AuditLine:
+    identifier: str
+    event_name: str
+    status: AuditStatus
+    adjustment_id: str | None = None
+    error: str | None = None
+    at: str = field(default_factory=lambda: format_timestamp(datetime.now(UTC)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identifier": self.identifier,
+            "event_name": self.event_name,
+            "adjustment_id": self.adjustment_id,
+            "status": self.status.value,
+            "at": self.at,
+            "error": self.error,
+        }
+
+
+def targets_from_file(path: str | Path, event_name: str) -> list[CancelTarget]:
+    """One identifier a line (blank lines skipped), each once, in the file's order."""
+    lines = Path(path).read_text().splitlines()
+    identifiers = dict.fromkeys(line.strip() for line in lines if line.strip())
+    return [CancelTarget(identifier, event_name) for identifier in identifiers]
+
+
+def targets_from_dlq(
+    reader: DeadLetterReader,
+    filters: Filters,
+    remaining: Callable[[], float] | None = None,
+    reserve: float = 0.0,
+    skip: Iterable[str] = (),
+) -> tuple[list[CancelTarget], bool]:
+    """The events the filters choose in the DLQ's messages, each once, but those whose
+    identifier is in `skip` (done by an earlier call); and whether that is all of them. A
+    message whose chosen events are all skipped does not count toward `max`. With
+    `remaining` (seconds left), the scan stops once only `reserve` seconds are left: the rest
+    is for cancelling. A pass that could not see the whole queue is not complete either."""
+    skipped = set(skip)
+    targets: list[CancelTarget] = []
+    taken = 0
+    with closing(reader.scan(when_full=WhenFull.STOP)) as messages:  # gives every message back
+        for message in messages:
+            if remaining is not None and remaining() < reserve:
+                return targets, False
+            if not filters.matches(message):
+                continue
+            new: dict[str, CancelTarget] = {}  # the same event twice is cancelled once
+            for event in filters.chosen_events(message):
+                if event.identifier and event.event_name and event.identifier not in skipped:
+                    new.setdefault(
+                        event.identifier,
+                        CancelTarget(
+                            event.identifier, event.event_name, message.first_seen, event.customer
+                        ),
+                    )
+            if not new:
+                continue
+            if filters.max_count is not None and taken >= filters.max_count:
+                return targets, False  # more match than `max` took
+            taken += 1
+            skipped.update(new)
+            targets.extend(new.values())
+    return targets, reader.stats.shortfall(reader.max_held) is None
+
+
+def cancel(
+    api: AdjustmentsApi | None,
+    targets: list[CancelTarget],
+    *,
+    rate: RateLimit | None = None,
+    remaining: Callable[[], float] | None = None,
+    progress: Callable[[AuditLine], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    jitter: Jitter = random.uniform,
+) -> tuple[list[AuditLine], bool]:
+    """Cancel each target (`api` None: a dry run, nothing is sent); (audit, complete).
+
+    409, 429, 5xx and timeouts are retried (Retry-After, else backoff) before a cancel is
+    reported as failed; with `remaining`, no cancel starts that could not finish in time."""
+    audit: list[AuditLine] = []
+    now = datetime.now(UTC)
+    limit = rate or RateLimit(None)
+    for target in targets:
+        if remaining is not None and remaining() < 2 * TOOLS_RETRY.request_timeout:
+            return audit, False
+        late = target.first_seen is not None and now - target.first_seen > CANCEL_WINDOW
+        if api is None:
+            status = AuditStatus.PAST_CANCEL_WINDOW if late else AuditStatus.WOULD_CANCEL
+            line = AuditLine(target.identifier, target.event_name, status)
+        else:
+            limit.wait()
+            call = functools.partial(api.cancel_meter_event, target.event_name, target.identifier)
+            answer = with_retries(call, sleep=sleep, jitter=jitter, remaining=remaining)
+            if answer is None:  # out of time before an answer: this one is not done
+                return audit, False
+            line = _audit(target, answer, late)
+        audit.append(line)
+        if progress:
+            progress(line)
+    return audit, True
+
+
+def _audit(target: CancelTarget, answer: StripeAnswer, late: bool) -> AuditLine:
+    if answer.kind is Kind.OK:
+        body = answer.body or {}
+        try:
+            status = AuditStatus(str(body.get("status", "pending")))
+        except ValueError:
+            status = AuditStatus.PENDING
+        return AuditLine(target.identifier, target.event_name, status, str(body.get("id")))
+    if answer.code == "invalid_cancel_configuration" and late:
+        status = AuditStatus.PAST_CANCEL_WINDOW
+    elif answer.kind is Kind.REJECTED:
+        status = AuditStatus.REFUSED
+    else:
+        status = AuditStatus.FAILED
+    return AuditLine(target.identifier, target.event_name, status, error=answer.error)

@@ -1,0 +1,106 @@
+"""Redrive: whole DLQ messages back to the usage queue, as the SQS console's "Start DLQ
+redrive" would move them, without its flaw.
+
+The console's move gives every message a new messageId; an event without a producer
+identifier takes its identifier from the messageId (`<messageId>-<index>`), and its default
+timestamp from the message's SentTimestamp, so the delivered events of a partly delivered
+envelope would be counted again. A redrive writes each event's identifier (the producer's, or
+the one derived from the original messageId, as the forwarder derived it) and its default
+timestamp (when its producer sent it) into the body, keeps envelopes whole, and deletes a
+message from the DLQ only once SQS confirmed its copy on the usage queue.
+
+By default it takes the messages whose reason passes (moved after maxReceiveCount, Stripe's
+load, no answer): sending those again delivers them as they are. Letters the forwarder
+refused for what they hold stay unless chosen (`--code`, or all): the forwarder would refuse
+them again; they want a replay with a fix, or a discard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from meter_relay.dlq.reading import DlqMessage
+from meter_relay.dlq.resend import UsageQueue
+from meter_relay.dlq.runs import PAST_DEDUP_WINDOW, Action, Outcome, Pass, Progress, RunSummary
+from meter_relay.dlq.scan import DeadLetterReader
+from meter_relay.dlq.selection import Filters
+from meter_relay.retry import RateLimit
+
+
+def redrive_body(message: DlqMessage) -> str | None:
+    """The message as it goes back: each event with its identity written in, an envelope kept
+    an envelope. None when it holds no event (not JSON, not the contract: nothing to send)."""
+    if not message.events:
+        return None
+    events = [event.with_identity() for event in message.events]
+    return json.dumps({"events": events} if message.envelope else events[0])
+
+
+class Redriver:
+    """Moves the DLQ messages a selection chooses back to the usage queue, in parallel."""
+
+    def __init__(
+        self,
+        reader: DeadLetterReader,
+        queue: UsageQueue,
+        *,
+        dry_run: bool = False,
+        rate: RateLimit | None = None,
+    ) -> None:
+        self.reader = reader
+        self.queue = queue
+        self.dry_run = dry_run
+        self.rate = rate or RateLimit(None)
+
+    def redrive(
+        self,
+        filters: Filters,
+        *,
+        remaining: Callable[[], float] | None = None,
+        progress: Progress | None = None,
+    ) -> RunSummary:
+        work = Pass(self.reader, filters, remaining)
+        return work.run(
+            lambda window: (self._move(window), False), rate=self.rate, progress=progress
+        )
+
+    def _move(self, messages: list[DlqMessage]) -> list[Outcome]:
+        """Copies of a window's messages to the usage queue, then the originals deleted (only
+        those whose copy SQS confirmed)."""
+        outcomes: dict[str, Outcome] = {}
+        movable: list[tuple[DlqMessage, str]] = []
+        for message in messages:
+            outcome = outcomes[message.message_id] = Outcome(message.message_id, Action.KEPT)
+            body = redrive_body(message)
+            if body is None:
+                outcome.action, outcome.code = Action.SKIPPED, message.code
+                outcome.detail = "the body is not an event (nothing to redrive; inspect it by hand)"
+                continue
+            outcome.identifiers = [e.identifier for e in message.events if e.identifier]
+            if message.past_dedup_window:
+                outcome.warnings.append(PAST_DEDUP_WINDOW)
+            movable.append((message, body))
+        if self.dry_run:
+            for message, _ in movable:
+                outcome = outcomes[message.message_id]
+                outcome.action = Action.WOULD_REDRIVE
+                outcome.detail = f"{len(message.events)} events to the usage queue"
+            return list(outcomes.values())
+        errors = self.queue.send([body for _, body in movable])
+        copied = []
+        for (message, _), error in zip(movable, errors, strict=True):
+            if error is not None:
+                outcomes[message.message_id].stays_whole("aws_error", error)
+            else:
+                copied.append(message)
+        refused = self.reader.delete(copied)
+        for message in copied:
+            outcome = outcomes[message.message_id]
+            why = refused.get(message.message_id)
+            if why is None:
+                outcome.action = Action.REDRIVEN
+                outcome.detail = f"{len(message.events)} events to the usage queue"
+            else:  # on the usage queue and still here: a later redrive sends it again, unharmed
+                outcome.stays_whole("aws_error", f"NotDeleted: {why}", "copied to the usage queue")
+        return list(outcomes.values())

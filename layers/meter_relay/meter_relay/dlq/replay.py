@@ -1,0 +1,329 @@
+"""Replay: dead-lettered events corrected (--fix), checked as the forwarder checks them, and
+sent again: to the usage queue, or through Stripe's synchronous /v2/billing/meter_events.
+
+Each message is planned (corrected, judged: what can go, what stays as a letter of its own),
+sent (a window of messages at once, by the resend chosen at construction), then settled:
+what stays goes into the DLQ as letters, and only then does the message leave it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from meter_relay.config import RetryPolicy
+from meter_relay.dead_letter import DeadLetter
+from meter_relay.dlq.letters import event_letter, own_reason, rest_letter
+from meter_relay.dlq.reading import SYNC_REPLAY_PREFIX, DlqMessage
+from meter_relay.dlq.resend import UsageQueue
+from meter_relay.dlq.runs import (
+    PAST_DEDUP_WINDOW,
+    Action,
+    Outcome,
+    Pass,
+    Progress,
+    RunSummary,
+)
+from meter_relay.dlq.scan import DeadLetterReader
+from meter_relay.dlq.selection import Filters, Fix
+from meter_relay.events import ErrorCode, ParsedEvent, Rejection, normalise_event
+from meter_relay.retry import TOOLS_RETRY, Jitter, RateLimit, answer_code, with_retries
+from meter_relay.stripe_client import Kind, StripeAnswer
+
+TOO_OLD = " (outside Stripe's 35-day window: not sent)"
+OUT_OF_TIME = "not sent before the deadline: the next run sends it"
+SYNC_SENDERS = 4  # messages sent through the synchronous endpoint at once
+
+
+class MeterEventsApi(Protocol):
+    """Stripe's synchronous meter event endpoint (StripeApi has it)."""
+
+    def create_meter_event(self, event: dict[str, Any], timeout: float) -> StripeAnswer: ...
+
+
+@dataclass
+class Plan:
+    """A message corrected and judged: what can be sent, and what stays (each as a letter)."""
+
+    message: DlqMessage
+    ready: list[ParsedEvent]
+    letters: list[DeadLetter]
+    outcome: Outcome  # the events that stay noted already
+
+
+@dataclass
+class Sent:
+    """What a resend made of one plan's ready events."""
+
+    counted: list[ParsedEvent] = field(default_factory=list)  # at their destination
+    refused: list[tuple[ParsedEvent, StripeAnswer]] = field(default_factory=list)
+    rest: list[ParsedEvent] = field(default_factory=list)  # not sent: from where it stopped
+    failure: StripeAnswer | None = None  # what stopped it (None: the time ran out)
+    error: str | None = None  # the destination could not be written to: nothing went
+
+
+class Resend(Protocol):
+    """Where a replay sends the events it can: chosen once, when the Replayer is made."""
+
+    via: str
+
+    def send(
+        self,
+        plans: list[Plan],
+        remaining: Callable[[], float] | None,
+        keep_hidden: Callable[[], None],
+    ) -> list[Sent]: ...
+
+
+class QueueResend:
+    """Back to the usage queue: one message per plan, its events with identity written in."""
+
+    via = "queue"
+
+    def __init__(self, queue: UsageQueue) -> None:
+        self.queue = queue
+
+    def send(
+        self,
+        plans: list[Plan],
+        remaining: Callable[[], float] | None,
+        keep_hidden: Callable[[], None],
+    ) -> list[Sent]:
+        bodies = []
+        for plan in plans:
+            events = [e.event.to_stripe() for e in plan.ready if e.event is not None]
+            bodies.append(json.dumps(events[0] if len(events) == 1 else {"events": events}))
+        errors = self.queue.send(bodies)
+        return [
+            Sent(counted=plan.ready) if error is None else Sent(error=error)
+            for plan, error in zip(plans, errors, strict=True)
+        ]
+
+
+class SyncResend:
+    """Through /v2/billing/meter_events, a few messages at once and each message's events in
+    order. An event Stripe refuses does not stop the others; a failure that is not the
+    event's (409, 429, 5xx, no answer, after the retries) stops its message there, and so
+    does the time running out (checked before each attempt, whose timeout it bounds)."""
+
+    via = "sync"
+
+    def __init__(
+        self,
+        api: MeterEventsApi,
+        *,
+        policy: RetryPolicy = TOOLS_RETRY,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Jitter = random.uniform,
+        senders: int = SYNC_SENDERS,
+    ) -> None:
+        self.api = api
+        self.policy = policy
+        self.sleep = sleep
+        self.jitter = jitter
+        self.senders = senders
+
+    def send(
+        self,
+        plans: list[Plan],
+        remaining: Callable[[], float] | None,
+        keep_hidden: Callable[[], None],
+    ) -> list[Sent]:
+        with ThreadPoolExecutor(self.senders, thread_name_prefix="sync-replay") as pool:
+            futures = [pool.submit(self._send_events, plan.ready, remaining) for plan in plans]
+            pending: set[Future[Sent]] = set(futures)
+            while pending:  # a long window must not let its messages show again
+                _, pending = wait_for(pending, timeout=5.0)
+                keep_hidden()
+            return [future.result() for future in futures]
+
+    def _send_events(
+        self, events: list[ParsedEvent], remaining: Callable[[], float] | None
+    ) -> Sent:
+        sent = Sent()
+        for position, parsed in enumerate(events):
+            if parsed.event is None:
+                continue  # planning keeps only events that can be sent
+            call = functools.partial(self.api.create_meter_event, parsed.event.to_stripe())
+            answer = with_retries(
+                call, policy=self.policy, sleep=self.sleep, jitter=self.jitter, remaining=remaining
+            )
+            if answer is None:
+                sent.rest = events[position:]
+                break
+            if answer.kind is Kind.OK or answer.code == "duplicate_meter_event":
+                sent.counted.append(parsed)  # counted now, or already: either way at Stripe
+            elif answer.kind is Kind.REJECTED:
+                sent.refused.append((parsed, answer))
+            else:
+                sent.rest, sent.failure = events[position:], answer
+                break
+        return sent
+
+
+@dataclass
+class _Settlement:
+    plan: Plan
+    letters: list[DeadLetter] = field(default_factory=list)
+    leaves: bool = False  # the message leaves the DLQ once its letters are in
+    stopped: bool = False  # the time ran out inside it
+
+
+class Replayer:
+    """Replays the DLQ messages a selection chooses, through one Resend."""
+
+    def __init__(
+        self,
+        reader: DeadLetterReader,
+        resend: Resend,
+        *,
+        fix: Fix | None = None,
+        dry_run: bool = False,
+        rate: RateLimit | None = None,
+    ) -> None:
+        self.reader = reader
+        self.resend = resend
+        self.fix = fix or Fix()
+        self.dry_run = dry_run
+        self.rate = rate or RateLimit(None)
+
+    def replay(
+        self,
+        filters: Filters,
+        *,
+        remaining: Callable[[], float] | None = None,
+        progress: Progress | None = None,
+        skip: frozenset[str] = frozenset(),
+    ) -> RunSummary:
+        """Replay every matching message; `remaining()` (seconds) stops it early, cleanly:
+        between messages, and inside one between its events (what was not sent stays)."""
+        work = Pass(self.reader, filters, remaining, skip)
+        return work.run(
+            lambda window: self._send_and_settle([self.plan(m) for m in window], remaining),
+            rate=self.rate,
+            progress=progress,
+        )
+
+    def plan(self, message: DlqMessage) -> Plan:
+        """The message's events corrected (the fix; never an identifier) and checked as the
+        forwarder checks them: what can be sent, and a letter for each event that cannot."""
+        outcome = Outcome(message.message_id, Action.KEPT)
+        if not message.events:
+            outcome.action, outcome.code = Action.SKIPPED, message.code
+            outcome.detail = "the body is not an event (nothing to replay; inspect it by hand)"
+            return Plan(message, [], [], outcome)
+        if message.past_dedup_window:
+            outcome.warnings.append(PAST_DEDUP_WINDOW)
+        now, rules = datetime.now(UTC), self.reader.rules
+        ready, letters = [], []
+        for dlq_event in message.events:
+            raw = self.fix.apply(dlq_event.raw, rules)
+            event = normalise_event(
+                raw, dlq_event.index, message.source_message_id, message.sent_at, rules, now
+            )
+            if event.rejection is None:
+                ready.append(event)
+                continue
+            rejection = event.rejection
+            too_old = rejection.code == ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST
+            outcome.keep(event, rejection.code, rejection.message + (TOO_OLD if too_old else ""))
+            letters.append(event_letter(message, event, rejection))
+        outcome.identifiers = [e.identifier for e in ready if e.identifier]
+        if not ready:  # nothing to send: the message stays as it is
+            codes = {e["code"] for e in outcome.kept_events}
+            if codes == {ErrorCode.TIMESTAMP_TOO_FAR_IN_PAST}:
+                outcome.action = Action.SKIPPED
+            outcome.describe()
+        return Plan(message, ready, letters, outcome)
+
+    def _send_and_settle(
+        self, plans: list[Plan], remaining: Callable[[], float] | None
+    ) -> tuple[list[Outcome], bool]:
+        """Send what the plans can, then settle each; True with the outcomes when the time
+        ran out inside a message."""
+        sendable = [p for p in plans if p.ready]
+        if self.dry_run:
+            for plan in sendable:
+                plan.outcome.action = Action.WOULD_REPLAY
+                plan.outcome.describe(f"{len(plan.ready)} events via {self.resend.via}")
+            return [p.outcome for p in plans], False
+        sent = self.resend.send(sendable, remaining, self.reader.keep_hidden)
+        settlements = [
+            self._judge(plan, result) for plan, result in zip(sendable, sent, strict=True)
+        ]
+        self._write(settlements)
+        return [p.outcome for p in plans], any(s.stopped for s in settlements)
+
+    def _judge(self, plan: Plan, sent: Sent) -> _Settlement:
+        """What the resend's answer makes of a plan: the letters that stay, and whether the
+        message leaves the DLQ (once they are in)."""
+        outcome, message, via = plan.outcome, plan.message, self.resend.via
+        if sent.error is not None:
+            outcome.stays_whole("aws_error", sent.error)
+            return _Settlement(plan)
+        settlement = _Settlement(plan, list(plan.letters), leaves=True)
+        for event, answer in sent.refused:  # Stripe's reason, the corrected body
+            refusal = Rejection(answer_code(answer), answer.error)
+            outcome.keep(event, refusal.code, refusal.message)
+            settlement.letters.append(event_letter(message, event, refusal))
+        outcome.identifiers = [e.identifier for e in sent.counted if e.identifier]
+        if sent.rest:
+            settlement.stopped = sent.failure is None
+            reason = _rest_reason(message, sent.failure)
+            said = (answer_code(sent.failure), sent.failure.error) if sent.failure else None
+            for event in sent.rest:
+                outcome.keep(event, *(said or (message.code, OUT_OF_TIME)))
+            if not (sent.counted or settlement.letters or reason.code != message.code):
+                outcome.describe()
+                return _Settlement(plan, stopped=settlement.stopped)  # it stays as it is
+            settlement.letters.append(rest_letter(message, sent.rest, reason))
+        if not settlement.letters:
+            outcome.action = Action.REPLAYED
+        elif sent.counted:
+            outcome.action = Action.PARTLY_REPLAYED
+        outcome.describe(f"{len(sent.counted)} events via {via}" if sent.counted else "")
+        return settlement
+
+    def _write(self, settlements: list[_Settlement]) -> None:
+        """The letters of every message that leaves, then the messages (deleted only once
+        all their letters are in)."""
+        leaving = [s for s in settlements if s.leaves]
+        unsent = set(self.reader.put_letters([x for s in leaving for x in s.letters]))
+        deletable = []
+        for settlement in leaving:
+            missing = sum(1 for letter in settlement.letters if letter in unsent)
+            if missing:
+                total = len(settlement.letters)
+                self._stays(
+                    settlement, f"LettersNotSent: {missing} of {total} letters could not be put in"
+                )
+            else:
+                deletable.append(settlement)
+        refused = self.reader.delete([s.plan.message for s in deletable])
+        for settlement in deletable:
+            why = refused.get(settlement.plan.message.message_id)
+            if why is not None:
+                self._stays(settlement, f"NotDeleted: {why}")
+
+    def _stays(self, settlement: _Settlement, why: str) -> None:
+        outcome = settlement.plan.outcome
+        moved = f"{len(outcome.identifiers)} events were sent via {self.resend.via}"
+        outcome.stays_whole("aws_error", why, moved if outcome.identifiers else "")
+
+
+def _rest_reason(message: DlqMessage, failure: StripeAnswer | None) -> Rejection:
+    """Why the unsent rest of a message stays. After a persistent 409, 429, 5xx or no answer
+    it carries that (its code, `sync replay: ...`) in place of the message's own: the DLQ
+    says what happened last. Out of time, or after an answer that is no fault of Stripe's
+    load nor of the event (401, 403, 404: the tool's setup), it keeps the message's own."""
+    if failure is not None and failure.kind in (Kind.TRANSIENT, Kind.RATE_LIMITED):
+        return Rejection(answer_code(failure), f"{SYNC_REPLAY_PREFIX}{failure.error}")
+    return own_reason(message)

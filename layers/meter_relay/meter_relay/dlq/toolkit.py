@@ -1,0 +1,60 @@
+"""The operator tools' clients, made from one ToolsConfig and one boto3 session (the CLI's,
+from --profile/--region; the Lambda function's own), alike for the CLI and the DLQ functions."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import boto3
+from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+from meter_relay.config import AWS_CLIENT_CONFIG, ToolsConfig
+from meter_relay.dlq.replay import SYNC_SENDERS, QueueResend, SyncResend
+from meter_relay.dlq.resend import UsageQueue
+from meter_relay.dlq.scan import DeadLetterReader
+from meter_relay.secret_key import read_secret_key
+from meter_relay.stripe_client import StripeApi, StripeHttp
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+
+class Toolkit:
+    """Clients made when first asked for: a command reads only the settings it needs."""
+
+    def __init__(self, config: ToolsConfig, session: boto3.session.Session | None = None) -> None:
+        self.config = config
+        self.session = session or boto3.session.Session()
+
+    @cached_property
+    def sqs(self) -> SQSClient:
+        return self.session.client("sqs", config=AWS_CLIENT_CONFIG)
+
+    def reader(self) -> DeadLetterReader:
+        return DeadLetterReader(
+            self.sqs, self.config.need("DEAD_LETTER_QUEUE_URL"), self.config.rules
+        )
+
+    def usage_queue(self) -> UsageQueue:
+        return UsageQueue(self.sqs, self.config.need("USAGE_QUEUE_URL"))
+
+    def queue_resend(self) -> QueueResend:
+        return QueueResend(self.usage_queue())
+
+    def sync_resend(self) -> SyncResend:
+        return SyncResend(self.stripe_api(pool_size=SYNC_SENDERS))
+
+    def stripe_api(self, pool_size: int = 1) -> StripeApi:
+        """The secret key, from Secrets Manager only (never logged, never in output); a key of
+        the other StripeMode, or a live key for a base that is not Stripe's, is refused."""
+        secret_id = self.config.need("STRIPE_SECRET_ID")
+        secrets = self.session.client("secretsmanager", config=AWS_CLIENT_CONFIG)
+        key = read_secret_key(
+            SecretsProvider(boto3_client=secrets),
+            secret_id,
+            api_base=self.config.api_base,
+            mode=self.config.mode,
+        )
+        http = StripeHttp(self.config.api_base, self.config.api_version, pool_size=pool_size)
+        return StripeApi(http, key)

@@ -1,0 +1,124 @@
+"""Cancel against stubs: retries, the deadline, and choosing targets from the DLQ: exactly the
+events every filter chooses (an envelope SQS moved whole holds other customers' usage too),
+each once, continuing past what an earlier call handled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from meter_relay.dlq.cancel import (
+    AuditStatus,
+    CancelTarget,
+    cancel,
+    targets_from_dlq,
+    targets_from_file,
+)
+from meter_relay.dlq.selection import Filters
+from meter_relay.retry import TOOLS_RETRY
+from meter_relay.stripe_client import Kind, StripeAnswer
+from tests.fakes import StubCancelApi, StubSqs, answer, api_messages, sqs_message
+from tests.unit.relay.dlq.builders import MID, reader
+
+
+def test_cancel_retries_429_and_5xx_before_reporting() -> None:
+    limited = StripeAnswer(Kind.RATE_LIMITED, 429, "rate_limit", "slow down", retry_after=2.0)
+    done = StripeAnswer(Kind.OK, 200, body={"id": "mtradj_1", "status": "pending"})
+    api = StubCancelApi([limited, answer(503), done])
+    sleeps: list[float] = []
+    audit, complete = cancel(
+        api,
+        [CancelTarget("evt-1", "api_requests")],
+        sleep=sleeps.append,
+        jitter=lambda low, high: 0.0,
+    )
+    assert complete
+    assert [(line.status, line.adjustment_id) for line in audit] == [
+        (AuditStatus.PENDING, "mtradj_1")
+    ]
+    assert api.calls == 3
+    assert sleeps[0] == 2.0  # Retry-After honoured
+
+
+def test_cancel_gives_up_after_the_attempts_and_says_failed() -> None:
+    api = StubCancelApi([answer(503)] * TOOLS_RETRY.max_attempts)
+    audit, _ = cancel(api, [CancelTarget("evt-2", "api_requests")], sleep=lambda _: None)
+    assert [line.status for line in audit] == [AuditStatus.FAILED]
+    assert api.calls == TOOLS_RETRY.max_attempts
+
+
+def test_a_dry_run_sends_nothing_and_names_what_is_past_the_window() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    old = CancelTarget("old", "api_requests", datetime.now(UTC) - timedelta(hours=25))
+    audit, complete = cancel(None, [CancelTarget("new", "api_requests"), old])
+    assert complete
+    assert [(a.identifier, a.status) for a in audit] == [
+        ("new", AuditStatus.WOULD_CANCEL),
+        ("old", AuditStatus.PAST_CANCEL_WINDOW),
+    ]
+
+
+def test_identifiers_from_a_file_each_once(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_text("a\n\n b \na\nc\n")
+    assert [t.identifier for t in targets_from_file(path, "api_requests")] == ["a", "b", "c"]
+
+
+def test_choosing_cancel_targets_stops_when_only_the_reserve_is_left() -> None:
+    sqs = StubSqs([api_messages("a", "b"), api_messages("c")])
+    clock = iter([100.0, 100.0, 10.0, 10.0, 10.0])  # seconds left, at each message
+    targets, complete = targets_from_dlq(
+        reader(sqs), Filters(), remaining=lambda: next(clock), reserve=50.0
+    )
+    assert [t.identifier for t in targets] == ["a-0", "b-0"]
+    assert complete is False  # the caller is told: it must not answer complete
+    assert set(sqs.released()) == {"rh-a", "rh-b", "rh-c"}  # all it received is given back
+    unlimited, complete = targets_from_dlq(
+        reader(StubSqs([api_messages("a", "b"), api_messages("c")])), Filters()
+    )
+    assert [t.identifier for t in unlimited] == ["a-0", "b-0", "c-0"]
+    assert complete is True
+
+
+def test_choosing_cancel_targets_continues_past_what_an_earlier_call_handled() -> None:
+    def choose(max_count: int, skip: list[str]) -> tuple[list[str], bool]:
+        sqs = StubSqs([api_messages("a", "b", "a"), api_messages("c", "d")])  # "a" twice: once
+        targets, complete = targets_from_dlq(reader(sqs), Filters(max_count=max_count), skip=skip)
+        return [t.identifier for t in targets], complete
+
+    assert choose(2, []) == (["a-0", "b-0"], False)  # more match than max
+    # the handled ones do not count toward max: the next two, then the last one
+    assert choose(2, ["a-0", "b-0"]) == (["c-0", "d-0"], True)
+    assert choose(1, ["a-0", "b-0"]) == (["c-0"], False)
+    assert choose(1, ["a-0", "b-0", "c-0"]) == (["d-0"], True)
+
+
+def test_a_mixed_envelope_gives_exactly_the_events_every_filter_chooses() -> None:
+    """The envelope SQS moved holds cus_a's and cus_b's events of two meters: cancelling
+    cus_a's api_requests must leave cus_b's and cus_a's other meter alone."""
+    events = [
+        {"event_name": "api_requests", "payload": {"stripe_customer_id": "cus_a", "value": "1"}},
+        {"event_name": "api_requests", "payload": {"stripe_customer_id": "cus_b", "value": "1"}},
+        {"event_name": "search_calls", "payload": {"customer": "cus_a", "calls": "1"}},
+        {
+            "event_name": "api_requests",
+            "identifier": "given-3",
+            "payload": {"stripe_customer_id": "cus_a", "value": "2"},
+        },
+    ]
+    body = json.dumps({"events": events})
+
+    def chosen(filters: Filters) -> list[tuple[str, str, str | None]]:
+        sqs = StubSqs([[sqs_message(body, MID)]])
+        targets, complete = targets_from_dlq(reader(sqs), filters)
+        assert complete
+        return [(t.identifier, t.event_name, t.customer) for t in targets]
+
+    assert chosen(Filters(customers={"cus_a"}, event_names={"api_requests"})) == [
+        (f"{MID}-0", "api_requests", "cus_a"),
+        ("given-3", "api_requests", "cus_a"),
+    ]
+    assert chosen(Filters(customers={"cus_b"})) == [(f"{MID}-1", "api_requests", "cus_b")]
+    assert chosen(Filters(event_names={"search_calls"})) == [(f"{MID}-2", "search_calls", "cus_a")]
+    assert len(chosen(Filters())) == 4  # no event filter: the whole message
