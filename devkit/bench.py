@@ -15,9 +15,15 @@ path). Figures:
 - the official stripe SDK as its users write it: (a) Stripe's example, a new client per send
   and one event a call, (b) 100-event batches through one reused client at that concurrency;
 - cold start, in a fresh interpreter each: the handler module's import time, and the first
-  invocation (init included) of a new execution environment, with its peak RSS after a batch.
-It prints a table, ends with `forwarder/baseline = X.XX` (single-event records) and writes
-bench/results.json. Ratios, not timed assertions: nothing here fails a build.
+  invocation (init included) of a new execution environment, with its peak RSS after a batch;
+- at Stripe's latency: the emulator answers each stream call after a log-normal latency (a
+  40 ms median and a long tail by default), as Stripe does over the internet, where the
+  forwarder mostly waits and Lambda bills the wait: for several StreamConcurrency values, the
+  wall time of a 10,000-record batch, events/s per invocation, GB-seconds and dollars per
+  million events at the template's memory.
+It prints tables, ends with the ratio lines (`forwarder/decoded floor`, `envelopes/baseline`,
+`forwarder/baseline`) and writes bench/results.json. Ratios, not timed assertions: nothing here
+fails a build.
 """
 
 from __future__ import annotations
@@ -363,12 +369,94 @@ def import_time_ms() -> float:
     return statistics.median(runs)
 
 
+# Lambda's prices (us-east-1, arm64, 2026): per GB-second of duration, and per request.
+PRICE_PER_GB_SECOND = 0.0000133334
+PRICE_PER_REQUEST = 0.20 / 1_000_000
+
+
+@dataclass
+class LatencyRow:
+    concurrency: int
+    wall_ms: float
+    events_per_s: float
+    gb_seconds_per_batch: float
+    dollars_per_million_events: float
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "stream_concurrency": self.concurrency,
+            "batch_wall_ms": self.wall_ms,
+            "events_per_s": self.events_per_s,
+            "gb_seconds_per_batch": self.gb_seconds_per_batch,
+            "dollars_per_million_events": self.dollars_per_million_events,
+        }
+
+
+def bench_at_latency(
+    emulator_url: str,
+    setup: dict[str, Any],
+    n: int,
+    concurrencies: list[int],
+    median_ms: float,
+    sigma: float,
+    memory_mb: int,
+    rounds: int,
+) -> list[LatencyRow]:
+    """The forwarder (warm) on `n` single-event records, Stripe's answers taking a log-normal
+    time: one row per StreamConcurrency, each the median of `rounds` batches."""
+    from devkit.emulator.client import EmulatorClient
+
+    arn = "arn:aws:sqs:us-east-1:123456789012:bench-usage"
+    emulator = EmulatorClient(emulator_url)
+    emulator.set_faults("stream", seed=11, latency_ms=median_ms, latency_sigma=sigma)
+    rows = []
+    try:
+        for concurrency in concurrencies:
+            env_vars = json.loads(json.dumps(setup["env_vars"]))
+            env_vars["ForwarderFunction"]["STREAM_CONCURRENCY"] = str(concurrency)
+            with load_function(
+                TEMPLATE, "ForwarderFunction", env_vars=env_vars, extra_env=setup["env"]
+            ) as function:
+                _check(function.invoke(sqs_event([json.dumps(e) for e in make_events(100)], arn)))
+                walls = []
+                for _ in range(rounds):
+                    payload = json.dumps(
+                        sqs_event([json.dumps(e) for e in make_events(n)], arn)
+                    ).encode()
+                    started = time.perf_counter()
+                    _check(function.invoke(payload))
+                    walls.append(time.perf_counter() - started)
+            wall = statistics.median(walls)
+            gb_seconds = memory_mb / 1024 * wall
+            per_million = (gb_seconds * PRICE_PER_GB_SECOND + PRICE_PER_REQUEST) * 1_000_000 / n
+            rows.append(LatencyRow(concurrency, wall * 1000, n / wall, gb_seconds, per_million))
+    finally:
+        emulator.configure(clear_faults=True)
+        emulator.close()
+    return rows
+
+
+def _template_default(name: str) -> Any:
+    from devkit.harness import load_template
+
+    return load_template(TEMPLATE)["Parameters"][name]["Default"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000, help="events per forwarder batch")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sdk-seconds", type=float, default=3.0)
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument(
+        "--latency-ms", type=float, default=40.0, help="median of Stripe's answer time (0: skip)"
+    )
+    parser.add_argument("--latency-sigma", type=float, default=0.5, help="its log-normal shape")
+    parser.add_argument(
+        "--concurrencies",
+        default="4,8,16,32,64",
+        help="StreamConcurrency values measured at that latency",
+    )
     args = parser.parse_args(argv)
     with ExitStack() as scope:
         emulator = scope.enter_context(
@@ -394,6 +482,21 @@ def main(argv: list[str] | None = None) -> int:
         baseline = baseline_run.result()
         floors = {"unread": unread.result(), "decoded": decoded.result()}
         sdk = {"example": example, "batched": sdk_batched.result()}
+        memory_mb = int(_template_default("ForwarderMemorySize"))
+        latency_rows = (
+            bench_at_latency(
+                emulator,
+                setup,
+                args.events,
+                [int(c) for c in args.concurrencies.split(",")],
+                args.latency_ms,
+                args.latency_sigma,
+                memory_mb,
+                3,
+            )
+            if args.latency_ms
+            else []
+        )
     ratio = forwarder["singles"]["events_per_s"] / baseline["events_per_s"]
     envelope_ratio = forwarder["envelopes"]["events_per_s"] / baseline["events_per_s"]
     rows = [
@@ -420,6 +523,21 @@ def main(argv: list[str] | None = None) -> int:
         f"floors/baseline: unread {floor_ratios['unread']:.2f}, "
         f"decoded {floor_ratios['decoded']:.2f}"
     )
+    if latency_rows:
+        print(
+            f"\nat Stripe's latency (log-normal, median {args.latency_ms:.0f} ms, sigma "
+            f"{args.latency_sigma}), {args.events:,} single-event records, {memory_mb} MB:"
+        )
+        header = ("StreamConcurrency", "batch ms", "events/s", "GB-s", "$/M events")
+        print(f"{header[0]:>18}{header[1]:>10}{header[2]:>10}{header[3]:>8}{header[4]:>12}")
+        for measured in latency_rows:
+            print(
+                f"{measured.concurrency:>18}{measured.wall_ms:>10.0f}"
+                f"{measured.events_per_s:>10,.0f}{measured.gb_seconds_per_batch:>8.3f}"
+                f"{measured.dollars_per_million_events:>12.5f}"
+            )
+    decoded_ratio = forwarder["singles"]["events_per_s"] / floors["decoded"]["events_per_s"]
+    print(f"forwarder/decoded floor = {decoded_ratio:.2f}")
     print(f"envelopes/baseline = {envelope_ratio:.2f}")
     print(f"forwarder/baseline = {ratio:.2f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -446,6 +564,13 @@ def main(argv: list[str] | None = None) -> int:
                 "envelopes_to_baseline": envelope_ratio,
                 "floor_unread_to_baseline": floor_ratios["unread"],
                 "floor_decoded_to_baseline": floor_ratios["decoded"],
+                "forwarder_to_decoded_floor": decoded_ratio,
+                "at_stripe_latency": {
+                    "median_ms": args.latency_ms,
+                    "sigma": args.latency_sigma,
+                    "memory_mb": memory_mb,
+                    "rows": [measured.to_json() for measured in latency_rows],
+                },
                 "events_per_batch": args.events,
                 "rounds": args.rounds,
             },

@@ -3,10 +3,13 @@
 Stream faults (5xx, 429 bursts with Retry-After, latency, dropped connections, and ambiguous
 failures: calls processed but answered 500 or cut), sessions that live 30 s and are also ended
 by Stripe mid-run, a refresher outage (sessions ended as it begins, no schedule, Stripe refuses
-new sessions, and it lasts until the forwarder has met it), SSM
+new sessions, and it lasts until the forwarder has met it), a phase of sustained rate limiting
+(the stream takes a few requests a second and answers 429 beyond, with Retry-After), SSM
 answering a share of calls with ThrottlingException, and the forwarder killed (SIGKILL of its
-process) in the middle of batches. The report must show 0 unaccounted, 0 counted twice, and
-the DLQ holding exactly the invalid events with their codes; the exit status says so.
+process) in the middle of batches, with MaxReceiveCount at 10 (a tenth of the template's), so
+that receives burnt by rate limiting would show. The report must show 0 unaccounted, 0
+counted twice, and the DLQ holding exactly the invalid events with their codes (no valid event
+dead-lettered); the exit status says so.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         help="refresher outage: start and least length, s into the run",
     )
     parser.add_argument(
+        "--rate-limit",
+        type=float,
+        nargs=3,
+        default=(28.0, 20.0, 5.0),
+        metavar=("START", "LENGTH", "RATE"),
+        help="sustained rate limiting: start and length (s into the run), stream requests/s",
+    )
+    parser.add_argument("--max-receive-count", type=int, default=10)
+    parser.add_argument(
         "--duration", type=float, default=45.0, help="production is spread over this many seconds"
     )
     parser.add_argument("--timeout", type=float, default=900.0)
@@ -60,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=100,  # smaller batches: more invocations, so more of them meet a fault
         window=1.0,
         visibility_timeout=5,
+        max_receive_count=args.max_receive_count,
         seed=args.seed,
         timeout=args.timeout,
         faults={"stream": STREAM_FAULTS},
@@ -70,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         refresher_outage=(args.outage[0], args.outage[1]),
         # 5 s in and after the outage (which ends them too, as it begins)
         expire_sessions_at=(5.0, args.outage[0] + args.outage[1] + 6.0),
+        rate_limit_phase=(args.rate_limit[0], args.rate_limit[1], args.rate_limit[2]),
         produce_for=args.duration,
     )
     return publish(run(options), as_json=args.json)

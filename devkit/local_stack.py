@@ -87,6 +87,8 @@ class Options:
     # (start, least length) s into the run; Stripe ends every session as it begins
     refresher_outage: tuple[float, float] | None = None
     expire_sessions_at: tuple[float, ...] = ()  # s into the run: Stripe ends every session
+    # (start, length, stream requests per second): the account's rate limit, sustained
+    rate_limit_phase: tuple[float, float, float] | None = None
     produce_for: float = 0.0  # spread production over this many seconds (0: as fast as it can)
 
 
@@ -767,7 +769,8 @@ OUTAGE_MIN_ANSWERS = 2  # the outage lasts until the forwarder has answered this
 
 
 class Chaos:
-    """The timeline of a chaos run: sessions ended by Stripe, a refresher outage.
+    """The timeline of a chaos run: sessions ended by Stripe, a refresher outage, a phase of
+    sustained rate limiting (the stream takes so many requests a second, 429 beyond).
 
     The outage is tied to what the forwarder does, not only to the clock: it begins by ending
     every session (so nothing can heal until it is over) and lasts its length and at least
@@ -785,11 +788,21 @@ class Chaos:
         self._answers_before_outage = 0
         self.outage_seconds: float | None = None  # how long it lasted, once over
         self.batches_answered_in_outage = 0
+        self._rate_limited: bool | None = None  # None: not yet; True: in the phase; False: over
 
     def tick(self, elapsed: float, stats: MappingStats) -> None:
         while self._expiries and elapsed >= self._expiries[0]:
             self._expiries.pop(0)
             self.sessions_ended += self._emulator.expire_sessions()
+        phase = self._options.rate_limit_phase
+        if phase is not None:
+            start, length, rate = phase
+            if self._rate_limited is None and elapsed >= start:
+                self._emulator.configure(rate_limits={"stream": {"rate": rate, "burst": rate}})
+                self._rate_limited = True
+            elif self._rate_limited and elapsed >= start + length:
+                self._emulator.configure(rate_limits={"stream": None})
+                self._rate_limited = False
         window = self._options.refresher_outage
         if window is None or self.outage_seconds is not None:
             return
@@ -819,6 +832,10 @@ class Chaos:
             "refresher_outage": self._options.refresher_outage,
             "refresher_outage_seconds": self.outage_seconds,
             "batches_answered_in_outage": self.batches_answered_in_outage,
+            "rate_limit_phase": self._options.rate_limit_phase,
+            "stream_calls_answered_429": self._emulator.stats()["requests"]
+            .get("stream", {})
+            .get("429", 0),
             "ssm_calls_throttled": self._proxy.stats["throttled"] if self._proxy else 0,
             "ssm_calls_passed": self._proxy.stats["passed"] if self._proxy else 0,
         }

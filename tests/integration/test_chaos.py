@@ -1,4 +1,5 @@
-"""`make chaos`, smaller: every fault at once, and still nothing lost or counted twice."""
+"""`make chaos`, smaller: every fault at once, and still nothing lost or counted twice, and no
+valid event dead-lettered (MaxReceiveCount 10, under sustained rate limiting)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def test_a_small_chaos_run_loses_nothing_and_counts_nothing_twice() -> None:
             "--outage",
             "6",
             "8",
+            "--rate-limit",
+            "14",
+            "8",
+            "3",
             "--kill-every",
             "3",
             "--json",
@@ -47,6 +52,7 @@ def test_a_small_chaos_run_loses_nothing_and_counts_nothing_twice() -> None:
     assert chaos["forwarder_kills"] >= 1
     assert chaos["sessions_ended_by_stripe"] >= 1
     assert chaos["ssm_calls_throttled"] >= 1
+    assert chaos["stream_calls_answered_429"] >= 1  # the account's limit was met, and adapted to
     assert summary["failed_invocations"] >= chaos["forwarder_kills"]  # killed ones are lost
     # the outage ended every session and lasted until the forwarder had answered batches:
     # their messages went back to the queue and came back to be delivered once

@@ -95,3 +95,18 @@ def test_rate_limiter_allows_the_burst_then_asks_to_retry() -> None:
     assert limiter.acquire("session") is None  # other endpoints are not limited
     limiter.configure({"stream": None})
     assert limiter.acquire("stream") is None
+
+
+def test_a_lognormal_latency_has_its_median_and_a_long_tail() -> None:
+    injector = FaultInjector(seed=3)
+    injector.configure({"stream": {"latency_ms": 40, "latency_sigma": 0.5}})
+    latencies = sorted(injector.decide("stream").latency_s * 1000 for _ in range(4000))
+    median, p99 = latencies[2000], latencies[3960]
+    assert 37 < median < 43
+    assert 110 < p99 < 150  # about 40 x exp(2.33 x 0.5)
+    assert min(latencies) > 0
+
+
+def test_a_latency_shape_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="latency_sigma"):
+        FaultInjector().configure({"stream": {"latency_ms": 40, "latency_sigma": -1}})
