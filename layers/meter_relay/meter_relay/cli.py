@@ -91,7 +91,8 @@ def toolkit(args: argparse.Namespace) -> Toolkit:
     if args.stack_name:
         cloudformation = session.client("cloudformation", config=AWS_CLIENT_CONFIG)
         overrides.update(describe_stack(cloudformation, args.stack_name).settings)
-    overrides.update({var: getattr(args, flag, None) for flag, var in FLAG_VARIABLES.items()})
+    given = {var: getattr(args, flag, None) for flag, var in FLAG_VARIABLES.items()}
+    overrides.update({var: value for var, value in given.items() if value})
     return Toolkit(ToolsConfig.from_env(os.environ, overrides), session)
 
 
