@@ -41,6 +41,13 @@ ATTR_EVENT_INDEX = "EventIndex"
 ATTR_FIRST_SEEN = "FirstSeen"
 ATTR_EVENT_NAME = "EventName"
 ATTR_IDENTIFIER = "Identifier"
+# A Stripe error report's letters (error_reports.py): which report, meter and validation window,
+# and ATTR_REPORTED_BY, which marks a letter Stripe reported (and whether its body is known).
+ATTR_STRIPE_EVENT_ID = "StripeEventId"
+ATTR_METER_ID = "MeterId"
+ATTR_VALIDATION_START = "ValidationStart"
+ATTR_VALIDATION_END = "ValidationEnd"
+ATTR_REPORTED_BY = "ReportedBy"
 
 
 # What SQS accepts in a message: anything else (control characters, lone surrogates from a
@@ -63,6 +70,7 @@ class DeadLetter:
     event_name: str | None = None
     identifier: str | None = None
     param: str | None = None
+    more: tuple[tuple[str, str], ...] = ()  # further text attributes, e.g. a Stripe report's
 
     @classmethod
     def for_message(
@@ -105,6 +113,7 @@ class DeadLetter:
             ATTR_FIRST_SEEN: self.first_seen,
             ATTR_EVENT_NAME: self.event_name,
             ATTR_IDENTIFIER: self.identifier,
+            **dict(self.more),
         }
         attributes: dict[str, MessageAttributeValueTypeDef] = {
             name: {"DataType": "String", "StringValue": _sqs_text(value)[:MAX_ATTRIBUTE_TEXT]}

@@ -1,0 +1,543 @@
+"""Stripe's error reports back into the dead-letter queue, end to end: the emulator rejects
+events after answering 200, reports them in thin events, pushes them to a webhook (signed) or
+puts them on an EventBridge bus (moto); ErrorReportsFunction, run by the harness from
+template.yaml, gets them as Lambda would, fetches each event from the emulator, and writes one
+letter per sample error into the DLQ (moto), once per Stripe event (DynamoDB, moto).
+`errors pull` reads the same events from Stripe's list."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+from devkit.emulator.client import EmulatorClient
+from devkit.emulator.webhooks import signature_header
+from devkit.harness import STACK_NAME, Invocation, LambdaFunction, load_function, load_template
+from meter_relay.dead_letter import DeadLetterQueue
+from meter_relay.error_reports import (
+    REPORT_TYPES,
+    ReportProcessor,
+    StripeEvents,
+    TimeBudget,
+    pull,
+)
+from meter_relay.stripe_client import StripeHttp
+from meter_relay.webhook_signature import verify_signature
+from tests.plugins.relay import ROOT, Relay, emf_metrics, emf_sums
+from tests.plugins.stripe_emulator import WEBHOOK_SECRET, Received, WebhookReceiver
+
+pytestmark = pytest.mark.integration
+
+TEMPLATE = ROOT / "template.yaml"
+FUNCTION = "ErrorReportsFunction"
+EVENTS = ROOT / "events"
+TABLE = f"{STACK_NAME}-error-reports"
+WEBHOOK_SECRET_ID = f"{STACK_NAME}/stripe-webhook-signing-secret"
+SAMPLE_WEBHOOK_SECRET = (
+    "whsec_test_sample_0123456789abcdef"  # signs events/error-reports-webhook.json
+)
+BUS = "stripe-partner-bus"
+SOURCE = "aws.partner/stripe.com/ed_test_61RelayEmulatorDestination"
+TRIGGERED, NO_METER = REPORT_TYPES
+WINDOW = 10.0
+
+
+def usage(identifier: str, *, name: str = "api_requests", value: str = "1") -> dict[str, Any]:
+    return {
+        "event_name": name,
+        "identifier": identifier,
+        "payload": {"stripe_customer_id": "cus_1", "value": value},
+    }
+
+
+# Three events Stripe takes (200) and drops later, in two reports: one per meter and window.
+REJECTED = [
+    usage("bad-zero", value="0"),
+    usage("bad-text", value="x"),
+    usage("lost-1", name="nobody_meters_this"),
+]
+REJECTED_CODES = {
+    "bad-zero": "meter_event_invalid_value",
+    "bad-text": "meter_event_invalid_value",
+    "lost-1": "no_meter",
+}
+
+
+@dataclass
+class Reports:
+    """The relay stack (queues, the Stripe secret key) plus what the error reports need."""
+
+    relay: Relay
+    receiver: WebhookReceiver
+
+    @property
+    def emulator(self) -> EmulatorClient:
+        return self.relay.emulator
+
+    def function(self, **env: str) -> LambdaFunction:
+        variables = {
+            "Parameters": {"STRIPE_API_VERSION": "2026-09-30.preview", "STRIPE_MODE": "test"},
+            FUNCTION: {
+                "STRIPE_API_BASE": self.relay.emulator_url,
+                "STRIPE_SECRET_ID": self.relay.secret_id,
+                "STRIPE_WEBHOOK_SECRET_ID": WEBHOOK_SECRET_ID,
+                "DEAD_LETTER_QUEUE_URL": self.relay.dlq_url,
+                "ERROR_REPORTS_TABLE": TABLE,
+                **env,
+            },
+        }
+        return load_function(TEMPLATE, FUNCTION, env_vars=variables, extra_env=self.relay.aws.env)
+
+    def reject(self, *events: dict[str, Any]) -> list[dict[str, Any]]:
+        """Stream the events within one validation window, close it; the reports created."""
+        before = {e["id"] for e in self.emulator.list_events()["data"]}
+        now = float(self.emulator.advance_clock(0)["epoch"])
+        self.emulator.set_clock((now // WINDOW + 1) * WINDOW + 0.25)
+        with requests.Session() as http:
+            key = {"Authorization": f"Bearer {self.relay.secret_key}"}
+            session = http.post(
+                f"{self.relay.emulator_url}/v2/billing/meter_event_session", headers=key, timeout=10
+            ).json()
+            answer = http.post(
+                f"{self.relay.emulator_url}/v2/billing/meter_event_stream",
+                json={"events": list(events)},
+                headers={"Authorization": f"Bearer {session['authentication_token']}"},
+                timeout=10,
+            )
+        assert answer.status_code == 200  # Stripe's "received"
+        self.emulator.close_error_windows()
+        return [e for e in self.emulator.list_events()["data"] if e["id"] not in before]
+
+    def use_eventbridge(self) -> None:
+        """Stripe (the emulator) puts its events on the bus, as its partner source does."""
+        aws = self.relay.aws
+        self.emulator.set_eventbridge(
+            BUS, endpoint_url=aws.endpoint_url, region=aws.region, source=SOURCE
+        )
+
+    def pushed(self, *events: dict[str, Any]) -> list[Received]:
+        """The webhook requests Stripe (the emulator) sent for these rejected events."""
+        self.emulator.set_webhooks((self.receiver.url, WEBHOOK_SECRET))
+        self.reject(*events)
+        self.emulator.wait_for_deliveries()
+        return list(self.receiver.received)
+
+    def letters(self) -> list[dict[str, Any]]:
+        return self.relay.dlq_messages()
+
+    def remembered(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.relay.aws.client("dynamodb").scan(TableName=TABLE)[
+            "Items"
+        ]
+        return items
+
+
+@pytest.fixture
+def reports(relay: Relay, webhook_receiver: WebhookReceiver) -> Reports:
+    dynamodb = relay.aws.client("dynamodb")
+    dynamodb.create_table(
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    relay.aws.client("secretsmanager").create_secret(
+        Name=WEBHOOK_SECRET_ID, SecretString=WEBHOOK_SECRET
+    )
+    return Reports(relay, webhook_receiver)
+
+
+def function_url_request(received: Received) -> dict[str, Any]:
+    """The Function URL event (payload format 2.0) for a request Stripe sent: the sample's
+    shape, with the request's own headers and body."""
+    request: dict[str, Any] = json.loads((EVENTS / "error-reports-webhook.json").read_text())
+    request["headers"] = dict(received.headers)
+    request["body"] = received.body.decode()
+    request["requestContext"]["timeEpoch"] = int(time.time() * 1000)
+    return request
+
+
+def signed_request(body: bytes, *, secret: str = WEBHOOK_SECRET, at: int | None = None) -> Any:
+    header = signature_header(body, secret, int(time.time()) if at is None else at)
+    return function_url_request(Received({"stripe-signature": header}, body))
+
+
+def answer(invocation: Invocation) -> tuple[int, dict[str, Any]]:
+    assert invocation.ok, invocation.error
+    return invocation.result["statusCode"], json.loads(invocation.result["body"])
+
+
+def codes_and_identifiers(letters: list[dict[str, Any]]) -> dict[str, str]:
+    return {
+        letter["attributes"]["Identifier"]: letter["attributes"]["ErrorCode"] for letter in letters
+    }
+
+
+# ----- webhooks -----------------------------------------------------------------------------------
+def test_stripes_webhook_becomes_letters_with_stripes_codes_and_identifiers(
+    reports: Reports,
+) -> None:
+    pushed = reports.pushed(*REJECTED)
+    listed = {e["id"]: e for e in reports.emulator.list_events()["data"]}
+    assert len(pushed) == 2
+
+    with reports.function() as function:
+        answers = [answer(function.invoke(function_url_request(r))) for r in pushed]
+
+    assert [status for status, _ in answers] == [200, 200]
+    assert {body["status"] for _, body in answers} == {"processed"}
+    letters = reports.letters()
+    assert codes_and_identifiers(letters) == REJECTED_CODES
+    for letter in letters:
+        attributes = letter["attributes"]
+        event = listed[attributes["StripeEventId"]]
+        assert attributes["ReportedBy"] == "stripe, body unknown"
+        assert letter["json"]["note"] == "reported by Stripe, body unknown"
+        assert attributes["ValidationStart"] == event["data"]["validation_start"]
+        assert attributes["ValidationEnd"] == event["data"]["validation_end"]
+        assert attributes["FirstSeen"] == event["data"]["validation_start"]
+        if event["type"] == TRIGGERED:
+            assert attributes["MeterId"] == "mtr_test_api_requests"
+            assert attributes["ErrorMessage"]  # Stripe's words
+        else:
+            assert "MeterId" not in attributes
+            assert "nobody_meters_this" in attributes["ErrorMessage"]
+    assert len(reports.remembered()) == 2
+
+
+def test_the_same_stripe_event_delivered_twice_or_by_both_routes_writes_its_letters_once(
+    reports: Reports, aws_bus_queue: str
+) -> None:
+    reports.use_eventbridge()
+    pushed = reports.pushed(usage("twice", value="0"))
+    (envelope,) = bus_events(reports, aws_bus_queue)
+
+    with reports.function() as function:
+        first = answer(function.invoke(function_url_request(pushed[0])))
+        again = answer(function.invoke(function_url_request(pushed[0])))
+        by_eventbridge = function.invoke(envelope)
+
+    assert first[1]["status"] == "processed"
+    assert first[1]["letters"] == 1
+    assert again[0] == 200
+    assert again[1]["status"] == "duplicate"
+    assert by_eventbridge.ok
+    assert by_eventbridge.result["status"] == "duplicate"
+    assert envelope["detail"]["id"] == first[1]["event_id"]
+    assert codes_and_identifiers(reports.letters()) == {"twice": "meter_event_invalid_value"}
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param(
+            lambda r: {k: v for k, v in r.headers.items() if k != "stripe-signature"}, id="unsigned"
+        ),
+        pytest.param("wrong secret", id="wrong-secret"),
+        pytest.param("tampered", id="tampered-body"),
+        pytest.param("too old", id="too-old"),
+    ],
+)
+def test_an_unsigned_or_wrongly_signed_webhook_gets_400_and_nothing_is_written(
+    reports: Reports, forge: Any
+) -> None:
+    (received,) = reports.pushed(usage("lost-x", name="nobody_meters_this"))
+    if forge == "wrong secret":
+        request = signed_request(received.body, secret="whsec_not_the_endpoints_secret")
+    elif forge == "tampered":
+        request = function_url_request(received)
+        request["body"] = request["body"].replace("no_meter_found", "error_report_triggered")
+    elif forge == "too old":
+        request = signed_request(received.body, at=int(time.time()) - 301)
+    else:
+        request = function_url_request(Received(forge(received), received.body))
+    fetched_before = len(reports.emulator.requests(endpoint="events"))
+
+    with reports.function() as function:
+        status, body = answer(function.invoke(request))
+
+    assert status == 400
+    assert "signature" in body["error"].lower() or "old" in body["error"]
+    assert reports.letters() == []
+    assert reports.remembered() == []
+    assert len(reports.emulator.requests(endpoint="events")) == fetched_before  # not even read
+
+
+def test_a_webhook_before_its_signing_secret_is_set_is_retried_not_refused(
+    reports: Reports,
+) -> None:
+    (received,) = reports.pushed(usage("early", value="0"))
+    reports.relay.aws.client("secretsmanager").delete_secret(
+        SecretId=WEBHOOK_SECRET_ID, ForceDeleteWithoutRecovery=True
+    )
+    with reports.function() as function:
+        status, _ = answer(function.invoke(function_url_request(received)))
+    assert status == 500  # Stripe retries: the operator has days to set it
+    assert reports.letters() == []
+
+
+def test_a_notification_of_another_type_is_acknowledged_and_ignored_with_a_log_line(
+    reports: Reports, capfd: pytest.CaptureFixture[str]
+) -> None:
+    other = json.dumps(
+        {"id": "evt_test_other", "object": "v2.core.event", "type": "v1.billing.meter.created"}
+    ).encode()
+    envelope = json.loads((EVENTS / "error-reports-eventbridge-triggered.json").read_text())
+    envelope["detail-type"] = envelope["detail"]["type"] = "v1.billing.meter.created"
+
+    with reports.function() as function:
+        status, body = answer(function.invoke(signed_request(other)))
+        by_eventbridge = function.invoke(envelope)
+
+    assert (status, body["ignored"]) == (200, "v1.billing.meter.created")
+    assert by_eventbridge.ok
+    assert by_eventbridge.result["ignored"] == "v1.billing.meter.created"
+    logged = [json.loads(line) for line in capfd.readouterr().out.splitlines() if '"level"' in line]
+    assert sum(1 for line in logged if line["message"].startswith("ignored")) == 2
+    assert reports.letters() == []
+    assert reports.remembered() == []
+    assert reports.emulator.requests(endpoint="events") == []
+
+
+# ----- EventBridge --------------------------------------------------------------------------------
+@pytest.fixture
+def aws_bus_queue(reports: Reports) -> str:
+    """A bus with the template's own rule pattern, and an SQS target standing for the function:
+    what the rule hands its target, as EventBridge delivers it."""
+    aws = reports.relay.aws
+    events, sqs = aws.client("events"), aws.client("sqs")
+    rule = load_template(TEMPLATE)["Resources"]["StripeErrorReportsRule"]["Properties"]
+    events.create_event_bus(Name=BUS)
+    queue_url = sqs.create_queue(QueueName="rule-target")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    events.put_rule(
+        Name="stripe-error-reports", EventBusName=BUS, EventPattern=json.dumps(rule["EventPattern"])
+    )
+    events.put_targets(
+        Rule="stripe-error-reports",
+        EventBusName=BUS,
+        Targets=[{"Id": "function", "Arn": queue_arn["Attributes"]["QueueArn"]}],
+    )
+    return str(queue_url)
+
+
+def bus_events(reports: Reports, queue_url: str) -> list[dict[str, Any]]:
+    messages = reports.relay.aws.client("sqs").receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+    )
+    return [json.loads(m["Body"]) for m in messages.get("Messages", [])]
+
+
+def test_eventbridge_events_become_letters_and_counts_per_code_add_up(
+    reports: Reports, aws_bus_queue: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Stripe sends samples only (here 3 per code): the letters are the samples, the metrics
+    count every rejected event, and they add up to each report's error_count."""
+    reports.use_eventbridge()
+    many = [usage(f"zero-{i}", value="0") for i in range(5)] + [usage("text", value="x")]
+    created = reports.reject(*many, usage("lost-2", name="nobody_meters_this"))
+    reports.emulator.wait_for_deliveries()
+    envelopes = bus_events(reports, aws_bus_queue)
+    assert {e["detail-type"] for e in envelopes} == {TRIGGERED, NO_METER}
+    capfd.readouterr()
+
+    with reports.function() as function:
+        results = [function.invoke(envelope) for envelope in envelopes]
+
+    assert all(r.ok for r in results), [r.error for r in results]
+    out = capfd.readouterr().out
+    error_count = sum(e["data"]["reason"]["error_count"] for e in created)
+    assert error_count == 7
+    assert emf_sums(out)["StripeRejectedEvents"] == error_count
+    by_code = rejected_by_code(out)
+    assert by_code == {"meter_event_invalid_value": 6, "no_meter": 1}
+    assert sum(by_code.values()) == error_count
+    assert "ErrorReportCountMismatch" not in emf_metrics(out)
+    letters = reports.letters()
+    assert len(letters) == 3 + 1  # three samples of 6 invalid values, the one no_meter
+    assert emf_sums(out)["ErrorReportLetters"] == len(letters)
+    assert Counter(letter["attributes"]["ErrorCode"] for letter in letters) == {
+        "meter_event_invalid_value": 3,
+        "no_meter": 1,
+    }
+
+
+def rejected_by_code(out: str) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for line in out.splitlines():
+        if line.startswith("{") and '"StripeRejectedEventsByCode"' in line:
+            document = json.loads(line)
+            values = document["StripeRejectedEventsByCode"]
+            found[document["ErrorCode"]] += sum(values if isinstance(values, list) else [values])
+    return found
+
+
+# ----- failures -----------------------------------------------------------------------------------
+def test_stripe_unreachable_fails_the_eventbridge_run_and_answers_5xx_then_a_retry_writes(
+    reports: Reports, aws_bus_queue: str
+) -> None:
+    reports.use_eventbridge()
+    (received,) = reports.pushed(usage("later", value="0"))
+    (envelope,) = bus_events(reports, aws_bus_queue)
+    reports.emulator.set_faults("events", error_rate=1.0, error_statuses=[503])
+
+    with reports.function() as function:
+        by_eventbridge = function.invoke(envelope)
+        status, _ = answer(function.invoke(function_url_request(received)))
+        assert by_eventbridge.error is not None
+        assert by_eventbridge.error["errorType"] == "FetchFailed"  # Lambda retries, then DLQ
+        assert status == 502  # Stripe retries
+        assert reports.letters() == []
+        assert reports.remembered() == []
+
+        reports.emulator.configure(clear_faults=True)
+        retried = function.invoke(envelope)
+
+    assert retried.ok
+    assert retried.result["status"] == "processed"
+    assert codes_and_identifiers(reports.letters()) == {"later": "meter_event_invalid_value"}
+
+
+def test_an_unreachable_stripe_is_a_failed_run_not_a_lost_report(reports: Reports) -> None:
+    (received,) = reports.pushed(usage("nowhere", value="0"))
+    with reports.function(STRIPE_API_BASE="http://127.0.0.1:9") as function:  # nothing listens
+        status, _ = answer(function.invoke(function_url_request(received)))
+    assert status == 502
+    assert reports.remembered() == []  # the claim was released: a retry does the work
+
+
+def test_a_report_stripe_no_longer_keeps_is_acknowledged_never_retried_forever(
+    reports: Reports, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Stripe keeps events 30 days: a delivery retried past that (a finalized period) gets
+    Stripe's 404; it is acknowledged, counted and logged, and a redelivery is a duplicate."""
+    (received,) = reports.pushed(usage("too-late", value="0"))
+    reports.emulator.advance_clock(31 * 86_400)
+    capfd.readouterr()
+
+    with reports.function() as function:
+        first = answer(function.invoke(signed_request(received.body)))
+        again = answer(function.invoke(signed_request(received.body)))
+
+    assert first[0] == 200
+    assert first[1]["status"] == "unavailable"
+    assert "resource_missing" in first[1]["reason"]
+    assert again[0] == 200
+    assert again[1]["status"] == "duplicate"
+    assert reports.letters() == []
+    assert emf_sums(capfd.readouterr().out)["ErrorReportsUnavailable"] == 1
+
+
+def test_the_samples_run_through_the_function(reports: Reports) -> None:
+    """events/: the EventBridge samples name events this account does not have (acknowledged
+    as unavailable); the webhook sample is signed, years ago (refused as too old)."""
+    reports.relay.aws.client("secretsmanager").put_secret_value(
+        SecretId=WEBHOOK_SECRET_ID, SecretString=SAMPLE_WEBHOOK_SECRET
+    )
+    sample = json.loads((EVENTS / "error-reports-webhook.json").read_text())
+    header = sample["headers"]["stripe-signature"]
+    signed_at = int(header.split(",")[0].removeprefix("t="))
+    body = sample["body"].encode()
+    assert verify_signature(body, header, SAMPLE_WEBHOOK_SECRET, now=signed_at) == signed_at
+
+    with reports.function() as function:
+        for name in ("error-reports-eventbridge-triggered", "error-reports-eventbridge-no-meter"):
+            result = function.invoke(EVENTS / f"{name}.json")
+            assert result.ok, result.error
+            assert result.result["status"] == "unavailable"
+        status, answered = answer(function.invoke(EVENTS / "error-reports-webhook.json"))
+    assert status == 400
+    assert "old" in answered["error"]
+
+
+# ----- errors pull --------------------------------------------------------------------------------
+def puller(reports: Reports) -> tuple[StripeEvents, ReportProcessor]:
+    relay = reports.relay
+    session = boto3.session.Session(region_name=relay.aws.region)
+    events = StripeEvents(
+        StripeHttp(relay.emulator_url, "2026-09-30.preview"), lambda: relay.secret_key, 10.0
+    )
+    processor = ReportProcessor(
+        events,
+        DeadLetterQueue(relay.dlq_url, session.client("sqs")),
+        DynamoDBPersistenceLayer(table_name=TABLE, boto3_session=session),
+    )
+    return events, processor
+
+
+def test_errors_pull_finds_the_same_events_and_writes_nothing_twice(reports: Reports) -> None:
+    since = datetime.now(UTC) - timedelta(hours=1)
+    delivered = reports.pushed(usage("pushed", value="0"))
+    with reports.function() as function:
+        assert answer(function.invoke(function_url_request(delivered[0])))[0] == 200
+    reports.emulator.set_webhooks()  # then an account without a destination
+    missed = reports.reject(usage("missed", name="nobody_meters_this"))
+    events, processor = puller(reports)
+
+    first = pull(events, processor, since, datetime.now(UTC) + timedelta(days=1))
+    second = pull(events, processor, since)
+
+    assert Counter(o.status for o in first.outcomes) == {"duplicate": 1, "processed": 1}
+    assert [o.event_id for o in first.outcomes if o.status == "processed"] == [missed[0]["id"]]
+    assert Counter(o.status for o in second.outcomes) == {"duplicate": 2}
+    assert codes_and_identifiers(reports.letters()) == {
+        "pushed": "meter_event_invalid_value",
+        "missed": "no_meter",
+    }
+    later = pull(events, processor, datetime.now(UTC) + timedelta(days=2))
+    assert later.outcomes == []
+
+
+def test_an_unknown_code_is_written_as_stripe_gave_it(reports: Reports) -> None:
+    """Stripe's enum of codes is open: a code this project has never seen is kept as it is."""
+    _, processor = puller(reports)
+    event: dict[str, Any] = {
+        "id": "evt_test_new_code",
+        "object": "v2.core.event",
+        "type": TRIGGERED,
+        "related_object": {"id": "mtr_test_api_requests", "type": "billing.meter"},
+        "data": {
+            "reason": {
+                "error_count": 2,
+                "error_types": [
+                    {
+                        "code": "meter_event_some_future_rule",
+                        "error_count": 2,
+                        "sample_errors": [
+                            {
+                                "error_message": "A rule Stripe added.",
+                                "request": {"identifier": "f1"},
+                            }
+                        ],
+                    }
+                ],
+            },
+            "validation_start": "2026-11-21T10:00:00.000Z",
+            "validation_end": "2026-11-21T10:00:10.000Z",
+        },
+    }
+    outcome = processor.process(event["id"], TimeBudget(30), fetched=event)
+    assert outcome.counts == {"meter_event_some_future_rule": 2}
+    assert codes_and_identifiers(reports.letters()) == {"f1": "meter_event_some_future_rule"}
+
+
+def test_the_samples_are_what_the_template_and_the_emulator_send() -> None:
+    """The EventBridge samples match the template's rule and carry thin notifications."""
+    rule = load_template(TEMPLATE)["Resources"]["StripeErrorReportsRule"]["Properties"]
+    pattern = rule["EventPattern"]
+    for name in ("error-reports-eventbridge-triggered", "error-reports-eventbridge-no-meter"):
+        sample = json.loads(Path(EVENTS / f"{name}.json").read_text())
+        assert sample["detail-type"] in pattern["detail-type"]
+        assert sample["source"].startswith(pattern["source"][0]["prefix"])
+        assert "data" not in sample["detail"]
+        assert sample["detail"]["type"] == sample["detail-type"]
