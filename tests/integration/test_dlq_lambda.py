@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.endpoint import DEFAULT_TIMEOUT
 
 from devkit.harness import LambdaFunction, load_function, load_template
 from tests.plugins.relay import ROOT, SECRET_KEY, TEMPLATE, Relay
@@ -343,6 +344,124 @@ def test_cancel_by_filters_stops_at_max_and_its_next_input_continues_without_can
         identifiers, "cancelled"
     )
     assert len(dlq_codes(relay)) == 7  # read, never consumed
+
+
+# ----- sam remote invoke: an answer before botocore's read timeout, and `next` ----------------
+
+
+def test_a_replay_too_long_for_one_call_answers_in_time_and_its_next_finishes(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    """With the template's own Timeout: `sam remote invoke` reads for botocore's
+    DEFAULT_TIMEOUT and retries a read that timed out (a second run beside the first). A
+    replay of 120 messages at 2 a second cannot finish in one call: it answers before that
+    timeout, complete false, with `next`; invoking `next` finishes; every event is sent once."""
+    function = tools[REPLAY]
+    template_timeout = load_template(TEMPLATE)["Resources"][REPLAY]["Properties"]["Timeout"]
+    assert function.spec.timeout == template_timeout < DEFAULT_TIMEOUT
+    ids = [put_redriven(relay, api_event(None, customer=f"cus_{n}")) for n in range(120)]
+    event = {"via": "queue", "rate": 2}
+
+    first = function.invoke(event)  # the template's Timeout: an error had it run past it
+    assert first.error is None, first.error
+    assert first.duration_ms < DEFAULT_TIMEOUT * 1000
+    assert first.result["complete"] is False
+    assert first.result["stopped"] == "time"
+    assert first.result["next"] == {**event, "skip_messages": []}
+    done = first.result["counts"]["replayed"]
+    assert 40 <= done < 120
+
+    second = invoke(function, first.result["next"])
+    assert second["complete"] is True
+    assert second["counts"] == {"replayed": 120 - done}
+
+    bodies = usage_bodies(relay)
+    assert sorted(b["identifier"] for b in bodies) == sorted(f"{i}-0" for i in ids)  # once each
+    relay.put_session()
+    with relay.forwarder() as forwarder:
+        forwarded = forwarder.invoke(relay.sqs_event(bodies))
+    assert forwarded.result == {"batchItemFailures": []}
+    assert relay.emulator.identifiers() == {
+        f"{i}-0": {"received": 1, "counted": 1} for i in ids
+    }  # no event sent, nor counted, twice
+    assert dlq_codes(relay) == {}
+
+
+def test_a_sync_replay_in_parallel_continues_with_next_and_sends_nothing_twice(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    relay.emulator.set_faults("meter_events", latency_ms=500)
+    envelopes = [
+        put_redriven(
+            relay, {"events": [api_event(None, customer=f"cus_{n}_{k}") for k in range(3)]}
+        )
+        for n in range(12)
+    ]
+    event: dict[str, Any] = {"via": "sync"}
+    calls = []
+    for _ in range(6):
+        result = invoke(tools[REPLAY], event, timeout=16)  # 5 s in hand after the margins
+        calls.append(result)
+        if result["complete"]:
+            break
+        event = result["next"]
+    assert len(calls) > 1
+    assert calls[0]["complete"] is False
+    assert calls[-1]["complete"] is True
+    expected = {f"{m}-{k}" for m in envelopes for k in range(3)}
+    counted = relay.emulator.identifiers()
+    assert set(counted) == expected
+    assert {c["received"] for c in counted.values()} == {1}  # none sent twice
+    assert dlq_codes(relay) == {}
+
+
+def test_a_dry_run_too_long_for_one_call_goes_on_with_next(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    """A dry run leaves every message where it was: `next` skips the ones it looked at."""
+    ids = [put_redriven(relay, api_event(None, customer=f"cus_{n}")) for n in range(9)]
+    event: dict[str, Any] = {"dry_run": True, "rate": 1}
+    seen: list[str] = []
+    for _ in range(5):
+        result = invoke(tools[REPLAY], event, timeout=13)  # about two messages a call
+        seen += [o["message_id"] for o in result["outcomes"]]
+        if result["complete"]:
+            break
+        event = result["next"]
+    assert sorted(seen) == sorted(ids)  # each once
+    assert sorted(event.get("skip_messages", [])) == sorted(
+        seen[: len(event.get("skip_messages", []))]
+    )
+    assert len(dlq_codes(relay)) == 9
+
+
+def test_a_cancel_out_of_time_continues_with_next_and_cancels_nothing_twice(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    identifiers = [f"t-{n}" for n in range(5)]
+    relay.put_session()
+    with relay.forwarder() as forwarder:  # delivered, yet their messages were redriven
+        delivered = forwarder.invoke(relay.sqs_event([api_event(i) for i in identifiers]))
+    assert delivered.result == {"batchItemFailures": []}
+    for identifier in identifiers:
+        put_redriven(relay, api_event(identifier))
+    relay.emulator.set_faults("adjustments", latency_ms=1500)
+
+    event: dict[str, Any] = {"filters": {"code": ["max_receive_count_exceeded"]}}
+    calls = []
+    for _ in range(6):
+        # 30 s: 25 after the margin, and no cancel starts with less than 20 left
+        result = invoke(tools[CANCEL], event, timeout=30)
+        calls.append(result)
+        if result["complete"]:
+            break
+        event = result["next"]
+    assert len(calls) > 1
+    assert calls[0]["next"]["filters"] == {"code": ["max_receive_count_exceeded"]}
+    audited = sorted(a["identifier"] for r in calls for a in r["audit"])
+    assert audited == identifiers  # each once
+    assert len(relay.emulator.requests(endpoint="adjustments")) == 5  # none twice
+    assert {e["status"] for e in relay.emulator.events()} == {"cancelled"}
 
 
 # ----- least privilege --------------------------------------------------------------------------
