@@ -19,6 +19,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal, cast
 
+import msgspec
+
 MAX_IDENTIFIER_LENGTH = 100
 MAX_TIMESTAMP_AGE = timedelta(days=35)
 MAX_TIMESTAMP_LEAD = timedelta(minutes=5)
@@ -37,6 +39,29 @@ _DECIMAL_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 _DECODER = json.JSONDecoder()  # json.loads without its per-call argument handling
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 UNREAD: Any = object()  # what `decode_body` gives for a body that is not exactly one document
+
+
+class _StripeForm(msgspec.Struct, forbid_unknown_fields=True):
+    """An event exactly in Stripe's form (every field, each of Stripe's type), as msgspec
+    decodes and checks it in one C pass; anything else fails to decode and is read in full."""
+
+    event_name: str
+    payload: dict[str, str]
+    identifier: str
+    timestamp: str
+
+
+class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    """An envelope, its events left as their JSON texts (each judged, and kept to be sent)."""
+
+    events: list[msgspec.Raw]
+
+
+_SINGLE = msgspec.json.Decoder(_StripeForm)
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+# a body msgspec cannot take as it is (a lone surrogate cannot be UTF-8, nesting too deep) is
+# read in full
+_UNDECODABLE = (msgspec.DecodeError, UnicodeEncodeError, RecursionError)
 
 
 class ErrorCode(StrEnum):
@@ -240,7 +265,14 @@ def parse_message(
     read = Judge(rules, now).read(body, message_id, sent_at)
     if isinstance(read, ParsedMessage):
         return read
-    return ParsedMessage(message_id, [ParsedEvent(0, read.identifier, read, read.to_stripe())])
+    events = read if isinstance(read, list) else [read]
+    return ParsedMessage(
+        message_id,
+        [
+            ParsedEvent(i, event.identifier, event, event.to_stripe())
+            for i, event in enumerate(events)
+        ],
+    )
 
 
 def decode_body(body: str) -> Any:
@@ -305,6 +337,14 @@ def parse_document(
 _STRINGS_PER_EVENT = 7  # 4 keys, 3 values (the payload's are counted apart)
 
 
+def _reads_as_judged(text: str, event: MeterEvent) -> bool:
+    """Whether an event's text may be sent as it is: only if it says exactly what was judged,
+    not if it holds a key twice (the last one wins here; Stripe's parser need not agree).
+    Every value being a string, such a text holds exactly two quotes per key and per value,
+    unless it repeats a key or escapes a quote."""
+    return text.count('"') == 2 * (_STRINGS_PER_EVENT + 2 * len(event.payload))
+
+
 class Judge:
     """Stripe's rules for the events of one batch, as of one moment (`now` fixes the timestamp
     window): the short judgement of events already in Stripe's form, which is what producers
@@ -335,21 +375,60 @@ class Judge:
         # identifier -> the first valid event of the batch that holds it, and where it was
         self._first: dict[str, tuple[MeterEvent, str, int]] = {}
 
-    def read(self, body: str, message_id: str, sent_at: datetime) -> MeterEvent | ParsedMessage:
-        """A message body, read once: its one valid event when the body is exactly that event
-        in Stripe's form (nearly every body; read in the fewest steps, its text kept), else
-        everything it holds, each event normalised and valid or rejected with a reason.
-        A UTF-8 byte-order mark before the JSON is read past."""
+    def read(
+        self, body: str, message_id: str, sent_at: datetime
+    ) -> MeterEvent | list[MeterEvent] | ParsedMessage:
+        """A message body, read once. Nearly every body is one valid event in Stripe's form:
+        that event alone (its text kept when it reads the same); an envelope of nothing but
+        valid events in Stripe's form is those events, in order. Anything else is read in full:
+        each event normalised and valid, or rejected with a reason. A UTF-8 byte-order mark
+        before the JSON is read past."""
         if body[:1] == "\ufeff":
             body = body[1:]
-        document = decode_body(body)
-        event = self.single(body, document)
-        if event is not None:
-            duplicate = self._duplicate(event, message_id, 0)
-            if duplicate is None:
+        try:
+            single: _StripeForm | None = _SINGLE.decode(body)
+        except _UNDECODABLE:
+            single = None
+        if single is not None:
+            event = self._judged(single)
+            if event is not None and self._duplicate(event, message_id, 0) is None:
+                if body[:1] == "{" and body[-1:] == "}" and _reads_as_judged(body, event):
+                    event.source = body
                 return event
-            refused = ParsedEvent(0, event.identifier, None, document, duplicate, sent_at)
-            return ParsedMessage(message_id, [refused])
+        else:
+            events = self._envelope(body, message_id)
+            if events is not None:
+                return events
+        return self._read_in_full(body, message_id, sent_at)
+
+    def _envelope(self, body: str, message_id: str) -> list[MeterEvent] | None:
+        """An envelope's events when every one is valid and in Stripe's form, else None."""
+        try:
+            texts = _ENVELOPE.decode(body).events
+            events = []
+            for text in texts:
+                event = self._judged(_SINGLE.decode(text))
+                if event is None:
+                    return None
+                source = bytes(text).decode()
+                if _reads_as_judged(source, event):
+                    event.source = source
+                events.append(event)
+        except _UNDECODABLE:
+            return None
+        if not events:
+            return None
+        first = self._first
+        if any(event.identifier in first for event in events) or len(
+            {event.identifier for event in events}
+        ) != len(events):
+            return None  # an identifier seen before: the full reading judges each
+        for index, event in enumerate(events):
+            first[event.identifier] = (event, message_id, index)
+        return events
+
+    def _read_in_full(self, body: str, message_id: str, sent_at: datetime) -> ParsedMessage:
+        document = decode_body(body)
         message = parse_document(body, document, message_id, sent_at, self)
         for index, parsed in enumerate(message.events):
             if parsed.event is not None:
@@ -422,12 +501,22 @@ class Judge:
             or type(identifier) is not str
             or type(timestamp) is not str
             or type(payload) is not dict
-            or not 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH
         ):
             return None
         for value in payload.values():
             if type(value) is not str:
                 return None
+        return self._valid(event_name, payload, identifier, timestamp)
+
+    def _judged(self, form: _StripeForm) -> MeterEvent | None:
+        return self._valid(form.event_name, form.payload, form.identifier, form.timestamp)
+
+    def _valid(
+        self, event_name: str, payload: dict[str, str], identifier: str, timestamp: str
+    ) -> MeterEvent | None:
+        """Stripe's rules on an event whose fields have Stripe's types: the event, or None."""
+        if not 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH:
+            return None
         keys = self._keys.get(event_name)
         if keys is None:
             if not event_name.strip():
@@ -450,21 +539,6 @@ class Judge:
         if not allowed or not in_window or not payload.get(keys.customer_key, "").strip():
             return None
         return MeterEvent(event_name, payload, identifier, timestamp)
-
-    def single(self, body: str, document: Any) -> MeterEvent | None:
-        """The one valid event of a body already in Stripe's form, with the body's text kept
-        when it reads the same. None for anything else: `parse_document` then judges it in
-        full, and says why."""
-        event = self.stripe_form(document)
-        # The text is sent as it is only if it says exactly what was judged: not if it holds a
-        # key twice (JSON's last one wins here; Stripe's parser need not agree). Every value
-        # being a string, such a text holds exactly two quotes per key and per value, unless it
-        # repeats a key or escapes a quote.
-        if event is not None and body.count('"') == 2 * (
-            _STRINGS_PER_EVENT + 2 * len(event.payload)
-        ):
-            event.source = body
-        return event
 
 
 def normalise_event(

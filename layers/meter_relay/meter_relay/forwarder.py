@@ -169,32 +169,41 @@ class Batch:
 
     Nearly every record is one valid event in Stripe's form: such a record leaves nothing
     behind but its event, handed to the delivery (objects kept per record cost more than the
-    reading itself). Anything else is kept in full (`read_in_full`), with each event's verdict.
+    reading itself); an envelope of valid events, its events and their number. Anything else
+    is kept in full (`read_in_full`), with each event's verdict.
     """
 
     def __init__(self, records: list[dict[str, Any]], judge: Judge) -> None:
         self.records = records
         self.judge = judge
         self.read_in_full: dict[int, ParsedMessage] = {}
+        self.envelopes: dict[int, int] = {}  # envelopes of valid events only: their sizes
         self.received = 0
 
     def read_into(self, run: DeliveryRun[EventTag]) -> None:
         """Read each record and add its valid events to `run` as they come (the network works
         while the rest of the batch is read)."""
         read = self.judge.read
+        envelopes = self.envelopes
         for m, record in enumerate(self.records):
             message = read(record.get("body") or "", record["messageId"], self._sent_at(record))
             if type(message) is MeterEvent:
                 run.add(message, (m, 0))
-                continue
-            assert isinstance(message, ParsedMessage)
-            self.read_in_full[m] = message
-            for parsed in message.events:
-                if parsed.event is not None:
-                    run.add(parsed.event, (m, parsed.index))
+            elif type(message) is list:
+                envelopes[m] = len(message)
+                for index, event in enumerate(message):
+                    run.add(event, (m, index))
+            else:
+                assert isinstance(message, ParsedMessage)
+                self.read_in_full[m] = message
+                for parsed in message.events:
+                    if parsed.event is not None:
+                        run.add(parsed.event, (m, parsed.index))
         self.received = (
             len(self.records)
             - len(self.read_in_full)
+            - len(envelopes)
+            + sum(envelopes.values())
             + sum(len(message.events) or 1 for message in self.read_in_full.values())
         )
 
@@ -257,9 +266,11 @@ class Batch:
         )
 
     def _events_in(self, m: int) -> int:
-        """A message's events: one, unless it was read in full."""
+        """A message's events: one, unless it is an envelope or was read in full."""
         message = self.read_in_full.get(m)
-        return 1 if message is None else len(message.events)
+        if message is not None:
+            return len(message.events)
+        return self.envelopes.get(m, 1)
 
     def _sent_at(self, record: dict[str, Any]) -> datetime:
         """When the producer sent the message: an event without a timestamp takes it."""

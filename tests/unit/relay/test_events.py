@@ -1201,7 +1201,8 @@ def verdict(parsed: ParsedEvent) -> tuple[Any, ...]:
     """What is judged of an event, but the wording of a rejection's message."""
     rejection = parsed.rejection
     reason = None if rejection is None else (rejection.code, rejection.param)
-    return parsed.index, parsed.identifier, parsed.event, parsed.raw, reason
+    event = None if parsed.event is None else dataclasses.replace(parsed.event, source=None)
+    return parsed.index, parsed.identifier, event, parsed.raw, reason
 
 
 def with_the_batch_rule(events: list[ParsedEvent]) -> list[ParsedEvent]:
@@ -1232,7 +1233,7 @@ def test_a_text_with_a_lone_surrogate_goes_out_escaped() -> None:
     odd = one(text).event
     assert plain is not None
     assert odd is not None
-    assert odd.source == text
+    assert odd.source in (None, text)  # msgspec cannot take it as UTF-8: read in full
     body = stream_body([plain, odd])
     assert json.loads(body) == {"events": [plain.to_stripe(), odd.to_stripe()]}
     assert json.loads(body)["events"][1]["payload"]["stripe_customer_id"] == "cus_\ud800"
@@ -1386,3 +1387,43 @@ def test_only_a_leading_byte_order_mark_is_read_past() -> None:
     text = json.dumps(event(identifier="e1"))
     assert parse(text + "\ufeff").rejection is not None
     assert parse("\ufeff\ufeff" + text).rejection is not None
+
+
+@PROPERTY_SETTINGS
+@given(
+    documents=st.lists(
+        stripe_form_events, min_size=1, max_size=20, unique_by=lambda e: e["identifier"]
+    ),
+    separators=st.sampled_from([(", ", ": "), (",", ":")]),
+)
+def test_property_an_envelope_of_valid_events_keeps_each_events_text(
+    documents: list[dict[str, Any]], separators: tuple[str, str]
+) -> None:
+    """An envelope of nothing but valid events in Stripe's form is read in the fewest steps;
+    each event keeps its own text when it reads exactly as judged, and the stream body made
+    of those texts is exactly the normalised events."""
+    body = json.dumps({"events": documents}, separators=separators)
+    read = Judge(RULES, NOW).read(body, MID, SENT)
+    if not isinstance(read, list):  # some event outside the window, or not valid: in full
+        assert isinstance(read, ParsedMessage)
+        assert any(parsed.event is None for parsed in read.events)
+        return
+    assert [event.to_stripe() for event in read] == documents
+    for event in read:
+        if event.source is not None:
+            assert json.loads(event.source, object_pairs_hook=keys_once) == event.to_stripe()
+    assert json.loads(stream_body(read)) == {"events": documents}
+
+
+def test_an_envelope_events_text_with_a_key_twice_is_not_sent_as_it_is() -> None:
+    text = (
+        '{"events": [{"event_name": "other", "event_name": "api_requests", "identifier": "e1", '
+        f'"timestamp": "{rfc(NOW)}", '
+        '"payload": {"stripe_customer_id": "cus_1", "value": "1"}}]}'
+    )
+    read = Judge(RULES, NOW).read(text, MID, SENT)
+    events = read if isinstance(read, list) else [p.event for p in read.events]
+    (event,) = events
+    assert event is not None
+    assert event.event_name == "api_requests"
+    assert event.source is None
