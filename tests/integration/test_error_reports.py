@@ -10,177 +10,41 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-import requests
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-from devkit.emulator.client import EmulatorClient
-from devkit.emulator.webhooks import signature_header
-from devkit.harness import STACK_NAME, Invocation, LambdaFunction, load_function, load_template
+from devkit.harness import load_template
 from meter_relay.dead_letter import DeadLetterQueue
-from meter_relay.error_reports import (
-    REPORT_TYPES,
-    ReportProcessor,
-    StripeEvents,
-    TimeBudget,
-    pull,
-)
-from meter_relay.stripe_client import StripeHttp
+from meter_relay.error_reports import ReportProcessor, StripeEvents, TimeBudget, pull
+from meter_relay.stripe_client import StripeApi, StripeHttp
 from meter_relay.webhook_signature import verify_signature
-from tests.plugins.relay import ROOT, Relay, emf_metrics, emf_sums
-from tests.plugins.stripe_emulator import WEBHOOK_SECRET, Received, WebhookReceiver
+from tests.integration.error_report_helpers import (
+    BUS,
+    EVENTS,
+    NO_METER,
+    REJECTED,
+    REJECTED_CODES,
+    SAMPLE_WEBHOOK_SECRET,
+    TABLE,
+    TEMPLATE,
+    TRIGGERED,
+    WEBHOOK_SECRET_ID,
+    Reports,
+    answer,
+    codes_and_identifiers,
+    function_url_request,
+    signed_request,
+    usage,
+)
+from tests.integration.error_report_helpers import reports as reports  # the fixture
+from tests.plugins.relay import emf_metrics, emf_sums
+from tests.plugins.stripe_emulator import Received
 
 pytestmark = pytest.mark.integration
-
-TEMPLATE = ROOT / "template.yaml"
-FUNCTION = "ErrorReportsFunction"
-EVENTS = ROOT / "events"
-TABLE = f"{STACK_NAME}-error-reports"
-WEBHOOK_SECRET_ID = f"{STACK_NAME}/stripe-webhook-signing-secret"
-SAMPLE_WEBHOOK_SECRET = (
-    "whsec_test_sample_0123456789abcdef"  # signs events/error-reports-webhook.json
-)
-BUS = "stripe-partner-bus"
-SOURCE = "aws.partner/stripe.com/ed_test_61RelayEmulatorDestination"
-TRIGGERED, NO_METER = REPORT_TYPES
-WINDOW = 10.0
-
-
-def usage(identifier: str, *, name: str = "api_requests", value: str = "1") -> dict[str, Any]:
-    return {
-        "event_name": name,
-        "identifier": identifier,
-        "payload": {"stripe_customer_id": "cus_1", "value": value},
-    }
-
-
-# Three events Stripe takes (200) and drops later, in two reports: one per meter and window.
-REJECTED = [
-    usage("bad-zero", value="0"),
-    usage("bad-text", value="x"),
-    usage("lost-1", name="nobody_meters_this"),
-]
-REJECTED_CODES = {
-    "bad-zero": "meter_event_invalid_value",
-    "bad-text": "meter_event_invalid_value",
-    "lost-1": "no_meter",
-}
-
-
-@dataclass
-class Reports:
-    """The relay stack (queues, the Stripe secret key) plus what the error reports need."""
-
-    relay: Relay
-    receiver: WebhookReceiver
-
-    @property
-    def emulator(self) -> EmulatorClient:
-        return self.relay.emulator
-
-    def function(self, **env: str) -> LambdaFunction:
-        variables = {
-            "Parameters": {"STRIPE_API_VERSION": "2026-09-30.preview", "STRIPE_MODE": "test"},
-            FUNCTION: {
-                "STRIPE_API_BASE": self.relay.emulator_url,
-                "STRIPE_SECRET_ID": self.relay.secret_id,
-                "STRIPE_WEBHOOK_SECRET_ID": WEBHOOK_SECRET_ID,
-                "DEAD_LETTER_QUEUE_URL": self.relay.dlq_url,
-                "ERROR_REPORTS_TABLE": TABLE,
-                **env,
-            },
-        }
-        return load_function(TEMPLATE, FUNCTION, env_vars=variables, extra_env=self.relay.aws.env)
-
-    def reject(self, *events: dict[str, Any]) -> list[dict[str, Any]]:
-        """Stream the events within one validation window, close it; the reports created."""
-        before = {e["id"] for e in self.emulator.list_events()["data"]}
-        now = float(self.emulator.advance_clock(0)["epoch"])
-        self.emulator.set_clock((now // WINDOW + 1) * WINDOW + 0.25)
-        with requests.Session() as http:
-            key = {"Authorization": f"Bearer {self.relay.secret_key}"}
-            session = http.post(
-                f"{self.relay.emulator_url}/v2/billing/meter_event_session", headers=key, timeout=10
-            ).json()
-            answer = http.post(
-                f"{self.relay.emulator_url}/v2/billing/meter_event_stream",
-                json={"events": list(events)},
-                headers={"Authorization": f"Bearer {session['authentication_token']}"},
-                timeout=10,
-            )
-        assert answer.status_code == 200  # Stripe's "received"
-        self.emulator.close_error_windows()
-        return [e for e in self.emulator.list_events()["data"] if e["id"] not in before]
-
-    def use_eventbridge(self) -> None:
-        """Stripe (the emulator) puts its events on the bus, as its partner source does."""
-        aws = self.relay.aws
-        self.emulator.set_eventbridge(
-            BUS, endpoint_url=aws.endpoint_url, region=aws.region, source=SOURCE
-        )
-
-    def pushed(self, *events: dict[str, Any]) -> list[Received]:
-        """The webhook requests Stripe (the emulator) sent for these rejected events."""
-        self.emulator.set_webhooks((self.receiver.url, WEBHOOK_SECRET))
-        self.reject(*events)
-        self.emulator.wait_for_deliveries()
-        return list(self.receiver.received)
-
-    def letters(self) -> list[dict[str, Any]]:
-        return self.relay.dlq_messages()
-
-    def remembered(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.relay.aws.client("dynamodb").scan(TableName=TABLE)[
-            "Items"
-        ]
-        return items
-
-
-@pytest.fixture
-def reports(relay: Relay, webhook_receiver: WebhookReceiver) -> Reports:
-    dynamodb = relay.aws.client("dynamodb")
-    dynamodb.create_table(
-        TableName=TABLE,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    relay.aws.client("secretsmanager").create_secret(
-        Name=WEBHOOK_SECRET_ID, SecretString=WEBHOOK_SECRET
-    )
-    return Reports(relay, webhook_receiver)
-
-
-def function_url_request(received: Received) -> dict[str, Any]:
-    """The Function URL event (payload format 2.0) for a request Stripe sent: the sample's
-    shape, with the request's own headers and body."""
-    request: dict[str, Any] = json.loads((EVENTS / "error-reports-webhook.json").read_text())
-    request["headers"] = dict(received.headers)
-    request["body"] = received.body.decode()
-    request["requestContext"]["timeEpoch"] = int(time.time() * 1000)
-    return request
-
-
-def signed_request(body: bytes, *, secret: str = WEBHOOK_SECRET, at: int | None = None) -> Any:
-    header = signature_header(body, secret, int(time.time()) if at is None else at)
-    return function_url_request(Received({"stripe-signature": header}, body))
-
-
-def answer(invocation: Invocation) -> tuple[int, dict[str, Any]]:
-    assert invocation.ok, invocation.error
-    return invocation.result["statusCode"], json.loads(invocation.result["body"])
-
-
-def codes_and_identifiers(letters: list[dict[str, Any]]) -> dict[str, str]:
-    return {
-        letter["attributes"]["Identifier"]: letter["attributes"]["ErrorCode"] for letter in letters
-    }
 
 
 # ----- webhooks -----------------------------------------------------------------------------------
@@ -464,9 +328,8 @@ def test_the_samples_run_through_the_function(reports: Reports) -> None:
 def puller(reports: Reports) -> tuple[StripeEvents, ReportProcessor]:
     relay = reports.relay
     session = boto3.session.Session(region_name=relay.aws.region)
-    events = StripeEvents(
-        StripeHttp(relay.emulator_url, "2026-09-30.preview"), lambda: relay.secret_key, 10.0
-    )
+    api = StripeApi(StripeHttp(relay.emulator_url, "2026-09-30.preview"), relay.secret_key)
+    events = StripeEvents(lambda: api, 10.0)
     processor = ReportProcessor(
         events,
         DeadLetterQueue(relay.dlq_url, session.client("sqs")),
@@ -536,7 +399,7 @@ def test_the_samples_are_what_the_template_and_the_emulator_send() -> None:
     rule = load_template(TEMPLATE)["Resources"]["StripeErrorReportsRule"]["Properties"]
     pattern = rule["EventPattern"]
     for name in ("error-reports-eventbridge-triggered", "error-reports-eventbridge-no-meter"):
-        sample = json.loads(Path(EVENTS / f"{name}.json").read_text())
+        sample = json.loads((EVENTS / f"{name}.json").read_text())
         assert sample["detail-type"] in pattern["detail-type"]
         assert sample["source"].startswith(pattern["source"][0]["prefix"])
         assert "data" not in sample["detail"]

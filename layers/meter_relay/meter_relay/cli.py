@@ -1,6 +1,7 @@
 """`meter-relay`: operators' tools for the dead-letter queue, as AWS tools behave.
 
     meter-relay --stack-name S dlq list|show|redrive|replay|cancel|discard [options]
+    meter-relay --stack-name S errors pull --since T [--until T]
 
 `--stack-name` finds every queue, secret and setting in the stack's outputs; `--profile` and
 `--region` choose the AWS credentials and region as the AWS CLI does (the standard AWS
@@ -170,7 +171,7 @@ def _global_options(*, top: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from meter_relay import cli_dlq  # the commands import this module's helpers
+    from meter_relay import cli_dlq, errors_cli  # the commands import this module's helpers
 
     parser = argparse.ArgumentParser(
         prog="meter-relay",
@@ -185,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     areas = parser.add_subparsers(dest="area", required=True)
     dlq = areas.add_parser("dlq", help="dead-letter queue operations")
     cli_dlq.add_commands(dlq, _global_options(top=False))
+    errors_cli.register(areas, _global_options(top=False))
     return parser
 
 

@@ -48,7 +48,7 @@ from meter_relay.dead_letter import (
     DeadLetterQueue,
 )
 from meter_relay.events import format_timestamp
-from meter_relay.stripe_client import Kind, StripeHttp
+from meter_relay.stripe_client import Kind, StripeApi
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
@@ -288,19 +288,15 @@ def report_letters(report: ErrorReport, bodies: BodyLookup) -> list[DeadLetter]:
 
 
 class StripeEvents:
-    """`GET /v2/core/events[/{id}]` with the secret key, read only when a call needs it (a
-    duplicate delivery never reads it)."""
+    """`GET /v2/core/events[/{id}]` with the secret key, which `api` reads only when a call
+    needs it (a duplicate delivery never reads it)."""
 
-    def __init__(self, http: StripeHttp, secret_key: Callable[[], str], timeout: float) -> None:
-        self.http = http
-        self._secret_key = secret_key
+    def __init__(self, api: Callable[[], StripeApi], timeout: float) -> None:
+        self._api = api
         self.timeout = timeout
 
-    def __repr__(self) -> str:
-        return f"StripeEvents({self.http.base_url!r}, secret_key=<hidden>)"
-
     def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        answer = self.http.get(path, self._secret_key(), params, self.timeout)
+        answer = self._api().get(path, params, self.timeout)
         if answer.kind is Kind.OK and answer.body is not None:
             return answer.body
         if answer.status in UNAVAILABLE_STATUSES:

@@ -67,7 +67,7 @@ from meter_relay.error_reports import (
 )
 from meter_relay.observability import logger, metrics
 from meter_relay.secret_key import SECRET_MAX_AGE_SECONDS, SecretKeyError, read_secret_key
-from meter_relay.stripe_client import StripeHttp
+from meter_relay.stripe_client import StripeApi, StripeHttp
 from meter_relay.webhook_signature import SIGNATURE_HEADER, SignatureError, verify_signature
 
 STRIPE_PARTNER_SOURCE = "aws.partner/stripe.com"
@@ -144,13 +144,14 @@ class ErrorReportsFunction:
         )
         http = StripeHttp(config.api_base, config.api_version, pool_size=2)
 
-        def secret_key() -> str:
-            return read_secret_key(
+        def stripe_api() -> StripeApi:  # the key is cached by the provider (5 minutes)
+            key = read_secret_key(
                 secrets, config.secret_id, api_base=config.api_base, mode=config.mode
             )
+            return StripeApi(http, key)
 
         processor = ReportProcessor(
-            StripeEvents(http, secret_key, config.request_timeout),
+            StripeEvents(stripe_api, config.request_timeout),
             DeadLetterQueue(
                 config.dead_letter_queue_url, session.client("sqs", config=AWS_CLIENT_CONFIG)
             ),

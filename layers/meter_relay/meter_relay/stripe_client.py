@@ -324,6 +324,10 @@ class StripeApi:
     def __repr__(self) -> str:
         return f"StripeApi({self.http.base_url!r}, secret_key=<hidden>)"
 
+    def get(self, path: str, params: dict[str, Any], timeout: float) -> StripeAnswer:
+        """A GET with the secret key (v2 events: /v2/core/events and /v2/core/events/{id})."""
+        return self.http.get(path, self._secret_key, params, timeout)
+
     def create_session(self, timeout: float) -> StripeAnswer:
         return self.http.post_json(
             "/v2/billing/meter_event_session", self._secret_key, None, timeout
