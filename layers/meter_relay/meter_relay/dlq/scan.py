@@ -13,7 +13,8 @@ depth when it began, and what it could not see.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ IDLE_RECEIVES_AFTER_RELEASE = 30  # the same once a pass gave messages back (the
 IN_FLIGHT_LIMIT = 120_000  # SQS's, on a standard queue: past it, receives bring nothing
 MAX_HELD = 100_000  # what one pass may hold: under the limit, with room for other readers
 WINDOW_MESSAGES = 100  # a consuming pass works on this many messages at a time
+DELETERS = 8  # DeleteMessageBatch calls at once
 OVER_LIMIT = "AWS.SimpleQueueService.OverLimit"  # a short poll at the in-flight limit
 
 
@@ -310,30 +312,34 @@ class DeadLetterReader:
         return failed
 
     def delete(self, messages: list[DlqMessage]) -> dict[str, str]:
-        """DeleteMessageBatch in tens; the messages SQS did not delete (by id), each with why.
-        Never raises: a call that fails leaves its messages undeleted, and says why."""
+        """DeleteMessageBatch in tens, several at once; the messages SQS did not delete (by
+        id), each with why. Never raises: a call that fails leaves its messages undeleted."""
         failed: dict[str, str] = {}
-        for batch in in_tens(messages):
-            try:
-                response = self.sqs.delete_message_batch(
-                    QueueUrl=self.queue_url,
-                    Entries=[
-                        {"Id": str(i), "ReceiptHandle": m.receipt_handle}
-                        for i, m in enumerate(batch)
-                    ],
-                )
-            except (BotoCoreError, ClientError) as error:
-                failed.update(dict.fromkeys((m.message_id for m in batch), _said(error)))
-                continue
-            refused = {
-                int(entry["Id"]): f"{entry.get('Code', '')}: {entry.get('Message', '')}"
-                for entry in response.get("Failed", [])
-            }
-            for i, message in enumerate(batch):
+        batches = list(in_tens(messages))
+        with ThreadPoolExecutor(DELETERS, thread_name_prefix="dlq-delete") as pool:
+            for refused in pool.map(self._delete_batch, batches):
+                failed.update(refused)
+        for message in messages:  # what stays is still held: given back when the pass ends
+            if message.message_id not in failed:
                 self._held.pop(message.receipt_handle, None)
-                if i in refused:
-                    failed[message.message_id] = refused[i]
         return failed
+
+    def _delete_batch(self, batch: Sequence[DlqMessage]) -> dict[str, str]:
+        try:
+            response = self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(batch)
+                ],
+            )
+        except (BotoCoreError, ClientError) as error:
+            return dict.fromkeys((m.message_id for m in batch), _said(error))
+        return {
+            batch[
+                int(entry["Id"])
+            ].message_id: f"{entry.get('Code', '')}: {entry.get('Message', '')}"
+            for entry in response.get("Failed", [])
+        }
 
     def put_letters(self, letters: list[DeadLetter]) -> list[DeadLetter]:
         """Put letters in (several batches at once, as the forwarder does); the ones SQS did

@@ -101,15 +101,17 @@ def test_a_slow_pass_deletes_with_a_handle_that_is_still_current() -> None:
     assert queue.visible_at == {}  # every delete took
 
 
-def test_a_delete_that_sqs_refuses_is_reported_not_raised() -> None:
+def test_a_delete_that_sqs_refuses_is_reported_not_raised_and_given_back() -> None:
     sqs = StubSqs([api_messages("a", "b")])
     sqs.fail_delete = True
     dlq_reader = reader(sqs)
-    with closing(dlq_reader.scan()) as scan:
-        messages = list(scan)
-    failed = dlq_reader.delete(messages)
+    with closing(dlq_reader.windows(size=10)) as windows:
+        window = next(windows)
+        failed = dlq_reader.delete(window)
+        assert sqs.released() == []
     assert set(failed) == {"a", "b"}
     assert all("InternalError" in why for why in failed.values())
+    assert sorted(sqs.released()) == ["rh-a", "rh-b"]  # still held, so given back at the end
 
 
 # ----- SQS's in-flight limit -------------------------------------------------------------------
