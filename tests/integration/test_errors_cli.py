@@ -164,3 +164,16 @@ def test_stripe_unreachable_is_exit_3_and_a_second_pull_finishes_the_work(
     code, pulled = run_json(capsys, "errors", "pull", *SINCE)
     assert (code, pulled["processed"]) == (0, 2)
     assert codes_and_identifiers(operator.letters()) == REJECTED_CODES
+
+
+def test_dlq_list_counts_stripes_letters_by_its_codes(
+    operator: Reports, capsys: pytest.CaptureFixture[str]
+) -> None:
+    operator.reject(*REJECTED)
+    assert run_json(capsys, "errors", "pull", *SINCE)[0] == 0
+
+    code, listed = run_json(capsys, "dlq", "list")
+
+    assert code == 0
+    assert listed["by_code"] == {"meter_event_invalid_value": 2, "no_meter": 1}
+    assert listed["messages"] == 3
