@@ -42,7 +42,7 @@ from tests.integration.error_report_helpers import (
 )
 from tests.integration.error_report_helpers import reports as reports  # the fixture
 from tests.plugins.relay import emf_metrics, emf_sums
-from tests.plugins.stripe_emulator import Received
+from tests.plugins.stripe_emulator import WEBHOOK_SECRET, Received
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +135,26 @@ def test_an_unsigned_or_wrongly_signed_webhook_gets_400_and_nothing_is_written(
     assert reports.letters() == []
     assert reports.remembered() == []
     assert len(reports.emulator.requests(endpoint="events")) == fetched_before  # not even read
+
+
+def test_no_secret_or_signature_is_ever_logged(
+    reports: Reports, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (received,) = reports.pushed(usage("quiet", value="0"))
+    good = function_url_request(received)
+    forged = signed_request(received.body, secret="whsec_forged_by_someone")
+    capfd.readouterr()
+    with reports.function() as function:
+        assert answer(function.invoke(good))[0] == 200
+        assert answer(function.invoke(forged))[0] == 400
+    out, err = capfd.readouterr()
+    for text in (
+        WEBHOOK_SECRET,
+        reports.relay.secret_key,
+        received.headers["stripe-signature"].split("v1=")[1],
+        forged["headers"]["stripe-signature"].split("v1=")[1],
+    ):
+        assert text not in out + err
 
 
 def test_a_webhook_before_its_signing_secret_is_set_is_retried_not_refused(
