@@ -59,6 +59,8 @@ METERS = Path(__file__).resolve().parent / "local_meters.json"
 # Names no deployed stack can have (a stack's name holds no "."): see events/env.json.
 SESSION_PARAMETER = "/meter-relay.local/stripe/meter-event-session"
 SECRET_NAME = "meter-relay.local/stripe-secret-key"  # noqa: S105 (a name, not a secret)
+CATALOG_PATH = "/meter-relay.local/stripe/meter-catalog"
+KNOWN_CUSTOMERS = [f"cus_{n:04d}" for n in range(50)]  # what the producer bills; Stripe knows
 MAX_QUEUE_DEPTH = 300  # moto slows down on deep queues: the producer waits above this
 MAX_PAYLOAD_BYTES = 5_500_000  # Lambda's 6 MB invocation payload, with room for the envelope
 DELIVERED = "delivered"
@@ -173,7 +175,11 @@ def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
         },
     )["QueueUrl"]
     secrets.create_secret(Name=SECRET_NAME, SecretString=DEFAULT_SECRET_KEY)
-    common = {"SESSION_TOKEN_PARAMETER": SESSION_PARAMETER, "STRIPE_MODE": "test"}
+    common = {
+        "SESSION_TOKEN_PARAMETER": SESSION_PARAMETER,
+        "STRIPE_MODE": "test",
+        "METER_CATALOG_PATH": CATALOG_PATH,
+    }
     # Margins in proportion when the emulator's sessions live shorter than Stripe's 15 minutes.
     refresh_margin = min(420.0, options.session_ttl / 2)
     env_vars = {
@@ -233,7 +239,8 @@ INVALID_KINDS: list[tuple[str, str]] = [
     ("payload_invalid_value", "value 0"),
     ("timestamp_too_far_in_past", "40 days old"),
     ("parameter_unknown", "unknown field"),
-    (REJECTED_LATER, "no meter at Stripe"),
+    ("no_meter", "no meter at Stripe (refused before sending: the meter catalog)"),
+    (REJECTED_LATER, "a customer Stripe does not know (only Stripe can tell)"),
 ]
 
 
@@ -266,9 +273,12 @@ def _spoil(event: dict[str, Any], kind: str) -> None:
         event["timestamp"] = format_timestamp(datetime.now(UTC) - timedelta(days=40))
     elif kind == "parameter_unknown":
         event["note"] = "not part of the contract"
-    elif kind == REJECTED_LATER:  # well formed, but Stripe has no meter for it
+    elif kind == "no_meter":  # well formed, but Stripe has no meter for it
         event["event_name"] = "unmetered_feature"
         event["payload"] = {"stripe_customer_id": "cus_0001", "value": "1"}
+    elif kind == REJECTED_LATER:  # well formed, a meter, but a customer Stripe does not know
+        event["event_name"] = "api_requests"
+        event["payload"] = {"stripe_customer_id": "cus_unknown_to_stripe", "value": "1"}
 
 
 def produce(stack: Stack, options: Options, expected: Expected, stop: threading.Event) -> None:
@@ -617,6 +627,7 @@ def run(options: Options) -> Report:
         moto_url = stack_scope.enter_context(_server_process(["devkit.moto_server"], lifetime))
         emulator_url = stack_scope.enter_context(_server_process(emulator_args, lifetime))
         emulator = EmulatorClient(emulator_url)
+        emulator.set_known_customers(*KNOWN_CUSTOMERS)  # any other is rejected later
         if options.faults:
             emulator.configure(faults=options.faults, seed=options.seed)
         saved_env = dict(os.environ)

@@ -90,10 +90,11 @@ def test_no_local_name_is_one_a_deployed_stack_can_have() -> None:
     for function in ("ForwarderFunction", "RefresherFunction"):
         spec = load_function(TEMPLATE, function, stack_name=marker).environment
         derived.append(spec["SESSION_TOKEN_PARAMETER"])
+        derived.append(spec["METER_CATALOG_PATH"])
     template = (ROOT / "template.yaml").read_text(encoding="utf-8")
     derived.append("${AWS::StackName}/stripe-secret-key")  # the secret's Name
     derived += ["${AWS::StackName}-usage", "${AWS::StackName}-usage-dlq"]  # the queues'
-    for name in derived[2:]:
+    for name in derived[4:]:
         assert f'"{name}"' in template, name
     patterns = [
         re.compile(re.escape(name.replace("${AWS::StackName}", marker)).replace(marker, STACK_NAME))
@@ -101,13 +102,13 @@ def test_no_local_name_is_one_a_deployed_stack_can_have() -> None:
     ]
     local_names = []
     for section in env_json.values():
-        for variable in ("SESSION_TOKEN_PARAMETER", "STRIPE_SECRET_ID"):
+        for variable in ("SESSION_TOKEN_PARAMETER", "STRIPE_SECRET_ID", "METER_CATALOG_PATH"):
             if variable in section:
                 local_names.append(section[variable])
         for variable in ("DEAD_LETTER_QUEUE_URL", "USAGE_QUEUE_URL"):
             if variable in section:
                 local_names.append(section[variable].rsplit("/", 1)[-1])
-    assert len(local_names) >= 6
+    assert len(local_names) >= 7
     for name in local_names:
         assert not any(pattern.fullmatch(name) for pattern in patterns), name
     # the patterns do match what a stack named "meter-relay" has (the old env.json's names)

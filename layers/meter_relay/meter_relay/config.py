@@ -93,6 +93,16 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
     return value
 
 
+def _ssm_path(env: Mapping[str, str], name: str) -> str | None:
+    """An SSM parameter path (/a/b), or None when the variable is unset or empty."""
+    value = env.get(name, "").strip().rstrip("/")
+    if not value:
+        return None
+    if not value.startswith("/") or "//" in value:
+        raise ConfigError(f"{name}={value!r} is not an SSM path such as /stack/stripe/meters")
+    return value
+
+
 def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip() or default
     try:  # a host is needed too: "https://" alone would fail only later, at every call
@@ -128,6 +138,7 @@ class ForwarderConfig:
     dead_letter_queue_url: str
     refresher_function_name: str | None
     mode: StripeMode = "test"
+    catalog_path: str | None = None  # the meter catalog's SSM path (None: no pre-flight)
     stream_concurrency: int = 8
     token_margin: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -151,6 +162,7 @@ class ForwarderConfig:
             dead_letter_queue_url=_required(env, "DEAD_LETTER_QUEUE_URL"),
             refresher_function_name=env.get("REFRESHER_FUNCTION_NAME", "").strip() or None,
             mode=mode,
+            catalog_path=_ssm_path(env, "METER_CATALOG_PATH"),
             stream_concurrency=int(_number(env, "STREAM_CONCURRENCY", 8, 1, 64)),
             token_margin=_number(env, "TOKEN_MARGIN_SECONDS", 60, 0, 600),
             retry=RetryPolicy(
@@ -171,6 +183,7 @@ class RefresherConfig:
     secret_id: str
     session_parameter: str
     mode: StripeMode = "test"
+    catalog_path: str | None = None
     refresh_margin: float = 420.0
     request_timeout: float = 10.0
 
@@ -185,70 +198,10 @@ class RefresherConfig:
             secret_id=_required(env, "STRIPE_SECRET_ID"),
             session_parameter=_required(env, "SESSION_TOKEN_PARAMETER"),
             mode=mode,
+            catalog_path=_ssm_path(env, "METER_CATALOG_PATH"),
             refresh_margin=_number(env, "REFRESH_MARGIN_SECONDS", 420, 0, 840),
             request_timeout=_number(env, "REQUEST_TIMEOUT_SECONDS", 10, 0.1, 120),
         )
-
-
-# ----- the operator tools: the meter-relay CLI and the DLQ functions ------------------------------
-
-
-@dataclass(frozen=True)
-class ToolsConfig:
-    """What the operator tools work with, read and checked once, alike for the CLI and the DLQ
-    functions: the environment (as the template sets it for the functions), and for the CLI
-    its stack's outputs and flags over it. A setting a command does not use may be missing
-    (`need` says so when one does); the Stripe mode, when known, is checked against the key."""
-
-    dead_letter_queue_url: str | None
-    usage_queue_url: str | None
-    secret_id: str | None
-    api_base: str
-    api_version: str
-    mode: StripeMode | None
-    rules: ValidationRules = field(default_factory=ValidationRules)
-
-    @classmethod
-    def from_env(
-        cls,
-        env: Mapping[str, str] | None = None,
-        overrides: Mapping[str, str | None] | None = None,
-        *,
-        mode_required: bool = False,
-    ) -> ToolsConfig:
-        """From `env` (os.environ), with `overrides` (variable name -> value, None or empty:
-        not given) over it. `mode_required`: STRIPE_MODE must be set (the DLQ functions)."""
-        merged = dict(os.environ if env is None else env)
-        merged.update({name: value for name, value in (overrides or {}).items() if value})
-        given = merged.get("STRIPE_MODE", "").strip()
-        mode = stripe_mode(merged) if given or mode_required else None
-        base = _base_url(merged, "STRIPE_API_BASE", DEFAULT_API_BASE)
-        try:
-            rules = ValidationRules.from_settings(
-                merged.get("METER_KEYS", "{}"), merged.get("VALUE_RULE", "") or "positive_integer"
-            )
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        return cls(
-            dead_letter_queue_url=merged.get("DEAD_LETTER_QUEUE_URL", "").strip() or None,
-            usage_queue_url=merged.get("USAGE_QUEUE_URL", "").strip() or None,
-            secret_id=merged.get("STRIPE_SECRET_ID", "").strip() or None,
-            api_base=base if mode is None else _live_on_stripe(mode, "STRIPE_API_BASE", base),
-            api_version=merged.get("STRIPE_API_VERSION", "").strip() or DEFAULT_API_VERSION,
-            mode=mode,
-            rules=rules,
-        )
-
-    def need(self, variable: str) -> str:
-        """The value of a setting a command cannot do without, else a ConfigError naming it."""
-        value = {
-            "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
-            "USAGE_QUEUE_URL": self.usage_queue_url,
-            "STRIPE_SECRET_ID": self.secret_id,
-        }[variable]
-        if not value:
-            raise ConfigError(f"{variable} is not set")
-        return value
 
 
 # ----- the operator tools: the meter-relay CLI and the DLQ functions ------------------------------

@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import msgspec
+
+if TYPE_CHECKING:
+    from meter_relay.catalog import Meter
 
 MAX_IDENTIFIER_LENGTH = 100
 MAX_TIMESTAMP_AGE = timedelta(days=35)
@@ -67,6 +70,8 @@ _UNDECODABLE = (msgspec.DecodeError, UnicodeEncodeError, RecursionError)
 class ErrorCode(StrEnum):
     """Why an event is dead-lettered. Where Stripe has a code for the case, it is Stripe's."""
 
+    NO_METER = "no_meter"
+    ARCHIVED_METER = "archived_meter"
     DUPLICATE_IDENTIFIER_IN_BATCH = "duplicate_identifier_in_batch"
     REQUEST_TOO_LARGE = "request_too_large"
     MESSAGE_NOT_JSON = "message_not_json"
@@ -110,13 +115,45 @@ class MeterKeys:
 
 @dataclass(frozen=True)
 class ValidationRules:
-    """Stripe's rules as configured for this account (payload keys per event_name, value rule)."""
+    """Stripe's rules as configured for this account: the account's meters by event_name
+    (`meters`, from the meter catalog; None when there is none to go by), payload keys that
+    override the meters' own (METER_KEYS), and the value rule."""
 
     meter_keys: Mapping[str, MeterKeys] = field(default_factory=dict)
     value_rule: ValueRule = "positive_integer"
+    meters: Mapping[str, Meter] | None = None
 
     def keys_for(self, event_name: str) -> MeterKeys:
-        return self.meter_keys.get(event_name, _DEFAULT_KEYS)
+        keys = self.meter_keys.get(event_name)
+        if keys is not None:
+            return keys
+        meter = self.meters.get(event_name) if self.meters is not None else None
+        if meter is None:
+            return _DEFAULT_KEYS
+        return MeterKeys(meter.customer_key, meter.value_key)
+
+    def meter_refusal(self, event_name: str) -> Rejection | None:
+        """Stripe's own refusal of an event_name whose meter is missing or archived (only
+        with a catalog of the account's meters to go by)."""
+        if self.meters is None:
+            return None
+        meter = self.meters.get(event_name)
+        if meter is None:
+            return Rejection(
+                ErrorCode.NO_METER,
+                f"no meter of the account has event_name {event_name[:100]!r}",
+                "event_name",
+            )
+        if not meter.active:
+            return Rejection(
+                ErrorCode.ARCHIVED_METER,
+                f"the meter of event_name {event_name[:100]!r} ({meter.meter_id}) is archived",
+                "event_name",
+            )
+        return None
+
+    def with_meters(self, meters: Mapping[str, Meter] | None) -> ValidationRules:
+        return ValidationRules(self.meter_keys, self.value_rule, meters)
 
     @classmethod
     def from_settings(cls, meter_keys_json: str, value_rule: str) -> ValidationRules:
@@ -439,6 +476,13 @@ class Judge:
                     )
         return message
 
+    def forget_meters(self) -> None:
+        """The rules' meters changed: what was judged of event names is judged again."""
+        self._keys.clear()
+
+    def duplicate(self, event: MeterEvent, message_id: str, index: int) -> Rejection | None:
+        return self._duplicate(event, message_id, index)
+
     def _duplicate(self, event: MeterEvent, message_id: str, index: int) -> Rejection | None:
         """Stripe counts the first event of an identifier and drops the others without a word:
         a later event of the batch with that identifier and other contents is refused here.
@@ -519,7 +563,7 @@ class Judge:
             return None
         keys = self._keys.get(event_name)
         if keys is None:
-            if not event_name.strip():
+            if not event_name.strip() or self.rules.meter_refusal(event_name) is not None:
                 return None
             keys = self._keys[event_name] = self.rules.keys_for(event_name)
         value = payload.get(keys.value_key)
@@ -577,6 +621,9 @@ def _normalised(raw: Any, identifier: str | None, sent_at: datetime, judge: Judg
         raise _reject(ErrorCode.PARAMETER_MISSING, "event_name is required", "event_name")
     if not isinstance(event_name, str) or not event_name.strip():
         raise _reject(ErrorCode.PARAMETER_INVALID, "event_name is a non-empty string", "event_name")
+    refusal = judge.rules.meter_refusal(event_name)
+    if refusal is not None:
+        raise EventRejected(refusal)
     if identifier is None:
         raise _reject(
             ErrorCode.PARAMETER_INVALID,

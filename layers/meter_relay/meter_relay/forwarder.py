@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,15 +29,18 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
+from meter_relay.catalog import CatalogSource, CatalogStore
 from meter_relay.config import AWS_CLIENT_CONFIG, ForwarderConfig
 from meter_relay.dead_letter import DeadLetter, DeadLetterQueue
 from meter_relay.delivery import DeliveryReport, DeliveryRun, StreamDelivery
 from meter_relay.events import (
+    ErrorCode,
     Judge,
     MeterEvent,
     ParsedEvent,
     ParsedMessage,
     Rejection,
+    ValidationRules,
     format_timestamp,
 )
 from meter_relay.observability import logger, metrics
@@ -47,6 +50,7 @@ from meter_relay.stripe_client import MeterEventStream, StripeHttp
 MAX_LATENCY_SAMPLES = 99
 
 type EventTag = tuple[int, int]  # (message, index of the event in it)
+_METER_CODES = frozenset({ErrorCode.NO_METER, ErrorCode.ARCHIVED_METER})
 
 
 class Forwarder:
@@ -58,11 +62,13 @@ class Forwarder:
         delivery: StreamDelivery,
         dead_letters: DeadLetterQueue,
         tokens: SessionTokenSource,
+        catalog: CatalogSource | None = None,
     ) -> None:
         self.config = config
         self.delivery = delivery
         self.dead_letters = dead_letters
         self.tokens = tokens
+        self.catalog = catalog
 
     @classmethod
     def from_environment(cls) -> Forwarder:
@@ -70,7 +76,7 @@ class Forwarder:
         session = boto3.session.Session()
         ssm = session.client("ssm", config=AWS_CLIENT_CONFIG)
         sqs = session.client("sqs", config=AWS_CLIENT_CONFIG)
-        refresher = None
+        refresher: LambdaRefresher | None = None
         if config.refresher_function_name:
             lambda_client = session.client(
                 "lambda", config=AWS_CLIENT_CONFIG.merge(Config(read_timeout=35))
@@ -94,7 +100,13 @@ class Forwarder:
             concurrency=config.stream_concurrency,
         )
         dead_letters = DeadLetterQueue(config.dead_letter_queue_url, sqs)
-        return cls(config, delivery, dead_letters, tokens)
+        catalog = None
+        if config.catalog_path:
+            catalog = CatalogSource(
+                CatalogStore(config.catalog_path, ssm),
+                refresher.refresh_catalog if refresher is not None else None,
+            )
+        return cls(config, delivery, dead_letters, tokens, catalog)
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         """Read -> deliver -> dead-letter -> settle, within the invocation's deadline."""
@@ -106,12 +118,25 @@ class Forwarder:
             return context.get_remaining_time_in_millis() / 1000.0
 
         retry = self.config.retry
-        # waiting for SSM or the refresher must not carry this invocation past its deadline
-        self.tokens.begin_invocation(time_left=lambda: remaining() - retry.deadline_margin)
+
+        def time_left() -> float:  # for SSM and the refresher: never past the deadline
+            return remaining() - retry.deadline_margin
+
+        self.tokens.begin_invocation(time_left=time_left)
+        rules = self.config.rules
+        if self.catalog is not None:
+            self.catalog.begin_invocation(time_left)
+            catalog = self.catalog.current()
+            rules = rules.with_meters(catalog.meters if catalog is not None else None)
         with _cyclic_gc_paused():
-            batch = Batch(records, Judge(self.config.rules, datetime.now(UTC)))
+            batch = Batch(records, Judge(rules, datetime.now(UTC)))
             run: DeliveryRun[EventTag] = self.delivery.start(remaining)
             batch.read_into(run)
+            if batch.refused_for_their_meter() and self.catalog is not None:
+                # a meter created a minute ago is not refused: the catalog is read again once
+                newer = self.catalog.refreshed()
+                if newer is not None:
+                    batch.judge_meters_again(run, rules.with_meters(newer.meters))
             # calls unanswered with half the margin left are abandoned: dead letters and the
             # answer need the rest
             report = run.finish(stop_at=retry.deadline_margin / 2)
@@ -119,6 +144,10 @@ class Forwarder:
             unsent = self.dead_letters.send(letters, lambda: remaining() - retry.dead_letter_margin)
             settled = batch.settle(report, letters, unsent)
         _publish(settled, report, self.tokens.take_stats(), self.delivery.limit.limit)
+        if self.catalog is not None:
+            metrics.add_metric(
+                "MeterCatalogRefreshes", MetricUnit.Count, self.catalog.take_refreshes()
+            )
         logger.info(
             "batch settled",
             extra={
@@ -206,6 +235,37 @@ class Batch:
             + sum(envelopes.values())
             + sum(len(message.events) or 1 for message in self.read_in_full.values())
         )
+
+    def refused_for_their_meter(self) -> int:
+        """Events refused as no_meter or archived_meter (by the catalog the batch began with)."""
+        return sum(
+            1
+            for message in self.read_in_full.values()
+            for parsed in message.events
+            if parsed.rejection is not None and parsed.rejection.code in _METER_CODES
+        )
+
+    def judge_meters_again(self, run: DeliveryRun[EventTag], rules: ValidationRules) -> None:
+        """Judge the events refused for their meter again, by a newer catalog; those now valid
+        are delivered with the rest."""
+        judge = self.judge
+        judge.rules = rules
+        judge.forget_meters()
+        for m, message in self.read_in_full.items():
+            for position, parsed in enumerate(message.events):
+                if parsed.rejection is None or parsed.rejection.code not in _METER_CODES:
+                    continue
+                again = judge.normalise(
+                    parsed.raw, parsed.index, message.message_id, parsed.sent_at or judge.now
+                )
+                event = again.event
+                if event is not None:
+                    duplicate = judge.duplicate(event, message.message_id, parsed.index)
+                    if duplicate is not None:
+                        again = replace(again, event=None, rejection=duplicate)
+                    else:
+                        run.add(event, (m, parsed.index))
+                message.events[position] = again
 
     def letters(self, report: DeliveryReport[EventTag]) -> list[DeadLetter]:
         """The dead letters of every message that has nothing left to retry: its events refused

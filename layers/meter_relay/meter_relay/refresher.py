@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from botocore.exceptions import BotoCoreError, ClientError
 
+from meter_relay.catalog import CatalogError, CatalogStore, read_meters
 from meter_relay.config import AWS_CLIENT_CONFIG, RefresherConfig
 from meter_relay.observability import logger, metrics
 from meter_relay.secret_key import SECRET_PLACEHOLDER as SECRET_PLACEHOLDER  # re-exported
@@ -37,9 +38,16 @@ from meter_relay.stripe_client import StripeApi, StripeHttp
 class Refresher:
     """What lives across invocations: clients, the HTTP pool, the cached secret."""
 
-    def __init__(self, config: RefresherConfig, store: SessionStore, secrets: SecretsProvider):
+    def __init__(
+        self,
+        config: RefresherConfig,
+        store: SessionStore,
+        secrets: SecretsProvider,
+        catalog: CatalogStore | None = None,
+    ):
         self.config = config
         self.store = store
+        self.catalog = catalog
         self._secrets = secrets
         self._http = StripeHttp(config.api_base, config.api_version, pool_size=1)
 
@@ -50,7 +58,8 @@ class Refresher:
         ssm = session.client("ssm", config=AWS_CLIENT_CONFIG)
         secretsmanager = session.client("secretsmanager", config=AWS_CLIENT_CONFIG)
         store = SessionStore(config.session_parameter, ssm)
-        return cls(config, store, SecretsProvider(boto3_client=secretsmanager))
+        catalog = CatalogStore(config.catalog_path, ssm) if config.catalog_path else None
+        return cls(config, store, SecretsProvider(boto3_client=secretsmanager), catalog)
 
     def _secret_key(self) -> str:
         config = self.config
@@ -64,8 +73,44 @@ class Refresher:
             raise RefreshError(str(error)) from None
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:
-        force = bool(event.get("force")) if isinstance(event, dict) else False
-        replace = event.get("replace_session_id") if isinstance(event, dict) else None
+        """The session (and, on every run, the meter catalog); only the catalog when the
+        forwarder asks for it ({"refresh_catalog": true}: an event_name it does not know)."""
+        options = event if isinstance(event, dict) else {}
+        if options.get("refresh_catalog"):
+            return {"catalog": self.refresh_catalog(strict=True)}
+        result = self._refresh_session(options)
+        result["catalog"] = self.refresh_catalog(strict=False)
+        return result
+
+    def refresh_catalog(self, *, strict: bool) -> dict[str, Any]:
+        """Read the account's meters and store the catalog if it changed. A failure never
+        fails the session's run (`strict`: it does fail a run that asked for the catalog)."""
+        if self.catalog is None:
+            return {"enabled": False}
+        try:
+            catalog = read_meters(
+                StripeApi(self._http, self._secret_key()), self.config.request_timeout
+            )
+            written = self.catalog.write(catalog)
+        except (CatalogError, RefreshError, BotoCoreError, ClientError) as error:
+            metrics.add_metric("MeterCatalogFailures", MetricUnit.Count, 1)
+            reason = (
+                str(error)
+                if isinstance(error, CatalogError | RefreshError)
+                else (f"an AWS call failed: {type(error).__name__}")
+            )
+            logger.error("meter catalog not refreshed", extra={"reason": reason})
+            if strict:
+                raise RefreshError(f"meter catalog not refreshed: {reason}") from None
+            return {"enabled": True, "error": reason}
+        metrics.add_metric("MeterCatalogMeters", MetricUnit.Count, len(catalog.meters))
+        summary = {"enabled": True, "meters": len(catalog.meters), "written": written}
+        logger.info("meter catalog checked", extra=summary)
+        return summary
+
+    def _refresh_session(self, event: dict[str, Any]) -> dict[str, Any]:
+        force = bool(event.get("force"))
+        replace = event.get("replace_session_id")
         try:
             summary: RefreshSummary = refresh_session(
                 self.store,

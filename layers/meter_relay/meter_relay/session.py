@@ -173,7 +173,13 @@ class LambdaRefresher:
         self._client = client
 
     def __call__(self, stale_session_id: str | None) -> None:
-        payload = {"replace_session_id": stale_session_id} if stale_session_id else {}
+        self._invoke({"replace_session_id": stale_session_id} if stale_session_id else {})
+
+    def refresh_catalog(self) -> None:
+        """Have the meter catalog read again now (an event_name the catalog lacks)."""
+        self._invoke({"refresh_catalog": True})
+
+    def _invoke(self, payload: dict[str, Any]) -> None:
         try:
             response = self._client.invoke(
                 FunctionName=self.function_name,

@@ -333,6 +333,10 @@ class StripeApi:
             "/v2/billing/meter_event_session", self._secret_key, None, timeout
         )
 
+    def list_meters(self, params: dict[str, Any], timeout: float) -> StripeAnswer:
+        """GET /v1/billing/meters: one page of the account's meters."""
+        return self.http.get("/v1/billing/meters", self._secret_key, params, timeout)
+
     def create_meter_event(self, event: dict[str, Any], timeout: float) -> StripeAnswer:
         return self.http.post_json("/v2/billing/meter_events", self._secret_key, event, timeout)
 

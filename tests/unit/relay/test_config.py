@@ -370,3 +370,14 @@ def test_from_env_without_a_mapping_reads_os_environ(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("VALUE_RULE", raising=False)
     monkeypatch.delenv("STRIPE_METER_EVENTS_BASE", raising=False)
     assert ForwarderConfig.from_env().stream_concurrency == 3
+
+
+def test_the_meter_catalog_path_is_optional_and_an_ssm_path() -> None:
+    assert forwarder().catalog_path is None
+    assert forwarder(METER_CATALOG_PATH="/stack/stripe/meter-catalog/").catalog_path == (
+        "/stack/stripe/meter-catalog"
+    )
+    assert refresher(METER_CATALOG_PATH="/s/c").catalog_path == "/s/c"
+    for bad in ("stack/catalog", "/a//b"):
+        with pytest.raises(ConfigError, match="METER_CATALOG_PATH"):
+            forwarder(METER_CATALOG_PATH=bad)

@@ -22,12 +22,14 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
 import meter_relay
+from meter_relay.catalog import Meter
 from meter_relay.events import (
     EVENT_FIELDS,
     UNREAD,
     ErrorCode,
     Judge,
     MeterEvent,
+    MeterKeys,
     ParsedEvent,
     ParsedMessage,
     Rejection,
@@ -1427,3 +1429,64 @@ def test_an_envelope_events_text_with_a_key_twice_is_not_sent_as_it_is() -> None
     assert event is not None
     assert event.event_name == "api_requests"
     assert event.source is None
+
+
+# ----- the account's meters (the catalog) ------------------------------------------------------
+
+METERS = {
+    "api_requests": Meter("mtr_api", True),
+    "search_calls": Meter("mtr_search", True, "customer", "calls"),
+    "legacy_metric": Meter("mtr_legacy", False),
+}
+CATALOG_RULES = ValidationRules(meters=METERS)
+
+
+def test_with_a_catalog_an_event_name_without_a_meter_is_refused_as_stripe_would() -> None:
+    nobody = rejection_of(event(event_name="nobody_meters_this"), rules=CATALOG_RULES)
+    assert (nobody.code, nobody.param) == ("no_meter", "event_name")
+    archived = rejection_of(event(event_name="legacy_metric"), rules=CATALOG_RULES)
+    assert (archived.code, archived.param) == ("archived_meter", "event_name")
+    assert "mtr_legacy" in archived.message
+    # without a catalog to go by, nothing is refused for its meter
+    assert one(event(event_name="nobody_meters_this")).event is not None
+
+
+def test_a_meters_own_payload_keys_are_used_and_meter_keys_override_them() -> None:
+    search = {"event_name": "search_calls", "payload": {"customer": "cus_1", "calls": "2"}}
+    assert one(search, rules=CATALOG_RULES).event is not None
+    override = ValidationRules(
+        {"search_calls": MeterKeys("account", "n")}, "positive_integer", METERS
+    )
+    assert rejection_of(search, rules=override).code == "payload_no_customer_defined"
+    renamed = {"event_name": "search_calls", "payload": {"account": "cus_1", "n": "2"}}
+    assert one(renamed, rules=override).event is not None
+
+
+@PROPERTY_SETTINGS
+@given(
+    documents=st.lists(pooled_events, min_size=1, max_size=30),
+    meters=st.dictionaries(
+        st.sampled_from(["api_requests", "search_calls", " "]),
+        st.builds(
+            Meter,
+            st.just("mtr_x"),
+            st.booleans(),
+            st.sampled_from(["stripe_customer_id", "customer"]),
+            st.sampled_from(["value", "calls"]),
+        ),
+    ),
+)
+def test_property_with_a_catalog_the_short_path_judges_as_the_full_one(
+    documents: list[dict[str, Any]], meters: dict[str, Meter]
+) -> None:
+    rules = ValidationRules(meters=meters)
+    judge = Judge(rules, NOW)
+    for document in documents:
+        shared = judge.stripe_form(document)
+        full = normalise_event(document, 0, MID, SENT, rules, NOW)
+        if shared is not None:
+            assert full.event == shared
+        name = document["event_name"]
+        if full.event is not None:
+            assert name in meters
+            assert meters[name].active
