@@ -205,7 +205,7 @@ def _print_message(message: DlqMessage) -> None:
         ("reason", message.error_message),
         ("source message", message.source_message_id),
         ("first seen", message.first_seen.isoformat()),
-        ("sent", message.sent_at.isoformat()),
+        ("sent to SQS", message.sent_at.isoformat()),
         ("kind", "moved by SQS (maxReceiveCount)" if message.redriven else "a letter"),
     ]
     width = max(len(name) for name, _ in rows)
