@@ -7,8 +7,8 @@ it): the layer holds exactly the distributions layers/meter_relay/requirements.t
 their versions, nothing more. The report adds its size (unzipped, and zipped as Lambda stores
 it) and, per function, the median time of a fresh interpreter (`python -S`, no site-packages)
 to import the handler module and create its boto3 clients, in three layouts:
-- as built: boto3 in the layer, no .pyc (Lambda's /opt is read-only: compiled at each cold start)
-- precompiled: the same layer with .pyc files (compileall, unchecked-hash)
+- as built: boto3 in the layer, precompiled by the layer's Makefile (.pyc, unchecked-hash)
+- precompiled: the same layer compiled again here (a check that the build's .pyc are used)
 - runtime boto3: the layer without boto3 and its tree, which come instead from a folder with .pyc,
   as the runtime's own copy would (the layout before boto3 was packaged)
 Measured on this machine, not on Lambda: read the differences, not the absolute times.
@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import importlib.util
 import os
+import platform
 import py_compile
 import re
 import shutil
@@ -126,10 +128,37 @@ def layouts(layer: Path, scratch: Path) -> dict[str, list[Path]]:
         if normalise(info.name.removesuffix(".dist-info").rsplit("-", 1)[0]) in tree:
             record = (info / "RECORD").read_text(encoding="utf-8").splitlines()
             for top in {line.split("/")[0].split(",")[0] for line in record} | {info.name}:
-                if (without / top).exists():
+                if top not in ("", "..") and (without / top).exists():
                     shutil.move(without / top, runtime / top)
     compileall.compile_dir(runtime, quiet=1)
-    return {"as built": [layer], "precompiled": [precompiled], "runtime boto3": [without, runtime]}
+    native = _native(layer, scratch / "native")
+    return {
+        "as built": [*native, layer],
+        "precompiled": [*native, precompiled],
+        "runtime boto3": [*native, without, runtime],
+    }
+
+
+def _native(layer: Path, target: Path) -> list[Path]:
+    """This machine's build of each compiled package the layer holds for another one (its
+    arm64 extension modules cannot load here): the same release, from this interpreter's
+    site-packages, put first on the path. Empty on an arm64 machine."""
+    machine = platform.machine()
+    foreign = {
+        path.relative_to(layer).parts[0]
+        for path in layer.rglob("*.so")
+        if "aarch64" in path.name and machine != "aarch64"
+    }
+    if not foreign:
+        return []
+    target.mkdir()
+    for package in sorted(foreign):
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"layer-report: {package} is not installed here to stand in for arm64")
+        shutil.copytree(next(iter(spec.submodule_search_locations)), target / package)
+    compileall.compile_dir(target, quiet=1)
+    return [target]
 
 
 def main() -> int:
