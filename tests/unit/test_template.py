@@ -82,7 +82,7 @@ PARAMETER_DEFAULTS: dict[str, object] = {
     "StripeApiBase": "https://api.stripe.com",
     "StripeMeterEventsBase": "https://meter-events.stripe.com",
     "SessionTokenParameterName": "",
-    "StreamConcurrency": 8,
+    "StreamConcurrency": 32,
     "MeterKeys": "{}",
     "ValueRule": "positive_integer",
     "RefreshMarginSeconds": 420,

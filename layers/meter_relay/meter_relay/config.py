@@ -139,7 +139,7 @@ class ForwarderConfig:
     refresher_function_name: str | None
     mode: StripeMode = "test"
     catalog_path: str | None = None  # the meter catalog's SSM path (None: no pre-flight)
-    stream_concurrency: int = 8
+    stream_concurrency: int = 32
     token_margin: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rules: ValidationRules = field(default_factory=ValidationRules)
@@ -163,7 +163,7 @@ class ForwarderConfig:
             refresher_function_name=env.get("REFRESHER_FUNCTION_NAME", "").strip() or None,
             mode=mode,
             catalog_path=_ssm_path(env, "METER_CATALOG_PATH"),
-            stream_concurrency=int(_number(env, "STREAM_CONCURRENCY", 8, 1, 64)),
+            stream_concurrency=int(_number(env, "STREAM_CONCURRENCY", 32, 1, 64)),
             token_margin=_number(env, "TOKEN_MARGIN_SECONDS", 60, 0, 600),
             retry=RetryPolicy(
                 max_attempts=int(_number(env, "MAX_ATTEMPTS", 6, 1, 20)),
