@@ -61,6 +61,7 @@ from meter_relay.stripe_client import Kind, MeterEventStream, StripeHttp
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
 PARAMETER = "/meter-relay/bench/session"
+LEDGER_BUCKET = "meter-relay-bench-ledger"
 API_VERSION = "2026-09-30.preview"
 
 
@@ -134,6 +135,7 @@ def stack(emulator_url: str, moto_url: str) -> Iterator[dict[str, Any]]:
         ),
     )
     dlq = boto3.client("sqs").create_queue(QueueName="bench-dlq")["QueueUrl"]
+    boto3.client("s3").create_bucket(Bucket=LEDGER_BUCKET)
     yield {
         "env": env,
         "token": session["authentication_token"],
@@ -185,12 +187,15 @@ def _check(invocation: Invocation) -> None:
 
 
 def bench_forwarder(
-    setup: dict[str, Any], n: int
+    setup: dict[str, Any], n: int, ledger: bool = False
 ) -> tuple[Contestant, Contestant, Callable[[], None]]:
-    """The two forwarder contestants (warm), and how to close the function."""
+    """The two forwarder contestants (warm), and how to close the function; `ledger`: with
+    the delivery ledger written (to moto's S3)."""
     arn = "arn:aws:sqs:us-east-1:123456789012:bench-usage"
+    env_vars = json.loads(json.dumps(setup["env_vars"]))
+    env_vars["ForwarderFunction"]["LEDGER_BUCKET"] = LEDGER_BUCKET if ledger else ""
     function = load_function(
-        TEMPLATE, "ForwarderFunction", env_vars=setup["env_vars"], extra_env=setup["env"]
+        TEMPLATE, "ForwarderFunction", env_vars=env_vars, extra_env=setup["env"]
     )
     _check(function.invoke(sqs_event([json.dumps(e) for e in make_events(100)], arn)))
 
@@ -470,15 +475,21 @@ def main(argv: list[str] | None = None) -> int:
         cold = cold_process_figures(setup, args.events)
         singles, envelopes, close = bench_forwarder(setup, args.events)
         scope.callback(close)
+        with_ledger, _, close_ledger = bench_forwarder(setup, args.events, ledger=True)
+        scope.callback(close_ledger)
         example, sdk_batched = bench_sdk(emulator, setup["token"], args.sdk_seconds, args.events)
         baseline_run = bench_baseline(emulator, setup["token"], args.events)
         unread, decoded = bench_floors(emulator, setup["token"], singles)
         race(
-            [singles, envelopes, baseline_run, unread, decoded, sdk_batched],
+            [singles, with_ledger, envelopes, baseline_run, unread, decoded, sdk_batched],
             args.events,
             args.rounds,
         )
-        forwarder = {"singles": singles.result(), "envelopes": envelopes.result()}
+        forwarder = {
+            "singles": singles.result(),
+            "envelopes": envelopes.result(),
+            "ledger": with_ledger.result(),
+        }
         baseline = baseline_run.result()
         floors = {"unread": unread.result(), "decoded": decoded.result()}
         sdk = {"example": example, "batched": sdk_batched.result()}
@@ -501,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     envelope_ratio = forwarder["envelopes"]["events_per_s"] / baseline["events_per_s"]
     rows = [
         ("forwarder, 10,000 single-event records", forwarder["singles"]),
+        ("forwarder, the same, writing the ledger", forwarder["ledger"]),
         ("forwarder, 100 envelopes x 100 events", forwarder["envelopes"]),
         ("baseline, pre-serialised, one session", baseline),
         ("floor: single-event bodies sent unread", floors["unread"]),
@@ -537,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{measured.dollars_per_million_events:>12.5f}"
             )
     decoded_ratio = forwarder["singles"]["events_per_s"] / floors["decoded"]["events_per_s"]
+    ledger_share = (
+        forwarder["ledger"]["cpu_s_per_100k"] / forwarder["singles"]["cpu_s_per_100k"] - 1
+    )
+    print(f"the ledger's CPU per event: {ledger_share:+.1%} of the forwarder's")
     print(f"forwarder/decoded floor = {decoded_ratio:.2f}")
     print(f"envelopes/baseline = {envelope_ratio:.2f}")
     print(f"forwarder/baseline = {ratio:.2f}")
@@ -565,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
                 "floor_unread_to_baseline": floor_ratios["unread"],
                 "floor_decoded_to_baseline": floor_ratios["decoded"],
                 "forwarder_to_decoded_floor": decoded_ratio,
+                "forwarder_with_ledger_cpu_s_per_100k_events": forwarder["ledger"][
+                    "cpu_s_per_100k"
+                ],
+                "ledger_cpu_share": ledger_share,
                 "at_stripe_latency": {
                     "median_ms": args.latency_ms,
                     "sigma": args.latency_sigma,

@@ -52,6 +52,7 @@ DEAD_LETTER_QUEUE = f"{STACK_NAME}-usage-dlq"
 SECRET_ID = f"{STACK_NAME}/stripe-secret-key"
 SESSION_PARAMETER = "/meter-relay-test/stripe/meter-event-session"
 CATALOG_PATH = "/meter-relay-test/stripe/meter-catalog"
+LEDGER_BUCKET = "meter-relay-test-ledger"
 MAX_RECEIVE_COUNT = 3
 API_VERSION = "2026-09-30.preview"
 # One key per test session, random so that a test can look for it in logs.
@@ -115,6 +116,7 @@ def build_env_vars(moto_url: str, emulator_url: str, *, refresher: bool) -> dict
             "REFRESHER_FUNCTION_NAME": REFRESHER if refresher else "",
             "STREAM_CONCURRENCY": "4",
             "METER_CATALOG_PATH": CATALOG_PATH,
+            "LEDGER_BUCKET": LEDGER_BUCKET,
         },
         REFRESHER: {
             "STRIPE_API_BASE": emulator_url,
@@ -362,6 +364,7 @@ def relay(
     )["QueueUrl"]
     assert dlq_url == queue_url(aws.endpoint_url, DEAD_LETTER_QUEUE)
     aws.client("secretsmanager").create_secret(Name=SECRET_ID, SecretString=SECRET_KEY)
+    aws.client("s3").create_bucket(Bucket=LEDGER_BUCKET)
     stack = Relay(
         aws=aws,
         emulator=emulator,

@@ -670,6 +670,10 @@ PLAIN_ALARMS = {
         ("AWS/Lambda", "Errors", {"FunctionName": f"<{FORWARDER}>"}),
         ("Sum", 300, "GreaterThanOrEqualToThreshold", 1, 1, "notBreaching"),
     ),
+    "production-ledger-gap": (
+        ("MeterRelay", "LedgerGap", SERVICE),
+        ("Sum", 300, "GreaterThanOrEqualToThreshold", 1, 1, "notBreaching"),
+    ),
 }
 
 
@@ -801,8 +805,7 @@ def test_the_dashboard_shows_this_stacks_queues_metrics_and_alarms(production: D
     (dashboard,) = production.of_type("AWS::CloudWatch::Dashboard").values()
     assert dashboard["DashboardName"] == "production-meter-relay"
     widgets = json.loads(dashboard["DashboardBody"])["widgets"]
-    (alarm_widget,) = [w for w in widgets if w["type"] == "alarm"]
-    shown = set(alarm_widget["properties"]["alarms"])
+    shown = {alarm for w in widgets if w["type"] == "alarm" for alarm in w["properties"]["alarms"]}
     assert shown == {f"<{logical_id}.Arn>" for logical_id in production.alarms()}
     titles = " | ".join(w["properties"]["title"] for w in widgets)
     for subject in ("Usage queue", "Dead-letter queue", "latency", "429", "Session", "error code"):
@@ -937,3 +940,53 @@ def test_every_function_has_a_log_group_with_bounded_retention(template: dict[st
     for properties in groups.values():
         assert properties["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
+
+
+def test_the_ledger_bucket_is_private_encrypted_tls_only_and_kept_longer_than_35_days(
+    production: Deployed,
+) -> None:
+    (bucket,) = production.of_type("AWS::S3::Bucket").values()
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
+        "ServerSideEncryptionByDefault"
+    ] == {"SSEAlgorithm": "AES256"}
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    (rule,) = bucket["LifecycleConfiguration"]["Rules"]
+    assert int(rule["ExpirationInDays"]) > 35
+    (policy,) = production.of_type("AWS::S3::BucketPolicy").values()
+    (deny,) = policy["PolicyDocument"]["Statement"]
+    assert (deny["Effect"], deny["Condition"]) == (
+        "Deny",
+        {"Bool": {"aws:SecureTransport": "false"}},
+    )
+    assert production.resources["LedgerBucket"]["DeletionPolicy"] == "Retain"
+
+
+def test_the_forwarder_may_only_add_objects_under_events(production: Deployed) -> None:
+    (policy,) = production.of_type("AWS::IAM::RolePolicy").values()
+    assert policy["RoleName"] == f"<{FORWARDER.replace('Function', 'Role')}>"
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert (statement["Effect"], statement["Action"]) == ("Allow", "s3:PutObject")
+    assert statement["Resource"] == "<LedgerBucket.Arn>/events/*"
+    env = production.resolve(
+        production.template["Resources"][FORWARDER]["Properties"]["Environment"]
+    )
+    assert env["Variables"]["LEDGER_BUCKET"] == "<LedgerBucket>"
+
+
+def test_without_the_ledger_there_is_no_bucket_and_nothing_to_write_to() -> None:
+    stack = Deployed("production", StripeMode="live", DeliveryLedger="disabled")
+    assert stack.of_type("AWS::S3::Bucket") == {}
+    assert stack.of_type("AWS::IAM::RolePolicy") == {}
+    env = stack.resolve(stack.template["Resources"][FORWARDER]["Properties"]["Environment"])
+    assert env["Variables"]["LEDGER_BUCKET"] == ""
+
+
+def test_a_dashboard_names_no_alarm_the_stack_does_not_have() -> None:
+    for options in ({"DeliveryLedger": "disabled"}, {"StripeWebhookEndpoint": "true"}):
+        stack = Deployed("production", StripeMode="live", **options)
+        (dashboard,) = stack.of_type("AWS::CloudWatch::Dashboard").values()
+        widgets = json.loads(dashboard["DashboardBody"])["widgets"]
+        shown = {
+            alarm for w in widgets if w["type"] == "alarm" for alarm in w["properties"]["alarms"]
+        }
+        assert shown == {f"<{logical_id}.Arn>" for logical_id in stack.alarms()}, options

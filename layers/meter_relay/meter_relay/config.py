@@ -139,6 +139,8 @@ class ForwarderConfig:
     refresher_function_name: str | None
     mode: StripeMode = "test"
     catalog_path: str | None = None  # the meter catalog's SSM path (None: no pre-flight)
+    ledger_bucket: str | None = None  # the delivery ledger's bucket (None: no ledger)
+    ledger_prefix: str = ""
     stream_concurrency: int = 32
     token_margin: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -163,6 +165,8 @@ class ForwarderConfig:
             refresher_function_name=env.get("REFRESHER_FUNCTION_NAME", "").strip() or None,
             mode=mode,
             catalog_path=_ssm_path(env, "METER_CATALOG_PATH"),
+            ledger_bucket=env.get("LEDGER_BUCKET", "").strip() or None,
+            ledger_prefix=env.get("LEDGER_PREFIX", "").strip().strip("/"),
             stream_concurrency=int(_number(env, "STREAM_CONCURRENCY", 32, 1, 64)),
             token_margin=_number(env, "TOKEN_MARGIN_SECONDS", 60, 0, 600),
             retry=RetryPolicy(

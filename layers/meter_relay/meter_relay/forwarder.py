@@ -17,8 +17,8 @@ from __future__ import annotations
 import functools
 import gc
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -43,6 +43,8 @@ from meter_relay.events import (
     ValidationRules,
     format_timestamp,
 )
+from meter_relay.ledger import LedgerWriter, ledger_lines
+from meter_relay.ledger import wait as wait_for_ledger
 from meter_relay.observability import logger, metrics
 from meter_relay.session import LambdaRefresher, SessionStore, SessionTokenSource, TokenStats
 from meter_relay.stripe_client import MeterEventStream, StripeHttp
@@ -63,12 +65,14 @@ class Forwarder:
         dead_letters: DeadLetterQueue,
         tokens: SessionTokenSource,
         catalog: CatalogSource | None = None,
+        ledger: LedgerWriter | None = None,
     ) -> None:
         self.config = config
         self.delivery = delivery
         self.dead_letters = dead_letters
         self.tokens = tokens
         self.catalog = catalog
+        self.ledger = ledger
 
     @classmethod
     def from_environment(cls) -> Forwarder:
@@ -106,7 +110,31 @@ class Forwarder:
                 CatalogStore(config.catalog_path, ssm),
                 refresher.refresh_catalog if refresher is not None else None,
             )
-        return cls(config, delivery, dead_letters, tokens, catalog)
+        ledger = None
+        if config.ledger_bucket:
+            s3 = session.client("s3", config=AWS_CLIENT_CONFIG)
+            ledger = LedgerWriter(config.ledger_bucket, config.ledger_prefix, s3)
+        return cls(config, delivery, dead_letters, tokens, catalog, ledger)
+
+    def _record(
+        self,
+        batch: Batch,
+        report: DeliveryReport[EventTag],
+        rules: ValidationRules,
+        context: LambdaContext,
+        time_left: Callable[[], float],
+    ) -> Future[None] | None:
+        """Start writing the delivered events to the ledger (None: no ledger, or nothing)."""
+        if self.ledger is None:
+            return None
+        records = batch.records
+        delivered = (
+            (event, records[m]["messageId"]) for (m, _), event in report.delivered_events()
+        )
+        now = datetime.now(UTC)
+        request_id = context.aws_request_id
+        lines = ledger_lines(delivered, rules, now, request_id)
+        return self.ledger.start(lines, now, request_id, time_left)
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         """Read -> deliver -> dead-letter -> settle, within the invocation's deadline."""
@@ -140,9 +168,16 @@ class Forwarder:
             # calls unanswered with half the margin left are abandoned: dead letters and the
             # answer need the rest
             report = run.finish(stop_at=retry.deadline_margin / 2)
+
+            def settle_time() -> float:
+                return remaining() - retry.dead_letter_margin
+
+            # the ledger is written beside the dead letters, both within the deadline
+            recording = self._record(batch, report, rules, context, settle_time)
             letters = batch.letters(report)
-            unsent = self.dead_letters.send(letters, lambda: remaining() - retry.dead_letter_margin)
+            unsent = self.dead_letters.send(letters, settle_time)
             settled = batch.settle(report, letters, unsent)
+            settled.ledger_gap = wait_for_ledger(recording, report.delivered_count, settle_time())
         _publish(settled, report, self.tokens.take_stats(), self.delivery.limit.limit)
         if self.catalog is not None:
             metrics.add_metric(
@@ -183,6 +218,7 @@ class Settled:
     delivered: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
     retried_events: int = 0
+    ledger_gap: int = 0  # delivered events the ledger lacks (its write failed)
 
     def response(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Lambda's partial batch response (ReportBatchItemFailures)."""
@@ -363,6 +399,7 @@ def _publish(
         "TokenParameterReads": tokens.parameter_reads,
         "TokenRefresherCalls": tokens.refresher_calls,
         "SessionModeMismatch": tokens.mode_mismatches,
+        "LedgerGap": settled.ledger_gap,
     }
     for name, value in counts.items():
         metrics.add_metric(name, MetricUnit.Count, value)

@@ -1,0 +1,93 @@
+"""The forwarder records what Stripe accepted in the delivery ledger (S3, moto): one object per
+invocation, partitioned by the hour of delivery, a line per delivered event; a write that
+fails never fails the delivery, and is counted (LedgerGap)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from meter_relay.ledger import decode
+from tests.integration.test_forwarder import counted, event, failures
+from tests.plugins.relay import LEDGER_BUCKET, Relay, emf_sums
+
+pytestmark = pytest.mark.integration
+
+
+def ledger_objects(relay: Relay) -> dict[str, list[Any]]:
+    s3 = relay.aws.client("s3")
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=LEDGER_BUCKET):
+        for item in page.get("Contents", []):
+            data = s3.get_object(Bucket=LEDGER_BUCKET, Key=item["Key"])["Body"].read()
+            found[item["Key"]] = decode(data)
+    return found
+
+
+def test_each_delivered_event_is_recorded_once_with_where_it_came_from(relay: Relay) -> None:
+    relay.put_session()
+    search = {
+        "event_name": "search_calls",
+        "identifier": "ledger-search",
+        "payload": {"customer": "cus_s", "calls": "4", "region": "eu"},
+    }
+    bodies: list[Any] = [
+        event("ledger-1", "cus_a", "3"),
+        {"events": [event("ledger-2", "cus_b", "5"), event(None, "cus_c", "7")]},
+        event("ledger-bad", "cus_a", "0"),  # dead-lettered: not in the ledger
+        search,
+    ]
+    sqs_event = relay.sqs_event(bodies, ["m-1", "m-env", "m-bad", "m-search"])
+    keys = '{"search_calls": {"customer_key": "customer", "value_key": "calls"}}'
+    with relay.forwarder(env={"METER_KEYS": keys}) as forwarder:
+        invocation = forwarder.invoke(sqs_event)
+    assert failures(invocation, sqs_event) == set()
+
+    objects = ledger_objects(relay)
+    (key,) = objects
+    now = datetime.now(UTC)
+    assert key.startswith(f"events/dt={now:%Y-%m-%d}/hour=")
+    assert key.endswith(f"/{invocation.request_id}.jsonl.gz")
+    lines = {line.identifier: line for line in objects[key]}
+    assert (
+        set(lines)
+        == set(counted(relay))
+        == {
+            "ledger-1",
+            "ledger-2",
+            "m-env-1",
+            "ledger-search",
+        }
+    )
+    first = lines["ledger-1"]
+    assert (first.event_name, first.customer, first.value) == ("api_requests", "cus_a", "3")
+    assert (first.message_id, first.request_id) == ("m-1", invocation.request_id)
+    assert lines["m-env-1"].message_id == "m-env"
+    assert (lines["ledger-search"].customer, lines["ledger-search"].value) == ("cus_s", "4")
+    assert lines["ledger-search"].dimensions == {"region": "eu"}
+    assert first.dimensions is None
+
+
+def test_a_ledger_that_cannot_be_written_never_fails_the_delivery(
+    relay: Relay, capfd: pytest.CaptureFixture[str]
+) -> None:
+    relay.put_session()
+    sqs_event = relay.sqs_event([event("gap-1"), event("gap-2")])
+    with relay.forwarder(env={"LEDGER_BUCKET": "no-such-ledger-bucket"}) as forwarder:
+        invocation = forwarder.invoke(sqs_event)
+    output = capfd.readouterr().out
+
+    assert failures(invocation, sqs_event) == set()
+    assert counted(relay) == {"gap-1": 1, "gap-2": 1}
+    assert emf_sums(output)["LedgerGap"] == 2
+    assert "ledger gap" in output
+
+
+def test_nothing_delivered_writes_no_object(relay: Relay) -> None:
+    relay.put_session()
+    sqs_event = relay.sqs_event(["not json"])
+    with relay.forwarder() as forwarder:
+        assert failures(forwarder.invoke(sqs_event), sqs_event) == set()
+    assert ledger_objects(relay) == {}
