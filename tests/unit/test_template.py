@@ -51,7 +51,7 @@ CATALOG_PARTS_ARN = {"Fn::Sub": CATALOG_ARN["Fn::Sub"] + "/*"}
 FOURTEEN_DAYS = 14 * 24 * 3600
 GIVEN_TOKEN_PARAMETER = "/billing/meter-event-session"
 
-# The configuration contract (DESIGN.md and the brief): variable -> template value.
+# The configuration contract (docs/design.md): variable -> template value.
 FORWARDER_ENV: dict[str, Any] = {
     "STRIPE_METER_EVENTS_BASE": {"Ref": "StripeMeterEventsBase"},
     "STRIPE_API_VERSION": {"Ref": "StripeApiVersion"},

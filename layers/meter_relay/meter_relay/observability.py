@@ -16,5 +16,5 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 # At DEBUG, botocore logs each request's parameters and each response's body: the Stripe key
 # (GetSecretValue) and the session token (GetParameter, PutParameter) with them. Whatever level
 # the root logger gets (LoggingConfig's ApplicationLogLevel DEBUG, a local basicConfig), botocore
-# stays at INFO, so that nothing secret is ever logged (DESIGN.md, principle 5).
+# stays at INFO, so that nothing secret is ever logged (docs/design.md, principle 5).
 logging.getLogger("botocore").setLevel(logging.INFO)
