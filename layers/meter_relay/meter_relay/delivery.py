@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from meter_relay.config import RetryPolicy
 from meter_relay.events import ErrorCode, MeterEvent, Rejection
 from meter_relay.observability import logger
+from meter_relay.retry import answer_code, backoff_delay
 from meter_relay.session import (
     MeterEventSession,
     SessionModeMismatch,
@@ -287,7 +288,7 @@ class StreamDelivery:
                 if failures >= policy.max_attempts:
                     report.give_up(part, "transient")
                     return None
-                delay = self._delay(failures, answer)
+                delay = backoff_delay(self._policy, failures, answer, self._jitter)
             if delay > remaining() - policy.deadline_margin - MIN_CALL_SECONDS:
                 report.give_up(part, "rate_limited" if throttled else "deadline")
                 return None
@@ -305,11 +306,6 @@ class StreamDelivery:
         if answer.kind is Kind.RATE_LIMITED:
             report.rate_limited_calls += 1
         return session, answer
-
-    def _delay(self, attempt: int, answer: StripeAnswer) -> float:
-        """Full-jitter exponential backoff (5xx, timeouts, dropped connections)."""
-        policy = self._policy
-        return self._jitter(0.0, min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1)))
 
     def _rate_limited_delay(self, throttled: int, answer: StripeAnswer) -> float:
         """Retry-After when Stripe gives one, else exponential backoff up to a few seconds;
@@ -403,9 +399,6 @@ def _rejection(answer: StripeAnswer) -> Rejection:
             f"HTTP 413: the event alone is too large for a gateway on the way to Stripe "
             f"({answer.message or 'no reason given'})",
         )
-    param = error_param(answer)
     return Rejection(
-        answer.code or f"http_{answer.status}",
-        answer.message or "Stripe rejected the event",
-        param,
+        answer_code(answer), answer.message or "Stripe rejected the event", error_param(answer)
     )
