@@ -51,6 +51,7 @@ import boto3
 import requests
 from requests.adapters import HTTPAdapter
 
+from devkit import bench_chart
 from devkit.emulator.client import DEFAULT_SECRET_KEY
 from devkit.harness import Invocation, load_function
 from devkit.local_stack import METERS, TEMPLATE, _server_process
@@ -60,6 +61,7 @@ from meter_relay.stripe_client import Kind, MeterEventStream, StripeHttp
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
+CHART = ROOT / "docs" / "bench.svg"
 PARAMETER = "/meter-relay/bench/session"
 LEDGER_BUCKET = "meter-relay-bench-ledger"
 API_VERSION = "2026-09-30.preview"
@@ -454,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdk-seconds", type=float, default=3.0)
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument(
+        "--chart", type=Path, default=CHART, help="where the chart goes (the README shows it)"
+    )
+    parser.add_argument(
         "--latency-ms", type=float, default=40.0, help="median of Stripe's answer time (0: skip)"
     )
     parser.add_argument("--latency-sigma", type=float, default=0.5, help="its log-normal shape")
@@ -553,9 +558,6 @@ def main(argv: list[str] | None = None) -> int:
         forwarder["ledger"]["cpu_s_per_100k"] / forwarder["singles"]["cpu_s_per_100k"] - 1
     )
     print(f"the ledger's CPU per event: {ledger_share:+.1%} of the forwarder's")
-    print(f"forwarder/decoded floor = {decoded_ratio:.2f}")
-    print(f"envelopes/baseline = {envelope_ratio:.2f}")
-    print(f"forwarder/baseline = {ratio:.2f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
@@ -567,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
                 "floor_decoded_events_per_s": floors["decoded"]["events_per_s"],
                 "sdk_example_events_per_s": sdk["example"]["events_per_s"],
                 "sdk_batched_events_per_s": sdk["batched"]["events_per_s"],
+                "sdk_example_cpu_s_per_100k": sdk["example"]["cpu_s_per_100k"],
+                "sdk_batched_cpu_s_per_100k": sdk["batched"]["cpu_s_per_100k"],
                 "forwarder_cpu_s_per_100k_events": forwarder["singles"]["cpu_s_per_100k"],
                 "forwarder_envelope_cpu_s_per_100k_events": forwarder["envelopes"][
                     "cpu_s_per_100k"
@@ -598,6 +602,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "\n"
     )
+    results = json.loads(args.output.read_text())
+    args.chart.parent.mkdir(parents=True, exist_ok=True)
+    args.chart.write_text(bench_chart.render(results, memory_mb), encoding="utf-8")
+    print(f"chart: {args.chart}")
+    print(f"forwarder/decoded floor = {decoded_ratio:.2f}")
+    print(f"envelopes/baseline = {envelope_ratio:.2f}")
+    print(f"forwarder/baseline = {ratio:.2f}")
     return 0
 
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -43,6 +44,12 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
             "0.3",
             "--output",
             str(output),
+            "--chart",
+            str(tmp_path / "bench.svg"),
+            "--latency-ms",
+            "5",
+            "--concurrencies",
+            "2,4",
         ],
         capture_output=True,
         text=True,
@@ -55,3 +62,14 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
     assert set(results) >= REQUIRED
     assert all(results[key] > 0 for key in REQUIRED)
     assert results["events_per_batch"] == 300
+    lines = completed.stdout.strip().splitlines()
+    assert lines[-3].startswith("forwarder/decoded floor = ")
+    assert lines[-2].startswith("envelopes/baseline = ")
+    assert [row["stream_concurrency"] for row in results["at_stripe_latency"]["rows"]] == [2, 4]
+    assert all(
+        row["dollars_per_million_events"] > 0 for row in results["at_stripe_latency"]["rows"]
+    )
+    chart = ElementTree.parse(tmp_path / "bench.svg").getroot()  # noqa: S314 (our own file)
+    texts = " ".join(text.text or "" for text in chart.iter("{http://www.w3.org/2000/svg}text"))
+    for path in ("forwarder, single-event records", "baseline", "stripe SDK, its example"):
+        assert path in texts
