@@ -83,8 +83,13 @@ def metadata(wheel: Path) -> Message:
 
 def test_the_wheel_declares_what_the_cli_imports_and_its_licence(wheel: Path) -> None:
     meta = metadata(wheel)
-    required = {re.split(r"[ ;<>=!~\[]", r)[0] for r in meta.get_all("Requires-Dist", [])}
+    requires = meta.get_all("Requires-Dist", [])
+    required = {re.split(r"[ ;<>=!~\[]", r)[0] for r in requires if "extra ==" not in r}
     assert required == {"aws-lambda-powertools", "boto3", "msgspec", "requests", "urllib3"}
+    # meter-relay[local]: DuckDB, for trace and reconcile without Athena
+    extras = {re.split(r"[ ;<>=!~\[]", r)[0] for r in requires if "extra ==" in r}
+    assert extras == {"duckdb"}
+    assert meta.get_all("Provides-Extra") == ["local"]
     assert meta["Requires-Python"] == ">=3.13"
     assert meta["License-Expression"] == "MIT"
     assert meta["Version"] == meter_relay.__version__

@@ -950,8 +950,9 @@ def test_the_ledger_bucket_is_private_encrypted_tls_only_and_kept_longer_than_35
         "ServerSideEncryptionByDefault"
     ] == {"SSEAlgorithm": "AES256"}
     assert all(bucket["PublicAccessBlockConfiguration"].values())
-    (rule,) = bucket["LifecycleConfiguration"]["Rules"]
-    assert int(rule["ExpirationInDays"]) > 35
+    rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
+    rule = rules["keep-longer-than-stripes-window"]
+    assert "Prefix" not in rule and int(rule["ExpirationInDays"]) > 35
     (policy,) = production.of_type("AWS::S3::BucketPolicy").values()
     (deny,) = policy["PolicyDocument"]["Statement"]
     assert (deny["Effect"], deny["Condition"]) == (
@@ -962,7 +963,7 @@ def test_the_ledger_bucket_is_private_encrypted_tls_only_and_kept_longer_than_35
 
 
 def test_the_forwarder_may_only_add_objects_under_events(production: Deployed) -> None:
-    (policy,) = production.of_type("AWS::IAM::RolePolicy").values()
+    policy = production.of_type("AWS::IAM::RolePolicy")["ForwarderLedgerPolicy"]
     assert policy["RoleName"] == f"<{FORWARDER.replace('Function', 'Role')}>"
     (statement,) = policy["PolicyDocument"]["Statement"]
     assert (statement["Effect"], statement["Action"]) == ("Allow", "s3:PutObject")

@@ -162,6 +162,8 @@ def test_the_function_runs_like_the_others_with_the_contract_it_reads(
         "STRIPE_WEBHOOK_SECRET_ID": "",  # no webhook endpoint: webhooks are refused
         "DEAD_LETTER_QUEUE_URL": "<UsageDeadLetterQueue>",
         "ERROR_REPORTS_TABLE": "<ErrorReportsTable>",
+        "LEDGER_BUCKET": "<LedgerBucket>",  # bodies read, samples recorded
+        "METER_KEYS": "{}",  # the payload keys of a body rebuilt from the ledger
     }
     group = properties(by_eventbridge, "ErrorReportsFunctionLogs")
     assert group["RetentionInDays"] == "30"

@@ -2,6 +2,7 @@
 
     meter-relay --stack-name S dlq list|show|redrive|replay|cancel|discard [options]
     meter-relay --stack-name S errors pull --since T [--until T]
+    meter-relay --stack-name S trace IDENTIFIER... | reconcile --event-name N --since T
 
 `--stack-name` finds every queue, secret and setting in the stack's outputs; `--profile` and
 `--region` choose the AWS credentials and region as the AWS CLI does (the standard AWS
@@ -42,6 +43,7 @@ from meter_relay import __version__
 from meter_relay.config import AWS_CLIENT_CONFIG, ConfigError, ToolsConfig
 from meter_relay.console import NotConfirmed
 from meter_relay.dlq.toolkit import Toolkit
+from meter_relay.ledger_store import LedgerUnavailable
 from meter_relay.secret_key import SecretKeyError
 from meter_relay.stack import describe_stack
 
@@ -72,6 +74,9 @@ FLAG_VARIABLES = {
     "stripe_mode": "STRIPE_MODE",
     "meter_keys": "METER_KEYS",
     "value_rule": "VALUE_RULE",
+    "ledger_bucket": "LEDGER_BUCKET",
+    "workgroup": "LEDGER_WORKGROUP",
+    "database": "LEDGER_DATABASE",
 }
 _NEEDED = {
     "DEAD_LETTER_QUEUE_URL": ("the DLQ", "--dlq-url"),
@@ -171,7 +176,7 @@ def _global_options(*, top: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from meter_relay import cli_dlq, errors_cli  # the commands import this module's helpers
+    from meter_relay import cli_dlq, errors_cli, ledger_cli  # they import this module's helpers
 
     parser = argparse.ArgumentParser(
         prog="meter-relay",
@@ -187,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = areas.add_parser("dlq", help="dead-letter queue operations")
     cli_dlq.add_commands(dlq, _global_options(top=False))
     errors_cli.register(areas, _global_options(top=False))
+    ledger_cli.register(areas, _global_options(top=False))
     return parser
 
 
@@ -214,6 +220,11 @@ def _failure(error: Exception) -> CliError:
         return CliError(str(error))
     if isinstance(error, BotoCoreError | ClientError):
         return aws_failure(error)
+    if isinstance(error, LedgerUnavailable):  # AWS's own words when it was AWS
+        cause = error.__cause__
+        if isinstance(cause, BotoCoreError | ClientError):
+            return aws_failure(cause)
+        return CliError(f"the delivery ledger: {error}", Exit.UNREACHABLE)
     if isinstance(error, OSError):
         return CliError(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
     return CliError(

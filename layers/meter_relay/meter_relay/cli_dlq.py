@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import uuid
 from collections import Counter
 from contextlib import closing
 from datetime import timedelta
@@ -24,6 +25,7 @@ from meter_relay.dlq.cancel import (
     AuditStatus,
     CancelTarget,
     cancel,
+    record,
     targets_from_dlq,
     targets_from_file,
 )
@@ -33,6 +35,7 @@ from meter_relay.dlq.redrive import Redriver
 from meter_relay.dlq.replay import QueueResend, Replayer, Resend
 from meter_relay.dlq.runs import RunSummary
 from meter_relay.dlq.selection import Filters, Fix, Reasons, positive_count
+from meter_relay.dlq.toolkit import ENGINES
 from meter_relay.events import parse_rfc3339
 from meter_relay.retry import RateLimit
 
@@ -246,6 +249,13 @@ def _report_run(summary: RunSummary, args: argparse.Namespace, verb: str) -> int
             for outcome in summary.outcomes:
                 console.line(f"{outcome.message_id}  {outcome.action:<16}  {outcome.detail}")
         table(f"{verb} ({'dry run' if args.dry_run else 'done'})", sorted(summary.counts().items()))
+        delivered = sum(len(o.already_delivered) for o in summary.outcomes)
+        if delivered:
+            console.line(
+                f"{delivered} events are in the delivery ledger (Stripe has them): not sent "
+                "again, their letters settled"
+                + (" (dry run: nothing deleted)" if args.dry_run else "")
+            )
         stayed = summary.stayed()
         if stayed:  # messages left whole, and events left of messages partly done
             table("left in the DLQ, by reason", stayed.most_common())
@@ -279,7 +289,13 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     reasons = Reasons.ANY if args.all or args.code else Reasons.PASSING
     queue = kit.usage_queue()
     queue.check()
-    redriver = Redriver(kit.reader(), queue, dry_run=args.dry_run, rate=RateLimit(args.rate))
+    redriver = Redriver(
+        kit.reader(),
+        queue,
+        dry_run=args.dry_run,
+        rate=RateLimit(args.rate),
+        ledger=kit.delivered_lookup(args.engine),
+    )
     progress = Progress("redriving", redriver.reader.depth())
     try:
         summary = redriver.redrive(
@@ -315,8 +331,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         resend = kit.sync_resend()
     reader = kit.reader()
     filters = _filters(args)
+    ledger = kit.delivered_lookup(args.engine)
     if args.via == "sync" and not args.dry_run:  # it bills at once: show what, and ask
-        preview = Replayer(reader, resend, fix=fix, dry_run=True).replay(filters)
+        preview = Replayer(reader, resend, fix=fix, dry_run=True, ledger=ledger).replay(filters)
         console.confirm(
             _preview(preview, "would be billed now through /v2/billing/meter_events"),
             "Bill these events now?",
@@ -324,7 +341,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             refusal="refusing to replay --via sync without confirmation (it bills at once): "
             "not a terminal; see it with --dry-run, then run again with --yes",
         )
-    replayer = Replayer(reader, resend, fix=fix, dry_run=args.dry_run, rate=RateLimit(args.rate))
+    replayer = Replayer(
+        reader, resend, fix=fix, dry_run=args.dry_run, rate=RateLimit(args.rate), ledger=ledger
+    )
     progress = Progress("replaying", reader.depth())
     try:
         summary = replayer.replay(filters, progress=lambda o: progress.step(o.action))
@@ -401,6 +420,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                 "would be cancelled with --dry-run, then run again with --yes",
             )
     audit = _cancel(api, targets, args)
+    unrecorded = record(kit.ledger(), audit, f"cli-{uuid.uuid4().hex}")
     complete = scanned_all and len(audit) == len(targets)
     statuses = Counter(line.status.value for line in audit)
     if _json(args):
@@ -417,9 +437,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             "again with --skip AUDIT_FILE (the --audit file of this run) so that nothing is "
             "cancelled twice"
         )
+    if unrecorded:
+        console.warn(f"warning: {unrecorded} (the audit above has them)")
     if any(line.status is AuditStatus.FAILED for line in audit):
         return Exit.UNREACHABLE
-    return Exit.STAYED if any(line.status.bad for line in audit) else Exit.DONE
+    bad = unrecorded or any(line.status.bad for line in audit)
+    return Exit.STAYED if bad else Exit.DONE
 
 
 def _cancel(api: Any, targets: list[CancelTarget], args: argparse.Namespace) -> list[AuditLine]:
@@ -496,6 +519,16 @@ def _add_filters(parser: argparse.ArgumentParser, max_help: str = "messages") ->
     group.add_argument("--max", type=_count, help=f"at most this many {max_help} (1 or more)")
 
 
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """--engine: which engine queries the delivery ledger."""
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="what queries the delivery ledger: athena (the default when the stack has its "
+        "workgroup) or duckdb (objects read from S3 to this machine: meter-relay[local])",
+    )
+
+
 def _add_run(parser: argparse.ArgumentParser, *, asks: bool) -> None:
     parser.add_argument("--dry-run", action="store_true", help="show what would happen")
     parser.add_argument("--rate", type=_positive, help="at most this many messages per second")
@@ -527,6 +560,7 @@ def add_commands(dlq: argparse.ArgumentParser, global_options: argparse.Argument
         "--all", action="store_true", help="every reason, not only passing ones (see --help)"
     )
     _add_run(redrive, asks=False)
+    add_engine(redrive)
     redrive.set_defaults(run=cmd_redrive)
 
     replay = command("replay", "send dead-lettered events again, corrected (--fix)")
@@ -540,6 +574,7 @@ def add_commands(dlq: argparse.ArgumentParser, global_options: argparse.Argument
     )
     replay.add_argument("--fix", metavar="FILE", help="corrections to apply (JSON)")
     _add_run(replay, asks=True)
+    add_engine(replay)
     replay.set_defaults(run=cmd_replay)
 
     cancel_cmd = command("cancel", "cancel delivered events (Stripe's 24-hour window)")

@@ -225,6 +225,11 @@ class ToolsConfig:
     api_version: str
     mode: StripeMode | None
     rules: ValidationRules = field(default_factory=ValidationRules)
+    # the delivery ledger: its bucket, and the Athena workgroup and Glue database that query it
+    ledger_bucket: str | None = None
+    ledger_prefix: str = ""
+    ledger_workgroup: str | None = None
+    ledger_database: str | None = None
 
     @classmethod
     def from_env(
@@ -255,6 +260,10 @@ class ToolsConfig:
             api_version=merged.get("STRIPE_API_VERSION", "").strip() or DEFAULT_API_VERSION,
             mode=mode,
             rules=rules,
+            ledger_bucket=merged.get("LEDGER_BUCKET", "").strip() or None,
+            ledger_prefix=merged.get("LEDGER_PREFIX", "").strip().strip("/"),
+            ledger_workgroup=merged.get("LEDGER_WORKGROUP", "").strip() or None,
+            ledger_database=merged.get("LEDGER_DATABASE", "").strip() or None,
         )
 
     def need(self, variable: str) -> str:
@@ -263,6 +272,7 @@ class ToolsConfig:
             "DEAD_LETTER_QUEUE_URL": self.dead_letter_queue_url,
             "USAGE_QUEUE_URL": self.usage_queue_url,
             "STRIPE_SECRET_ID": self.secret_id,
+            "LEDGER_BUCKET": self.ledger_bucket,
         }[variable]
         if not value:
             raise ConfigError(f"{variable} is not set")

@@ -29,7 +29,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from meter_relay.config import ToolsConfig
-from meter_relay.dlq.cancel import AuditLine, CancelTarget, cancel, targets_from_dlq
+from meter_relay.dlq.cancel import AuditLine, CancelTarget, cancel, record, targets_from_dlq
 from meter_relay.dlq.replay import OUT_OF_TIME, Replayer, Resend
 from meter_relay.dlq.runs import Outcome, RunSummary
 from meter_relay.dlq.selection import Filters, Fix
@@ -96,7 +96,12 @@ def replay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     skip = _strings(event, "skip_messages")
     kit = _toolkit()
     replayer = Replayer(
-        kit.reader(), _resend(event, kit), fix=fix, dry_run=bool(event.get("dry_run")), rate=rate
+        kit.reader(),
+        _resend(event, kit),
+        fix=fix,
+        dry_run=bool(event.get("dry_run")),
+        rate=rate,
+        ledger=kit.delivered_lookup(),
     )
     summary = replayer.replay(filters, remaining=lambda: _remaining(context), skip=frozenset(skip))
     for outcome in summary.outcomes:
@@ -160,8 +165,13 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
     )
     for line in audit:
         logger.info("cancel", extra=line.to_json())
+    unrecorded = record(kit.ledger(), audit, context.aws_request_id)
+    if unrecorded:
+        logger.error("ledger: %s", unrecorded)
     complete = scanned_all and cancelled_all
     result: dict[str, Any] = {"complete": complete, "audit": [line.to_json() for line in audit]}
+    if unrecorded:
+        result["ledger_error"] = unrecorded
     if not complete:
         result.update(_cancel_next(event, skip, targets, audit))
     return result

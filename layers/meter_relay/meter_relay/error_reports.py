@@ -25,7 +25,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import quote
 
@@ -47,7 +47,13 @@ from meter_relay.dead_letter import (
     DeadLetter,
     DeadLetterQueue,
 )
-from meter_relay.events import format_timestamp
+from meter_relay.events import format_timestamp, parse_rfc3339
+from meter_relay.ledger_store import (
+    LedgerBucket,
+    LedgerUnavailable,
+    RejectionLine,
+    record_rejections,
+)
 from meter_relay.stripe_client import Kind, StripeApi
 
 if TYPE_CHECKING:
@@ -208,16 +214,22 @@ class ErrorReport:
 
 
 class BodyLookup(Protocol):
-    """What the project sent under an identifier (the delivery ledger, when it comes)."""
+    """What the project sent under these identifiers, Stripe having received them between
+    `start` and `end` (the report's validation window): identifier -> body, for those known
+    (ledger_store.LedgerBodies reads the delivery ledger)."""
 
-    def body(self, identifier: str) -> str | None: ...
+    def bodies(
+        self, identifiers: Sequence[str], start: datetime | None, end: datetime | None
+    ) -> Mapping[str, str]: ...
 
 
 class NoBodies:
     """No record of what was sent: every reported event's body is unknown."""
 
-    def body(self, identifier: str) -> str | None:
-        return None
+    def bodies(
+        self, identifiers: Sequence[str], start: datetime | None, end: datetime | None
+    ) -> Mapping[str, str]:
+        return {}
 
 
 def _known_body(body: str, identifier: str) -> tuple[str, str | None]:
@@ -278,9 +290,35 @@ def report_letter(report: ErrorReport, sample: SampleError, body: str | None) ->
 
 
 def report_letters(report: ErrorReport, bodies: BodyLookup) -> list[DeadLetter]:
+    identifiers = [sample.identifier for sample in report.samples if sample.identifier]
+    known = bodies.bodies(
+        identifiers,
+        parse_rfc3339(report.validation_start or ""),
+        parse_rfc3339(report.validation_end or ""),
+    )
     return [
-        report_letter(report, sample, bodies.body(sample.identifier) if sample.identifier else None)
+        report_letter(report, sample, known.get(sample.identifier) if sample.identifier else None)
         for sample in report.samples
+    ]
+
+
+def rejection_lines(report: ErrorReport, reported_at: datetime) -> list[RejectionLine]:
+    """The report's samples as the delivery ledger keeps them (those that name an event)."""
+    at = format_timestamp(reported_at)
+    return [
+        RejectionLine(
+            identifier=sample.identifier,
+            code=sample.code,
+            message=sample.message,
+            stripe_event_id=report.event_id,
+            event_type=report.type,
+            reported_at=at,
+            meter_id=report.meter_id,
+            validation_start=report.validation_start,
+            validation_end=report.validation_end,
+        )
+        for sample in report.samples
+        if sample.identifier
     ]
 
 
@@ -348,6 +386,7 @@ class Outcome:
     letters: int = 0
     bodies_known: int = 0
     reason: str = ""  # why it is unavailable
+    unrecorded: int = 0  # samples the delivery ledger lacks (its write failed)
 
     @property
     def counted(self) -> int:
@@ -374,6 +413,7 @@ class Outcome:
             "letters": self.letters,
             "bodies_known": self.bodies_known,
             "reason": self.reason,
+            "unrecorded": self.unrecorded,
         }
 
     @classmethod
@@ -388,6 +428,7 @@ class Outcome:
             letters=int(document.get("letters", 0)),
             bodies_known=int(document.get("bodies_known", 0)),
             reason=str(document.get("reason", "")),
+            unrecorded=int(document.get("unrecorded", 0)),
         )
 
 
@@ -418,11 +459,13 @@ class ReportProcessor:
         store: BasePersistenceLayer,
         bodies: BodyLookup | None = None,
         *,
+        ledger: LedgerBucket | None = None,
         remember_seconds: int = REMEMBER_SECONDS,
     ) -> None:
         self.events = events
         self.dead_letters = dead_letters
         self.bodies: BodyLookup = bodies or NoBodies()
+        self.ledger = ledger  # where the samples are recorded (rejections/), for trace
         self._config = IdempotencyConfig(
             expires_after_seconds=remember_seconds, response_hook=_seen_before
         )
@@ -471,6 +514,7 @@ class ReportProcessor:
         known = sum(
             1 for letter in letters if dict(letter.more)[ATTR_REPORTED_BY] == REPORTED_BY_STRIPE
         )
+        unrecorded = self._record(report)
         return Outcome(
             event_id,
             PROCESSED,
@@ -480,7 +524,20 @@ class ReportProcessor:
             counts=report.counts,
             letters=len(letters),
             bodies_known=known,
+            unrecorded=unrecorded,
         ).to_json()
+
+    def _record(self, report: ErrorReport) -> int:
+        """The samples in the ledger (after the letters: the DLQ comes first); how many could
+        not be recorded. One object per Stripe event: a report processed again rewrites it."""
+        lines = rejection_lines(report, datetime.now(UTC))
+        if self.ledger is None or not lines:
+            return 0
+        try:
+            record_rejections(self.ledger, report.event_id, lines)
+        except LedgerUnavailable:
+            return len(lines)
+        return 0
 
 
 # ----- errors pull: the same events, read from Stripe's list -------------------------------------

@@ -25,7 +25,7 @@ import functools
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -44,6 +44,7 @@ from meter_relay.config import (
     AWS_CLIENT_CONFIG,
     DEFAULT_API_BASE,
     DEFAULT_API_VERSION,
+    ConfigError,
     StripeMode,
     _base_url,
     _live_on_stripe,
@@ -65,6 +66,8 @@ from meter_relay.error_reports import (
     ReportProcessor,
     StripeEvents,
 )
+from meter_relay.events import ValidationRules
+from meter_relay.ledger_store import LedgerBodies, LedgerBucket
 from meter_relay.observability import logger, metrics
 from meter_relay.secret_key import SECRET_MAX_AGE_SECONDS, SecretKeyError, read_secret_key
 from meter_relay.stripe_client import StripeApi, StripeHttp
@@ -84,6 +87,9 @@ class ErrorReportsConfig:
     table_name: str
     webhook_secret_id: str | None = None  # set when the stack has a webhook endpoint
     request_timeout: float = 10.0
+    ledger_bucket: str | None = None  # the delivery ledger: bodies read, rejections recorded
+    ledger_prefix: str = ""
+    rules: ValidationRules = field(default_factory=ValidationRules)  # to rebuild bodies
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ErrorReportsConfig:
@@ -99,7 +105,19 @@ class ErrorReportsConfig:
             table_name=_required(env, "ERROR_REPORTS_TABLE"),
             webhook_secret_id=env.get("STRIPE_WEBHOOK_SECRET_ID", "").strip() or None,
             request_timeout=_number(env, "REQUEST_TIMEOUT_SECONDS", 10, 0.1, 120),
+            ledger_bucket=env.get("LEDGER_BUCKET", "").strip() or None,
+            ledger_prefix=env.get("LEDGER_PREFIX", "").strip().strip("/"),
+            rules=_rules(env),
         )
+
+
+def _rules(env: Mapping[str, str]) -> ValidationRules:
+    try:
+        return ValidationRules.from_settings(
+            env.get("METER_KEYS", "{}"), env.get("VALUE_RULE", "") or "positive_integer"
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 # What makes a report wait for a retry besides Stripe (FetchFailed): AWS, the secret key.
@@ -150,6 +168,10 @@ class ErrorReportsFunction:
             )
             return StripeApi(http, key)
 
+        ledger = None
+        if config.ledger_bucket:
+            s3 = session.client("s3", config=AWS_CLIENT_CONFIG)
+            ledger = LedgerBucket(config.ledger_bucket, config.ledger_prefix, s3)
         processor = ReportProcessor(
             StripeEvents(stripe_api, config.request_timeout),
             DeadLetterQueue(
@@ -158,6 +180,8 @@ class ErrorReportsFunction:
             DynamoDBPersistenceLayer(
                 table_name=config.table_name, boto3_session=session, boto_config=AWS_CLIENT_CONFIG
             ),
+            LedgerBodies(ledger, config.rules) if ledger else None,
+            ledger=ledger,
         )
         return cls(config, processor, secrets)
 
@@ -288,6 +312,9 @@ def _publish(outcome: Outcome) -> None:
                 default_dimensions=metrics.default_dimensions,
             ) as metric:
                 metric.add_dimension(name="ErrorCode", value=code)
+        if outcome.unrecorded:  # the ledger's alarm (LedgerGap) watches this
+            metrics.add_metric("LedgerGap", MetricUnit.Count, outcome.unrecorded)
+            logger.error("ledger gap: the report's samples are not recorded", extra=details)
         if not outcome.counts_match:
             metrics.add_metric("ErrorReportCountMismatch", MetricUnit.Count, 1)
             logger.error(

@@ -38,6 +38,7 @@ from meter_relay.error_reports import (
     pull,
 )
 from meter_relay.events import parse_rfc3339
+from meter_relay.ledger_store import LedgerBodies
 from meter_relay.stack import describe_stack
 
 TABLE_VARIABLE = "ERROR_REPORTS_TABLE"
@@ -107,12 +108,15 @@ def cmd_pull(args: argparse.Namespace) -> int:
     table = _table_name(args, kit)
     api = kit.stripe_api()  # the key is read and checked (StripeMode) before anything else
     events = StripeEvents(lambda: api, REQUEST_TIMEOUT)
+    ledger = kit.ledger()  # bodies of reported events read from it, the samples recorded in it
     processor = ReportProcessor(
         events,
         DeadLetterQueue(kit.config.need("DEAD_LETTER_QUEUE_URL"), kit.sqs),
         DynamoDBPersistenceLayer(
             table_name=table, boto3_session=kit.session, boto_config=AWS_CLIENT_CONFIG
         ),
+        LedgerBodies(ledger, kit.config.rules) if ledger else None,
+        ledger=ledger,
     )
     try:
         summary = pull(events, processor, since, until)
@@ -179,6 +183,12 @@ def _report(args: argparse.Namespace, summary: PullSummary) -> int:
         console.line(f"{letters} letters written to the DLQ (one per sample error)")
     for event_id in mismatched:
         console.warn(f"warning: {event_id}: the counts per code do not add up to error_count")
+    unrecorded = sum(o.unrecorded for o in processed)
+    if unrecorded:
+        console.warn(
+            f"warning: {unrecorded} reported events are not recorded in the delivery ledger "
+            "(its write failed): trace and reconcile do not know Stripe rejected them"
+        )
     if summary.busy:
         console.warn(
             f"{len(summary.busy)} reports were being processed by another run: pull again later"

@@ -27,6 +27,9 @@ OUTPUT_VARIABLES = {
     "StripeMode": "STRIPE_MODE",
     "MeterKeys": "METER_KEYS",
     "ValueRule": "VALUE_RULE",
+    "LedgerBucketName": "LEDGER_BUCKET",
+    "LedgerWorkGroupName": "LEDGER_WORKGROUP",
+    "LedgerDatabaseName": "LEDGER_DATABASE",
 }
 REQUIRED_OUTPUTS = ("DeadLetterQueueUrl", "UsageQueueUrl", "StripeSecretArn", "StripeMode")
 

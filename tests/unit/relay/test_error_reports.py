@@ -4,6 +4,8 @@ Stripe documents, read tolerantly; one letter per sample, with Stripe's code as 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -105,15 +107,20 @@ def no_meter_event(related: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 
 class Ledger:
-    """A body lookup as the delivery ledger will be: identifier -> what was sent."""
+    """A body lookup as the delivery ledger is: identifier -> what was sent (and the windows
+    it was asked about)."""
 
-    def __init__(self, bodies: dict[str, str]) -> None:
-        self.bodies = bodies
+    def __init__(self, known: dict[str, str]) -> None:
+        self.known = known
         self.asked: list[str] = []
+        self.windows: list[tuple[datetime | None, datetime | None]] = []
 
-    def body(self, identifier: str) -> str | None:
-        self.asked.append(identifier)
-        return self.bodies.get(identifier)
+    def bodies(
+        self, identifiers: Sequence[str], start: datetime | None, end: datetime | None
+    ) -> dict[str, str]:
+        self.asked.extend(identifiers)
+        self.windows.append((start, end))
+        return {i: self.known[i] for i in identifiers if i in self.known}
 
 
 def texts(letter_attributes: dict[str, Any]) -> dict[str, str]:
@@ -267,6 +274,10 @@ def test_a_known_body_is_the_letters_body_with_its_identifier_and_event_name() -
     ledger = Ledger({"lost-1": sent})
     (letter,) = report_letters(report, ledger)
     assert ledger.asked == ["lost-1"]
+    # asked about the report's validation window, where Stripe received the event
+    assert ledger.windows == [
+        (datetime(2026, 11, 21, 10, 0, tzinfo=UTC), datetime(2026, 11, 21, 10, 0, 10, tzinfo=UTC))
+    ]
     assert json.loads(letter.body) == {**json.loads(sent), "identifier": "lost-1"}
     attributes = texts(letter.attributes())
     assert attributes[ATTR_REPORTED_BY] == "stripe"

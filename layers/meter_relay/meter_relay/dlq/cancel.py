@@ -22,6 +22,12 @@ from typing import Any, Protocol
 from meter_relay.dlq.scan import DeadLetterReader, WhenFull
 from meter_relay.dlq.selection import Filters
 from meter_relay.events import format_timestamp
+from meter_relay.ledger_store import (
+    CancellationLine,
+    LedgerBucket,
+    LedgerUnavailable,
+    record_cancellations,
+)
 from meter_relay.retry import TOOLS_RETRY, Jitter, RateLimit, with_retries
 from meter_relay.stripe_client import Kind, StripeAnswer
 
@@ -178,3 +184,23 @@ def _audit(target: CancelTarget, answer: StripeAnswer, late: bool) -> AuditLine:
     else:
         status = AuditStatus.FAILED
     return AuditLine(target.identifier, target.event_name, status, error=answer.error)
+
+
+def record(ledger: LedgerBucket | None, audit: list[AuditLine], run: str) -> str | None:
+    """The adjustments Stripe took in this run (`run`: the CLI's id, an invocation's request
+    id) recorded in the delivery ledger, for trace and reconcile; what went wrong, if it could
+    not be written (the cancels themselves stand: Stripe has them)."""
+    lines = [
+        CancellationLine(
+            line.identifier, line.event_name, line.adjustment_id or "", line.status, line.at
+        )
+        for line in audit
+        if line.status in (AuditStatus.PENDING, AuditStatus.COMPLETE)
+    ]
+    if ledger is None or not lines:
+        return None
+    try:
+        record_cancellations(ledger, run, lines)
+    except LedgerUnavailable as error:
+        return f"{len(lines)} cancellations are not in the delivery ledger: {error}"
+    return None

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from meter_relay.config import RetryPolicy
 from meter_relay.dead_letter import DeadLetter
+from meter_relay.dlq.delivered import ALREADY_DELIVERED, LEDGER_UNREADABLE, delivered_among
 from meter_relay.dlq.letters import event_letter, own_reason, rest_letter
 from meter_relay.dlq.reading import SYNC_REPLAY_PREFIX, DlqMessage
 from meter_relay.dlq.resend import UsageQueue
@@ -35,6 +36,8 @@ from meter_relay.dlq.runs import (
 from meter_relay.dlq.scan import DeadLetterReader
 from meter_relay.dlq.selection import Filters, Fix
 from meter_relay.events import ErrorCode, ParsedEvent, Rejection, normalise_event
+from meter_relay.ledger_queries import DeliveredLookup
+from meter_relay.ledger_store import LedgerUnavailable
 from meter_relay.retry import TOOLS_RETRY, Jitter, RateLimit, answer_code, with_retries
 from meter_relay.stripe_client import Kind, StripeAnswer
 
@@ -178,7 +181,8 @@ class _Settlement:
 
 
 class Replayer:
-    """Replays the DLQ messages a selection chooses, through one Resend."""
+    """Replays the DLQ messages a selection chooses, through one Resend; with a `ledger`, the
+    events it says Stripe has are not sent again (their letters are settled)."""
 
     def __init__(
         self,
@@ -188,12 +192,14 @@ class Replayer:
         fix: Fix | None = None,
         dry_run: bool = False,
         rate: RateLimit | None = None,
+        ledger: DeliveredLookup | None = None,
     ) -> None:
         self.reader = reader
         self.resend = resend
         self.fix = fix or Fix()
         self.dry_run = dry_run
         self.rate = rate or RateLimit(None)
+        self.ledger = ledger
 
     def replay(
         self,
@@ -249,18 +255,59 @@ class Replayer:
     ) -> tuple[list[Outcome], bool]:
         """Send what the plans can, then settle each; True with the outcomes when the time
         ran out inside a message."""
+        try:
+            settled = self._drop_delivered(plans)
+        except LedgerUnavailable as error:  # nothing goes that Stripe may have already
+            for plan in plans:
+                if plan.ready:
+                    plan.outcome.stays_whole(LEDGER_UNREADABLE, f"the ledger: {error}")
+                    plan.ready, plan.letters = [], []
+            return [p.outcome for p in plans], False
         sendable = [p for p in plans if p.ready]
         if self.dry_run:
             for plan in sendable:
                 plan.outcome.action = Action.WOULD_REPLAY
-                plan.outcome.describe(f"{len(plan.ready)} events via {self.resend.via}")
+                done = f"{len(plan.ready)} events via {self.resend.via}"
+                if plan.outcome.already_delivered:
+                    done += f" ({len(plan.outcome.already_delivered)} {ALREADY_DELIVERED})"
+                plan.outcome.describe(done)
+            for plan in settled:
+                plan.outcome.action = Action.WOULD_SETTLE
+                plan.outcome.describe(ALREADY_DELIVERED)
             return [p.outcome for p in plans], False
         sent = self.resend.send(sendable, remaining, self.reader.keep_hidden)
         settlements = [
             self._judge(plan, result) for plan, result in zip(sendable, sent, strict=True)
         ]
+        settlements += [self._settle_delivered(plan) for plan in settled]
         self._write(settlements)
         return [p.outcome for p in plans], any(s.stopped for s in settlements)
+
+    def _drop_delivered(self, plans: list[Plan]) -> list[Plan]:
+        """Take the events the ledger says Stripe has out of each plan's ready ones (noted in
+        its outcome); the plans left with nothing to send that had some, to be settled."""
+        chosen = [
+            (plan.message, [e.identifier for e in plan.ready if e.identifier]) for plan in plans
+        ]
+        delivered = delivered_among(self.ledger, chosen)
+        settled = []
+        for plan in plans:
+            had = bool(plan.ready)
+            plan.outcome.already_delivered = [
+                e.identifier for e in plan.ready if e.identifier in delivered and e.identifier
+            ]
+            plan.ready = [e for e in plan.ready if e.identifier not in delivered]
+            plan.outcome.identifiers = [e.identifier for e in plan.ready if e.identifier]
+            if had and not plan.ready:
+                settled.append(plan)
+        return settled
+
+    def _settle_delivered(self, plan: Plan) -> _Settlement:
+        """A message whose sendable events Stripe has: it leaves, its other events as letters."""
+        if not plan.letters:
+            plan.outcome.action = Action.ALREADY_DELIVERED
+        plan.outcome.describe(ALREADY_DELIVERED)
+        return _Settlement(plan, list(plan.letters), leaves=True)
 
     def _judge(self, plan: Plan, sent: Sent) -> _Settlement:
         """What the resend's answer makes of a plan: the letters that stay, and whether the
@@ -289,7 +336,10 @@ class Replayer:
             outcome.action = Action.REPLAYED
         elif sent.counted:
             outcome.action = Action.PARTLY_REPLAYED
-        outcome.describe(f"{len(sent.counted)} events via {via}" if sent.counted else "")
+        done = f"{len(sent.counted)} events via {via}" if sent.counted else ""
+        if outcome.already_delivered:
+            done += f" ({len(outcome.already_delivered)} {ALREADY_DELIVERED})"
+        outcome.describe(done.strip())
         return settlement
 
     def _write(self, settlements: list[_Settlement]) -> None:

@@ -39,6 +39,8 @@ class Action(StrEnum):
     DISCARDED = "discarded"
     PARTLY_DISCARDED = "partly_discarded"
     WOULD_DISCARD = "would_discard"
+    ALREADY_DELIVERED = "already_delivered"  # the ledger has them all: deleted, not sent
+    WOULD_SETTLE = "would_settle"  # a dry run's already_delivered
     KEPT = "kept"  # stays in the DLQ (as it was, or rewritten with a new reason)
     SKIPPED = "skipped"  # nothing in it can be sent (not an event, outside Stripe's window)
 
@@ -65,6 +67,8 @@ class Outcome:
     code: str | None = None  # why it, or the first of its events that stays, stays
     warnings: list[str] = field(default_factory=list)
     kept_events: list[dict[str, Any]] = field(default_factory=list)  # events that stay
+    # events the delivery ledger says Stripe has: not sent again, whatever the 24 hours say
+    already_delivered: list[str] = field(default_factory=list)
 
     def keep(self, event: ParsedEvent, code: str, detail: str) -> None:
         """One event stays in the DLQ, with why; the first one's code is the outcome's."""
@@ -97,6 +101,7 @@ class Outcome:
             "code": self.code,
             "warnings": self.warnings,
             "kept_events": self.kept_events,
+            "already_delivered": self.already_delivered,
         }
 
 

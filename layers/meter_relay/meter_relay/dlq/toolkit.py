@@ -9,15 +9,21 @@ from typing import TYPE_CHECKING
 import boto3
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
-from meter_relay.config import AWS_CLIENT_CONFIG, ToolsConfig
+from meter_relay.config import AWS_CLIENT_CONFIG, ConfigError, ToolsConfig
 from meter_relay.dlq.replay import SYNC_SENDERS, QueueResend, SyncResend
 from meter_relay.dlq.resend import UsageQueue
 from meter_relay.dlq.scan import DeadLetterReader
+from meter_relay.ledger_engines import AthenaEngine, DuckDbEngine, Engine
+from meter_relay.ledger_queries import LedgerQueries
+from meter_relay.ledger_store import LedgerBucket
 from meter_relay.secret_key import read_secret_key
 from meter_relay.stripe_client import StripeApi, StripeHttp
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
+
+ENGINES = ("athena", "duckdb")
 
 
 class Toolkit:
@@ -30,6 +36,43 @@ class Toolkit:
     @cached_property
     def sqs(self) -> SQSClient:
         return self.session.client("sqs", config=AWS_CLIENT_CONFIG)
+
+    @cached_property
+    def s3(self) -> S3Client:
+        return self.session.client("s3", config=AWS_CLIENT_CONFIG)
+
+    def ledger(self) -> LedgerBucket | None:
+        """The delivery ledger's bucket, when the stack has one."""
+        bucket = self.config.ledger_bucket
+        return LedgerBucket(bucket, self.config.ledger_prefix, self.s3) if bucket else None
+
+    def default_engine(self) -> str:
+        """Athena where the stack has its workgroup and database, else DuckDB."""
+        config = self.config
+        return "athena" if config.ledger_workgroup and config.ledger_database else "duckdb"
+
+    def ledger_engine(self, choice: str | None = None) -> Engine:
+        """The engine that queries the ledger: `choice`, else the default; a ConfigError
+        when what it needs is not known."""
+        choice = choice or self.default_engine()
+        ledger = self.ledger()
+        if ledger is None:
+            raise ConfigError("LEDGER_BUCKET is not set (the stack has no delivery ledger?)")
+        if choice == "duckdb":
+            return DuckDbEngine(ledger)
+        workgroup, database = self.config.ledger_workgroup, self.config.ledger_database
+        if not (workgroup and database):
+            raise ConfigError(
+                "Athena needs the stack's workgroup and database (LEDGER_WORKGROUP, "
+                "LEDGER_DATABASE): give --stack-name of a stack with the ledger, or use "
+                "--engine duckdb"
+            )
+        athena = self.session.client("athena", config=AWS_CLIENT_CONFIG)
+        return AthenaEngine(athena, workgroup, database)
+
+    def delivered_lookup(self, choice: str | None = None) -> LedgerQueries | None:
+        """What replays consult (None: no ledger, nothing to consult)."""
+        return LedgerQueries(self.ledger_engine(choice)) if self.config.ledger_bucket else None
 
     def reader(self) -> DeadLetterReader:
         return DeadLetterReader(

@@ -1,0 +1,149 @@
+"""What the ledger answers, through either engine: where events are (trace), which of them
+Stripe has (replays), and what Stripe should count per customer and window (reconcile)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from meter_relay import ledger_sql
+from meter_relay.ledger_engines import Engine
+
+CHUNK = 500  # identifiers per query: Athena takes a query text of at most 256 KB
+# How long before a DLQ letter was first seen its events may have been delivered: the
+# forwarder's letter carries the time it received the message, the error-report function's
+# the start of Stripe's validation window; both follow the delivery, or come with it.
+DELIVERED_BEFORE_SEEN = timedelta(hours=1)
+
+
+def chunks(values: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for value in dict.fromkeys(values):
+        batch.append(value)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True)
+class Record:
+    """One thing the ledger knows of an identifier."""
+
+    kind: str  # delivered | cancelled | rejected
+    identifier: str
+    at: str  # delivered_at, cancelled_at or reported_at
+    reference: str | None  # the invocation's request id, the adjustment id, the Stripe event id
+    detail: str | None  # the SQS message id, the adjustment's status, Stripe's message
+    code: str | None = None  # Stripe's code (rejected)
+    event_name: str | None = None
+    customer: str | None = None
+    value: str | None = None
+    event_time: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        shown = {
+            "kind": self.kind,
+            "at": self.at,
+            "event_name": self.event_name,
+            "customer": self.customer,
+            "value": self.value,
+            "timestamp": self.event_time,
+        }
+        if self.kind == "delivered":
+            shown.update(request_id=self.reference, message_id=self.detail)
+        elif self.kind == "cancelled":
+            shown.update(adjustment_id=self.reference, status=self.detail)
+        else:
+            shown.update(stripe_event_id=self.reference, code=self.code, message=self.detail)
+        return {name: value for name, value in shown.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A customer's window as the ledger counts it."""
+
+    events: int
+    total: Decimal  # the sum of the values
+    last: Decimal  # the value of the latest event (by timestamp, then by delivery)
+
+    def by(self, formula: str) -> Decimal:
+        if formula == "count":
+            return Decimal(self.events)
+        if formula == "last":
+            return self.last
+        return self.total
+
+
+class DeliveredLookup(Protocol):
+    """Which identifiers Stripe has (the replays' question), for events first seen at `since`
+    or later."""
+
+    def delivered(self, identifiers: Sequence[str], since: datetime) -> set[str]: ...
+
+
+class LedgerQueries:
+    """The ledger's questions, asked of one engine."""
+
+    def __init__(self, engine: Engine, clock: Any = None) -> None:
+        self.engine = engine
+        self._now = clock or (lambda: datetime.now(UTC))
+
+    def trace(
+        self, identifiers: Iterable[str], since: datetime, until: datetime
+    ) -> dict[str, list[Record]]:
+        found: dict[str, list[Record]] = {}
+        for batch in chunks(identifiers):
+            for row in self.engine.run(ledger_sql.trace(batch, since, until)):
+                identifier = row["identifier"] or ""
+                found.setdefault(identifier, []).append(
+                    Record(
+                        kind=row["kind"] or "",
+                        identifier=identifier,
+                        at=row["recorded_at"] or "",
+                        reference=row["reference"],
+                        detail=row["detail"],
+                        code=row["code"],
+                        event_name=row["event_name"],
+                        customer=row["customer"],
+                        value=row["value"],
+                        event_time=row["event_time"],
+                    )
+                )
+        return found
+
+    def delivered(self, identifiers: Sequence[str], since: datetime) -> set[str]:
+        """The identifiers delivered since `since` (less an hour: DELIVERED_BEFORE_SEEN) that
+        Stripe did not report rejected afterwards."""
+        start, now = since - DELIVERED_BEFORE_SEEN, self._now()
+        found: set[str] = set()
+        for batch in chunks(identifiers):
+            rows = self.engine.run(ledger_sql.delivered(batch, start, now))
+            found.update(row["identifier"] or "" for row in rows)
+        found.discard("")
+        return found
+
+    def reconcile(
+        self,
+        event_name: str,
+        customers: Sequence[str],
+        start: datetime,
+        end: datetime,
+        step: int,
+    ) -> dict[tuple[str, int], Totals]:
+        """(customer, window start in epoch seconds) -> the window's totals, for the windows
+        of `step` seconds between start and end that hold counted events."""
+        query = ledger_sql.reconcile(event_name, customers, start, end, step, now=self._now())
+        totals: dict[tuple[str, int], Totals] = {}
+        for row in self.engine.run(query):
+            window = int(Decimal(row["window_start"] or "0"))
+            totals[(row["customer"] or "", window)] = Totals(
+                events=int(row["events"] or 0),
+                total=Decimal(row["total"] or "0"),
+                last=Decimal(row["last_value"] or "0"),
+            )
+        return totals

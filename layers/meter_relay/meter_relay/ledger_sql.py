@@ -1,0 +1,263 @@
+"""The delivery ledger's queries: one SQL text each, run by Athena (deployed) or DuckDB (locally).
+
+The ledger's three kinds of object are three tables, each partitioned by the UTC date and hour
+it was written (`dt`, `hour`, both text):
+- `events`: what Stripe accepted, as the forwarder recorded it (ledger.LedgerLine);
+- `cancellations`: the adjustments `dlq cancel` made (ledger_store.CancellationLine);
+- `rejections`: what Stripe's error reports said it dropped later (ledger_store.RejectionLine).
+
+A query is written once, in the SQL both engines speak (Trino's functions, which DuckDB is
+given as macros: `from_iso8601_timestamp`, `to_unixtime`), with `{events}`, `{cancellations}`
+and `{rejections}` where a table goes: Athena puts the Glue table there, DuckDB a `read_json`
+over the objects. Values are written into the text as SQL literals (`literal`), never pasted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+# Stripe takes a timestamp up to 5 minutes ahead: an event of a window may be delivered (and
+# recorded) that much before the window starts.
+FUTURE_LIMIT = timedelta(minutes=5)
+
+STRING, STRING_MAP = "string", "map<string,string>"  # Glue's names; DuckDB's below
+
+
+@dataclass(frozen=True)
+class Table:
+    """One kind of ledger object: where it lies in the bucket and the columns of its lines."""
+
+    name: str  # also its prefix in the bucket: <name>/dt=YYYY-MM-DD/hour=HH/<object>.jsonl.gz
+    columns: tuple[tuple[str, str], ...]  # (name, Glue type), in the order of the lines' keys
+
+
+EVENTS = Table(
+    "events",
+    (
+        ("identifier", STRING),
+        ("event_name", STRING),
+        ("customer", STRING),
+        ("value", STRING),
+        ("timestamp", STRING),
+        ("delivered_at", STRING),
+        ("message_id", STRING),
+        ("request_id", STRING),
+        ("dimensions", STRING_MAP),
+    ),
+)
+CANCELLATIONS = Table(
+    "cancellations",
+    (
+        ("identifier", STRING),
+        ("event_name", STRING),
+        ("adjustment_id", STRING),
+        ("status", STRING),
+        ("cancelled_at", STRING),
+    ),
+)
+REJECTIONS = Table(
+    "rejections",
+    (
+        ("identifier", STRING),
+        ("code", STRING),
+        ("message", STRING),
+        ("stripe_event_id", STRING),
+        ("event_type", STRING),
+        ("meter_id", STRING),
+        ("validation_start", STRING),
+        ("validation_end", STRING),
+        ("reported_at", STRING),
+    ),
+)
+TABLES = (EVENTS, CANCELLATIONS, REJECTIONS)
+PARTITIONS = ("dt", "hour")
+
+
+def literal(value: str | int | float) -> str:
+    """A value as an SQL literal: text quoted (a quote doubled), a number as itself."""
+    if isinstance(value, bool):
+        raise TypeError("no booleans in the ledger's queries")
+    if isinstance(value, int | float):
+        return repr(value)
+    if "\x00" in value:
+        raise ValueError("a NUL character cannot be in a query")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def literals(values: Iterable[str]) -> str:
+    """A parenthesised list of text literals, for IN (never empty: SQL has no empty list)."""
+    listed = [literal(value) for value in values]
+    if not listed:
+        raise ValueError("an IN list needs at least one value")
+    return "(" + ", ".join(listed) + ")"
+
+
+def day(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class Query:
+    """An SQL text with its tables left as `{events}`, `{cancellations}`, `{rejections}`, and
+    the span of partitions (written from `since` to `until`) it reads."""
+
+    text: str
+    since: datetime
+    until: datetime
+
+    def render(self, tables: Mapping[str, str]) -> str:
+        """The text with each table's reference, as an engine names it."""
+        text = self.text
+        for table in TABLES:
+            text = text.replace(_mark(table.name), tables[table.name])
+        return text
+
+
+def _mark(table: str) -> str:
+    """Where a table goes in a query's text until an engine names it: NUL characters, which no
+    literal holds (`literal` refuses them), so no value can pass for a table."""
+    return f"\x00{table}\x00"
+
+
+_TABLES = {table.name: _mark(table.name) for table in TABLES}
+
+
+def _written(alias: str, since: datetime, until: datetime) -> str:
+    """The partitions written from `since` to `until` (whole days: both engines prune by it)."""
+    return f"{alias}.dt BETWEEN {literal(day(since))} AND {literal(day(until))}"
+
+
+# ----- trace -------------------------------------------------------------------------------------
+
+TRACE = """\
+SELECT 'delivered' AS kind, e.identifier, e.event_name, e.customer, e.value,
+       e."timestamp" AS event_time, e.delivered_at AS recorded_at, e.request_id AS reference,
+       e.message_id AS detail, CAST(NULL AS VARCHAR) AS code
+FROM {events} e
+WHERE {events_written} AND e.identifier IN {identifiers}
+UNION ALL
+SELECT 'cancelled', c.identifier, c.event_name, CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
+       CAST(NULL AS VARCHAR), c.cancelled_at, c.adjustment_id, c.status, CAST(NULL AS VARCHAR)
+FROM {cancellations} c
+WHERE {cancellations_written} AND c.identifier IN {identifiers}
+UNION ALL
+SELECT 'rejected', r.identifier, CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
+       CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), r.reported_at, r.stripe_event_id,
+       r.message, r.code
+FROM {rejections} r
+WHERE {rejections_written} AND r.identifier IN {identifiers}
+ORDER BY identifier, recorded_at, kind
+"""
+
+
+def trace(identifiers: Iterable[str], since: datetime, until: datetime) -> Query:
+    """Every record of these identifiers written from `since` to `until`: each delivery, each
+    cancellation, each rejection Stripe reported (kind, recorded_at, reference, detail, code)."""
+    return _query(TRACE, since, until, identifiers=literals(identifiers))
+
+
+def _query(text: str, since: datetime, until: datetime, **values: str) -> Query:
+    """A query's text with its values, reading the partitions written from since to until."""
+    written = {
+        f"{table}_written": _written(alias, since, until)
+        for table, alias in (("events", "e"), ("cancellations", "c"), ("rejections", "r"))
+    }
+    return Query(text.format(**_TABLES, **written, **values), since, until)
+
+
+# ----- what was delivered (replays consult it) ---------------------------------------------------
+
+DELIVERED = """\
+WITH rejected AS (
+  SELECT r.identifier, max(r.reported_at) AS reported_at
+  FROM {rejections} r
+  WHERE {rejections_written} AND r.identifier IN {identifiers}
+  GROUP BY r.identifier
+)
+SELECT DISTINCT e.identifier
+FROM {events} e LEFT JOIN rejected ON rejected.identifier = e.identifier
+WHERE {events_written} AND e.identifier IN {identifiers}
+  AND (rejected.reported_at IS NULL OR e.delivered_at > rejected.reported_at)
+ORDER BY e.identifier
+"""
+
+
+def delivered(identifiers: Iterable[str], since: datetime, until: datetime) -> Query:
+    """The identifiers Stripe accepted from `since` on and did not report rejected after."""
+    return _query(DELIVERED, since, until, identifiers=literals(identifiers))
+
+
+# ----- reconcile ---------------------------------------------------------------------------------
+
+RECONCILE = """\
+WITH rejected AS (
+  SELECT r.identifier, max(r.reported_at) AS reported_at
+  FROM {rejections} r
+  WHERE {rejections_written}
+  GROUP BY r.identifier
+),
+deliveries AS (
+  SELECT e.identifier, e.event_name, e.customer, e.value, e."timestamp", e.delivered_at,
+         row_number() OVER (PARTITION BY e.identifier ORDER BY e.delivered_at, e.request_id)
+           AS delivery
+  FROM {events} e LEFT JOIN rejected ON rejected.identifier = e.identifier
+  WHERE {events_written}
+    AND (rejected.reported_at IS NULL OR e.delivered_at > rejected.reported_at)
+),
+counted AS (
+  SELECT d.customer, d.value, d.delivered_at,
+         to_unixtime(from_iso8601_timestamp(upper(d."timestamp"))) AS event_epoch
+  FROM deliveries d
+  WHERE d.delivery = 1 AND d.event_name = {event_name}{customers}
+    AND NOT EXISTS (
+      SELECT 1 FROM {cancellations} c
+      WHERE {cancellations_written} AND c.identifier = d.identifier
+        AND c.cancelled_at > d.delivered_at
+    )
+),
+windowed AS (
+  SELECT customer, value,
+         CAST(floor(event_epoch / {step}) AS BIGINT) * {step} AS window_start,
+         row_number() OVER (
+           PARTITION BY customer, CAST(floor(event_epoch / {step}) AS BIGINT)
+           ORDER BY event_epoch DESC, delivered_at DESC
+         ) AS newest
+  FROM counted
+  WHERE event_epoch >= {start} AND event_epoch < {end}
+)
+SELECT customer, window_start, count(*) AS events,
+       sum(CAST(value AS DECIMAL(38, 12))) AS total,
+       max(CASE WHEN newest = 1 THEN value END) AS last_value
+FROM windowed
+GROUP BY customer, window_start
+ORDER BY customer, window_start
+"""
+
+
+def reconcile(
+    event_name: str,
+    customers: Iterable[str],
+    start: datetime,
+    end: datetime,
+    step: int,
+    *,
+    now: datetime,
+) -> Query:
+    """Per customer and window of `step` seconds (by event timestamp, in [start, end)): the
+    events Stripe counts as the ledger knows them. An identifier counts once (its first
+    delivery since Stripe last reported it rejected), not if it was cancelled after that
+    delivery. Events of the windows are delivered from 5 minutes before `start` (Stripe's
+    future limit) until `now`: those partitions are read."""
+    chosen = list(customers)
+    return _query(
+        RECONCILE,
+        start - FUTURE_LIMIT,
+        now,
+        event_name=literal(event_name),
+        customers=f" AND d.customer IN {literals(chosen)}" if chosen else "",
+        step=literal(step),
+        start=literal(int(start.timestamp())),
+        end=literal(int(end.timestamp())),
+    )

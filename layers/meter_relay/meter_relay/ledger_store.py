@@ -1,0 +1,247 @@
+"""The delivery ledger's bucket, for everything but the forwarder's hot path (ledger.py): the
+records other parts add beside the delivered events, and reading objects back.
+
+- `cancellations/dt=.../hour=.../<run>.jsonl.gz`: each adjustment `dlq cancel` made (the CLI's
+  run, or the cancel function's invocation): identifier, event_name, adjustment id, Stripe's
+  status, when.
+- `rejections/dt=.../hour=.../<Stripe event id>.jsonl.gz`: each sample of a Stripe error
+  report: identifier, Stripe's code and message, the report's event id and type, the meter and
+  validation window, when it was recorded. Named after the Stripe event: a report retried
+  within the hour rewrites the same object (a line twice changes no query's answer).
+
+Dead-lettered events are not recorded: the DLQ itself says what is dead-lettered now (a letter
+leaves it when replayed or discarded), and trace reads it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from botocore.exceptions import BotoCoreError, ClientError
+
+from meter_relay.events import ValidationRules
+from meter_relay.ledger import COMPRESS_LEVEL, LedgerLine
+from meter_relay.ledger import decode as decode_events
+from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS, Table
+from meter_relay.observability import logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+WRITE_ATTEMPTS = 3
+READERS = 8  # objects fetched at once
+
+
+class CancellationLine(msgspec.Struct, omit_defaults=True):
+    identifier: str
+    event_name: str
+    adjustment_id: str
+    status: str  # Stripe's: pending, then complete
+    cancelled_at: str
+
+
+class RejectionLine(msgspec.Struct, omit_defaults=True):
+    identifier: str
+    code: str
+    message: str
+    stripe_event_id: str
+    event_type: str
+    reported_at: str
+    meter_id: str | None = None
+    validation_start: str | None = None
+    validation_end: str | None = None
+
+
+class LedgerUnavailable(Exception):
+    """The ledger could not be written or read (the message says why; nothing secret)."""
+
+
+def _failure(error: Exception) -> str:
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        return f"{error.operation_name}: {details.get('Code', '')}: {details.get('Message', '')}"
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass(frozen=True)
+class LedgerBucket:
+    """The ledger's objects in one bucket (under an optional prefix)."""
+
+    bucket: str
+    prefix: str
+    s3: S3Client
+    sleep: Callable[[float], None] = time.sleep
+
+    def _base(self, table: Table) -> str:
+        prefix = self.prefix.strip("/")
+        return f"{prefix}/{table.name}/" if prefix else f"{table.name}/"
+
+    def key(self, table: Table, written_at: datetime, name: str) -> str:
+        at = written_at.astimezone(UTC)
+        return f"{self._base(table)}dt={at:%Y-%m-%d}/hour={at:%H}/{name}.jsonl.gz"
+
+    def put(
+        self, table: Table, written_at: datetime, name: str, lines: Sequence[msgspec.Struct]
+    ) -> str:
+        """One object of lines (gzip JSON Lines, as the forwarder writes), tried a few times;
+        its key, or LedgerUnavailable."""
+        key = self.key(table, written_at, name)
+        body = gzip.compress(msgspec.json.Encoder().encode_lines(lines), COMPRESS_LEVEL, mtime=0)
+        why = ""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                self.s3.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/x-ndjson",
+                    ContentEncoding="gzip",
+                )
+                return key
+            except (BotoCoreError, ClientError) as error:
+                why = _failure(error)
+                if attempt + 1 < WRITE_ATTEMPTS:
+                    self.sleep(0.2 * 2**attempt)
+        raise LedgerUnavailable(f"s3://{self.bucket}/{key} was not written: {why}")
+
+    def keys(self, table: Table, since: datetime, until: datetime) -> Iterator[str]:
+        """The keys of the objects written from `since` to `until` (by their hour partition)."""
+        first = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        last = until.astimezone(UTC)
+        day = first.replace(hour=0)
+        s3 = self.s3.get_paginator("list_objects_v2")
+        try:
+            while day <= last:
+                prefix = f"{self._base(table)}dt={day:%Y-%m-%d}/"
+                for page in s3.paginate(Bucket=self.bucket, Prefix=prefix):
+                    for item in page.get("Contents", []):
+                        hour = _hour(item["Key"][len(prefix) :])
+                        if hour is not None and first <= day.replace(hour=hour) <= last:
+                            yield item["Key"]
+                day += timedelta(days=1)
+        except (BotoCoreError, ClientError) as error:
+            raise LedgerUnavailable(f"s3://{self.bucket}: {_failure(error)}") from error
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except (BotoCoreError, ClientError) as error:
+            raise LedgerUnavailable(f"s3://{self.bucket}/{key}: {_failure(error)}") from error
+
+    def fetch(
+        self, keys: Sequence[str], into: Callable[[str, bytes], None], workers: int = READERS
+    ) -> None:
+        """Each object's bytes to `into(key, data)`, a few fetched at once."""
+        if not keys:
+            return
+        with ThreadPoolExecutor(min(workers, len(keys)), thread_name_prefix="ledger") as pool:
+            for key, data in zip(keys, pool.map(self.get, keys), strict=True):
+                into(key, data)
+
+
+def _hour(rest: str) -> int | None:
+    """The hour of `hour=HH/<name>` (None: not a partition of ours)."""
+    if not rest.startswith("hour=") or len(rest) < 8 or rest[7] != "/":
+        return None
+    text = rest[5:7]
+    return int(text) if text.isdigit() and int(text) < 24 else None
+
+
+# ----- what other parts record ------------------------------------------------------------------
+
+
+def record_cancellations(
+    ledger: LedgerBucket, run: str, lines: Sequence[CancellationLine], at: datetime | None = None
+) -> str | None:
+    """The adjustments of one run (the CLI's, an invocation's) as one object; its key (None:
+    nothing to record). LedgerUnavailable when it could not be written."""
+    if not lines:
+        return None
+    return ledger.put(CANCELLATIONS, at or datetime.now(UTC), run, lines)
+
+
+def record_rejections(
+    ledger: LedgerBucket,
+    stripe_event_id: str,
+    lines: Sequence[RejectionLine],
+    at: datetime | None = None,
+) -> str | None:
+    """The samples of one error report as one object named after its Stripe event (a report
+    processed again writes the same object); its key, None when no sample names an event."""
+    if not lines:
+        return None
+    return ledger.put(REJECTIONS, at or datetime.now(UTC), stripe_event_id, lines)
+
+
+# ----- bodies of reported events ----------------------------------------------------------------
+
+# Stripe receives an event of a validation window inside it; the forwarder records it when the
+# invocation's calls are done (its timeout at most, 15 minutes), in the hour it does.
+RECORDED_AFTER = timedelta(minutes=15)
+
+
+def event_body(line: LedgerLine, rules: ValidationRules) -> str:
+    """The event as the forwarder sent it, rebuilt from its ledger line (the payload's keys
+    from the meter keys of the event_name)."""
+    keys = rules.keys_for(line.event_name)
+    payload: dict[str, str] = {keys.customer_key: line.customer, keys.value_key: line.value}
+    payload.update(line.dimensions or {})
+    event: dict[str, Any] = {
+        "event_name": line.event_name,
+        "identifier": line.identifier,
+        "timestamp": line.timestamp,
+        "payload": payload,
+    }
+    return json.dumps(event, separators=(",", ":"))
+
+
+class LedgerBodies:
+    """The bodies of reported events, read from the ledger objects of the report's validation
+    window (directly in S3: a window's objects, no query engine), within a time budget; what
+    is not found in time stays "body unknown"."""
+
+    def __init__(
+        self,
+        ledger: LedgerBucket,
+        rules: ValidationRules,
+        *,
+        budget_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ledger = ledger
+        self.rules = rules
+        self.budget_seconds = budget_seconds
+        self._clock = clock
+
+    def bodies(
+        self, identifiers: Sequence[str], start: datetime | None, end: datetime | None
+    ) -> Mapping[str, str]:
+        wanted = set(identifiers)
+        if not wanted or start is None:
+            return {}
+        until = (end or start) + RECORDED_AFTER
+        deadline = self._clock() + self.budget_seconds
+        found: dict[str, str] = {}
+
+        def take(_key: str, data: bytes) -> None:
+            for line in decode_events(data):
+                if line.identifier in wanted and line.identifier not in found:
+                    found[line.identifier] = event_body(line, self.rules)
+
+        try:
+            keys = list(self.ledger.keys(EVENTS, start - RECORDED_AFTER, until))
+            for first in range(0, len(keys), READERS):
+                if self._clock() > deadline or len(found) == len(wanted):
+                    break
+                self.ledger.fetch(keys[first : first + READERS], take)
+        except (LedgerUnavailable, msgspec.DecodeError, OSError) as error:
+            logger.warning("ledger: reported events' bodies not read", extra={"why": str(error)})
+        return found

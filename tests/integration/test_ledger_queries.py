@@ -1,0 +1,350 @@
+"""The ledger's queries (ledger_sql.py): the SQL itself run by DuckDB over ledger objects in S3
+(moto), and the same query text sent to Athena (moto's Athena runs nothing: the calls, the
+workgroup, the text and the reading of result pages are what it can show)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import requests
+
+from meter_relay import ledger_sql
+from meter_relay.ledger import LedgerLine
+from meter_relay.ledger_engines import AthenaEngine, DuckDbEngine, QueryFailed
+from meter_relay.ledger_queries import LedgerQueries, Totals
+from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS
+from meter_relay.ledger_store import CancellationLine, LedgerBucket, RejectionLine
+from tests.plugins.aws import AwsEnv
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "ledger-queries-test"
+DAY = datetime(2026, 11, 21, tzinfo=UTC)
+NOW = DAY + timedelta(days=1)
+
+
+def at(hour: int, minute: int = 0, second: float = 0) -> datetime:
+    return DAY + timedelta(hours=hour, minutes=minute, seconds=second)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def line(
+    identifier: str,
+    customer: str,
+    value: str,
+    timestamp: str,
+    delivered: datetime,
+    *,
+    event_name: str = "api_requests",
+    request: str = "req-1",
+) -> LedgerLine:
+    return LedgerLine(
+        identifier, event_name, customer, value, timestamp, iso(delivered), "m-1", request
+    )
+
+
+@pytest.fixture
+def ledger(aws: AwsEnv) -> LedgerBucket:
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    return LedgerBucket(BUCKET, "", s3)
+
+
+def deliver(ledger: LedgerBucket, when: datetime, request: str, *lines: LedgerLine) -> None:
+    ledger.put(EVENTS, when, request, list(lines))
+
+
+def queries(ledger: LedgerBucket) -> LedgerQueries:
+    return LedgerQueries(DuckDbEngine(ledger), clock=lambda: NOW)
+
+
+# ----- trace -------------------------------------------------------------------------------------
+def test_trace_finds_every_record_of_an_identifier_in_order(ledger: LedgerBucket) -> None:
+    first_line = line("ev-1", "cus_a", "3", iso(at(10)), at(10, 1), request="req-a")
+    deliver(ledger, at(10, 1), "req-a", first_line)
+    second_line = line("ev-2", "cus_b", "4", iso(at(23)), at(23, 59), request="req-b")
+    deliver(ledger, at(23, 59), "req-b", second_line)
+    ledger.put(
+        CANCELLATIONS,
+        at(11),
+        "cli-1",
+        [CancellationLine("ev-1", "api_requests", "adj_1", "pending", iso(at(11)))],
+    )
+    ledger.put(
+        REJECTIONS,
+        NOW + timedelta(minutes=1),  # the next day's partition
+        "evt_report",
+        [
+            RejectionLine(
+                "ev-2",
+                "meter_event_customer_not_found",
+                "No customer",
+                "evt_report",
+                "v1.billing.meter.error_report_triggered",
+                iso(NOW),
+            )
+        ],
+    )
+    found = queries(ledger).trace(["ev-1", "ev-2", "ev-none"], at(0), NOW + timedelta(hours=1))
+
+    assert set(found) == {"ev-1", "ev-2"}
+    first = [(r.kind, r.at, r.reference, r.detail) for r in found["ev-1"]]
+    assert first == [
+        ("delivered", iso(at(10, 1)), "req-a", "m-1"),
+        ("cancelled", iso(at(11)), "adj_1", "pending"),
+    ]
+    delivered = found["ev-1"][0]
+    assert (delivered.event_name, delivered.customer, delivered.value) == (
+        "api_requests",
+        "cus_a",
+        "3",
+    )
+    assert [(r.kind, r.code, r.reference) for r in found["ev-2"]] == [
+        ("delivered", None, "req-b"),
+        ("rejected", "meter_event_customer_not_found", "evt_report"),
+    ]
+
+
+def test_trace_reads_only_the_days_asked_for(ledger: LedgerBucket) -> None:
+    deliver(ledger, at(10), "req-a", line("ev-old", "cus_a", "3", iso(at(10)), at(10)))
+    engine = DuckDbEngine(ledger)
+    found = LedgerQueries(engine).trace(["ev-old"], NOW, NOW + timedelta(hours=2))
+    assert found == {}
+    assert engine.objects_read == 0  # the day before was not even fetched
+
+
+def test_an_identifier_is_a_literal_whatever_it_holds(ledger: LedgerBucket) -> None:
+    odd = ["it's", "{events}", "a' OR '1'='1", "x\\y"]
+    deliver(
+        ledger,
+        at(10),
+        "req-odd",
+        *[line(identifier, "cus_a", "1", iso(at(10)), at(10)) for identifier in odd],
+        line("other", "cus_a", "1", iso(at(10)), at(10)),
+    )
+    found = queries(ledger).trace(odd, at(0), NOW)
+    assert set(found) == set(odd)
+    with pytest.raises(ValueError, match="NUL"):
+        ledger_sql.literal("a\x00b")
+
+
+# ----- what Stripe has (replays) -----------------------------------------------------------------
+def test_delivered_means_accepted_and_not_reported_rejected_since(ledger: LedgerBucket) -> None:
+    deliver(
+        ledger,
+        at(10),
+        "req-1",
+        line("kept", "cus_a", "1", iso(at(10)), at(10)),
+        line("rejected", "cus_x", "1", iso(at(10)), at(10)),
+        line("fixed", "cus_y", "1", iso(at(10)), at(10)),
+    )
+    rejection = RejectionLine(
+        "?", "meter_event_customer_not_found", "No such customer", "evt_1", "t", iso(at(11))
+    )
+    ledger.put(
+        REJECTIONS,
+        at(11),
+        "evt_1",
+        [
+            RejectionLine(**{**_fields(rejection), "identifier": "rejected"}),
+            RejectionLine(**{**_fields(rejection), "identifier": "fixed"}),
+        ],
+    )
+    # sent again after the customer was created: Stripe has it now
+    deliver(ledger, at(12), "req-2", line("fixed", "cus_y", "1", iso(at(10)), at(12)))
+
+    found = queries(ledger).delivered(["kept", "rejected", "fixed", "never"], at(10))
+    assert found == {"kept", "fixed"}
+
+
+def _fields(record: RejectionLine) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__struct_fields__}
+
+
+# ----- reconcile ---------------------------------------------------------------------------------
+def test_reconcile_counts_as_stripe_does_per_customer_and_hour(ledger: LedgerBucket) -> None:
+    deliver(
+        ledger,
+        at(10, 5),
+        "req-1",
+        line("a-1", "cus_a", "3", iso(at(10, 1)), at(10, 5)),
+        line("a-2", "cus_a", "5", "2026-11-21T12:20:00+02:00", at(10, 5)),  # 10:20 UTC
+        line("a-cancelled", "cus_a", "7", iso(at(10, 30)), at(10, 31)),
+        line("a-rejected", "cus_a", "11", iso(at(10, 40)), at(10, 41)),
+        line("other-meter", "cus_a", "100", iso(at(10, 40)), at(10, 41), event_name="searches"),
+        line("b-1", "cus_b", "2", iso(at(11, 10)), at(11, 11)),
+        line("b-2", "cus_b", "9", iso(at(11, 50)), at(11, 51)),
+        line("b-early", "cus_b", "1", iso(at(9, 59, 59.5)), at(10, 5)),  # before the span
+    )
+    # the same identifier delivered again (an SQS retry): Stripe counted the first only
+    deliver(ledger, at(10, 45), "req-2", line("a-2", "cus_a", "50", iso(at(10, 20)), at(10, 45)))
+    ledger.put(
+        CANCELLATIONS,
+        at(12),
+        "cli-1",
+        [CancellationLine("a-cancelled", "api_requests", "adj_1", "pending", iso(at(12)))],
+    )
+    ledger.put(
+        REJECTIONS,
+        at(11),
+        "evt_1",
+        [
+            RejectionLine(
+                "a-rejected", "meter_event_customer_not_found", "gone", "evt_1", "t", iso(at(11))
+            )
+        ],
+    )
+    totals = queries(ledger).reconcile("api_requests", [], at(10), at(12), 3600)
+
+    hour = int(at(10).timestamp())
+    assert totals == {
+        ("cus_a", hour): Totals(2, Decimal(8), Decimal(5)),
+        ("cus_b", hour + 3600): Totals(2, Decimal(11), Decimal(9)),
+    }
+
+
+def test_reconcile_takes_a_cut_window_and_chosen_customers(ledger: LedgerBucket) -> None:
+    deliver(
+        ledger,
+        at(10, 50),
+        "req-1",
+        line("a-1", "cus_a", "3", iso(at(10, 1)), at(10, 50)),
+        line("a-2", "cus_a", "2.5", iso(at(10, 30)), at(10, 50)),
+        line("b-1", "cus_b", "4", iso(at(10, 31)), at(10, 50)),
+    )
+    totals = queries(ledger).reconcile("api_requests", ["cus_a"], at(10, 30), at(11), 3600)
+    assert totals == {("cus_a", int(at(10).timestamp())): Totals(1, Decimal("2.5"), Decimal("2.5"))}
+    day = queries(ledger).reconcile("api_requests", [], at(0), NOW, 86_400)
+    assert day[("cus_a", int(DAY.timestamp()))] == Totals(2, Decimal("5.5"), Decimal("2.5"))
+
+
+def test_reconcile_of_an_empty_ledger_is_empty(ledger: LedgerBucket) -> None:
+    assert queries(ledger).reconcile("api_requests", [], at(10), at(12), 3600) == {}
+
+
+# ----- Athena ------------------------------------------------------------------------------------
+def athena_results(aws: AwsEnv, rows: list[dict[str, str | None]], names: list[str]) -> None:
+    """The rows Athena would answer (its first row the column names), queued in moto."""
+
+    def cells(values: list[str | None]) -> dict[str, Any]:
+        return {"Data": [{} if v is None else {"VarCharValue": v} for v in values]}
+
+    result = {
+        "rows": [cells(list(names))] + [cells([row[n] for n in names]) for row in rows],
+        "column_info": [{"Name": name, "Type": "varchar"} for name in names],
+    }
+    response = requests.post(
+        f"{aws.endpoint_url}/moto-api/static/athena/query-results",
+        json={"region": aws.region, "results": [result]},
+        timeout=10,
+    )
+    response.raise_for_status()
+
+
+def test_athena_runs_the_same_text_in_the_workgroup_and_reads_it_as_duckdb_does(
+    aws: AwsEnv, ledger: LedgerBucket
+) -> None:
+    deliver(
+        ledger,
+        at(10, 5),
+        "req-1",
+        line("a-1", "cus_a", "3", iso(at(10, 1)), at(10, 5)),
+        line("a-2", "cus_a", "5", iso(at(10, 20)), at(10, 5)),
+    )
+    query = ledger_sql.reconcile("api_requests", [], at(10), at(11), 3600, now=NOW)
+    expected = DuckDbEngine(ledger).run(query)
+    assert expected  # the SQL itself, on DuckDB
+    athena = aws.client("athena")
+    athena.create_work_group(
+        Name="production-ledger",
+        Configuration={"ResultConfiguration": {"OutputLocation": f"s3://{BUCKET}/athena-results/"}},
+    )
+    athena_results(aws, expected, list(expected[0]))
+    engine = AthenaEngine(
+        athena, "production-ledger", "meter_relay_production", sleep=lambda _: None
+    )
+
+    assert engine.run(query) == expected
+    assert engine.last_execution is not None
+    sent = athena.get_query_execution(QueryExecutionId=engine.last_execution)["QueryExecution"]
+    assert sent["WorkGroup"] == "production-ledger"
+    assert sent["QueryExecutionContext"]["Database"] == "meter_relay_production"
+    assert sent["Query"] == query.render(
+        {t.name: f'"meter_relay_production"."{t.name}"' for t in ledger_sql.TABLES}
+    )
+    assert '"meter_relay_production"."events" e' in sent["Query"]
+    assert "read_json" not in sent["Query"]
+    assert "\x00" not in sent["Query"]
+
+
+def test_athena_answers_become_the_ledgers_totals(aws: AwsEnv) -> None:
+    athena = aws.client("athena")
+    athena.create_work_group(Name="wg", Configuration={})
+    hour = str(int(at(10).timestamp()))
+    athena_results(
+        aws,
+        [
+            {
+                "customer": "cus_a",
+                "window_start": hour,
+                "events": "2",
+                "total": "8.000000000000",
+                "last_value": "5",
+            }
+        ],
+        ["customer", "window_start", "events", "total", "last_value"],
+    )
+    engine = AthenaEngine(athena, "wg", "db", sleep=lambda _: None)
+    totals = LedgerQueries(engine, clock=lambda: NOW).reconcile(
+        "api_requests", [], at(10), at(11), 3600
+    )
+    assert totals == {("cus_a", int(hour)): Totals(2, Decimal(8), Decimal(5))}
+
+
+class StuckAthena:
+    """An Athena whose query never finishes, or fails: what moto cannot do."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        self.stopped: list[str] = []
+
+    def start_query_execution(self, **_: Any) -> dict[str, Any]:
+        return {"QueryExecutionId": "q-1"}
+
+    def get_query_execution(self, QueryExecutionId: str) -> dict[str, Any]:
+        return {
+            "QueryExecution": {
+                "Status": {"State": self.state, "StateChangeReason": "TABLE_NOT_FOUND: events"}
+            }
+        }
+
+    def stop_query_execution(self, QueryExecutionId: str) -> None:
+        self.stopped.append(QueryExecutionId)
+
+
+def test_a_failed_athena_query_says_why() -> None:
+    engine = AthenaEngine(StuckAthena("FAILED"), "wg", "db", sleep=lambda _: None)  # type: ignore[arg-type]
+    with pytest.raises(QueryFailed, match="q-1 failed: TABLE_NOT_FOUND"):
+        engine.run(ledger_sql.trace(["x"], at(0), NOW))
+
+
+def test_an_athena_query_that_outlasts_the_timeout_is_stopped() -> None:
+    clock = iter(range(0, 10_000, 100))
+    athena = StuckAthena("RUNNING")
+    engine = AthenaEngine(
+        athena,  # type: ignore[arg-type]
+        "wg",
+        "db",
+        timeout=300,
+        sleep=lambda _: None,
+        clock=lambda: float(next(clock)),
+    )
+    with pytest.raises(QueryFailed, match="did not finish in 300 s"):
+        engine.run(ledger_sql.trace(["x"], at(0), NOW))
+    assert athena.stopped == ["q-1"]
