@@ -7,9 +7,12 @@ new sessions, and it lasts until the forwarder has met it), a phase of sustained
 (the stream takes a few requests a second and answers 429 beyond, with Retry-After), SSM
 answering a share of calls with ThrottlingException, and the forwarder killed (SIGKILL of its
 process) in the middle of batches, with MaxReceiveCount at 10 (a tenth of the template's), so
-that receives burnt by rate limiting would show. The report must show 0 unaccounted, 0
-counted twice, and the DLQ holding exactly the invalid events with their codes (no valid event
-dead-lettered); the exit status says so.
+that receives burnt by rate limiting would show. Stripe's error reports reach
+ErrorReportsFunction through the partner bus and the template's rule (EventBridge; `make run`
+uses the webhook). The report must show 0 unaccounted, 0 counted twice, the DLQ holding
+exactly the invalid events with their codes (no valid event dead-lettered), and every event
+Stripe rejected later in the DLQ by its report's letter or counted without a sample, adding
+up to Stripe's totals; the exit status says so.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from devkit.local_error_reports import EVENTBRIDGE, ROUTES
 from devkit.local_stack import Options, publish, run
 
 STREAM_FAULTS = {
@@ -63,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         "--duration", type=float, default=45.0, help="production is spread over this many seconds"
     )
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--error-reports",
+        choices=ROUTES,
+        default=EVENTBRIDGE,
+        help="how Stripe's error reports reach ErrorReportsFunction (default eventbridge)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     options = Options(
@@ -85,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         expire_sessions_at=(5.0, args.outage[0] + args.outage[1] + 6.0),
         rate_limit_phase=(args.rate_limit[0], args.rate_limit[1], args.rate_limit[2]),
         produce_for=args.duration,
+        error_reports=args.error_reports,
     )
     return publish(run(options), as_json=args.json)
 

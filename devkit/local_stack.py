@@ -5,8 +5,11 @@ dead-letter queue and secret as template.yaml declares them, runs the refresher,
 usage events (a share of them invalid, single events and envelopes) and drives the forwarder
 through the invocation harness: batches of up to BatchSize gathered within the batching
 window, a visibility timeout, partial batch responses, redrive to the DLQ after
-maxReceiveCount. It ends with a report and exits non-zero if any event is unaccounted for or
-counted twice.
+maxReceiveCount. Some events are rejected by Stripe only later (a customer it does not know):
+its error reports reach ErrorReportsFunction as deployed (a signed webhook to a local Function
+URL, or the partner bus and the template's rule: devkit.local_error_reports), which writes
+their samples into the DLQ. It ends with a report and exits non-zero if any event is
+unaccounted for or counted twice, or Stripe's reports and the letters disagree.
 
 Differences from AWS, on purpose: one invocation at a time (the harness runs functions in this
 process), and a short retry delay: a message returned in batchItemFailures, or of a failed
@@ -28,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +45,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 from devkit.emulator.client import DEFAULT_SECRET_KEY, EmulatorClient
 from devkit.harness import load_function, load_template
 from devkit.lambda_endpoint import LambdaEndpoint
+from devkit.local_error_reports import (
+    ROUTES,
+    WEBHOOK,
+    ErrorReportRoutes,
+    ErrorReportsSetup,
+    Received,
+    StripeLetter,
+    StripeReports,
+    reconcile,
+    stripe_letter,
+    stripe_reports,
+)
+from devkit.local_error_reports import provision as provision_error_reports
 from devkit.moto_server import aws_env
 from devkit.throttle_proxy import ThrottleProxy
 from meter_relay.dlq import read_message
@@ -65,6 +81,8 @@ MAX_QUEUE_DEPTH = 300  # moto slows down on deep queues: the producer waits abov
 MAX_PAYLOAD_BYTES = 5_500_000  # Lambda's 6 MB invocation payload, with room for the envelope
 DELIVERED = "delivered"
 REJECTED_LATER = "rejected_by_stripe_later"
+# Stripe's code for what REJECTED_LATER produces (a customer it does not know)
+REJECTED_LATER_CODE = "meter_event_customer_not_found"
 
 
 @dataclass
@@ -92,19 +110,29 @@ class Options:
     # (start, length, stream requests per second): the account's rate limit, sustained
     rate_limit_phase: tuple[float, float, float] | None = None
     produce_for: float = 0.0  # spread production over this many seconds (0: as fast as it can)
+    # how Stripe's error reports reach ErrorReportsFunction: webhook, eventbridge or both
+    error_reports: str = WEBHOOK
 
 
 # ----- processes ------------------------------------------------------------------------------
 @contextmanager
-def _server_process(args: list[str], lifetime: float) -> Iterator[str]:
+def _server_process(
+    args: list[str], lifetime: float, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Run `python -m <args>` (a server printing its URL first) and yield that URL.
 
     Whatever else the server writes reaches this process's stderr (its own stderr is shared,
-    its later stdout lines are copied), so a run's output holds every line of it.
+    its later stdout lines are copied), so a run's output holds every line of it. `env` is
+    added to this process's environment for it.
     """
     command = [sys.executable, "-m", *args, "--port", "0", "--lifetime", str(int(lifetime))]
     process = subprocess.Popen(  # noqa: S603 (our own interpreter and modules)
-        command, stdout=subprocess.PIPE, stderr=None, text=True, cwd=ROOT
+        command,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
     try:
         assert process.stdout is not None
@@ -141,6 +169,7 @@ class Stack:
     window: float
     max_receive_count: int
     function_timeout: float  # the forwarder's Timeout in the template
+    error_reports: ErrorReportsSetup
 
 
 def _parameter_default(template: dict[str, Any], name: str) -> Any:
@@ -148,7 +177,8 @@ def _parameter_default(template: dict[str, Any], name: str) -> Any:
 
 
 def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
-    """Create what template.yaml declares for the forwarder and refresher, in moto."""
+    """Create what template.yaml declares for the forwarder, the refresher and the error
+    reports function, in moto."""
     template = load_template(TEMPLATE)
     resources = template["Resources"]
     env = aws_env(moto_url)
@@ -175,6 +205,9 @@ def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
         },
     )["QueueUrl"]
     secrets.create_secret(Name=SECRET_NAME, SecretString=DEFAULT_SECRET_KEY)
+    error_reports = provision_error_reports(
+        TEMPLATE, moto_url, env["AWS_DEFAULT_REGION"], options.error_reports
+    )
     common = {
         "SESSION_TOKEN_PARAMETER": SESSION_PARAMETER,
         "STRIPE_MODE": "test",
@@ -197,6 +230,7 @@ def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
             "STRIPE_SECRET_ID": SECRET_NAME,
             "REFRESH_MARGIN_SECONDS": str(refresh_margin),
         },
+        "ErrorReportsFunction": error_reports.env_vars(emulator_url, SECRET_NAME, dlq_url),
     }
     return Stack(
         moto_url,
@@ -215,6 +249,7 @@ def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
             resources["ForwarderFunction"]["Properties"].get("Timeout")
             or template["Globals"]["Function"]["Timeout"]
         ),
+        error_reports,
     )
 
 
@@ -458,10 +493,15 @@ class Report:
     sent_again: int = 0  # events Stripe received more than once (and counted once)
     duplicate_letters: int = 0
     chaos: dict[str, Any] = field(default_factory=dict)
+    # of rejected_later: a letter from Stripe's report in the DLQ, or counted without a sample
+    rejected_later_in_dlq: int = 0
+    rejected_later_unsampled: int = 0
+    stripe_reports: StripeReports | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.unaccounted and not self.counted_twice and not self.misplaced
+        reports_ok = self.stripe_reports is None or self.stripe_reports.ok
+        return reports_ok and not self.unaccounted and not self.counted_twice and not self.misplaced
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -479,6 +519,9 @@ class Report:
             "sent_again_deduplicated": self.sent_again,
             "duplicate_dead_letters": self.duplicate_letters,
             "chaos": self.chaos,
+            "rejected_later_dead_lettered": self.rejected_later_in_dlq,
+            "rejected_later_without_sample": self.rejected_later_unsampled,
+            "stripe_error_reports": self.stripe_reports.to_json() if self.stripe_reports else None,
         }
 
     def render(self) -> str:
@@ -491,11 +534,17 @@ class Report:
             f"  counted twice             {self.counted_twice:>8}",
             f"  sent again, deduplicated  {self.sent_again:>8}  (retries Stripe recognised)",
             f"  rejected later by Stripe  {self.rejected_later:>8}  (accepted, in error reports)",
+            f"    in the DLQ from Stripe  {self.rejected_later_in_dlq:>8}  "
+            "(a letter per sample of Stripe's reports, with Stripe's code; " + self._bodies() + ")",
+            f"    without a sample        {self.rejected_later_unsampled:>8}  "
+            "(counted in Stripe's reports, not among their samples)",
             f"  dead-lettered             {sum(self.dead_lettered.values()):>8}",
         ]
         lines += [f"    {code:<24}{n:>8}" for code, n in sorted(self.dead_lettered.items())]
         if self.duplicate_letters:
             lines.append(f"    (and {self.duplicate_letters} repeated letters of these)")
+        if self.stripe_reports is not None:
+            lines += self.stripe_reports.render()
         lines += [
             f"  unaccounted               {len(self.unaccounted):>8}",
             f"  in the wrong place        {len(self.misplaced):>8}",
@@ -512,12 +561,22 @@ class Report:
             lines.append(f"  first misplaced: {self.misplaced[:5]}")
         return "\n".join(lines)
 
+    def _bodies(self) -> str:
+        unknown = self.stripe_reports.bodies_unknown if self.stripe_reports else 0
+        if not unknown:
+            return "bodies known"
+        return f"{unknown} bodies unknown: the function reads no delivery ledger yet"
+
 
 class DeadLetterTally(dict[str, str]):
-    """identifier (or message id, for a body with no event) -> error code; and how many letters
-    repeated one already read (a message retried after some of its letters were sent)."""
+    """identifier (or message id, for a body with no event) -> error code, of the relay's
+    letters; how many letters repeated one already read (a message retried after some of its
+    letters were sent); and the letters ErrorReportsFunction wrote from Stripe's reports."""
 
-    duplicates = 0
+    def __init__(self) -> None:
+        super().__init__()
+        self.duplicates = 0
+        self.stripe: list[StripeLetter] = []
 
 
 def read_dead_letters(sqs: SQSClient, dlq_url: str) -> DeadLetterTally:
@@ -539,6 +598,10 @@ def read_dead_letters(sqs: SQSClient, dlq_url: str) -> DeadLetterTally:
         if not messages:
             return found
         for message in messages:
+            reported = stripe_letter(message)
+            if reported is not None:
+                found.stripe.append(reported)
+                continue
             letter = read_message(message, rules)
             keys = {event.identifier or letter.source_message_id for event in letter.events}
             keys = keys or {letter.source_message_id}
@@ -566,10 +629,23 @@ def account(
     stats: MappingStats,
     *,
     duplicate_letters: int = 0,
+    stripe_letters: Sequence[StripeLetter] = (),
+    received: Received | None = None,
 ) -> Report:
+    """Where each produced event ended, against what was expected of it.
+
+    An event Stripe rejected later is accounted for by its letter from Stripe's report (found
+    by identifier, with Stripe's code) or, when no report names it among its samples, as
+    counted without a sample; `received` (what reached ErrorReportsFunction) is held against
+    Stripe's totals too, when given. Its place is right when Stripe's code is the one expected:
+    meter_event_customer_not_found for REJECTED_LATER, or the code of an event the forwarder
+    would have refused but sent (no_meter, when it went on without its meter catalog).
+    """
     counts = emulator.identifiers()
-    reported_later = {e["identifier"] for e in emulator.errors()["data"]}
-    delivered = counted_twice = rejected_later = sent_again = 0
+    errors = emulator.errors()["data"]
+    reported_later = {e["identifier"]: str(e["code"]) for e in errors}
+    reports = reconcile(stripe_reports(emulator), errors, stripe_letters, received)
+    delivered = counted_twice = rejected_later = sent_again = in_dlq = unsampled = 0
     unaccounted, misplaced = [], []
     codes: Counter[str] = Counter(dead.values())
     for identifier, want in expected.outcomes.items():
@@ -581,8 +657,17 @@ def account(
             delivered += 1
             where = DELIVERED
         elif identifier in reported_later:
+            code = reports.letter_codes.get(identifier)
+            if code is None and identifier in reports.sampled:
+                unaccounted.append(f"{identifier} (a sample of Stripe's report, no letter)")
+                continue
             rejected_later += 1
-            where = REJECTED_LATER
+            in_dlq += code is not None
+            unsampled += code is None
+            code = code or reported_later[identifier]
+            where = REJECTED_LATER if code == REJECTED_LATER_CODE else code
+            if where != want:
+                where = f"rejected later by Stripe: {code}"
         elif identifier in dead:
             where = dead[identifier]
         else:
@@ -608,6 +693,9 @@ def account(
         stats,
         sent_again=sent_again,
         duplicate_letters=duplicate_letters,
+        rejected_later_in_dlq=in_dlq,
+        rejected_later_unsampled=unsampled,
+        stripe_reports=reports,
     )
 
 
@@ -625,7 +713,10 @@ def run(options: Options) -> Report:
     ]
     with ExitStack() as stack_scope:
         moto_url = stack_scope.enter_context(_server_process(["devkit.moto_server"], lifetime))
-        emulator_url = stack_scope.enter_context(_server_process(emulator_args, lifetime))
+        # the emulator puts Stripe's events on a bus in moto (the eventbridge route)
+        emulator_url = stack_scope.enter_context(
+            _server_process(emulator_args, lifetime, aws_env(moto_url))
+        )
         emulator = EmulatorClient(emulator_url)
         emulator.set_known_customers(*KNOWN_CUSTOMERS)  # any other is rejected later
         if options.faults:
@@ -651,6 +742,7 @@ def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
             function_env["AWS_ENDPOINT_URL_SSM"] = proxy.url
         # The refresher runs behind a local Lambda endpoint (its own process): the schedule
         # and the forwarder (when Stripe refuses a token) both reach it through boto3's invoke.
+        # ErrorReportsFunction runs there too, reached by Stripe's pushes (local_error_reports).
         refresher_endpoint = scope.enter_context(
             LambdaEndpoint(TEMPLATE, stack.env_vars, function_env, lifetime=options.timeout + 60)
         )
@@ -677,7 +769,16 @@ def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
             runner = InProcessForwarder(stack, forwarder_env)
         scope.callback(runner.close)
         chaos = Chaos(options, emulator, proxy)
-        report = _loop(stack, options, emulator, sqs, runner, refresh, chaos)
+        reports_client = boto3.client(  # as a Function URL or an event source: no retries
+            "lambda",
+            endpoint_url=refresher_endpoint.url,
+            region_name=stack.env["AWS_REGION"],
+            config=Config(read_timeout=120, retries={"max_attempts": 1}),
+        )
+        routes = scope.enter_context(
+            ErrorReportRoutes(stack.error_reports, emulator, reports_client)
+        )
+        report = _loop(stack, options, emulator, sqs, runner, refresh, chaos, routes)
         if options.forwarder_process or options.ssm_throttle_rate or options.refresher_outage:
             report.chaos = chaos.summary(runner)
         return report
@@ -786,7 +887,9 @@ class Chaos:
     The outage is tied to what the forwarder does, not only to the clock: it begins by ending
     every session (so nothing can heal until it is over) and lasts its length and at least
     until the forwarder has answered OUTAGE_MIN_ANSWERS batches, so it bites however slowly
-    this machine runs the loop.
+    this machine runs the loop. The phase of rate limiting waits for the outage to be over (no
+    stream call is made without a session, so a limit then would meet nothing), and lasts its
+    length from when it began.
     """
 
     def __init__(self, options: Options, emulator: EmulatorClient, proxy: Any) -> None:
@@ -800,20 +903,29 @@ class Chaos:
         self.outage_seconds: float | None = None  # how long it lasted, once over
         self.batches_answered_in_outage = 0
         self._rate_limited: bool | None = None  # None: not yet; True: in the phase; False: over
+        self.rate_limit_began: float | None = None  # s into the run
 
     def tick(self, elapsed: float, stats: MappingStats) -> None:
         while self._expiries and elapsed >= self._expiries[0]:
             self._expiries.pop(0)
             self.sessions_ended += self._emulator.expire_sessions()
+        self._outage_tick(elapsed, stats)  # first: a limit due now waits for an outage due now
+        self._rate_limit_tick(elapsed)
+
+    def _rate_limit_tick(self, elapsed: float) -> None:
         phase = self._options.rate_limit_phase
-        if phase is not None:
-            start, length, rate = phase
-            if self._rate_limited is None and elapsed >= start:
-                self._emulator.configure(rate_limits={"stream": {"rate": rate, "burst": rate}})
-                self._rate_limited = True
-            elif self._rate_limited and elapsed >= start + length:
-                self._emulator.configure(rate_limits={"stream": None})
-                self._rate_limited = False
+        if phase is None:
+            return
+        start, length, rate = phase
+        if self._rate_limited is None and elapsed >= start and not self.in_outage():
+            self._emulator.configure(rate_limits={"stream": {"rate": rate, "burst": rate}})
+            self._rate_limited = True
+            self.rate_limit_began = elapsed
+        elif self._rate_limited and elapsed >= (self.rate_limit_began or start) + length:
+            self._emulator.configure(rate_limits={"stream": None})
+            self._rate_limited = False
+
+    def _outage_tick(self, elapsed: float, stats: MappingStats) -> None:
         window = self._options.refresher_outage
         if window is None or self.outage_seconds is not None:
             return
@@ -844,6 +956,7 @@ class Chaos:
             "refresher_outage_seconds": self.outage_seconds,
             "batches_answered_in_outage": self.batches_answered_in_outage,
             "rate_limit_phase": self._options.rate_limit_phase,
+            "rate_limit_began": self.rate_limit_began,
             "stream_calls_answered_429": self._emulator.stats()["requests"]
             .get("stream", {})
             .get("429", 0),
@@ -860,6 +973,7 @@ def _loop(
     runner: ForwarderRunner,
     refresh: Callable[[], dict[str, Any]],
     chaos: Chaos,
+    routes: ErrorReportRoutes,
 ) -> Report:
     _say(options, f"session ready: {refresh()}")
     expected = Expected()
@@ -900,9 +1014,18 @@ def _loop(
         stop.set()
         thread.join(timeout=30)
     seconds = time.monotonic() - started
+    _say(options, "closing Stripe's validation windows; waiting for its error reports")
+    received = routes.settle()
     dead = read_dead_letters(sqs, stack.dlq_url)
     return account(
-        expected, emulator, dead, seconds, mapping.stats, duplicate_letters=dead.duplicates
+        expected,
+        emulator,
+        dead,
+        seconds,
+        mapping.stats,
+        duplicate_letters=dead.duplicates,
+        stripe_letters=dead.stripe,
+        received=received,
     )
 
 
@@ -968,6 +1091,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session-ttl", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this long")
+    parser.add_argument(
+        "--error-reports",
+        choices=ROUTES,
+        default=WEBHOOK,
+        help="how Stripe's error reports reach ErrorReportsFunction (default webhook)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON too")
     args = parser.parse_args(argv)
     options = Options(
@@ -982,6 +1111,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         faults=args.faults,
         session_ttl=args.session_ttl,
+        error_reports=args.error_reports,
     )
     return publish(run(options), as_json=args.json)
 

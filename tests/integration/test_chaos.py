@@ -1,5 +1,8 @@
 """`make chaos`, smaller: every fault at once, and still nothing lost or counted twice, and no
-valid event dead-lettered (MaxReceiveCount 10, under sustained rate limiting)."""
+valid event dead-lettered (MaxReceiveCount 10, under sustained rate limiting); the events
+Stripe rejects only later come back through its error reports on the partner bus (EventBridge)
+and are each in the DLQ by a sample's letter or counted without a sample, adding up to
+Stripe's totals."""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ import subprocess
 import sys
 
 import pytest
+
+from devkit.local_error_reports import EVENTBRIDGE
+from tests.integration.local_run_checks import assert_stripe_rejections_accounted
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +65,7 @@ def test_a_small_chaos_run_loses_nothing_and_counts_nothing_twice() -> None:
     # (counted_twice == 0 above)
     assert chaos["batches_answered_in_outage"] >= 2
     assert summary["records_returned_for_retry"] >= 1
+    # the rate limit began once the outage was over: the forwarder met it
+    assert chaos["rate_limit_began"] >= 6 + chaos["refresher_outage_seconds"]
+    # Stripe's error reports reached the function through the bus and the template's rule
+    assert_stripe_rejections_accounted(summary, EVENTBRIDGE)
