@@ -253,8 +253,10 @@ def reconcile(
             window = by_start.get(window_start)
             if window is None:
                 continue
-            totals = ours.get(window_start, Totals(0, Decimal(0), Decimal(0)))
             theirs = theirs_by.get(window_start, Decimal(0))
+            if window_start not in ours and not theirs:
+                continue  # a cut window's summary comes even when empty: no usage either side
+            totals = ours.get(window_start, Totals(0, Decimal(0), Decimal(0)))
             result.compared += 1
             ours_value = totals.by(meter.formula)
             if ours_value != theirs:

@@ -1,0 +1,90 @@
+"""ErrorReportsFunction with the delivery ledger (through the harness, a webhook from the
+emulator): the letter of an event Stripe dropped carries the body the forwarder sent, read
+back from the ledger, and the report's samples are recorded under rejections/ (one object per
+Stripe event); a ledger that cannot be written costs the letters nothing and is counted."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from meter_relay.ledger_store import RejectionLine
+from tests.integration.dlq_helpers import METER_KEYS, forward
+from tests.integration.error_report_helpers import (
+    Reports,
+    answer,
+    function_url_request,
+)
+from tests.integration.error_report_helpers import reports as reports  # the fixture
+from tests.plugins.relay import LEDGER_BUCKET, emf_sums
+from tests.plugins.stripe_emulator import WEBHOOK_SECRET
+
+pytestmark = pytest.mark.integration
+
+
+def search(identifier: str, customer: str) -> dict[str, object]:
+    return {
+        "event_name": "search_calls",
+        "identifier": identifier,
+        "payload": {"customer": customer, "calls": "4", "region": "eu"},
+    }
+
+
+def rejected_through_the_forwarder(reports: Reports) -> dict[str, object]:
+    """An event for a customer Stripe does not have, delivered by the forwarder (so in the
+    ledger), dropped by Stripe in its validation window, and pushed as a webhook."""
+    emulator = reports.emulator
+    emulator.set_known_customers("cus_known")
+    forward(reports.relay, [search("gone-1", "cus_gone")], ["m-gone"])
+    emulator.set_webhooks((reports.receiver.url, WEBHOOK_SECRET))
+    emulator.close_error_windows()
+    emulator.wait_for_deliveries()
+    (received,) = reports.receiver.received
+    return function_url_request(received)
+
+
+def test_a_reported_event_comes_back_with_its_body_and_is_recorded(
+    reports: Reports, capfd: pytest.CaptureFixture[str]
+) -> None:
+    request = rejected_through_the_forwarder(reports)
+    with reports.function(LEDGER_BUCKET=LEDGER_BUCKET, METER_KEYS=json.dumps(METER_KEYS)) as fn:
+        status, outcome = answer(fn.invoke(request))
+    assert status == 200
+    assert (outcome["bodies_known"], outcome["unrecorded"]) == (1, 0)
+
+    (letter,) = reports.letters()
+    assert letter["attributes"]["ReportedBy"] == "stripe"
+    assert letter["json"]["payload"] == {"customer": "cus_gone", "calls": "4", "region": "eu"}
+    assert letter["json"]["identifier"] == "gone-1"
+
+    s3 = reports.relay.aws.client("s3")
+    (item,) = s3.list_objects_v2(Bucket=LEDGER_BUCKET, Prefix="rejections/")["Contents"]
+    assert item["Key"].endswith(f"/{outcome['event_id']}.jsonl.gz")
+    data = s3.get_object(Bucket=LEDGER_BUCKET, Key=item["Key"])["Body"].read()
+    (line,) = gzip.decompress(data).splitlines()
+    recorded = json.loads(line)
+    assert (recorded["identifier"], recorded["code"], recorded["stripe_event_id"]) == (
+        "gone-1",
+        "meter_event_customer_not_found",
+        outcome["event_id"],
+    )
+    assert set(recorded) <= set(RejectionLine.__struct_fields__)
+    assert "ledger gap" not in capfd.readouterr().out
+
+
+def test_a_ledger_that_cannot_be_written_costs_the_letters_nothing(
+    reports: Reports, capfd: pytest.CaptureFixture[str]
+) -> None:
+    request = rejected_through_the_forwarder(reports)
+    capfd.readouterr()
+    with reports.function(LEDGER_BUCKET="no-such-ledger") as fn:
+        status, outcome = answer(fn.invoke(request))
+    output = capfd.readouterr().out
+    assert status == 200
+    assert (outcome["bodies_known"], outcome["unrecorded"]) == (0, 1)
+    (letter,) = reports.letters()
+    assert letter["attributes"]["Identifier"] == "gone-1"  # body unknown, the letter is there
+    assert emf_sums(output)["LedgerGap"] == 1
+    assert "ledger gap" in output

@@ -1,0 +1,166 @@
+"""Replays and redrives consult the delivery ledger: an event Stripe already has (delivered by
+the forwarder, not reported rejected since) is not sent again and its letter is settled, also
+when it was first seen more than 24 hours ago, when Stripe's own deduplication no longer
+protects it. Against moto and the emulator; the CLI on DuckDB, DlqReplayFunction (through the
+harness) on Athena in moto."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from devkit.harness import load_function
+from tests.integration.dlq_helpers import (
+    ago,
+    api_event,
+    by_message,
+    forward,
+    peek,
+    put_letter,
+    put_redriven,
+    run_json,
+    take_usage_queue,
+)
+from tests.integration.dlq_helpers import cli as cli  # the fixture
+from tests.integration.test_ledger_queries import athena_results
+from tests.plugins.relay import LEDGER_BUCKET, TEMPLATE, Relay
+
+pytestmark = pytest.mark.integration
+
+OLD = {"hours": 30}  # first seen past Stripe's 24 hours
+
+
+@pytest.fixture
+def ledger(cli: Relay, monkeypatch: pytest.MonkeyPatch) -> Relay:
+    monkeypatch.setenv("LEDGER_BUCKET", LEDGER_BUCKET)
+    return cli
+
+
+def delivered_and_dead_lettered(relay: Relay) -> dict[str, str]:
+    """Two old letters: one of an event the forwarder delivered since (the ledger has it), one
+    of an event never delivered. Their DLQ message ids by identifier."""
+    forward(relay, [api_event("done-1", "cus_a", "2")], ["m-done"])
+    return {
+        "done-1": put_letter(relay, api_event("done-1", "cus_a", "2"), "api_error", ago(**OLD)),
+        "new-1": put_letter(relay, api_event("new-1", "cus_a", "3"), "api_error", ago(**OLD)),
+    }
+
+
+def sent_identifiers(relay: Relay) -> list[str]:
+    return [json.loads(m["Body"])["identifier"] for m in take_usage_queue(relay)]
+
+
+def test_a_replay_sends_only_what_stripe_does_not_have(
+    ledger: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    letters = delivered_and_dead_lettered(ledger)
+
+    code, dry = run_json(capsys, "dlq", "replay", "--dry-run")
+    assert code == 0
+    planned = by_message(dry["outcomes"])
+    assert planned[letters["done-1"]]["action"] == "would_settle"
+    assert planned[letters["done-1"]]["already_delivered"] == ["done-1"]
+    assert planned[letters["new-1"]]["action"] == "would_replay"
+    assert len(peek(ledger)) == 2
+
+    code, done = run_json(capsys, "dlq", "replay", "--yes")
+    outcomes = by_message(done["outcomes"])
+    assert code == 0
+    assert outcomes[letters["done-1"]]["action"] == "already_delivered"
+    assert outcomes[letters["done-1"]]["identifiers"] == []
+    assert outcomes[letters["new-1"]]["action"] == "replayed"
+    assert sent_identifiers(ledger) == ["new-1"]
+    assert peek(ledger) == {}  # both letters settled
+
+
+def test_a_sync_replay_never_bills_a_delivered_event_twice(
+    ledger: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    delivered_and_dead_lettered(ledger)
+    code, done = run_json(capsys, "dlq", "replay", "--via", "sync", "--yes")
+    assert code == 0
+    assert done["counts"] == {"already_delivered": 1, "replayed": 1}
+    received = ledger.emulator.identifiers()
+    assert received["done-1"] == {"received": 1, "counted": 1}  # the forwarder's only
+    assert received["new-1"]["counted"] == 1
+
+
+def test_a_redrive_leaves_out_what_stripe_has(
+    ledger: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forward(ledger, [api_event("env-1", "cus_a", "1"), api_event("all-1")], ["m-1", "m-2"])
+    partly = put_redriven(
+        ledger, {"events": [api_event("env-1", "cus_a", "1"), api_event("env-2", "cus_b", "2")]}
+    )
+    wholly = put_redriven(ledger, {"events": [api_event("all-1")]})
+
+    code, done = run_json(capsys, "dlq", "redrive")
+    outcomes = by_message(done["outcomes"])
+    assert code == 0
+    assert (outcomes[partly]["action"], outcomes[partly]["already_delivered"]) == (
+        "redriven",
+        ["env-1"],
+    )
+    assert outcomes[partly]["identifiers"] == ["env-2"]
+    assert outcomes[wholly]["action"] == "already_delivered"
+    (copy,) = take_usage_queue(ledger)
+    (sent,) = json.loads(copy["Body"])["events"]  # an envelope still, of the other event only
+    assert (sent["identifier"], sent["payload"]["stripe_customer_id"]) == ("env-2", "cus_b")
+    assert peek(ledger) == {}
+
+
+def test_a_ledger_that_cannot_be_read_keeps_every_message(
+    ledger: Relay, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    letters = delivered_and_dead_lettered(ledger)
+    monkeypatch.setenv("LEDGER_BUCKET", "no-such-ledger")
+    code, done = run_json(capsys, "dlq", "replay", "--yes")
+    assert code == 3  # AWS could not be read: nothing sent
+    for outcome in done["outcomes"]:
+        assert outcome["action"] == "kept"
+        assert outcome["detail"].startswith("kept whole: the ledger: s3://no-such-ledger")
+    assert take_usage_queue(ledger) == []
+    assert set(peek(ledger)) == set(letters.values())
+
+
+# ----- the function, on Athena -------------------------------------------------------------------
+def test_the_replay_function_asks_athena_and_settles_what_it_says_was_delivered(
+    relay: Relay,
+) -> None:
+    done = put_letter(relay, api_event("fn-done", "cus_a", "2"), "api_error", ago(**OLD))
+    new = put_letter(relay, api_event("fn-new", "cus_a", "3"), "api_error", ago(**OLD))
+    athena = relay.aws.client("athena")
+    athena.create_work_group(Name="local-ledger", Configuration={})
+    athena_results(relay.aws, [{"identifier": "fn-done"}], ["identifier"])
+    env_vars = relay.env_vars()
+    env_vars["DlqReplayFunction"] = {
+        "STRIPE_API_BASE": relay.emulator_url,
+        "STRIPE_SECRET_ID": relay.secret_id,
+        "DEAD_LETTER_QUEUE_URL": relay.dlq_url,
+        "USAGE_QUEUE_URL": relay.queue_url,
+        "LEDGER_BUCKET": LEDGER_BUCKET,
+        "LEDGER_WORKGROUP": "local-ledger",
+        "LEDGER_DATABASE": "meter_relay_local",
+    }
+    with load_function(
+        TEMPLATE, "DlqReplayFunction", env_vars=env_vars, extra_env=relay.aws.env
+    ) as function:
+        invocation = function.invoke({})
+    assert invocation.error is None, invocation.error
+    result: dict[str, Any] = invocation.result
+    outcomes = by_message(result["outcomes"])
+    assert outcomes[done]["action"] == "already_delivered"
+    assert outcomes[new]["action"] == "replayed"
+    assert sent_identifiers(relay) == ["fn-new"]
+    (execution,) = athena.list_query_executions(WorkGroup="local-ledger")["QueryExecutionIds"]
+    query = athena.get_query_execution(QueryExecutionId=execution)["QueryExecution"]
+    assert query["QueryExecutionContext"]["Database"] == "meter_relay_local"
+    assert "'fn-done'" in query["Query"]
+    assert "'fn-new'" in query["Query"]
+    assert '"meter_relay_local"."events"' in query["Query"]
+    # the letters' events were first seen 30 hours ago: their day (less an hour) is read on
+    first_day = (datetime.now(UTC) - timedelta(hours=31)).strftime("%Y-%m-%d")
+    assert f"e.dt BETWEEN '{first_day}'" in query["Query"]
