@@ -1,0 +1,159 @@
+"""reconcile.py without the network: the windows of a run, the requests Stripe is asked
+(grouped where windows are whole, alone where cut), paging, the settled end, and the
+comparison per formula."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from meter_relay.ledger_queries import Totals
+from meter_relay.reconcile import (
+    MeterInfo,
+    MeterSummaries,
+    StripeFailed,
+    Window,
+    reconcile,
+    settled,
+    windows,
+)
+from meter_relay.stripe_client import Kind, StripeAnswer
+
+T = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+E = int(T.timestamp())
+
+
+def test_windows_are_cut_to_the_minute_and_split_at_each_hour() -> None:
+    found = windows(T + timedelta(minutes=20, seconds=31), T + timedelta(hours=2, minutes=5), 3600)
+    assert found == [
+        Window(E + 20 * 60, E + 3600),
+        Window(E + 3600, E + 7200),
+        Window(E + 7200, E + 7200 + 300),
+    ]
+    assert [w.whole for w in found] == [False, True, False]
+    assert windows(T, T + timedelta(seconds=59), 3600) == []
+
+
+def test_settled_leaves_out_the_last_minutes_before_now() -> None:
+    now = T + timedelta(minutes=30, seconds=10)
+    assert settled(T + timedelta(hours=1), now, 5) == T + timedelta(minutes=25)
+    assert settled(T + timedelta(minutes=10), now, 5) == T + timedelta(minutes=10)
+
+
+class FakeStripe:
+    """Stripe's GETs as the reconcile makes them: the meter, and summaries in pages."""
+
+    def __init__(self, summaries: list[dict[str, Any]], formula: str = "sum") -> None:
+        self.summaries = summaries
+        self.formula = formula
+        self.asked: list[dict[str, Any]] = []
+
+    def get(self, path: str, params: dict[str, Any], timeout: float) -> StripeAnswer:
+        if path.endswith("/event_summaries"):
+            self.asked.append(params)
+            start, end = params["start_time"], params["end_time"]
+            inside = [s for s in self.summaries if start <= s["start_time"] < end]
+            after = params.get("starting_after")
+            if after:
+                inside = inside[[s["id"] for s in inside].index(after) + 1 :]
+            page = inside[: params["limit"]]
+            body = {"data": page, "has_more": len(inside) > len(page)}
+            return StripeAnswer(Kind.OK, 200, body=body)
+        meter = {
+            "id": "mtr_1",
+            "event_name": "api",
+            "default_aggregation": {"formula": self.formula},
+        }
+        return StripeAnswer(Kind.OK, 200, body=meter)
+
+
+def summary(start: int, value: float, step: int = 3600) -> dict[str, Any]:
+    return {
+        "id": f"s{start}",
+        "start_time": start,
+        "end_time": start + step,
+        "aggregated_value": value,
+    }
+
+
+def test_whole_windows_are_asked_grouped_and_paged_cut_ones_alone() -> None:
+    stripe = FakeStripe([summary(E + h * 3600, h) for h in range(1, 150)])
+    meter = MeterSummaries(stripe, sleep=lambda _: None).meter("api", "mtr_1")  # type: ignore[arg-type]
+    span = windows(T + timedelta(minutes=30), T + timedelta(hours=150), 3600)
+    values = MeterSummaries(stripe).summaries(meter, "cus_a", span, "hour")  # type: ignore[arg-type]
+
+    assert values[E + 3600] == Decimal(1)
+    assert values[E + 149 * 3600] == Decimal(149)
+    cut, *grouped = stripe.asked
+    assert (cut["start_time"], cut["end_time"]) == (E + 1800, E + 3600)
+    assert "value_grouping_window" not in cut
+    assert grouped[0]["value_grouping_window"] == "hour"
+    assert (grouped[0]["start_time"], grouped[0]["end_time"]) == (E + 3600, E + 150 * 3600)
+    assert grouped[1]["starting_after"] == f"s{E + 100 * 3600}"  # the second page
+
+
+class FakeLedger:
+    def __init__(self, totals: dict[tuple[str, int], Totals]) -> None:
+        self.totals = totals
+
+    def reconcile(self, *_: Any) -> dict[tuple[str, int], Totals]:
+        return self.totals
+
+
+@pytest.mark.parametrize(
+    ("formula", "stripe_value", "mismatch"),
+    [
+        ("sum", 8, False),
+        ("sum", 5, True),
+        ("count", 2, False),
+        ("last", 5, False),
+        ("last", 3, True),
+    ],
+)
+def test_the_meters_formula_decides_what_is_compared(
+    formula: str, stripe_value: float, mismatch: bool
+) -> None:
+    stripe = FakeStripe([summary(E, stripe_value)], formula)
+    ledger = FakeLedger({("cus_a", E): Totals(2, Decimal(8), Decimal(5))})
+    result = reconcile(
+        ledger,  # type: ignore[arg-type]
+        MeterSummaries(stripe),  # type: ignore[arg-type]
+        MeterInfo("mtr_1", "api", formula),
+        since=T,
+        until=T + timedelta(hours=1),
+        grouping="hour",
+    )
+    assert result.customers == ["cus_a"]
+    assert bool(result.mismatches) is mismatch
+
+
+def test_a_customer_stripe_does_not_know_is_a_mismatch_with_stripes_words() -> None:
+    class Refusing(FakeStripe):
+        def get(self, path: str, params: dict[str, Any], timeout: float) -> StripeAnswer:
+            return StripeAnswer(Kind.REJECTED, 400, "resource_missing", "No such customer")
+
+    ledger = FakeLedger({("cus_x", E): Totals(1, Decimal(4), Decimal(4))})
+    result = reconcile(
+        ledger,  # type: ignore[arg-type]
+        MeterSummaries(Refusing([])),  # type: ignore[arg-type]
+        MeterInfo("mtr_1", "api", "sum"),
+        since=T,
+        until=T + timedelta(hours=1),
+        grouping="hour",
+    )
+    (mismatch,) = result.mismatches
+    assert (mismatch.ledger, mismatch.stripe) == (Decimal(4), Decimal(0))
+    assert "No such customer" in mismatch.note
+
+
+def test_stripe_unreachable_stops_the_reconcile() -> None:
+    class Down(FakeStripe):
+        def get(self, path: str, params: dict[str, Any], timeout: float) -> StripeAnswer:
+            return StripeAnswer(Kind.TRANSIENT, 0, None, "connection failed")
+
+    with pytest.raises(StripeFailed, match="connection failed") as failure:
+        MeterSummaries(Down([]), sleep=lambda _: None).meter("api", "mtr_1")  # type: ignore[arg-type]
+    assert failure.value.status == 0
