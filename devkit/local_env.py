@@ -3,9 +3,10 @@
     python -m devkit.local_env [--moto-port 5000] [--emulator-port 12111] [--lifetime S]
 
 Starts moto server and the Stripe emulator (with devkit/local_meters.json) on the ports that
-events/env.json names, creates the queues (usage, with its RedrivePolicy to the DLQ) and the
-secret (a test key) that env.json names, prints the variables a shell needs, and serves until
-Ctrl-C or the lifetime ends. The names come from env.json itself, so the two never disagree.
+events/env.json names, creates the queues (usage, with its RedrivePolicy to the DLQ), the
+secret (a test key), the error reports' table and webhook signing secret (a new whsec_...)
+that env.json names, prints the variables a shell needs, and serves until Ctrl-C or the
+lifetime ends. The names come from env.json itself, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import boto3
 from devkit.emulator.app import EmulatorServer
 from devkit.emulator.client import DEFAULT_SECRET_KEY
 from devkit.harness import load_template
+from devkit.local_error_reports import create_table, new_signing_secret
 from devkit.local_stack import TEMPLATE, _parameter_default, _queue_arn
 from devkit.moto_server import MotoServer, aws_env
 
@@ -43,18 +45,16 @@ def load_env_vars(moto_url: str = MOTO_ADDRESS, emulator_url: str = EMULATOR_ADD
     return json.loads(text.replace(MOTO_ADDRESS, moto_url).replace(EMULATOR_ADDRESS, emulator_url))
 
 
-def _names(env_vars: dict[str, dict[str, str]]) -> tuple[set[str], set[str], set[str]]:
-    """Usage queues, dead-letter queues and secrets that the functions' variables name."""
-    usage, dead, secrets = set(), set(), set()
+def _names(env_vars: dict[str, dict[str, str]], variable: str) -> set[str]:
+    """What the functions' variables of this name name (a queue's name for a queue URL)."""
+    found = set()
     for variables in env_vars.values():
-        for name, value in variables.items():
-            if name == "USAGE_QUEUE_URL":
-                usage.add(urlsplit(value).path.rsplit("/", 1)[-1])
-            elif name == "DEAD_LETTER_QUEUE_URL":
-                dead.add(urlsplit(value).path.rsplit("/", 1)[-1])
-            elif name == "STRIPE_SECRET_ID":
-                secrets.add(value)
-    return usage, dead, secrets
+        value = variables.get(variable)
+        if value:
+            found.add(
+                urlsplit(value).path.rsplit("/", 1)[-1] if "_QUEUE_URL" in variable else value
+            )
+    return found
 
 
 def provision(env_vars: dict[str, dict[str, str]], moto_url: str) -> dict[str, str]:
@@ -67,7 +67,7 @@ def provision(env_vars: dict[str, dict[str, str]], moto_url: str) -> dict[str, s
     )
     sqs = session.client("sqs", endpoint_url=moto_url)
     secretsmanager = session.client("secretsmanager", endpoint_url=moto_url)
-    usage, dead, secrets = _names(env_vars)
+    usage, dead = _names(env_vars, "USAGE_QUEUE_URL"), _names(env_vars, "DEAD_LETTER_QUEUE_URL")
     if len(dead) != 1:
         raise ValueError(f"env.json should name one dead-letter queue, not {sorted(dead)}")
     (dlq_name,) = dead
@@ -80,8 +80,14 @@ def provision(env_vars: dict[str, dict[str, str]], moto_url: str) -> dict[str, s
         urls[name] = sqs.create_queue(
             QueueName=name, Attributes={"RedrivePolicy": json.dumps(redrive)}
         )["QueueUrl"]
-    for secret in secrets:
+    for secret in _names(env_vars, "STRIPE_SECRET_ID"):
         secretsmanager.create_secret(Name=secret, SecretString=DEFAULT_SECRET_KEY)
+    for secret in _names(env_vars, "STRIPE_WEBHOOK_SECRET_ID"):
+        secretsmanager.create_secret(Name=secret, SecretString=new_signing_secret())
+    resources = load_template(TEMPLATE)["Resources"]
+    dynamodb = session.client("dynamodb", endpoint_url=moto_url)
+    for table in _names(env_vars, "ERROR_REPORTS_TABLE"):
+        create_table(dynamodb, resources, table)
     return urls
 
 
@@ -111,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         for function, sample in [
             ("RefresherFunction", "refresher-force.json"),
             ("ForwarderFunction", "forwarder-mixed-batch.json"),
+            ("ErrorReportsFunction", "error-reports-eventbridge-triggered.json"),
         ]:
             print(f"  make invoke FN={function} EVENT=events/{sample} ENV_VARS={env_json}")
         sys.stdout.flush()

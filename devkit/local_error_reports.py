@@ -106,20 +106,10 @@ def provision(template_path: Path, moto_url: str, region: str, route: str) -> Er
         raise ValueError(f"error reports route {route!r}: one of {', '.join(ROUTES)}")
     resources = load_template(template_path)["Resources"]
     session = boto3.session.Session(region_name=region)
-    dynamodb = session.client("dynamodb", endpoint_url=moto_url)
-    table = resources["ErrorReportsTable"]["Properties"]
-    dynamodb.create_table(
-        TableName=TABLE,
-        KeySchema=table["KeySchema"],
-        AttributeDefinitions=table["AttributeDefinitions"],
-        BillingMode=table["BillingMode"],
-    )
-    dynamodb.update_time_to_live(
-        TableName=TABLE, TimeToLiveSpecification=table["TimeToLiveSpecification"]
-    )
+    create_table(session.client("dynamodb", endpoint_url=moto_url), resources, TABLE)
     signing_secret = target_url = None
     if uses_webhook(route):
-        signing_secret = "whsec_" + secrets.token_hex(24)
+        signing_secret = new_signing_secret()
         session.client("secretsmanager", endpoint_url=moto_url).create_secret(
             Name=WEBHOOK_SECRET_NAME, SecretString=signing_secret
         )
@@ -134,6 +124,25 @@ def provision(template_path: Path, moto_url: str, region: str, route: str) -> Er
         target_url,
         1 + int(config["MaximumRetryAttempts"]),
     )
+
+
+def create_table(dynamodb: Any, resources: Mapping[str, Any], name: str) -> None:
+    """The function's table (Powertools idempotency records) as the template declares it."""
+    table = resources["ErrorReportsTable"]["Properties"]
+    dynamodb.create_table(
+        TableName=name,
+        KeySchema=table["KeySchema"],
+        AttributeDefinitions=table["AttributeDefinitions"],
+        BillingMode=table["BillingMode"],
+    )
+    dynamodb.update_time_to_live(
+        TableName=name, TimeToLiveSpecification=table["TimeToLiveSpecification"]
+    )
+
+
+def new_signing_secret() -> str:
+    """A webhook endpoint's signing secret, as Stripe makes them (whsec_...)."""
+    return "whsec_" + secrets.token_hex(24)
 
 
 def _partner_bus(session: boto3.session.Session, moto_url: str, rule: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ rejects only later included (its error reports reach ErrorReportsFunction as dep
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -86,6 +87,8 @@ def test_a_small_local_run_accounts_for_every_event() -> None:
     assert reports["stripe_totals"][REJECTED_LATER_CODE] == summary["rejected_later"]
     assert reports["bodies_unknown"] == summary["rejected_later_dead_lettered"]
     assert "bodies unknown: the function reads no delivery ledger yet" in completed.stdout
+    # the webhook's signing secret (generated for the run) is shown nowhere
+    assert not re.search(r"whsec_[0-9a-f]{8}", completed.stdout + completed.stderr)
 
 
 def _stream_events(emulator: EmulatorClient, events: list[dict[str, Any]]) -> None:
