@@ -10,11 +10,9 @@ from typing import Any
 import pytest
 import requests
 
-from devkit.emulator import EmulatorServer
 from devkit.emulator.client import EmulatorClient
 from devkit.harness import load_function
-from devkit.local_env import load_env_vars, provision
-from devkit.moto_server import MotoServer
+from tests.integration.test_env_json import env_vars as env_vars  # the fixture
 from tests.plugins.aws import AwsEnv
 
 pytestmark = pytest.mark.integration
@@ -22,15 +20,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 FUNCTION = "ErrorReportsFunction"
-
-
-@pytest.fixture
-def env_vars(
-    aws: AwsEnv, moto_server: MotoServer, emulator: EmulatorClient, emulator_server: EmulatorServer
-) -> dict[str, Any]:
-    variables: dict[str, Any] = load_env_vars(moto_server.endpoint_url, emulator_server.url)
-    provision(variables, moto_server.endpoint_url)
-    return variables
 
 
 def sample(name: str) -> dict[str, Any]:
