@@ -72,6 +72,8 @@ def test_a_replay_sends_only_what_stripe_does_not_have(
     assert outcomes[letters["done-1"]]["action"] == "already_delivered"
     assert outcomes[letters["done-1"]]["identifiers"] == []
     assert outcomes[letters["new-1"]]["action"] == "replayed"
+    # 30 hours old, and no warning that Stripe would count them again: the ledger knows
+    assert [o["warnings"] for o in done["outcomes"]] == [[], []]
     assert sent_identifiers(ledger) == ["new-1"]
     assert peek(ledger) == {}  # both letters settled
 
@@ -106,6 +108,7 @@ def test_a_redrive_leaves_out_what_stripe_has(
     )
     assert outcomes[partly]["identifiers"] == ["env-2"]
     assert outcomes[wholly]["action"] == "already_delivered"
+    assert outcomes[partly]["warnings"] == []
     (copy,) = take_usage_queue(ledger)
     (sent,) = json.loads(copy["Body"])["events"]  # an envelope still, of the other event only
     assert (sent["identifier"], sent["payload"]["stripe_customer_id"]) == ("env-2", "cus_b")

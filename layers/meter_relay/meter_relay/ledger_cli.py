@@ -353,7 +353,10 @@ def _report(
             f"left out: events after {end:%Y-%m-%dT%H:%M:%SZ}: Stripe's summaries are eventually "
             f"consistent (--settle-minutes {args.settle_minutes:g})"
         )
-        console.warn(said) if args.output == "json" else console.line(said)
+        if args.output == "json":
+            console.warn(said)
+        else:
+            console.line(said)
     if not args.customer:
         console.warn(
             "customers compared: those the ledger has in these windows; name others with "

@@ -108,7 +108,7 @@ class Redriver:
                 for e in message.events
                 if e.identifier and e.identifier not in delivered
             ]
-            if message.past_dedup_window:
+            if message.past_dedup_window and self.ledger is None:  # else the ledger protects it
                 outcome.warnings.append(PAST_DEDUP_WINDOW)
             movable.append((message, body))
         if self.dry_run:
