@@ -474,15 +474,16 @@ class StripeReports:
         """The report's lines about Stripe's reports."""
         received = self.received
         how = (
-            f"{received.route}, {len(received.outcomes)} processed by the function"
-            if (received)
+            f"{received.route}; {len(received.outcomes)} processed by the function"
+            if received is not None
             else "the function's side not watched"
         )
         lines = [f"  Stripe's error reports    {self.reports:>8}  ({how})"]
         for code in sorted(set(self.totals) | set(self.rejected)):
+            # rejections, not events: an event sent twice (a retry) is rejected twice
             line = (
-                f"    {code}: Stripe's totals {self.totals[code]} = {self.letters[code]} "
-                f"letters + {self.unsampled[code]} without a sample"
+                f"    {code}: {self.totals[code]} rejections counted = {self.letters[code]} "
+                f"with a letter + {self.unsampled[code]} without a sample"
             )
             if received is not None:
                 line += f"; the function counted {self.function_counted[code]}"
@@ -491,8 +492,7 @@ class StripeReports:
             pushes = ", ".join(f"{n} {status}" for status, n in sorted(received.pushes.items()))
             lines.append(
                 f"    Stripe's pushes: {pushes or 'none'}; {received.refused} answered "
-                f"'try again' (retried); {received.duplicates} of an event done already "
-                "(nothing written again)"
+                f"'try again' (retried); {received.duplicates} repeated (written once)"
             )
         if self.repeated_letters:
             lines.append(f"    (and {self.repeated_letters} repeated letters of these)")
