@@ -58,6 +58,8 @@ from devkit.local_error_reports import (
     stripe_reports,
 )
 from devkit.local_error_reports import provision as provision_error_reports
+from devkit.local_ledger import LedgerCheck, reconcile_run
+from devkit.local_ledger import provision as provision_ledger
 from devkit.moto_server import aws_env
 from devkit.throttle_proxy import ThrottleProxy
 from meter_relay.dlq import read_message
@@ -208,6 +210,8 @@ def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
     error_reports = provision_error_reports(
         TEMPLATE, moto_url, env["AWS_DEFAULT_REGION"], options.error_reports
     )
+    ledger = provision_ledger(moto_url, env["AWS_DEFAULT_REGION"])
+    meter_keys = json.dumps({"search_calls": {"customer_key": "customer", "value_key": "calls"}})
     common = {
         "SESSION_TOKEN_PARAMETER": SESSION_PARAMETER,
         "STRIPE_MODE": "test",
@@ -221,16 +225,19 @@ def provision(moto_url: str, emulator_url: str, options: Options) -> Stack:
             "STRIPE_METER_EVENTS_BASE": emulator_url,
             "DEAD_LETTER_QUEUE_URL": dlq_url,
             "REFRESHER_FUNCTION_NAME": "RefresherFunction",  # served by the local endpoint
-            "METER_KEYS": json.dumps(
-                {"search_calls": {"customer_key": "customer", "value_key": "calls"}}
-            ),
+            "METER_KEYS": meter_keys,
+            "LEDGER_BUCKET": ledger,
         },
         "RefresherFunction": {
             "STRIPE_API_BASE": emulator_url,
             "STRIPE_SECRET_ID": SECRET_NAME,
             "REFRESH_MARGIN_SECONDS": str(refresh_margin),
         },
-        "ErrorReportsFunction": error_reports.env_vars(emulator_url, SECRET_NAME, dlq_url),
+        "ErrorReportsFunction": {
+            **error_reports.env_vars(emulator_url, SECRET_NAME, dlq_url),
+            "LEDGER_BUCKET": ledger,  # reported events' bodies, and the samples recorded
+            "METER_KEYS": meter_keys,
+        },
     }
     return Stack(
         moto_url,
@@ -497,11 +504,14 @@ class Report:
     rejected_later_in_dlq: int = 0
     rejected_later_unsampled: int = 0
     stripe_reports: StripeReports | None = None
+    ledger: LedgerCheck | None = None  # the reconcile that ends the run
 
     @property
     def ok(self) -> bool:
         reports_ok = self.stripe_reports is None or self.stripe_reports.ok
-        return reports_ok and not self.unaccounted and not self.counted_twice and not self.misplaced
+        ledger_ok = self.ledger is None or self.ledger.ok
+        clean = not self.unaccounted and not self.counted_twice and not self.misplaced
+        return reports_ok and ledger_ok and clean
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -522,6 +532,7 @@ class Report:
             "rejected_later_dead_lettered": self.rejected_later_in_dlq,
             "rejected_later_without_sample": self.rejected_later_unsampled,
             "stripe_error_reports": self.stripe_reports.to_json() if self.stripe_reports else None,
+            "reconcile": self.ledger.to_json() if self.ledger else None,
         }
 
     def render(self) -> str:
@@ -545,6 +556,8 @@ class Report:
             lines.append(f"    (and {self.duplicate_letters} repeated letters of these)")
         if self.stripe_reports is not None:
             lines += self.stripe_reports.render()
+        if self.ledger is not None:
+            lines += self.ledger.render()
         lines += [
             f"  unaccounted               {len(self.unaccounted):>8}",
             f"  in the wrong place        {len(self.misplaced):>8}",
@@ -565,7 +578,7 @@ class Report:
         unknown = self.stripe_reports.bodies_unknown if self.stripe_reports else 0
         if not unknown:
             return "bodies known"
-        return f"{unknown} bodies unknown: the function reads no delivery ledger yet"
+        return f"{unknown} bodies unknown: not found in the delivery ledger"
 
 
 class DeadLetterTally(dict[str, str]):
@@ -976,6 +989,7 @@ def _loop(
     routes: ErrorReportRoutes,
 ) -> Report:
     _say(options, f"session ready: {refresh()}")
+    began = datetime.now(UTC)
     expected = Expected()
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -1017,7 +1031,7 @@ def _loop(
     _say(options, "closing Stripe's validation windows; waiting for its error reports")
     received = routes.settle()
     dead = read_dead_letters(sqs, stack.dlq_url)
-    return account(
+    report = account(
         expected,
         emulator,
         dead,
@@ -1027,6 +1041,12 @@ def _loop(
         stripe_letters=dead.stripe,
         received=received,
     )
+    _say(options, "reconciling the delivery ledger with Stripe's meter event summaries")
+    region = stack.env["AWS_REGION"]
+    report.ledger = reconcile_run(
+        stack.moto_url, region, stack.emulator_url, began, datetime.now(UTC), KNOWN_CUSTOMERS
+    )
+    return report
 
 
 def _progress(

@@ -26,4 +26,15 @@ def assert_stripe_rejections_accounted(summary: dict[str, Any], route: str) -> d
     assert Counter(reports["letters"]) + Counter(reports["without_sample"]) == totals
     assert totals == Counter(reports["function_counted"]) == Counter(reports["stripe_rejected"])
     assert totals.total() >= summary["rejected_later"]  # an event sent twice is rejected twice
+    assert reports["bodies_unknown"] == 0  # every reported event's body, from the ledger
     return reports
+
+
+def assert_reconciled(summary: dict[str, Any]) -> None:
+    """The run ends with a reconcile of its delivery ledger against Stripe's summaries, per
+    meter, customer and hour: there was usage to compare, and no mismatch."""
+    reconciled = summary["reconcile"]
+    assert reconciled["mismatches"] == 0, reconciled
+    assert [m["event_name"] for m in reconciled["meters"]] == ["api_requests", "search_calls"]
+    assert all(m["compared"] > 0 for m in reconciled["meters"])
+    assert reconciled["objects_read"] > 0

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from devkit.local_error_reports import EVENTBRIDGE
-from tests.integration.local_run_checks import assert_stripe_rejections_accounted
+from tests.integration.local_run_checks import assert_reconciled, assert_stripe_rejections_accounted
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +69,4 @@ def test_a_small_chaos_run_loses_nothing_and_counts_nothing_twice() -> None:
     assert chaos["rate_limit_began"] >= 6 + chaos["refresher_outage_seconds"]
     # Stripe's error reports reached the function through the bus and the template's rule
     assert_stripe_rejections_accounted(summary, EVENTBRIDGE)
+    assert_reconciled(summary)

@@ -26,6 +26,8 @@ from tests.integration.dlq_helpers import (
 )
 from tests.integration.dlq_helpers import cli as cli  # the fixture
 from tests.integration.error_report_helpers import TABLE
+from tests.integration.test_dlq_operator import create_stack
+from tests.integration.test_ledger_queries import athena_results
 from tests.plugins.relay import API_VERSION, LEDGER_BUCKET, Relay
 
 pytestmark = pytest.mark.integration
@@ -339,3 +341,42 @@ def test_decode_reads_what_the_forwarder_wrote(ledger: Relay) -> None:
     (item,) = s3.list_objects_v2(Bucket=LEDGER_BUCKET, Prefix="events/")["Contents"]
     (line,) = decode(s3.get_object(Bucket=LEDGER_BUCKET, Key=item["Key"])["Body"].read())
     assert line.timestamp == at(5)
+
+
+def test_a_stack_with_the_ledger_is_traced_through_its_athena_workgroup(
+    relay: Relay, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--stack-name alone: the bucket, workgroup and database from the stack's outputs, and
+    Athena chosen for them (moto's Athena answers what it is given: the rows below)."""
+    for name, value in relay.aws.env.items():
+        monkeypatch.setenv(name, value)
+    create_stack(
+        relay,
+        "billing",
+        LedgerBucketName=LEDGER_BUCKET,
+        LedgerWorkGroupName="billing-ledger",
+        LedgerDatabaseName="meter_relay_billing",
+    )
+    relay.aws.client("athena").create_work_group(Name="billing-ledger", Configuration={})
+    row = {
+        "kind": "delivered",
+        "identifier": "s-1",
+        "event_name": "api_requests",
+        "customer": "cus_a",
+        "value": "2",
+        "event_time": at(5),
+        "recorded_at": at(6),
+        "reference": "req-1",
+        "detail": "m-1",
+        "code": None,
+    }
+    athena_results(relay.aws, [row], list(row))
+    code, document = run_json(capsys, "--stack-name", "billing", "trace", "s-1", "--no-dlq")
+    assert code == 0
+    assert document["searched"]["engine"] == "athena"
+    (event,) = document["events"]
+    assert (event["where"], event["records"][0]["request_id"]) == ("delivered", "req-1")
+    athena = relay.aws.client("athena")
+    (execution,) = athena.list_query_executions(WorkGroup="billing-ledger")["QueryExecutionIds"]
+    sent = athena.get_query_execution(QueryExecutionId=execution)["QueryExecution"]
+    assert '"meter_relay_billing"."events"' in sent["Query"]

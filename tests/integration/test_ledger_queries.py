@@ -119,6 +119,22 @@ def test_trace_reads_only_the_days_asked_for(ledger: LedgerBucket) -> None:
     assert engine.objects_read == 0  # the day before was not even fetched
 
 
+def test_a_query_reads_the_hours_it_names_not_only_the_days(ledger: LedgerBucket) -> None:
+    for hour in (10, 11, 12, 13):
+        recorded = line("ev", "cus_a", "1", iso(at(hour)), at(hour), request=f"req-{hour}")
+        deliver(ledger, at(hour), f"req-{hour}", recorded)
+    text = ledger_sql.trace(["ev"], at(11, 30), at(12, 10)).text
+    # every object of the day fetched: the SQL alone must keep to hours 11 and 12
+    everything = ledger_sql.Query(text, at(0), NOW)
+    rows = DuckDbEngine(ledger).run(everything)
+    assert sorted(row["reference"] or "" for row in rows) == ["req-11", "req-12"]
+    over_midnight = ledger_sql.Query(ledger_sql.trace(["ev"], at(12), NOW).text, at(0), NOW)
+    assert sorted(r["reference"] or "" for r in DuckDbEngine(ledger).run(over_midnight)) == [
+        "req-12",
+        "req-13",
+    ]
+
+
 def test_an_identifier_is_a_literal_whatever_it_holds(ledger: LedgerBucket) -> None:
     odd = ["it's", "{events}", "a' OR '1'='1", "x\\y"]
     deliver(

@@ -125,8 +125,16 @@ _TABLES = {table.name: _mark(table.name) for table in TABLES}
 
 
 def _written(alias: str, since: datetime, until: datetime) -> str:
-    """The partitions written from `since` to `until` (whole days: both engines prune by it)."""
-    return f"{alias}.dt BETWEEN {literal(day(since))} AND {literal(day(until))}"
+    """The partitions written from `since` to `until`, to the hour: the days (which every
+    engine prunes by), and the hours of the first and the last day."""
+    first, last = since.astimezone(UTC), until.astimezone(UTC)
+    d1, d2 = literal(day(first)), literal(day(last))
+    h1, h2 = literal(f"{first:%H}"), literal(f"{last:%H}")
+    dt, hour = f"{alias}.dt", f'{alias}."hour"'
+    return (
+        f"{dt} BETWEEN {d1} AND {d2}"
+        f" AND ({dt} > {d1} OR {hour} >= {h1}) AND ({dt} < {d2} OR {hour} <= {h2})"
+    )
 
 
 # ----- trace -------------------------------------------------------------------------------------

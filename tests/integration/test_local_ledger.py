@@ -1,0 +1,67 @@
+"""The reconcile that ends `make run` and `make chaos` (devkit.local_ledger), on a ledger in moto
+and the emulator's summaries: agreement passes, a planted discrepancy fails the run's report
+and is named."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from devkit.emulator.client import EmulatorClient
+from devkit.local_ledger import BUCKET, provision, reconcile_run
+from devkit.local_stack import Expected, MappingStats, account
+from meter_relay.events import format_timestamp
+from meter_relay.ledger import LedgerLine
+from meter_relay.ledger_sql import EVENTS
+from meter_relay.ledger_store import LedgerBucket
+from tests.integration.test_local_stack import _stream_events
+from tests.plugins.aws import AwsEnv
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_runs_reconcile_passes_on_agreement_and_names_a_discrepancy(
+    aws: AwsEnv, emulator: EmulatorClient
+) -> None:
+    provision(aws.endpoint_url, aws.region)
+    began = datetime.now(UTC)
+    stamp = format_timestamp(began - timedelta(minutes=10))
+    event = {
+        "event_name": "api_requests",
+        "identifier": "run-1",
+        "timestamp": stamp,
+        "payload": {"stripe_customer_id": "cus_0001", "value": "3"},
+    }
+    _stream_events(emulator, [event])
+    recorded = LedgerLine("run-1", "api_requests", "cus_0001", "3", stamp, stamp, "m-1", "r-1")
+    LedgerBucket(BUCKET, "", aws.client("s3")).put(EVENTS, began, "r-1", [recorded])
+    customers = ["cus_0001", "cus_0002"]
+
+    agreed = reconcile_run(aws.endpoint_url, aws.region, emulator.url, began, began, customers)
+    assert agreed.ok
+    assert [r.compared for r in agreed.results] == [1, 0]
+
+    _stream_events(
+        emulator, [{**event, "identifier": "never-sent"}]
+    )  # Stripe counts what we never sent
+    planted = reconcile_run(aws.endpoint_url, aws.region, emulator.url, began, began, customers)
+    assert not planted.ok
+    (mismatch,) = planted.results[0].mismatches
+    assert (mismatch.customer, mismatch.ledger, mismatch.stripe) == (
+        "cus_0001",
+        Decimal(3),
+        Decimal(6),
+    )
+
+    report = account(Expected(), emulator, {}, 1.0, MappingStats())
+    report.ledger = planted
+    assert not report.ok
+    rendered = report.render()
+    assert "1 customer-hours, 1 mismatches" in rendered
+    assert "api_requests cus_0001" in rendered
+    assert "result: FAILED" in rendered
+    assert report.to_json()["reconcile"]["mismatches"] == 1
+    assert Counter(report.dead_lettered) == Counter()
