@@ -952,7 +952,8 @@ def test_the_ledger_bucket_is_private_encrypted_tls_only_and_kept_longer_than_35
     assert all(bucket["PublicAccessBlockConfiguration"].values())
     rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
     rule = rules["keep-longer-than-stripes-window"]
-    assert "Prefix" not in rule and int(rule["ExpirationInDays"]) > 35
+    assert "Prefix" not in rule
+    assert int(rule["ExpirationInDays"]) > 35
     (policy,) = production.of_type("AWS::S3::BucketPolicy").values()
     (deny,) = policy["PolicyDocument"]["Statement"]
     assert (deny["Effect"], deny["Condition"]) == (
