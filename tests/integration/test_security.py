@@ -151,7 +151,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         dead: dict[str, str],
         seconds: float,
         stats: local_stack.MappingStats,
-        **counts: int,
+        **counts: Any,
     ) -> local_stack.Report:
         seen["requests"] = emulator.requests()
         seen["sessions_issued"] = emulator.stats()["sessions"]

@@ -1424,6 +1424,7 @@ def test_an_envelope_events_text_with_a_key_twice_is_not_sent_as_it_is() -> None
         '"payload": {"stripe_customer_id": "cus_1", "value": "1"}}]}'
     )
     read = Judge(RULES, NOW).read(text, MID, SENT)
+    assert not isinstance(read, MeterEvent)  # an envelope: never read as a single event
     events = read if isinstance(read, list) else [p.event for p in read.events]
     (event,) = events
     assert event is not None
