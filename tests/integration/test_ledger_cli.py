@@ -180,7 +180,9 @@ def test_reconcile_refuses_what_it_cannot_do_in_one_line(
     assert (
         err == "meter-relay: Stripe: no meter for event_name 'nobody_meters_this' in the account\n"
     )
-    code, _, err = run(capsys, "reconcile", "--event-name", "api_requests", "--since", iso(NOW))
+    code, _, err = run(
+        capsys, "reconcile", "--event-name", "api_requests", "--since", iso(datetime.now(UTC))
+    )
     assert code == 2
     assert "nothing to compare" in err
     code, _, err = run(
