@@ -551,7 +551,7 @@ class Report:
             "(counted in Stripe's reports, not among their samples)",
             f"  dead-lettered             {sum(self.dead_lettered.values()):>8}",
         ]
-        lines += [f"    {code:<24}{n:>8}" for code, n in sorted(self.dead_lettered.items())]
+        lines += [f"    {code:<27}{n:>5}" for code, n in sorted(self.dead_lettered.items())]
         if self.duplicate_letters:
             lines.append(f"    (and {self.duplicate_letters} repeated letters of these)")
         if self.stripe_reports is not None:
