@@ -92,8 +92,9 @@ def stand_in() -> Iterator[Callable[[Callable[[bytes], Answer]], StandIn]]:
         ("application/json", b"[]"),
         ("application/json", b'"ok"'),
         ("text/plain", b"OK"),
+        ("application/json", b'{"status":"ok"}'),  # a stand-in's or a gateway's own success
     ],
-    ids=["html-page", "empty", "json-array", "json-string", "plain-ok"],
+    ids=["html-page", "empty", "json-array", "json-string", "plain-ok", "json-object-not-{}"],
 )
 def test_a_200_that_is_not_stripes_answer_delivers_nothing(
     relay: Relay,
@@ -102,8 +103,8 @@ def test_a_200_that_is_not_stripes_answer_delivers_nothing(
     content_type: str,
     content: bytes,
 ) -> None:
-    """A proxy's page, an empty body, a wrong base URL: Stripe's success is a JSON object, and
-    only that counts; anything else leaves every message to be retried."""
+    """A proxy's page, an empty body, a wrong base URL: the stream's success is `{}`, and only
+    that counts; anything else leaves every message to be retried."""
     server = stand_in(lambda body: (200, {"Content-Type": content_type}, content))
     relay.put_session()
     sqs_event = relay.sqs_event([event(f"not-stripe-{n}") for n in range(20)])
@@ -126,7 +127,7 @@ def test_a_200_that_is_not_stripes_answer_delivers_nothing(
         assert f"HTTP 200 that is not Stripe's answer: {content[:64]!r}" in warning
 
 
-def test_stripes_success_is_any_json_object(
+def test_the_streams_success_is_its_empty_json_object(
     relay: Relay, stand_in: Callable[[Callable[[bytes], Answer]], StandIn]
 ) -> None:
     server = stand_in(lambda body: (200, {"Content-Type": "application/json"}, b"{}"))

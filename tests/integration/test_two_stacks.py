@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +237,72 @@ def test_a_key_of_the_other_mode_is_refused_before_it_reaches_stripe(
     sums = emf_sums(output)
     assert (sums["RefreshFailures"], sums["SessionModeMismatch"]) == (1, 1)
     assert sums["SessionSecondsLeft"] == 0  # the alarm on it sees a session running out
+
+
+@contextmanager
+def session_stand_in(livemode: bool) -> Iterator[str]:
+    """Stripe's API on 127.0.0.1 as a misconfigured gateway might answer it: sessions in
+    `livemode` whatever the key, no meters."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, body: dict[str, Any]) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            content = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        def do_POST(self) -> None:  # a meter event session
+            expires = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() + 900))
+            self._answer(
+                {
+                    "object": "v2.billing.meter_event_session",
+                    "id": "mes_stand_in",
+                    "authentication_token": "token_stand_in",
+                    "expires_at": expires,
+                    "livemode": livemode,
+                }
+            )
+
+        def do_GET(self) -> None:  # the account's meters
+            self._answer({"object": "list", "data": [], "has_more": False})
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_session_made_in_the_other_mode_is_never_stored(
+    stacks: tuple[Stack, Stack], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The key's prefix is checked first; should what answers still make a session of the
+    other mode (a gateway, a key whose prefix lies), its livemode is checked too."""
+    staging, _ = stacks
+    with session_stand_in(livemode=True) as url:
+        staging.api_base = url
+        with staging.load("RefresherFunction") as refresher:
+            invocation = refresher.invoke({})
+    output = capfd.readouterr().out
+
+    assert invocation.error is not None
+    assert (
+        "Stripe made a live-mode session with the stack's key, but its StripeMode is test: "
+        "the session is not stored" in invocation.error["errorMessage"]
+    )
+    assert staging.stored() is None
+    assert leaks(json.dumps(invocation.error) + output) == []
+    assert "token_stand_in" not in output
+    sums = emf_sums(output)
+    assert (sums["RefreshFailures"], sums["SessionModeMismatch"]) == (1, 1)
 
 
 def test_a_live_forwarder_never_streams_with_a_test_mode_session(

@@ -76,24 +76,39 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def classify(response: requests.Response, elapsed: float) -> StripeAnswer:
+def classify(
+    response: requests.Response, elapsed: float, *, empty_success: bool = False
+) -> StripeAnswer:
     """Turn an HTTP answer into what the caller should do about it."""
     return classify_parts(
-        response.status_code, response.reason, response.headers, response.content, elapsed
+        response.status_code,
+        response.reason,
+        response.headers,
+        response.content,
+        elapsed,
+        empty_success=empty_success,
     )
 
 
 def classify_parts(
-    status: int, reason: str | None, headers: Mapping[str, str], content: bytes, elapsed: float
+    status: int,
+    reason: str | None,
+    headers: Mapping[str, str],
+    content: bytes,
+    elapsed: float,
+    *,
+    empty_success: bool = False,
 ) -> StripeAnswer:
-    """`classify` on an answer's parts, whichever HTTP layer read it."""
+    """`classify` on an answer's parts, whichever HTTP layer read it. `empty_success`: the
+    stream's success is exactly `{}`."""
     try:
         body = json.loads(content) if content else None
     except ValueError:
         body = None
-    if 200 <= status < 300 and not isinstance(body, dict):
-        # A proxy's page, an empty body, a wrong base URL: Stripe's success is a JSON object
-        # ({} from the stream), and only that may count as delivered.
+    if 200 <= status < 300 and not (isinstance(body, dict) and not (empty_success and body)):
+        # A proxy's page, an empty body, a wrong base URL, a stand-in's {"status": "ok"}:
+        # Stripe's success is a JSON object ({} from the stream), and only that may count as
+        # delivered.
         return StripeAnswer(
             Kind.TRANSIENT,
             status,
@@ -169,7 +184,7 @@ class StripeHttp:
         headers = _headers(credential, data)
         pool = self._pool()
         if pool is None:
-            return self._send("POST", path, headers, data, timeout)
+            return self._send("POST", path, headers, data, timeout, empty_success=True)
         connect, read = _split(timeout)
         started = time.perf_counter()
         try:
@@ -200,6 +215,7 @@ class StripeHttp:
             response.headers,
             response.data,
             time.perf_counter() - started,
+            empty_success=True,  # the stream's success is {}
         )
 
     def _pool(self) -> urllib3.connectionpool.HTTPConnectionPool | None:
@@ -232,6 +248,8 @@ class StripeHttp:
         data: bytes | None,
         timeout: float,
         params: dict[str, Any] | None = None,
+        *,
+        empty_success: bool = False,
     ) -> StripeAnswer:
         started = time.perf_counter()
         try:
@@ -251,7 +269,7 @@ class StripeHttp:
             )
         except Exception as error:  # its text may quote a header, credential and all
             return _not_sent(error)
-        return classify(response, time.perf_counter() - started)
+        return classify(response, time.perf_counter() - started, empty_success=empty_success)
 
     def close(self) -> None:
         self.session.close()
