@@ -187,6 +187,25 @@ def test_aws_out_of_reach_is_exit_3_and_no_credentials_exit_2(
     )
 
 
+def test_the_region_is_read_as_the_aws_cli_reads_it(
+    cli: Relay, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put_redriven(cli, api_event("region-1"))
+    region = cli.aws.env["AWS_DEFAULT_REGION"]
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.setenv("AWS_REGION", region)  # what AWS CLI v2 and the SDKs read first
+    code, out, _ = run(capsys, "--output", "json", "dlq", "list")
+    assert (code, json.loads(out)["messages"]) == (0, 1)
+
+    monkeypatch.delenv("AWS_REGION")
+    code, out, err = run(capsys, "dlq", "list")
+    assert (code, out) == (2, "")
+    assert one_line(err) == (
+        "meter-relay: no AWS region: give --region, or set AWS_REGION or AWS_DEFAULT_REGION\n"
+    )
+
+
 def test_stripe_out_of_reach_is_exit_3_and_the_message_stays(
     cli: Relay, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

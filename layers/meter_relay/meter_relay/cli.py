@@ -77,11 +77,13 @@ FLAG_VARIABLES = {
     "ledger_bucket": "LEDGER_BUCKET",
     "workgroup": "LEDGER_WORKGROUP",
     "database": "LEDGER_DATABASE",
+    "table_name": "ERROR_REPORTS_TABLE",
 }
 _NEEDED = {
     "DEAD_LETTER_QUEUE_URL": ("the DLQ", "--dlq-url"),
     "USAGE_QUEUE_URL": ("the usage queue", "--queue-url"),
     "STRIPE_SECRET_ID": ("the Stripe secret", "--secret-id"),
+    "ERROR_REPORTS_TABLE": ("the error reports table", "--table-name"),
 }
 
 
@@ -90,7 +92,10 @@ def toolkit(args: argparse.Namespace) -> Toolkit:
     """The tools' clients: one boto3 session (--profile, --region), the stack's outputs
     (--stack-name) over the environment, and the flags over both."""
     try:
-        session = boto3.session.Session(profile_name=args.profile, region_name=args.region)
+        # the region as the AWS CLI takes it: --region, then AWS_REGION, then botocore's own
+        # (AWS_DEFAULT_REGION, the profile)
+        region = args.region or os.environ.get("AWS_REGION", "").strip() or None
+        session = boto3.session.Session(profile_name=args.profile, region_name=region)
     except ProfileNotFound as error:
         raise CliError(f"{error} (see `aws configure list-profiles`)") from None
     overrides: dict[str, str | None] = {}
@@ -127,7 +132,7 @@ def aws_failure(error: BotoCoreError | ClientError) -> CliError:
             "no AWS credentials: give --profile, or set AWS_PROFILE or AWS_ACCESS_KEY_ID"
         )
     if isinstance(error, NoRegionError):
-        return CliError("no AWS region: give --region, or set AWS_REGION")
+        return CliError("no AWS region: give --region, or set AWS_REGION or AWS_DEFAULT_REGION")
     if isinstance(error, EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError):
         return CliError(f"cannot reach AWS: {error}", Exit.UNREACHABLE)
     if isinstance(error, ReadTimeoutError):

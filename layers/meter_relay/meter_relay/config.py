@@ -230,6 +230,8 @@ class ToolsConfig:
     ledger_prefix: str = ""
     ledger_workgroup: str | None = None
     ledger_database: str | None = None
+    # Stripe's error reports processed so far (ErrorReportsFunction's and `errors pull`'s)
+    error_reports_table: str | None = None
 
     @classmethod
     def from_env(
@@ -264,6 +266,7 @@ class ToolsConfig:
             ledger_prefix=merged.get("LEDGER_PREFIX", "").strip().strip("/"),
             ledger_workgroup=merged.get("LEDGER_WORKGROUP", "").strip() or None,
             ledger_database=merged.get("LEDGER_DATABASE", "").strip() or None,
+            error_reports_table=merged.get("ERROR_REPORTS_TABLE", "").strip() or None,
         )
 
     def need(self, variable: str) -> str:
@@ -273,6 +276,7 @@ class ToolsConfig:
             "USAGE_QUEUE_URL": self.usage_queue_url,
             "STRIPE_SECRET_ID": self.secret_id,
             "LEDGER_BUCKET": self.ledger_bucket,
+            "ERROR_REPORTS_TABLE": self.error_reports_table,
         }[variable]
         if not value:
             raise ConfigError(f"{variable} is not set")

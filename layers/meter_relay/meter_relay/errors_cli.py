@@ -10,7 +10,6 @@ queue, remembered in the same table: an event processed before, by either, write
 from __future__ import annotations
 
 import argparse
-import os
 from collections import Counter
 from datetime import datetime
 
@@ -39,9 +38,7 @@ from meter_relay.error_reports import (
 )
 from meter_relay.events import parse_rfc3339
 from meter_relay.ledger_store import LedgerBodies
-from meter_relay.stack import describe_stack
 
-TABLE_VARIABLE = "ERROR_REPORTS_TABLE"
 TABLE_OUTPUT = "ErrorReportsTableName"
 REQUEST_TIMEOUT = 30.0
 
@@ -64,7 +61,7 @@ def register(
     )
     pull_cmd.add_argument("--until", help="created before (RFC 3339; default: now)")
     _add_settings(pull_cmd, stripe=True)  # the DLQ and Stripe flags, as the dlq commands take them
-    pull_cmd.add_argument("--table-name", help=f"what was processed before ({TABLE_VARIABLE})")
+    pull_cmd.add_argument("--table-name", help="what was processed before (ERROR_REPORTS_TABLE)")
     pull_cmd.set_defaults(run=cmd_pull)
 
 
@@ -77,26 +74,15 @@ def _moment(text: str | None, flag: str) -> datetime | None:
     return moment
 
 
-def _table_name(args: argparse.Namespace, kit: Toolkit) -> str:
-    """--table-name, else the stack's output, else ERROR_REPORTS_TABLE."""
-    if args.table_name:
-        return str(args.table_name)
-    if args.stack_name:
-        cloudformation = kit.session.client("cloudformation", config=AWS_CLIENT_CONFIG)
-        stack = describe_stack(cloudformation, args.stack_name)
-        if stack.outputs.get(TABLE_OUTPUT):
-            return stack.outputs[TABLE_OUTPUT]
+def _need_table(args: argparse.Namespace, kit: Toolkit) -> str:
+    """The table of processed reports: --table-name, the stack's output or ERROR_REPORTS_TABLE."""
+    if args.stack_name and not kit.config.error_reports_table:
         raise CliError(
             f"the stack {args.stack_name!r} has no output {TABLE_OUTPUT}: deployed from an "
             "older template (sam deploy it again), or give --table-name"
         )
-    table = os.environ.get(TABLE_VARIABLE, "").strip()
-    if not table:
-        raise CliError(
-            f"the error reports table is not known: give --stack-name, or --table-name "
-            f"(or {TABLE_VARIABLE})"
-        )
-    return table
+    need(kit, "ERROR_REPORTS_TABLE")
+    return kit.config.need("ERROR_REPORTS_TABLE")
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -105,7 +91,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     assert since is not None  # required by the parser
     kit = toolkit(args)
     need(kit, "DEAD_LETTER_QUEUE_URL", "STRIPE_SECRET_ID")
-    table = _table_name(args, kit)
+    table = _need_table(args, kit)
     api = kit.stripe_api()  # the key is read and checked (StripeMode) before anything else
     events = StripeEvents(lambda: api, REQUEST_TIMEOUT)
     ledger = kit.ledger()  # bodies of reported events read from it, the samples recorded in it

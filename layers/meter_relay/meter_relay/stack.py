@@ -30,6 +30,7 @@ OUTPUT_VARIABLES = {
     "LedgerBucketName": "LEDGER_BUCKET",
     "LedgerWorkGroupName": "LEDGER_WORKGROUP",
     "LedgerDatabaseName": "LEDGER_DATABASE",
+    "ErrorReportsTableName": "ERROR_REPORTS_TABLE",
 }
 REQUIRED_OUTPUTS = ("DeadLetterQueueUrl", "UsageQueueUrl", "StripeSecretArn", "StripeMode")
 
@@ -47,10 +48,6 @@ class Stack:
             for output, variable in OUTPUT_VARIABLES.items()
             if output in self.outputs
         }
-
-    def function(self, output: str) -> str | None:
-        """A function's name (e.g. DlqReplayFunctionName), for what the CLI tells operators."""
-        return self.outputs.get(output)
 
 
 def describe_stack(cloudformation: CloudFormationClient, name: str) -> Stack:
