@@ -491,6 +491,10 @@ def grants(logical_id: str) -> dict[str, list[Any]]:
 DLQ_ARN = {"Fn::GetAtt": ["UsageDeadLetterQueue", "Arn"]}
 USAGE_ARN = {"Fn::GetAtt": ["UsageQueue", "Arn"]}
 SECRET = {"Ref": "StripeSecretKey"}
+CATALOG = {  # the meter catalog's parts: each meter's payload keys, to judge letters by
+    "Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
+    "/${AWS::StackName}/stripe/meter-catalog"
+}
 
 
 def test_dlq_cancel_can_read_the_dlq_and_the_key_and_nothing_else() -> None:
@@ -499,6 +503,7 @@ def test_dlq_cancel_can_read_the_dlq_and_the_key_and_nothing_else() -> None:
         "sqs:ChangeMessageVisibility": [DLQ_ARN],
         "sqs:GetQueueAttributes": [DLQ_ARN],
         "secretsmanager:GetSecretValue": [SECRET],
+        "ssm:GetParametersByPath": [CATALOG],
     }  # no sqs:DeleteMessage, no sqs:SendMessage
 
 
@@ -514,13 +519,17 @@ def test_dlq_replay_sends_only_to_the_usage_queue_and_the_dlq() -> None:
         "sqs:GetQueueAttributes": [DLQ_ARN],
         "sqs:SendMessage": granted["sqs:SendMessage"],
         "secretsmanager:GetSecretValue": [SECRET],
+        "ssm:GetParametersByPath": [CATALOG],
     }
 
 
 @pytest.mark.parametrize("logical_id", [REPLAY, CANCEL])
 def test_no_dlq_tool_reads_the_session_parameter_or_holds_a_wildcard(logical_id: str) -> None:
     text = json.dumps(statements(logical_id))
-    assert "ssm:" not in text
+    assert [action for action in grants(logical_id) if action.startswith("ssm:")] == [
+        "ssm:GetParametersByPath"  # the meter catalog only: never the session's parameter
+    ]
+    assert "meter-event-session" not in text
     assert "SessionTokenParameterName" not in text
     assert "*" not in text
     properties = load_template(TEMPLATE)["Resources"][logical_id]["Properties"]

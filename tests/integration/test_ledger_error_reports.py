@@ -18,7 +18,7 @@ from tests.integration.error_report_helpers import (
     function_url_request,
 )
 from tests.integration.error_report_helpers import reports as reports  # the fixture
-from tests.plugins.relay import LEDGER_BUCKET, emf_sums
+from tests.plugins.relay import CATALOG_PATH, LEDGER_BUCKET, emf_sums
 from tests.plugins.stripe_emulator import WEBHOOK_SECRET
 
 pytestmark = pytest.mark.integration
@@ -72,6 +72,23 @@ def test_a_reported_event_comes_back_with_its_body_and_is_recorded(
     )
     assert set(recorded) <= set(RejectionLine.__struct_fields__)
     assert "ledger gap" not in capfd.readouterr().out
+
+
+def test_a_reported_events_body_takes_its_meters_own_keys_from_the_catalog(
+    reports: Reports,
+) -> None:
+    """METER_KEYS names no keys: the meter's own (customer, calls) come from the catalog the
+    refresher stores, as the forwarder took them; default keys would make a body no replay
+    could send."""
+    request = rejected_through_the_forwarder(reports)
+    with reports.relay.refresher() as refresher:  # the catalog, as the stack keeps it
+        refresher.invoke({}).raise_for_error()
+    env = {"LEDGER_BUCKET": LEDGER_BUCKET, "METER_KEYS": "{}", "METER_CATALOG_PATH": CATALOG_PATH}
+    with reports.function(**env) as fn:
+        status, outcome = answer(fn.invoke(request))
+    assert (status, outcome["bodies_known"]) == (200, 1)
+    (letter,) = reports.letters()
+    assert letter["json"]["payload"] == {"customer": "cus_gone", "calls": "4", "region": "eu"}
 
 
 def test_a_ledger_that_cannot_be_written_costs_the_letters_nothing(

@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meter_relay.catalog import PART_CHARS, CatalogStore, Meter, MeterCatalog
+from tests.integration.dlq_helpers import cli as cli  # the fixture
+from tests.integration.dlq_helpers import peek, run_json, take_usage_queue
 from tests.integration.test_forwarder import counted, dead_letters, event, failures
 from tests.plugins.aws import AwsEnv
 from tests.plugins.relay import CATALOG_PATH, Relay, emf_sums
@@ -177,6 +179,38 @@ def test_a_no_meter_letter_is_replayed_once_the_meter_exists(relay: Relay) -> No
     with relay.forwarder() as forwarder:
         assert failures(forwarder.invoke(replayed), replayed) == set()
     assert counted(relay) == {"late-meter-1": 1}
+
+
+def test_dlq_replay_judges_a_letter_by_its_meters_own_keys_once_the_meter_exists(
+    cli: Relay, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One command once the meter exists, with payload keys only the meter knows: METER_KEYS
+    names none of them, so the replay must read them from the catalog as the forwarder does."""
+    monkeypatch.setenv("METER_KEYS", "{}")
+    monkeypatch.setenv("METER_CATALOG_PATH", CATALOG_PATH)
+    _store_catalog(cli)
+    late = {
+        "event_name": "created_later",
+        "identifier": "late-keys-1",
+        "payload": {"account": "cus_late", "calls": "4"},
+    }
+    sqs_event = cli.sqs_event([late], ["m-late-keys"])
+    with cli.forwarder(env={"METER_KEYS": "{}"}) as forwarder:
+        forwarder.invoke(sqs_event)
+    (letter,) = peek(cli).values()
+    assert letter["MessageAttributes"]["ErrorCode"]["StringValue"] == "no_meter"
+
+    cli.emulator.create_meter("created_later", customer_key="account", value_key="calls")
+    _store_catalog(cli)
+    code, result = run_json(capsys, "dlq", "replay")
+    assert (code, result["counts"]) == (0, {"replayed": 1})
+
+    (replayed,) = take_usage_queue(cli)
+    with cli.forwarder(env={"METER_KEYS": "{}"}) as forwarder:
+        again = cli.sqs_event([replayed["Body"]], [replayed["MessageId"]])
+        assert failures(forwarder.invoke(again), again) == set()
+    assert counted(cli) == {"late-keys-1": 1}
+    assert cli.emulator.errors()["total"] == 0
 
 
 def test_meter_keys_still_override_the_meters_own(relay: Relay) -> None:

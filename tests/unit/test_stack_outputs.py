@@ -15,11 +15,13 @@ def test_every_output_the_cli_reads_is_declared_with_what_the_functions_get() ->
     template = load_template(TEMPLATE)
     outputs = template["Outputs"]
     assert set(REQUIRED_OUTPUTS) <= set(OUTPUT_VARIABLES) <= set(outputs)
-    replay = template["Resources"]["DlqReplayFunction"]["Properties"]["Environment"]["Variables"]
+    resources = template["Resources"]
+    replay = resources["DlqReplayFunction"]["Properties"]["Environment"]["Variables"]
+    reports = resources["ErrorReportsFunction"]["Properties"]["Environment"]["Variables"]
     shared = template["Globals"]["Function"]["Environment"]["Variables"]
     for output, variable in OUTPUT_VARIABLES.items():
         assert outputs[output].get("Description"), output
         value = outputs[output]["Value"]
         if "Condition" in outputs[output]:  # the functions get it, or nothing, by the condition
             value = {"Fn::If": [outputs[output]["Condition"], value, ""]}
-        assert value == {**shared, **replay}[variable], output
+        assert value == {**shared, **reports, **replay}[variable], output

@@ -163,7 +163,8 @@ def test_the_function_runs_like_the_others_with_the_contract_it_reads(
         "DEAD_LETTER_QUEUE_URL": "<UsageDeadLetterQueue>",
         "ERROR_REPORTS_TABLE": "<ErrorReportsTable>",
         "LEDGER_BUCKET": "<LedgerBucket>",  # bodies read, samples recorded
-        "METER_KEYS": "{}",  # the payload keys of a body rebuilt from the ledger
+        "METER_KEYS": "{}",  # payload keys of a body rebuilt from the ledger, over the meter's
+        "METER_CATALOG_PATH": "/production/stripe/meter-catalog",  # each meter's own keys
     }
     group = properties(by_eventbridge, "ErrorReportsFunctionLogs")
     assert group["RetentionInDays"] == "30"
@@ -182,6 +183,10 @@ def test_the_function_may_do_exactly_what_it_needs(
         ("dynamodb:PutItem", table),
         ("dynamodb:UpdateItem", table),
         ("dynamodb:DeleteItem", table),
+        (  # each meter's payload keys, to rebuild bodies by
+            "ssm:GetParametersByPath",
+            "arn:aws:ssm:eu-west-1:111122223333:parameter/production/stripe/meter-catalog",
+        ),
     }
     assert grants(by_eventbridge, "ErrorReportsFunctionRole") == common
     assert grants(by_webhook, "ErrorReportsFunctionRole") == common | {
@@ -205,10 +210,13 @@ def test_any_event_stripe_reports_rejected_in_five_minutes_reaches_a_person(
 ) -> None:
     rejected = alarm(by_webhook, "production-stripe-rejected-events")
     queries = {m["Id"]: m for m in rejected["Metrics"]}
-    assert queries["reported"]["Expression"] == "FILL(rejected, 0) + FILL(unavailable, 0)"
+    assert queries["reported"]["Expression"] == (
+        "FILL(rejected, 0) + FILL(unavailable, 0) + FILL(mismatched, 0)"
+    )
     for metric_id, name in (
         ("rejected", "StripeRejectedEvents"),
         ("unavailable", "ErrorReportsUnavailable"),
+        ("mismatched", "ErrorReportCountMismatch"),  # counts per code not adding up
     ):
         stat = queries[metric_id]["MetricStat"]
         assert stat["Metric"] == {

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from meter_relay.events import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY
+from meter_relay.events import DEFAULT_CUSTOMER_KEY, DEFAULT_VALUE_KEY, ValidationRules
 from meter_relay.observability import logger
 from meter_relay.stripe_client import Kind, StripeApi
 
@@ -166,6 +166,16 @@ class CatalogStore:
         for start in range(0, len(extra), 10):  # an older, longer catalog's parts
             self._ssm.delete_parameters(Names=extra[start : start + 10])
         return True
+
+
+def with_catalog_keys(rules: ValidationRules, store: CatalogStore | None) -> ValidationRules:
+    """The rules the operator tools judge letters and rebuild bodies by: the stored catalog's
+    payload keys per meter, METER_KEYS over them (`rules` as they are without a catalog).
+    The meters themselves are not judged here: a catalog minutes old must not refuse a meter
+    made since, and the forwarder (with its bounded refresh) and Stripe judge them anyway.
+    An AWS error is raised: a letter judged by the wrong keys would be refused."""
+    catalog = store.read() if store is not None else None
+    return rules.with_keys_of(catalog.meters) if catalog is not None else rules
 
 
 def _assemble(parts: dict[int, Any]) -> MeterCatalog | None:

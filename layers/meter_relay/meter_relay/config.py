@@ -232,6 +232,8 @@ class ToolsConfig:
     ledger_database: str | None = None
     # Stripe's error reports processed so far (ErrorReportsFunction's and `errors pull`'s)
     error_reports_table: str | None = None
+    # the meter catalog the refresher stores: each meter's payload keys
+    catalog_path: str | None = None
 
     @classmethod
     def from_env(
@@ -267,6 +269,7 @@ class ToolsConfig:
             ledger_workgroup=merged.get("LEDGER_WORKGROUP", "").strip() or None,
             ledger_database=merged.get("LEDGER_DATABASE", "").strip() or None,
             error_reports_table=merged.get("ERROR_REPORTS_TABLE", "").strip() or None,
+            catalog_path=_ssm_path(merged, "METER_CATALOG_PATH"),
         )
 
     def need(self, variable: str) -> str:

@@ -40,6 +40,7 @@ from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterEr
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
+from meter_relay.catalog import CatalogStore, with_catalog_keys
 from meter_relay.config import (
     AWS_CLIENT_CONFIG,
     DEFAULT_API_BASE,
@@ -50,6 +51,7 @@ from meter_relay.config import (
     _live_on_stripe,
     _number,
     _required,
+    _ssm_path,
     stripe_mode,
 )
 from meter_relay.dead_letter import DeadLetterQueue
@@ -90,6 +92,7 @@ class ErrorReportsConfig:
     ledger_bucket: str | None = None  # the delivery ledger: bodies read, rejections recorded
     ledger_prefix: str = ""
     rules: ValidationRules = field(default_factory=ValidationRules)  # to rebuild bodies
+    catalog_path: str | None = None  # each meter's payload keys, for the same
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ErrorReportsConfig:
@@ -108,6 +111,7 @@ class ErrorReportsConfig:
             ledger_bucket=env.get("LEDGER_BUCKET", "").strip() or None,
             ledger_prefix=env.get("LEDGER_PREFIX", "").strip().strip("/"),
             rules=_rules(env),
+            catalog_path=_ssm_path(env, "METER_CATALOG_PATH"),
         )
 
 
@@ -168,6 +172,10 @@ class ErrorReportsFunction:
             )
             return StripeApi(http, key)
 
+        catalog = None
+        if config.catalog_path:
+            ssm = session.client("ssm", config=AWS_CLIENT_CONFIG)
+            catalog = CatalogStore(config.catalog_path, ssm)
         ledger = None
         if config.ledger_bucket:
             s3 = session.client("s3", config=AWS_CLIENT_CONFIG)
@@ -180,7 +188,9 @@ class ErrorReportsFunction:
             DynamoDBPersistenceLayer(
                 table_name=config.table_name, boto3_session=session, boto_config=AWS_CLIENT_CONFIG
             ),
-            LedgerBodies(ledger, config.rules) if ledger else None,
+            LedgerBodies(ledger, functools.partial(with_catalog_keys, config.rules, catalog))
+            if ledger
+            else None,
             ledger=ledger,
         )
         return cls(config, processor, secrets)

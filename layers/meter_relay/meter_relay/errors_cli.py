@@ -101,7 +101,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         DynamoDBPersistenceLayer(
             table_name=table, boto3_session=kit.session, boto_config=AWS_CLIENT_CONFIG
         ),
-        LedgerBodies(ledger, kit.config.rules) if ledger else None,
+        LedgerBodies(ledger, lambda: kit.rules) if ledger else None,
         ledger=ledger,
     )
     try:
@@ -179,5 +179,5 @@ def _report(args: argparse.Namespace, summary: PullSummary) -> int:
         console.warn(
             f"{len(summary.busy)} reports were being processed by another run: pull again later"
         )
-        return Exit.STAYED
-    return Exit.DONE
+    # exit 1 as documented: something stayed (busy, unrecorded) or does not add up
+    return Exit.STAYED if summary.busy or mismatched or unrecorded else Exit.DONE

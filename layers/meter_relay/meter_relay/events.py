@@ -155,6 +155,12 @@ class ValidationRules:
     def with_meters(self, meters: Mapping[str, Meter] | None) -> ValidationRules:
         return ValidationRules(self.meter_keys, self.value_rule, meters)
 
+    def with_keys_of(self, meters: Mapping[str, Meter]) -> ValidationRules:
+        """Each meter's own payload keys, METER_KEYS over them, without judging the meters
+        themselves (the operator tools: the forwarder and Stripe judge those)."""
+        keys = {name: MeterKeys(m.customer_key, m.value_key) for name, m in meters.items()}
+        return ValidationRules({**keys, **self.meter_keys}, self.value_rule, self.meters)
+
     @classmethod
     def from_settings(cls, meter_keys_json: str, value_rule: str) -> ValidationRules:
         """From METER_KEYS (JSON: {event_name: {"customer_key", "value_key"}}) and VALUE_RULE."""

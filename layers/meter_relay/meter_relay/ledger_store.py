@@ -206,12 +206,14 @@ def event_body(line: LedgerLine, rules: ValidationRules) -> str:
 class LedgerBodies:
     """The bodies of reported events, read from the ledger objects of the report's validation
     window (directly in S3: a window's objects, no query engine), within a time budget; what
-    is not found in time stays "body unknown"."""
+    is not found in time stays "body unknown". `rules` gives the payload keys to rebuild them
+    by (the meter catalog's, read when a body is found: it may change while a function lives);
+    when they cannot be had, bodies stay unknown rather than wrong."""
 
     def __init__(
         self,
         ledger: LedgerBucket,
-        rules: ValidationRules,
+        rules: Callable[[], ValidationRules],
         *,
         budget_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -230,18 +232,28 @@ class LedgerBodies:
         until = (end or start) + RECORDED_AFTER
         deadline = self._clock() + self.budget_seconds
         found: dict[str, str] = {}
+        lines: dict[str, LedgerLine] = {}
 
         def take(_key: str, data: bytes) -> None:
             for line in decode_events(data):
-                if line.identifier in wanted and line.identifier not in found:
-                    found[line.identifier] = event_body(line, self.rules)
+                if line.identifier in wanted and line.identifier not in lines:
+                    lines[line.identifier] = line
 
         try:
             keys = list(self.ledger.keys(EVENTS, start - RECORDED_AFTER, until))
             for first in range(0, len(keys), READERS):
-                if self._clock() > deadline or len(found) == len(wanted):
+                if self._clock() > deadline or len(lines) == len(wanted):
                     break
                 self.ledger.fetch(keys[first : first + READERS], take)
-        except (LedgerUnavailable, msgspec.DecodeError, OSError) as error:
+            if lines:
+                rules = self.rules()
+                found = {identifier: event_body(line, rules) for identifier, line in lines.items()}
+        except (
+            LedgerUnavailable,
+            msgspec.DecodeError,
+            OSError,
+            BotoCoreError,
+            ClientError,
+        ) as error:
             logger.warning("ledger: reported events' bodies not read", extra={"why": str(error)})
         return found

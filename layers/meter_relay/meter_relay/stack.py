@@ -31,6 +31,7 @@ OUTPUT_VARIABLES = {
     "LedgerWorkGroupName": "LEDGER_WORKGROUP",
     "LedgerDatabaseName": "LEDGER_DATABASE",
     "ErrorReportsTableName": "ERROR_REPORTS_TABLE",
+    "MeterCatalogPath": "METER_CATALOG_PATH",
 }
 REQUIRED_OUTPUTS = ("DeadLetterQueueUrl", "UsageQueueUrl", "StripeSecretArn", "StripeMode")
 

@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 import boto3
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
+from meter_relay.catalog import CatalogStore, with_catalog_keys
 from meter_relay.config import AWS_CLIENT_CONFIG, ConfigError, ToolsConfig
 from meter_relay.dlq.replay import SYNC_SENDERS, QueueResend, SyncResend
 from meter_relay.dlq.resend import UsageQueue
 from meter_relay.dlq.scan import DeadLetterReader
+from meter_relay.events import ValidationRules
 from meter_relay.ledger_engines import AthenaEngine, DuckDbEngine, Engine
 from meter_relay.ledger_queries import LedgerQueries
 from meter_relay.ledger_store import LedgerBucket
@@ -22,6 +24,7 @@ from meter_relay.stripe_client import StripeApi, StripeHttp
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_ssm import SSMClient
 
 ENGINES = ("athena", "duckdb")
 
@@ -40,6 +43,17 @@ class Toolkit:
     @cached_property
     def s3(self) -> S3Client:
         return self.session.client("s3", config=AWS_CLIENT_CONFIG)
+
+    @cached_property
+    def ssm(self) -> SSMClient:
+        return self.session.client("ssm", config=AWS_CLIENT_CONFIG)
+
+    @cached_property
+    def rules(self) -> ValidationRules:
+        """Letters are judged by each meter's own payload keys (the stack's meter catalog),
+        METER_KEYS over them, as the forwarder judges events."""
+        path = self.config.catalog_path
+        return with_catalog_keys(self.config.rules, CatalogStore(path, self.ssm) if path else None)
 
     def ledger(self) -> LedgerBucket | None:
         """The delivery ledger's bucket, when the stack has one."""
@@ -75,9 +89,7 @@ class Toolkit:
         return LedgerQueries(self.ledger_engine(choice)) if self.config.ledger_bucket else None
 
     def reader(self) -> DeadLetterReader:
-        return DeadLetterReader(
-            self.sqs, self.config.need("DEAD_LETTER_QUEUE_URL"), self.config.rules
-        )
+        return DeadLetterReader(self.sqs, self.config.need("DEAD_LETTER_QUEUE_URL"), self.rules)
 
     def usage_queue(self) -> UsageQueue:
         return UsageQueue(self.sqs, self.config.need("USAGE_QUEUE_URL"))
