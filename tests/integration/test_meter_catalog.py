@@ -94,6 +94,18 @@ def test_the_refresher_stores_every_meter_active_or_not(relay: Relay) -> None:
     assert catalog.get("logins") is not None
 
 
+def test_the_refresher_reads_every_page_of_meters(relay: Relay) -> None:
+    for n in range(230):  # with the fixture's 4: three pages of Stripe's at most 100
+        relay.emulator.create_meter(f"paged_{n:03d}")
+    with relay.refresher() as refresher:
+        result = refresher.invoke({}).raise_for_error()
+    assert result["catalog"]["meters"] == 234
+    catalog = CatalogStore(CATALOG_PATH, relay.aws.client("ssm")).read()
+    assert catalog is not None
+    assert {f"paged_{n:03d}" for n in range(230)} <= set(catalog.meters)
+    assert catalog.get("search_calls") is not None
+
+
 def test_meters_stripe_cannot_list_never_fail_the_session(
     relay: Relay, capfd: pytest.CaptureFixture[str]
 ) -> None:
