@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from meter_relay.cli import main
 from meter_relay.dlq.scan import SCAN_HOLD_SECONDS, SCAN_IDLE_RECEIVES, WhenFull
+from meter_relay.dlq.toolkit import Toolkit
 from tests.fakes import ClockedQueue, FakeClock, FakeSqs, RepeatingSqs, StubSqs, api_messages
 from tests.unit.relay.dlq.builders import DLQ_URL, reader
 
@@ -142,6 +144,31 @@ def test_a_pass_that_holds_past_the_limit_is_answered_empty_and_says_so() -> Non
     assert shortfall.startswith("seen 50 of ~120 messages")
     assert "in-flight limit" in shortfall
     assert sqs.in_flight(DLQ_URL) == 0  # all given back
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_dlq_list_says_it_saw_less_than_the_queue_holds_and_exits_1(
+    output: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the operator sees of the shortfall: the CLI over a queue at its in-flight limit."""
+    sqs = limited_queue(120, limit=50)
+    monkeypatch.setattr(
+        Toolkit, "reader", lambda _kit: reader(sqs, max_held=1_000, in_flight_limit=50)
+    )
+    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", DLQ_URL)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    code = main(["--output", output, "dlq", "list"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.startswith("warning: seen 50 of ~120 messages")
+    assert err.endswith(": the counts above are of what was seen\n")
+    if output == "json":
+        document = json.loads(out)
+        assert (document["complete"], document["messages"]) == (False, 50)
+        assert document["shortfall"] in err
+    else:
+        assert "read 50 of ~120 messages in the DLQ\n" in out
+    assert sqs.in_flight(DLQ_URL) == 0
 
 
 def test_a_read_only_pass_stops_at_what_it_may_hold_and_says_how_much_it_saw() -> None:
