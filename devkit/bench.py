@@ -408,9 +408,11 @@ def bench_at_latency(
     sigma: float,
     memory_mb: int,
     rounds: int,
+    ledger: bool = False,
 ) -> list[LatencyRow]:
     """The forwarder (warm) on `n` single-event records, Stripe's answers taking a log-normal
-    time: one row per StreamConcurrency, each the median of `rounds` batches."""
+    time: one row per StreamConcurrency, each the median of `rounds` batches; `ledger`: with
+    the delivery ledger written."""
     from devkit.emulator.client import EmulatorClient
 
     arn = "arn:aws:sqs:us-east-1:123456789012:bench-usage"
@@ -421,6 +423,7 @@ def bench_at_latency(
         for concurrency in concurrencies:
             env_vars = json.loads(json.dumps(setup["env_vars"]))
             env_vars["ForwarderFunction"]["STREAM_CONCURRENCY"] = str(concurrency)
+            env_vars["ForwarderFunction"]["LEDGER_BUCKET"] = LEDGER_BUCKET if ledger else ""
             with load_function(
                 TEMPLATE, "ForwarderFunction", env_vars=env_vars, extra_env=setup["env"]
             ) as function:
@@ -513,6 +516,23 @@ def main(argv: list[str] | None = None) -> int:
             if args.latency_ms
             else []
         )
+        # what the ledger adds to the wall time Lambda bills, at the template's concurrency
+        default_concurrency = int(_template_default("StreamConcurrency"))
+        ledger_rows = (
+            bench_at_latency(
+                emulator,
+                setup,
+                args.events,
+                [default_concurrency],
+                args.latency_ms,
+                args.latency_sigma,
+                memory_mb,
+                3,
+                ledger=True,
+            )
+            if args.latency_ms
+            else []
+        )
     ratio = forwarder["singles"]["events_per_s"] / baseline["events_per_s"]
     envelope_ratio = forwarder["envelopes"]["events_per_s"] / baseline["events_per_s"]
     rows = [
@@ -550,6 +570,12 @@ def main(argv: list[str] | None = None) -> int:
         for measured in latency_rows:
             print(
                 f"{measured.concurrency:>18}{measured.wall_ms:>10.0f}"
+                f"{measured.events_per_s:>10,.0f}{measured.gb_seconds_per_batch:>8.3f}"
+                f"{measured.dollars_per_million_events:>12.5f}"
+            )
+        for measured in ledger_rows:
+            print(
+                f"{str(measured.concurrency) + ' + ledger':>18}{measured.wall_ms:>10.0f}"
                 f"{measured.events_per_s:>10,.0f}{measured.gb_seconds_per_batch:>8.3f}"
                 f"{measured.dollars_per_million_events:>12.5f}"
             )
@@ -594,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
                     "sigma": args.latency_sigma,
                     "memory_mb": memory_mb,
                     "rows": [measured.to_json() for measured in latency_rows],
+                    "with_ledger": [measured.to_json() for measured in ledger_rows],
                 },
                 "events_per_batch": args.events,
                 "rounds": args.rounds,

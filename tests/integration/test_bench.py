@@ -66,6 +66,9 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
     assert lines[-3].startswith("forwarder/decoded floor = ")
     assert lines[-2].startswith("envelopes/baseline = ")
     assert [row["stream_concurrency"] for row in results["at_stripe_latency"]["rows"]] == [2, 4]
+    (with_ledger,) = results["at_stripe_latency"]["with_ledger"]  # the template's concurrency
+    assert with_ledger["stream_concurrency"] == 32
+    assert with_ledger["batch_wall_ms"] > 0
     assert all(
         row["dollars_per_million_events"] > 0 for row in results["at_stripe_latency"]["rows"]
     )
