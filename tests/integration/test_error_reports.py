@@ -292,6 +292,23 @@ def test_stripe_unreachable_fails_the_eventbridge_run_and_answers_5xx_then_a_ret
     assert codes_and_identifiers(reports.letters()) == {"later": "meter_event_invalid_value"}
 
 
+def test_a_request_stripe_calls_bad_is_retried_never_acknowledged_unread(
+    reports: Reports,
+) -> None:
+    """A 400 on the fetch says this side asked wrongly (a Stripe-Version, a restricted key):
+    fixed, the retry must still find the report; acknowledged, it would be lost for good."""
+    (received,) = reports.pushed(usage("asked-badly", value="0"))
+    reports.emulator.set_faults("events", error_rate=1.0, error_statuses=[400])
+    with reports.function() as function:
+        status, _ = answer(function.invoke(function_url_request(received)))
+        assert status == 502  # Stripe delivers it again
+        assert reports.remembered() == []
+        reports.emulator.configure(clear_faults=True)
+        status, outcome = answer(function.invoke(function_url_request(received)))
+    assert (status, outcome["status"]) == (200, "processed")
+    assert codes_and_identifiers(reports.letters()) == {"asked-badly": "meter_event_invalid_value"}
+
+
 def test_an_unreachable_stripe_is_a_failed_run_not_a_lost_report(reports: Reports) -> None:
     (received,) = reports.pushed(usage("nowhere", value="0"))
     with reports.function(STRIPE_API_BASE="http://127.0.0.1:9") as function:  # nothing listens

@@ -73,7 +73,10 @@ UNKNOWN_CODE = "unknown"  # an error type without a code (Stripe's codes are kep
 
 REMEMBER_SECONDS = 31 * 86_400  # Stripe keeps events 30 days: a pull can reach no older one
 IDEMPOTENCY_KEY_PREFIX = "stripe-error-report"  # the same for the function and the CLI
-UNAVAILABLE_STATUSES = frozenset({400, 404, 410})  # Stripe will not give this event, ever
+# Stripe will not give this event, ever (gone after 30 days, another account's or mode's). A
+# 400 is not among them: a request this side got wrong (a Stripe-Version, a key's scope) would
+# otherwise acknowledge every report unread; it is retried, as a 5xx is.
+UNAVAILABLE_STATUSES = frozenset({404, 410})
 
 
 class NotificationError(ValueError):
@@ -81,8 +84,8 @@ class NotificationError(ValueError):
 
 
 class EventUnavailable(Exception):
-    """Stripe will not give the event (gone after 30 days, another account's or mode's, or
-    refused): acknowledged, never retried."""
+    """Stripe will not give the event (gone after 30 days, another account's or mode's):
+    acknowledged, never retried."""
 
 
 class FetchFailed(Exception):
