@@ -567,15 +567,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         header = ("StreamConcurrency", "batch ms", "events/s", "GB-s", "$/M events")
         print(f"{header[0]:>18}{header[1]:>10}{header[2]:>10}{header[3]:>8}{header[4]:>12}")
-        for measured in latency_rows:
+        labelled = [(str(m.concurrency), m) for m in latency_rows]
+        labelled += [(f"{m.concurrency} + ledger", m) for m in ledger_rows]
+        for label, measured in labelled:
             print(
-                f"{measured.concurrency:>18}{measured.wall_ms:>10.0f}"
-                f"{measured.events_per_s:>10,.0f}{measured.gb_seconds_per_batch:>8.3f}"
-                f"{measured.dollars_per_million_events:>12.5f}"
-            )
-        for measured in ledger_rows:
-            print(
-                f"{str(measured.concurrency) + ' + ledger':>18}{measured.wall_ms:>10.0f}"
+                f"{label:>18}{measured.wall_ms:>10.0f}"
                 f"{measured.events_per_s:>10,.0f}{measured.gb_seconds_per_batch:>8.3f}"
                 f"{measured.dollars_per_million_events:>12.5f}"
             )
