@@ -1,5 +1,6 @@
-"""How many bytes one event takes in the delivery ledger: gzip JSON Lines at level 1, as the
-forwarder writes them (meter_relay.ledger.encode), for the two shapes of traffic that bound it.
+"""How many bytes one event takes in the delivery ledger: Zstandard JSON Lines at level 1, as the
+forwarder writes them (meter_relay.ledger.ledger_text, then compress), for the two shapes of
+traffic that bound it.
 
 Identifiers and SQS message ids are what does not compress: a producer's random identifier per
 event (single-event messages) against identifiers derived from one message id per envelope.
@@ -9,12 +10,13 @@ event (single-event messages) against identifiers derived from one message id pe
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from meter_relay.events import format_timestamp
-from meter_relay.ledger import LedgerLine, encode
+from meter_relay.events import MeterEvent, ValidationRules, format_timestamp
+from meter_relay.ledger import compress, ledger_text
 
 EVENTS = 10_000
 NOW = datetime(2026, 12, 5, 15, tzinfo=UTC)
@@ -27,28 +29,34 @@ def main() -> None:
     def uid() -> str:
         return str(uuid.UUID(int=rng.getrandbits(128)))
 
-    def line(identifier: str, message_id: str) -> LedgerLine:
-        return LedgerLine(
-            identifier,
+    def delivered(identifier: str, message_id: str) -> tuple[MeterEvent, str]:
+        event = MeterEvent(
             "api_requests",
-            f"cus_{rng.randrange(5000):06d}",
-            str(rng.randrange(1, 100)),
+            {
+                "stripe_customer_id": f"cus_{rng.randrange(5000):06d}",
+                "value": str(rng.randrange(1, 100)),
+            },
+            identifier,
             format_timestamp(NOW - timedelta(seconds=rng.randrange(3600))),
-            format_timestamp(NOW),
-            message_id,
-            REQUEST_ID,
         )
+        event.source = json.dumps(event.to_stripe(), separators=(",", ":"))  # as producers send
+        return event, message_id
 
-    single = [line(f"order-{uid()}", uid()) for _ in range(EVENTS)]
-    envelopes: list[LedgerLine] = []
+    single = [delivered(f"order-{uid()}", uid()) for _ in range(EVENTS)]
+    envelopes: list[tuple[MeterEvent, str]] = []
     while len(envelopes) < EVENTS:
         message_id = uid()
-        envelopes += [line(f"{message_id}-{index}", message_id) for index in range(100)]
-    for shape, lines in (
+        envelopes += [delivered(f"{message_id}-{index}", message_id) for index in range(100)]
+    for shape, events in (
         ("single events, a producer's random identifier each", single),
         ("envelopes of 100, identifiers derived from the message id", envelopes),
     ):
-        print(f"{shape}: {len(encode(lines)) / len(lines):.1f} bytes per event")
+        sent, message_ids = zip(*events, strict=True)
+        text = ledger_text(sent, message_ids, ValidationRules(), NOW, REQUEST_ID)
+        print(
+            f"{shape}: {len(compress(text)) / len(events):.1f} bytes per event "
+            f"({len(text) / len(events):.0f} uncompressed)"
+        )
 
 
 if __name__ == "__main__":

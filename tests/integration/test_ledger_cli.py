@@ -7,7 +7,6 @@ sent, and a cancel it never made) that reconcile must report, exactly. The engin
 
 from __future__ import annotations
 
-import gzip
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from meter_relay.ledger import decode
+from meter_relay.ledger import decode, decompress
 from tests.integration.dlq_helpers import (
     api_event,
     deliver_sync,
@@ -333,7 +332,7 @@ def test_cancels_are_recorded_in_the_ledger_once_per_run(
 
 
 def decode_text(response: Any) -> list[str]:
-    return gzip.decompress(response["Body"].read()).decode().splitlines()
+    return decompress(response["Body"].read()).decode().splitlines()
 
 
 def test_decode_reads_what_the_forwarder_wrote(ledger: Relay) -> None:

@@ -5,11 +5,11 @@ Stripe event); a ledger that cannot be written costs the letters nothing and is 
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import pytest
 
+from meter_relay.ledger import decompress
 from meter_relay.ledger_store import RejectionLine
 from tests.integration.dlq_helpers import METER_KEYS, forward
 from tests.integration.error_report_helpers import (
@@ -18,7 +18,7 @@ from tests.integration.error_report_helpers import (
     function_url_request,
 )
 from tests.integration.error_report_helpers import reports as reports  # the fixture
-from tests.plugins.relay import CATALOG_PATH, LEDGER_BUCKET, emf_sums
+from tests.plugins.relay import LEDGER_BUCKET, emf_sums
 from tests.plugins.stripe_emulator import WEBHOOK_SECRET
 
 pytestmark = pytest.mark.integration
@@ -61,9 +61,9 @@ def test_a_reported_event_comes_back_with_its_body_and_is_recorded(
 
     s3 = reports.relay.aws.client("s3")
     (item,) = s3.list_objects_v2(Bucket=LEDGER_BUCKET, Prefix="rejections/")["Contents"]
-    assert item["Key"].endswith(f"/{outcome['event_id']}.jsonl.gz")
+    assert item["Key"].endswith(f"/{outcome['event_id']}.jsonl.zst")
     data = s3.get_object(Bucket=LEDGER_BUCKET, Key=item["Key"])["Body"].read()
-    (line,) = gzip.decompress(data).splitlines()
+    (line,) = decompress(data).splitlines()
     recorded = json.loads(line)
     assert (recorded["identifier"], recorded["code"], recorded["stripe_event_id"]) == (
         "gone-1",
@@ -74,17 +74,14 @@ def test_a_reported_event_comes_back_with_its_body_and_is_recorded(
     assert "ledger gap" not in capfd.readouterr().out
 
 
-def test_a_reported_events_body_takes_its_meters_own_keys_from_the_catalog(
+def test_a_reported_events_body_is_the_event_as_the_forwarder_sent_it(
     reports: Reports,
 ) -> None:
-    """METER_KEYS names no keys: the meter's own (customer, calls) come from the catalog the
-    refresher stores, as the forwarder took them; default keys would make a body no replay
-    could send."""
+    """The function knows nothing of the meter's payload keys (no METER_KEYS, no catalog): the
+    ledger holds the event as the stream call carried it, so the body needs none. (A body
+    rebuilt with Stripe's default keys would be one no replay could send.)"""
     request = rejected_through_the_forwarder(reports)
-    with reports.relay.refresher() as refresher:  # the catalog, as the stack keeps it
-        refresher.invoke({}).raise_for_error()
-    env = {"LEDGER_BUCKET": LEDGER_BUCKET, "METER_KEYS": "{}", "METER_CATALOG_PATH": CATALOG_PATH}
-    with reports.function(**env) as fn:
+    with reports.function(LEDGER_BUCKET=LEDGER_BUCKET) as fn:
         status, outcome = answer(fn.invoke(request))
     assert (status, outcome["bodies_known"]) == (200, 1)
     (letter,) = reports.letters()

@@ -12,7 +12,8 @@ import pytest
 import requests
 
 from meter_relay import ledger_sql
-from meter_relay.ledger import LedgerLine
+from meter_relay.events import MeterKeys
+from meter_relay.ledger import LedgerLine, StripeEvent, line_of
 from meter_relay.ledger_engines import AthenaEngine, DuckDbEngine, QueryFailed
 from meter_relay.ledger_queries import LedgerQueries, Totals
 from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS
@@ -44,9 +45,10 @@ def line(
     event_name: str = "api_requests",
     request: str = "req-1",
 ) -> LedgerLine:
-    return LedgerLine(
-        identifier, event_name, customer, value, timestamp, iso(delivered), "m-1", request
+    sent = StripeEvent(
+        event_name, {"stripe_customer_id": customer, "value": value}, identifier, timestamp
     )
+    return line_of(sent, MeterKeys(), iso(delivered), "m-1", request)
 
 
 @pytest.fixture
@@ -294,7 +296,7 @@ def test_athena_runs_the_same_text_in_the_workgroup_and_reads_it_as_duckdb_does(
     assert sent["Query"] == query.render(
         {t.name: f'"meter_relay_production"."{t.name}"' for t in ledger_sql.TABLES}
     )
-    assert '"meter_relay_production"."events" e' in sent["Query"]
+    assert 'FROM "meter_relay_production"."events" x)' in sent["Query"]
     assert "read_json" not in sent["Query"]
     assert "\x00" not in sent["Query"]
 

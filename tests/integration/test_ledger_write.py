@@ -49,7 +49,7 @@ def test_each_delivered_event_is_recorded_once_with_where_it_came_from(relay: Re
     (key,) = objects
     now = datetime.now(UTC)
     assert key.startswith(f"events/dt={now:%Y-%m-%d}/hour=")
-    assert key.endswith(f"/{invocation.request_id}.jsonl.gz")
+    assert key.endswith(f"/{invocation.request_id}.jsonl.zst")
     lines = {line.identifier: line for line in objects[key]}
     assert (
         set(lines)

@@ -8,13 +8,14 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from devkit.emulator.client import EmulatorClient
 from devkit.local_ledger import BUCKET, provision, reconcile_run
 from devkit.local_stack import Expected, MappingStats, account
-from meter_relay.events import format_timestamp
-from meter_relay.ledger import LedgerLine
+from meter_relay.events import MeterKeys, format_timestamp
+from meter_relay.ledger import StripeEvent, line_of
 from meter_relay.ledger_sql import EVENTS
 from meter_relay.ledger_store import LedgerBucket
 from tests.integration.test_local_stack import _stream_events
@@ -36,7 +37,7 @@ def test_the_runs_reconcile_passes_on_agreement_and_names_a_discrepancy(
         "payload": {"stripe_customer_id": "cus_0001", "value": "3"},
     }
     _stream_events(emulator, [event])
-    recorded = LedgerLine("run-1", "api_requests", "cus_0001", "3", stamp, stamp, "m-1", "r-1")
+    recorded = line_of(msgspec.convert(event, StripeEvent), MeterKeys(), stamp, "m-1", "r-1")
     LedgerBucket(BUCKET, "", aws.client("s3")).put(EVENTS, began, "r-1", [recorded])
     customers = ["cus_0001", "cus_0002"]
 

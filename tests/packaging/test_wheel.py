@@ -85,7 +85,14 @@ def test_the_wheel_declares_what_the_cli_imports_and_its_licence(wheel: Path) ->
     meta = metadata(wheel)
     requires = meta.get_all("Requires-Dist", [])
     required = {re.split(r"[ ;<>=!~\[]", r)[0] for r in requires if "extra ==" not in r}
-    assert required == {"aws-lambda-powertools", "boto3", "msgspec", "requests", "urllib3"}
+    assert required == {
+        "aws-lambda-powertools",
+        "boto3",
+        "msgspec",
+        "requests",
+        "urllib3",
+        "zstandard",  # the ledger's objects: trace, reconcile, errors pull and dlq cancel
+    }
     # meter-relay[local]: DuckDB, for trace and reconcile without Athena
     extras = {re.split(r"[ ;<>=!~\[]", r)[0] for r in requires if "extra ==" in r}
     assert extras == {"duckdb"}

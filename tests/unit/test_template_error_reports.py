@@ -162,9 +162,8 @@ def test_the_function_runs_like_the_others_with_the_contract_it_reads(
         "STRIPE_WEBHOOK_SECRET_ID": "",  # no webhook endpoint: webhooks are refused
         "DEAD_LETTER_QUEUE_URL": "<UsageDeadLetterQueue>",
         "ERROR_REPORTS_TABLE": "<ErrorReportsTable>",
-        "LEDGER_BUCKET": "<LedgerBucket>",  # bodies read, samples recorded
-        "METER_KEYS": "{}",  # payload keys of a body rebuilt from the ledger, over the meter's
-        "METER_CATALOG_PATH": "/production/stripe/meter-catalog",  # each meter's own keys
+        "LEDGER_BUCKET": "<LedgerBucket>",  # bodies read (each event as sent), samples recorded
+        "METER_CATALOG_PATH": "/production/stripe/meter-catalog",  # the stack's, never read here
     }
     group = properties(by_eventbridge, "ErrorReportsFunctionLogs")
     assert group["RetentionInDays"] == "30"
@@ -183,10 +182,6 @@ def test_the_function_may_do_exactly_what_it_needs(
         ("dynamodb:PutItem", table),
         ("dynamodb:UpdateItem", table),
         ("dynamodb:DeleteItem", table),
-        (  # each meter's payload keys, to rebuild bodies by
-            "ssm:GetParametersByPath",
-            "arn:aws:ssm:eu-west-1:111122223333:parameter/production/stripe/meter-catalog",
-        ),
     }
     assert grants(by_eventbridge, "ErrorReportsFunctionRole") == common
     assert grants(by_webhook, "ErrorReportsFunctionRole") == common | {

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from meter_relay.ledger import SUFFIX
 from meter_relay.ledger_sql import PARTITIONS, TABLES
 from tests.unit.test_template import Deployed
 
@@ -93,7 +94,8 @@ def test_partitions_are_projected_from_the_keys_the_writers_use(production: Stac
         assert parameters["storage.location.template"] == (
             f"s3://<LedgerBucket>/{table.name}/dt=${{!dt}}/hour=${{!hour}}/"
         )
-        assert parameters["compressionType"] == "gzip"
+        # Athena reads an object's compression from its extension: the writers' .zst
+        assert (parameters["compressionType"], SUFFIX) == ("zstd", ".jsonl.zst")
 
 
 def test_the_database_is_named_after_the_stack_as_athena_names_go(production: Stack) -> None:

@@ -25,7 +25,7 @@ import functools
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -40,18 +40,15 @@ from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterEr
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
-from meter_relay.catalog import CatalogStore, with_catalog_keys
 from meter_relay.config import (
     AWS_CLIENT_CONFIG,
     DEFAULT_API_BASE,
     DEFAULT_API_VERSION,
-    ConfigError,
     StripeMode,
     _base_url,
     _live_on_stripe,
     _number,
     _required,
-    _ssm_path,
     stripe_mode,
 )
 from meter_relay.dead_letter import DeadLetterQueue
@@ -68,7 +65,6 @@ from meter_relay.error_reports import (
     ReportProcessor,
     StripeEvents,
 )
-from meter_relay.events import ValidationRules
 from meter_relay.ledger_store import LedgerBodies, LedgerBucket
 from meter_relay.observability import logger, metrics
 from meter_relay.secret_key import SECRET_MAX_AGE_SECONDS, SecretKeyError, read_secret_key
@@ -91,8 +87,6 @@ class ErrorReportsConfig:
     request_timeout: float = 10.0
     ledger_bucket: str | None = None  # the delivery ledger: bodies read, rejections recorded
     ledger_prefix: str = ""
-    rules: ValidationRules = field(default_factory=ValidationRules)  # to rebuild bodies
-    catalog_path: str | None = None  # each meter's payload keys, for the same
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ErrorReportsConfig:
@@ -110,18 +104,7 @@ class ErrorReportsConfig:
             request_timeout=_number(env, "REQUEST_TIMEOUT_SECONDS", 10, 0.1, 120),
             ledger_bucket=env.get("LEDGER_BUCKET", "").strip() or None,
             ledger_prefix=env.get("LEDGER_PREFIX", "").strip().strip("/"),
-            rules=_rules(env),
-            catalog_path=_ssm_path(env, "METER_CATALOG_PATH"),
         )
-
-
-def _rules(env: Mapping[str, str]) -> ValidationRules:
-    try:
-        return ValidationRules.from_settings(
-            env.get("METER_KEYS", "{}"), env.get("VALUE_RULE", "") or "positive_integer"
-        )
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
 
 
 # What makes a report wait for a retry besides Stripe (FetchFailed): AWS, the secret key.
@@ -172,10 +155,6 @@ class ErrorReportsFunction:
             )
             return StripeApi(http, key)
 
-        catalog = None
-        if config.catalog_path:
-            ssm = session.client("ssm", config=AWS_CLIENT_CONFIG)
-            catalog = CatalogStore(config.catalog_path, ssm)
         ledger = None
         if config.ledger_bucket:
             s3 = session.client("s3", config=AWS_CLIENT_CONFIG)
@@ -188,9 +167,7 @@ class ErrorReportsFunction:
             DynamoDBPersistenceLayer(
                 table_name=config.table_name, boto3_session=session, boto_config=AWS_CLIENT_CONFIG
             ),
-            LedgerBodies(ledger, functools.partial(with_catalog_keys, config.rules, catalog))
-            if ledger
-            else None,
+            LedgerBodies(ledger) if ledger else None,
             ledger=ledger,
         )
         return cls(config, processor, secrets)

@@ -101,7 +101,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         DynamoDBPersistenceLayer(
             table_name=table, boto3_session=kit.session, boto_config=AWS_CLIENT_CONFIG
         ),
-        LedgerBodies(ledger, lambda: kit.rules) if ledger else None,
+        LedgerBodies(ledger) if ledger else None,
         ledger=ledger,
     )
     try:

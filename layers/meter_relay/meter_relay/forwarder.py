@@ -43,7 +43,7 @@ from meter_relay.events import (
     ValidationRules,
     format_timestamp,
 )
-from meter_relay.ledger import LedgerWriter, ledger_lines
+from meter_relay.ledger import LedgerWriter, ledger_text
 from meter_relay.ledger import wait as wait_for_ledger
 from meter_relay.observability import logger, metrics
 from meter_relay.session import LambdaRefresher, SessionStore, SessionTokenSource, TokenStats
@@ -127,14 +127,16 @@ class Forwarder:
         """Start writing the delivered events to the ledger (None: no ledger, or nothing)."""
         if self.ledger is None:
             return None
-        records = batch.records
-        delivered = (
-            (event, records[m]["messageId"]) for (m, _), event in report.delivered_events()
-        )
+        by_record = batch.message_ids
+        tags, events = report.delivered_events()
+        if len(tags) == len(by_record) and not batch.envelopes and not batch.read_in_full:
+            message_ids = by_record  # a record, an event, each delivered: in the same order
+        else:
+            message_ids = [by_record[m] for m, _ in tags]
         now = datetime.now(UTC)
         request_id = context.aws_request_id
-        lines = ledger_lines(delivered, rules, now, request_id)
-        return self.ledger.start(lines, now, request_id, time_left)
+        text = ledger_text(events, message_ids, rules, now, request_id)
+        return self.ledger.start(text, now, request_id, time_left)
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         """Read -> deliver -> dead-letter -> settle, within the invocation's deadline."""
@@ -243,6 +245,7 @@ class Batch:
         self.judge = judge
         self.read_in_full: dict[int, ParsedMessage] = {}
         self.envelopes: dict[int, int] = {}  # envelopes of valid events only: their sizes
+        self.message_ids: list[str] = []  # by record, taken while reading (for the ledger)
         self.received = 0
 
     def read_into(self, run: DeliveryRun[EventTag]) -> None:
@@ -250,8 +253,11 @@ class Batch:
         while the rest of the batch is read)."""
         read = self.judge.read
         envelopes = self.envelopes
+        keep_id = self.message_ids.append
         for m, record in enumerate(self.records):
-            message = read(record.get("body") or "", record["messageId"], self._sent_at(record))
+            message_id = record["messageId"]
+            keep_id(message_id)
+            message = read(record.get("body") or "", message_id, self._sent_at(record))
             if type(message) is MeterEvent:
                 run.add(message, (m, 0))
             elif type(message) is list:

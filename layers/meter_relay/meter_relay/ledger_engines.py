@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from meter_relay.config import ConfigError
-from meter_relay.ledger_sql import PARTITIONS, STRING, TABLES, Query, Table
+from meter_relay.ledger import SUFFIX
+from meter_relay.ledger_sql import EVENT, PARTITIONS, STRING, STRING_MAP, TABLES, Query, Table
 from meter_relay.ledger_store import LedgerBucket, LedgerUnavailable
 
 if TYPE_CHECKING:
@@ -38,7 +39,12 @@ DUCKDB_MACROS = (
     "CREATE MACRO from_iso8601_timestamp(text) AS CAST(text AS TIMESTAMPTZ)",
     "CREATE MACRO to_unixtime(moment) AS epoch(moment)",
 )
-_DUCKDB_TYPES = {STRING: "VARCHAR", "map<string,string>": "MAP(VARCHAR, VARCHAR)"}
+_DUCKDB_TYPES = {
+    STRING: "VARCHAR",
+    STRING_MAP: "MAP(VARCHAR, VARCHAR)",
+    EVENT: "STRUCT(event_name VARCHAR, payload MAP(VARCHAR, VARCHAR), identifier VARCHAR, "
+    '"timestamp" VARCHAR)',
+}
 
 
 class QueryFailed(LedgerUnavailable):
@@ -101,7 +107,7 @@ class DuckDbEngine:
         base = folder / table.name
 
         def write(key: str, data: bytes) -> None:
-            partition = key.split(f"{table.name}/", 1)[1]  # dt=.../hour=.../name.jsonl.gz
+            partition = key.split(f"{table.name}/", 1)[1]  # dt=.../hour=.../name.jsonl.zst
             path = base / partition
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
@@ -115,7 +121,7 @@ class DuckDbEngine:
             )
             parts = ", ".join(f'CAST(NULL AS VARCHAR) AS "{name}"' for name in PARTITIONS)
             return f"(SELECT {empty}, {parts} WHERE false)"
-        pattern = str(base / "*" / "*" / "*.jsonl.gz").replace("'", "''")
+        pattern = str(base / "*" / "*" / f"*{SUFFIX}").replace("'", "''")
         hive = ", ".join(f"'{name}': 'VARCHAR'" for name in PARTITIONS)
         return (
             f"read_json('{pattern}', format = 'newline_delimited', columns = {{{columns}}}, "

@@ -2,7 +2,9 @@
 
 The ledger's three kinds of object are three tables, each partitioned by the UTC date and hour
 it was written (`dt`, `hour`, both text):
-- `events`: what Stripe accepted, as the forwarder recorded it (ledger.LedgerLine);
+- `events`: what Stripe accepted, as the forwarder recorded it (ledger.LedgerLine): each event
+  as sent, with its meter's payload keys. The queries read it through `EVENTS_VIEW`, which
+  gives its flat columns (identifier, event_name, customer, value, timestamp, ...);
 - `cancellations`: the adjustments `dlq cancel` made (ledger_store.CancellationLine);
 - `rejections`: what Stripe's error reports said it dropped later (ledger_store.RejectionLine).
 
@@ -22,30 +24,38 @@ from datetime import UTC, datetime, timedelta
 # recorded) that much before the window starts.
 FUTURE_LIMIT = timedelta(minutes=5)
 
-STRING, STRING_MAP = "string", "map<string,string>"  # Glue's names; DuckDB's below
+STRING, STRING_MAP = "string", "map<string,string>"  # Glue's names; DuckDB's in ledger_engines
+EVENT = (  # ledger.StripeEvent, the event as the stream call sent it
+    "struct<event_name:string,payload:map<string,string>,identifier:string,timestamp:string>"
+)
 
 
 @dataclass(frozen=True)
 class Table:
     """One kind of ledger object: where it lies in the bucket and the columns of its lines."""
 
-    name: str  # also its prefix in the bucket: <name>/dt=YYYY-MM-DD/hour=HH/<object>.jsonl.gz
+    name: str  # also its prefix in the bucket: <name>/dt=YYYY-MM-DD/hour=HH/<object>.jsonl.zst
     columns: tuple[tuple[str, str], ...]  # (name, Glue type), in the order of the lines' keys
+    view: str = "{table}"  # what the queries read: a SELECT over `{table}` as an engine names it
 
 
+# The customer and the value are where the event's meter finds them. try(): Trino's subscript
+# fails on a key the map lacks (DuckDB's gives NULL), and NULL is what a missing one means here.
+EVENTS_VIEW = """(SELECT x.event.identifier AS identifier, x.event.event_name AS event_name,
+  try(x.event.payload[x.customer_key]) AS customer, try(x.event.payload[x.value_key]) AS value,
+  x.event."timestamp" AS "timestamp", x.delivered_at, x.message_id, x.request_id, x.dt, x."hour"
+  FROM {table} x)"""
 EVENTS = Table(
     "events",
     (
-        ("identifier", STRING),
-        ("event_name", STRING),
-        ("customer", STRING),
-        ("value", STRING),
-        ("timestamp", STRING),
         ("delivered_at", STRING),
-        ("message_id", STRING),
         ("request_id", STRING),
-        ("dimensions", STRING_MAP),
+        ("customer_key", STRING),
+        ("value_key", STRING),
+        ("message_id", STRING),
+        ("event", EVENT),
     ),
+    EVENTS_VIEW,
 )
 CANCELLATIONS = Table(
     "cancellations",
@@ -111,7 +121,7 @@ class Query:
         """The text with each table's reference, as an engine names it."""
         text = self.text
         for table in TABLES:
-            text = text.replace(_mark(table.name), tables[table.name])
+            text = text.replace(_mark(table.name), table.view.format(table=tables[table.name]))
         return text
 
 

@@ -1,10 +1,10 @@
 """The delivery ledger's bucket, for everything but the forwarder's hot path (ledger.py): the
 records other parts add beside the delivered events, and reading objects back.
 
-- `cancellations/dt=.../hour=.../<run>.jsonl.gz`: each adjustment `dlq cancel` made (the CLI's
+- `cancellations/dt=.../hour=.../<run>.jsonl.zst`: each adjustment `dlq cancel` made (the CLI's
   run, or the cancel function's invocation): identifier, event_name, adjustment id, Stripe's
   status, when.
-- `rejections/dt=.../hour=.../<Stripe event id>.jsonl.gz`: each sample of a Stripe error
+- `rejections/dt=.../hour=.../<Stripe event id>.jsonl.zst`: each sample of a Stripe error
   report: identifier, Stripe's code and message, the report's event id and type, the meter and
   validation window, when it was recorded. Named after the Stripe event: a report retried
   within the hour rewrites the same object (a line twice changes no query's answer).
@@ -15,20 +15,17 @@ leaves it when replayed or discarded), and trace reads it.
 
 from __future__ import annotations
 
-import gzip
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from botocore.exceptions import BotoCoreError, ClientError
 
-from meter_relay.events import ValidationRules
-from meter_relay.ledger import COMPRESS_LEVEL, LedgerLine
+from meter_relay.ledger import CONTENT_TYPE, SUFFIX, LedgerLine, encode
 from meter_relay.ledger import decode as decode_events
 from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS, Table
 from meter_relay.observability import logger
@@ -86,25 +83,19 @@ class LedgerBucket:
 
     def key(self, table: Table, written_at: datetime, name: str) -> str:
         at = written_at.astimezone(UTC)
-        return f"{self._base(table)}dt={at:%Y-%m-%d}/hour={at:%H}/{name}.jsonl.gz"
+        return f"{self._base(table)}dt={at:%Y-%m-%d}/hour={at:%H}/{name}{SUFFIX}"
 
     def put(
         self, table: Table, written_at: datetime, name: str, lines: Sequence[msgspec.Struct]
     ) -> str:
-        """One object of lines (gzip JSON Lines, as the forwarder writes), tried a few times;
-        its key, or LedgerUnavailable."""
+        """One object of lines (compressed JSON Lines, as the forwarder writes), tried a few
+        times; its key, or LedgerUnavailable."""
         key = self.key(table, written_at, name)
-        body = gzip.compress(msgspec.json.Encoder().encode_lines(lines), COMPRESS_LEVEL, mtime=0)
+        body = encode(lines)
         why = ""
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                self.s3.put_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=body,
-                    ContentType="application/x-ndjson",
-                    ContentEncoding="gzip",
-                )
+                self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=CONTENT_TYPE)
                 return key
             except (BotoCoreError, ClientError) as error:
                 why = _failure(error)
@@ -188,38 +179,24 @@ def record_rejections(
 RECORDED_AFTER = timedelta(minutes=15)
 
 
-def event_body(line: LedgerLine, rules: ValidationRules) -> str:
-    """The event as the forwarder sent it, rebuilt from its ledger line (the payload's keys
-    from the meter keys of the event_name)."""
-    keys = rules.keys_for(line.event_name)
-    payload: dict[str, str] = {keys.customer_key: line.customer, keys.value_key: line.value}
-    payload.update(line.dimensions or {})
-    event: dict[str, Any] = {
-        "event_name": line.event_name,
-        "identifier": line.identifier,
-        "timestamp": line.timestamp,
-        "payload": payload,
-    }
-    return json.dumps(event, separators=(",", ":"))
+def event_body(line: LedgerLine) -> str:
+    """The event as the forwarder sent it: its ledger line holds it as the call carried it."""
+    return msgspec.json.encode(line.event).decode()
 
 
 class LedgerBodies:
     """The bodies of reported events, read from the ledger objects of the report's validation
     window (directly in S3: a window's objects, no query engine), within a time budget; what
-    is not found in time stays "body unknown". `rules` gives the payload keys to rebuild them
-    by (the meter catalog's, read when a body is found: it may change while a function lives);
-    when they cannot be had, bodies stay unknown rather than wrong."""
+    is not found in time stays "body unknown"."""
 
     def __init__(
         self,
         ledger: LedgerBucket,
-        rules: Callable[[], ValidationRules],
         *,
         budget_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ledger = ledger
-        self.rules = rules
         self.budget_seconds = budget_seconds
         self._clock = clock
 
@@ -245,9 +222,7 @@ class LedgerBodies:
                 if self._clock() > deadline or len(lines) == len(wanted):
                     break
                 self.ledger.fetch(keys[first : first + READERS], take)
-            if lines:
-                rules = self.rules()
-                found = {identifier: event_body(line, rules) for identifier, line in lines.items()}
+            found = {identifier: event_body(line) for identifier, line in lines.items()}
         except (
             LedgerUnavailable,
             msgspec.DecodeError,

@@ -1,0 +1,140 @@
+"""The ledger's lines as the forwarder splices them (ledger.ledger_text): each must read back as
+the line built as an object would, whatever the producer's text, the message id or the meter's
+payload keys."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meter_relay.events import MeterEvent, MeterKeys, ValidationRules
+from meter_relay.ledger import compress, decode, decompress, ledger_text, line_of
+
+AT = datetime(2026, 12, 6, 1, 2, 3, 456000, tzinfo=UTC)
+RULES = ValidationRules(meter_keys={"searches": MeterKeys("account", "calls")})
+
+
+def meter_event(
+    name: str, payload: dict[str, str], identifier: str, text: str | None
+) -> MeterEvent:
+    event = MeterEvent(name, payload, identifier, "2026-12-06T01:00:00Z")
+    event.source = text
+    return event
+
+
+def stripe_text(event: MeterEvent, **dumps: Any) -> str:
+    return json.dumps(event.to_stripe(), **dumps)
+
+
+def read_back(text: bytes) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.decode().split("\n") if line]
+
+
+def test_a_line_is_the_event_as_sent_with_its_meters_keys_and_where_it_came_from() -> None:
+    plain = meter_event("api_requests", {"stripe_customer_id": "cus_a", "value": "3"}, "e-1", None)
+    plain.source = stripe_text(plain, separators=(",", ":"))
+    search = meter_event(
+        "searches", {"account": "cus_b", "calls": "4", "region": "eu"}, "e-2", None
+    )
+    search.source = stripe_text(search)  # spaced, as json.dumps writes it: still one line
+    text = ledger_text([plain, search], ["m-1", "m-2"], RULES, AT, "req-1")
+
+    first, second = decode(compress(text))
+    assert (first.identifier, first.customer, first.value, first.dimensions) == (
+        "e-1",
+        "cus_a",
+        "3",
+        None,
+    )
+    assert (first.delivered_at, first.request_id, first.message_id) == (
+        "2026-12-06T01:02:03.456Z",
+        "req-1",
+        "m-1",
+    )
+    assert (second.customer_key, second.value_key) == ("account", "calls")
+    assert (second.customer, second.value, second.dimensions) == ("cus_b", "4", {"region": "eu"})
+    assert second.event.payload == search.payload  # the payload as sent, every key
+
+
+def test_a_producers_text_with_line_breaks_is_encoded_not_spliced() -> None:
+    """A pretty-printed body is sent as it is, but a line break inside a line would split it."""
+    pretty = meter_event("api_requests", {"stripe_customer_id": "cus_a", "value": "3"}, "e-1", None)
+    pretty.source = stripe_text(pretty, indent=2)
+    windows = meter_event(
+        "api_requests", {"stripe_customer_id": "cus_b", "value": "4"}, "e-2", None
+    )
+    windows.source = stripe_text(windows).replace(", ", ",\r\n")
+    text = ledger_text([pretty, windows], ["m-1", "m-2"], RULES, AT, "req-1")
+    assert text.count(b"\n") == 2
+    assert b"\r" not in text
+    assert [line["event"] for line in read_back(text)] == [
+        pretty.to_stripe(),
+        windows.to_stripe(),
+    ]
+
+
+def test_message_ids_and_keys_that_need_escaping_are_escaped() -> None:
+    event = meter_event("odd", {'cus"t': "cus_a", "v\\": "3"}, "e-1", None)
+    rules = ValidationRules(meter_keys={"odd": MeterKeys('cus"t', "v\\")})
+    text = ledger_text([event], ['m-"1"\n'], rules, AT, 're"q')
+    (line,) = decode(compress(text))
+    assert (line.message_id, line.request_id) == ('m-"1"\n', 're"q')
+    assert (line.customer, line.value) == ("cus_a", "3")
+
+
+def test_nothing_delivered_is_nothing_to_write() -> None:
+    assert ledger_text([], [], RULES, AT, "req-1") == b""
+
+
+texts = st.text(min_size=1, max_size=12)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["api_requests", "searches"]),
+            texts,
+            texts,
+            texts,
+            st.dictionaries(texts, texts, max_size=2),
+            st.sampled_from(["none", "compact", "spaced", "indented"]),
+            texts,
+        ),
+        max_size=8,
+    )
+)
+def test_spliced_lines_read_back_as_lines_built_as_objects(rows: list[tuple]) -> None:  # type: ignore[type-arg]
+    events, message_ids, expected = [], [], []
+    for name, identifier, customer, value, others, form, message_id in rows:
+        keys = RULES.keys_for(name)
+        payload = {**others, keys.customer_key: customer, keys.value_key: value}
+        event = meter_event(name, payload, identifier, None)
+        if form != "none":
+            spacing: dict[str, dict[str, Any]] = {
+                "compact": {"separators": (",", ":")},
+                "spaced": {},
+                "indented": {"indent": 1},
+            }
+            event.source = stripe_text(event, **spacing[form])
+        events.append(event)
+        message_ids.append(message_id)
+        expected.append(line_of(event, keys, "2026-12-06T01:02:03.456Z", message_id, "req-1"))
+    text = ledger_text(events, message_ids, RULES, AT, "req-1")
+    assert text.count(b"\n") == len(rows)
+    assert decode(compress(text)) == expected
+
+
+def test_a_lone_surrogate_becomes_its_escape() -> None:
+    event = meter_event(
+        "api_requests", {"stripe_customer_id": "cus_\udc80", "value": "3"}, "e", None
+    )
+    event.source = stripe_text(event, ensure_ascii=False)  # the character itself, unescaped
+    assert "\udc80" in event.source
+    text = ledger_text([event], ["m-1"], RULES, AT, "req-1")
+    assert decompress(compress(text)) == text
+    (line,) = read_back(text)
+    assert line["event"]["payload"]["stripe_customer_id"] == "cus_\udc80"  # type: ignore[index]
