@@ -135,7 +135,11 @@ def ledger_text(
     heads = {name: _head(at, request_id, rules.keys_for(name)) for name in set(map(_NAME, events))}
     texts = list(map(_SOURCE, events))
     if None not in texts and _one_line("".join(texts)) and _plain("".join(message_ids)):
-        heads_of = map(heads.__getitem__, map(_NAME, events))
+        heads_of = (
+            repeat(next(iter(heads.values())))  # one meter, the usual batch
+            if len(heads) == 1
+            else map(heads.__getitem__, map(_NAME, events))
+        )
         lines = zip(heads_of, message_ids, _EVENT, texts, _END, strict=False)  # endless repeats
         # backslashreplace: a lone surrogate (only ever inside a JSON string) becomes its \u
         # escape
