@@ -242,6 +242,36 @@ def test_reconcile_takes_a_cut_window_and_chosen_customers(ledger: LedgerBucket)
     assert day[("cus_a", int(DAY.timestamp()))] == Totals(2, Decimal("5.5"), Decimal("2.5"))
 
 
+def test_reconcile_finds_the_customer_and_value_where_each_meter_keeps_them(
+    ledger: LedgerBucket,
+) -> None:
+    """A meter with its own payload keys, in the case producers wrote them: the customer and
+    the value are read by the keys recorded beside each event, not by Stripe's defaults; an
+    event whose payload lacks the key has no customer (and a meter's other events still count)."""
+    keys = MeterKeys("customerId", "callCount")
+
+    def searched(identifier: str, payload: dict[str, str]) -> LedgerLine:
+        sent = StripeEvent("searches", payload, identifier, iso(at(10, 5)))
+        return line_of(sent, keys, iso(at(10, 6)), "m-1", "req-1")
+
+    deliver(
+        ledger,
+        at(10, 6),
+        "req-1",
+        searched("s-1", {"customerId": "cus_a", "callCount": "4", "region": "eu"}),
+        searched("s-2", {"customerId": "cus_a", "callCount": "6"}),
+        searched("s-3", {"customerid": "cus_a", "callCount": "100"}),  # not the meter's key
+        line("a-1", "cus_a", "1000", iso(at(10, 5)), at(10, 6)),  # another meter
+    )
+    totals = queries(ledger).reconcile("searches", [], at(10), at(11), 3600)
+    hour = int(at(10).timestamp())
+    # the event without the meter's customer key counts for no customer ("")
+    assert totals == {
+        ("cus_a", hour): Totals(2, Decimal(10), Decimal(6)),
+        ("", hour): Totals(1, Decimal(100), Decimal(100)),
+    }
+
+
 def test_reconcile_of_an_empty_ledger_is_empty(ledger: LedgerBucket) -> None:
     assert queries(ledger).reconcile("api_requests", [], at(10), at(12), 3600) == {}
 

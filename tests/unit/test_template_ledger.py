@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from meter_relay.ledger import SUFFIX
-from meter_relay.ledger_sql import PARTITIONS, TABLES
+from meter_relay.ledger_sql import EVENTS, PARTITIONS, TABLES
 from tests.unit.test_template import Deployed
 
 BUCKET_ARN = "<LedgerBucket.Arn>"
@@ -71,6 +71,9 @@ def test_each_ledger_table_has_the_columns_the_queries_read(production: Stack) -
         assert columns == list(table.columns), table.name
         assert [k["Name"] for k in table_input["PartitionKeys"]] == list(PARTITIONS)
         assert storage["SerdeInfo"]["SerializationLibrary"] == "org.openx.data.jsonserde.JsonSerDe"
+        if table is EVENTS:
+            # the payload's keys as producers wrote them: customer_key and value_key find them
+            assert storage["SerdeInfo"]["Parameters"] == {"case.insensitive": "false"}
         assert storage["Location"] == f"s3://<LedgerBucket>/{table.name}/"
 
 
