@@ -66,8 +66,13 @@ def test_each_delivered_event_is_recorded_once_with_where_it_came_from(relay: Re
     assert (first.message_id, first.request_id) == ("m-1", invocation.request_id)
     assert lines["m-env-1"].message_id == "m-env"
     assert (lines["ledger-search"].customer, lines["ledger-search"].value) == ("cus_s", "4")
-    assert lines["ledger-search"].dimensions == {"region": "eu"}
-    assert first.dimensions is None
+    # the payload as sent, the meter's other keys included
+    assert lines["ledger-search"].event.payload == {
+        "customer": "cus_s",
+        "calls": "4",
+        "region": "eu",
+    }
+    assert first.event.payload == {"stripe_customer_id": "cus_a", "value": "3"}
 
 
 def test_a_ledger_that_cannot_be_written_never_fails_the_delivery(

@@ -40,7 +40,7 @@ EVENTS_PREFIX = "events"
 SUFFIX = ".jsonl.zst"  # Athena and DuckDB both read Zstandard JSON Lines by this extension
 CONTENT_TYPE = "application/zstd"
 WRITE_ATTEMPTS = 3
-COMPRESS_LEVEL = 1  # the hot path's CPU: level 3 takes twice the time for 15% more size
+COMPRESS_LEVEL = 1  # the hot path's CPU: level 3 took twice the time here, for no smaller object
 
 
 class StripeEvent(msgspec.Struct):
@@ -81,13 +81,6 @@ class LedgerLine(msgspec.Struct):
     @property
     def value(self) -> str:
         return self.event.payload.get(self.value_key, "")
-
-    @property
-    def dimensions(self) -> dict[str, str] | None:
-        """The payload's keys beside the customer and the value (None: it has no others)."""
-        keys = (self.customer_key, self.value_key)
-        others = {k: v for k, v in self.event.payload.items() if k not in keys}
-        return others or None
 
 
 def line_of(

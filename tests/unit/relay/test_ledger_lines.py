@@ -44,19 +44,14 @@ def test_a_line_is_the_event_as_sent_with_its_meters_keys_and_where_it_came_from
     text = ledger_text([plain, search], ["m-1", "m-2"], RULES, AT, "req-1")
 
     first, second = decode(compress(text))
-    assert (first.identifier, first.customer, first.value, first.dimensions) == (
-        "e-1",
-        "cus_a",
-        "3",
-        None,
-    )
+    assert (first.identifier, first.customer, first.value) == ("e-1", "cus_a", "3")
     assert (first.delivered_at, first.request_id, first.message_id) == (
         "2026-12-06T01:02:03.456Z",
         "req-1",
         "m-1",
     )
     assert (second.customer_key, second.value_key) == ("account", "calls")
-    assert (second.customer, second.value, second.dimensions) == ("cus_b", "4", {"region": "eu"})
+    assert (second.customer, second.value) == ("cus_b", "4")
     assert second.event.payload == search.payload  # the payload as sent, every key
 
 
