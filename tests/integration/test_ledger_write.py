@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from meter_relay.events import format_timestamp
 from meter_relay.ledger import decode
 from tests.integration.test_forwarder import counted, event, failures
 from tests.plugins.relay import LEDGER_BUCKET, Relay, emf_sums
@@ -73,6 +74,23 @@ def test_each_delivered_event_is_recorded_once_with_where_it_came_from(relay: Re
         "region": "eu",
     }
     assert first.event.payload == {"stripe_customer_id": "cus_a", "value": "3"}
+
+
+def test_a_batch_of_single_events_records_each_with_its_own_message(relay: Relay) -> None:
+    """The usual batch (a record, an event, all delivered) takes the message ids as read."""
+    relay.put_session()
+    now = format_timestamp(datetime.now(UTC))
+    bodies: list[Any] = [
+        {**event(f"single-{n}", f"cus_{n}", str(n + 1)), "timestamp": now} for n in range(5)
+    ]
+    message_ids = [f"m-single-{n}" for n in range(5)]
+    with relay.forwarder() as forwarder:
+        invocation = forwarder.invoke(relay.sqs_event(bodies, message_ids))
+    assert invocation.ok
+    (lines,) = ledger_objects(relay).values()
+    assert [(line.identifier, line.message_id, line.value) for line in lines] == [
+        (f"single-{n}", f"m-single-{n}", str(n + 1)) for n in range(5)
+    ]
 
 
 def test_a_ledger_that_cannot_be_written_never_fails_the_delivery(
