@@ -56,6 +56,7 @@ from requests.adapters import HTTPAdapter
 from devkit import bench_chart
 from devkit.emulator.client import DEFAULT_SECRET_KEY
 from devkit.harness import Invocation, load_function
+from devkit.layer_lock import locked, normalise
 from devkit.local_stack import METERS, TEMPLATE, _server_process
 from devkit.moto_server import aws_env
 from meter_relay.events import decode_body, format_timestamp
@@ -315,22 +316,14 @@ def bench_sdk(
     return example_result, Contestant(prepare, batched)
 
 
-LAYER_LOCK = ROOT / "layers" / "meter_relay" / "requirements.txt"
-
-
 def layer_modules() -> list[str]:
     """The top-level modules of the distributions the layer locks (installed here from the same
     lock): all the forwarder may import on Lambda, besides the standard library and its own."""
-    locked = {
-        line.split("==")[0].strip().lower().replace("_", "-")
-        for line in LAYER_LOCK.read_text(encoding="utf-8").splitlines()
-        if "==" in line and not line.startswith((" ", "#"))
-    }
+    pinned = locked()
     return sorted(
         module
         for module, distributions in importlib.metadata.packages_distributions().items()
-        if module.isidentifier()
-        and any(d.lower().replace("_", "-") in locked for d in distributions)
+        if module.isidentifier() and any(normalise(d) in pinned for d in distributions)
     )
 
 

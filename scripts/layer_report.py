@@ -22,7 +22,6 @@ import importlib.util
 import os
 import platform
 import py_compile
-import re
 import shutil
 import statistics
 import subprocess
@@ -32,8 +31,9 @@ import time
 import zipfile
 from pathlib import Path
 
+from devkit.layer_lock import locked, normalise
+
 ROOT = Path(__file__).resolve().parent.parent
-LOCK = ROOT / "layers" / "meter_relay" / "requirements.txt"
 # each function's handler module, and the clients its first invocation creates
 FUNCTIONS = {
     "forwarder": ("sqs", "ssm", "lambda"),
@@ -51,15 +51,6 @@ for service in {services!r}:
     session.client(service)
 print(time.perf_counter() - started)
 """
-
-
-def normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def locked() -> dict[str, str]:
-    pins = re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", LOCK.read_text(encoding="utf-8"), re.M)
-    return {normalise(name): version for name, version in pins}
 
 
 def installed(layer: Path) -> dict[str, str]:
