@@ -426,6 +426,27 @@ def test_forwarder_reads_only_the_session_token_and_the_meter_catalog(
     }
 
 
+def test_the_meter_catalog_path_goes_exactly_to_the_functions_that_may_read_it(
+    template: dict[str, Any],
+) -> None:
+    """A function told where the catalog is but not allowed to read it would fail at run
+    time; one allowed but not told has a grant it never uses."""
+    readers = {
+        logical_id
+        for logical_id in function_ids(template)
+        if grant("ssm:GetParametersByPath", CATALOG_ARN) in grants(template, logical_id)
+    }
+    told = {
+        logical_id
+        for logical_id in function_ids(template)
+        if "METER_CATALOG_PATH" in environment(template, logical_id)
+    }
+    assert readers == {FORWARDER, REFRESHER, "DlqReplayFunction", "DlqCancelFunction"}
+    assert told == readers
+    for logical_id in told:
+        assert environment(template, logical_id)["METER_CATALOG_PATH"] == CATALOG_PATH
+
+
 def test_forwarder_grants_exactly_what_it_needs(template: dict[str, Any]) -> None:
     usage_queue = {"Fn::GetAtt": ["UsageQueue", "Arn"]}
     expected = {

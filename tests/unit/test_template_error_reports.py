@@ -163,8 +163,7 @@ def test_the_function_runs_like_the_others_with_the_contract_it_reads(
         "DEAD_LETTER_QUEUE_URL": "<UsageDeadLetterQueue>",
         "ERROR_REPORTS_TABLE": "<ErrorReportsTable>",
         "LEDGER_BUCKET": "<LedgerBucket>",  # bodies read (each event as sent), samples recorded
-        "METER_CATALOG_PATH": "/production/stripe/meter-catalog",  # the stack's, never read here
-    }
+    }  # no METER_CATALOG_PATH: the ledger holds each reported event as sent
     group = properties(by_eventbridge, "ErrorReportsFunctionLogs")
     assert group["RetentionInDays"] == "30"
 
