@@ -216,6 +216,11 @@ class MeterEvent:
             "timestamp": self.timestamp,
         }
 
+    def stripe_text(self) -> str:
+        """The event as compact JSON on one line, as a stream call carries an event that kept
+        no text of its own."""
+        return _COMPACT.encode(self.to_stripe())
+
 
 @dataclass(slots=True)
 class ParsedEvent:

@@ -151,7 +151,7 @@ def _lines_one_by_one(
     for event, message_id in zip(events, message_ids, strict=True):
         text = event.source
         if text is None or not _one_line(text):
-            text = _stripe_text(event)
+            text = event.stripe_text()
         escaped = message_id if _plain(message_id) else json.dumps(message_id)[1:-1]
         lines.append(f'{heads[event.event_name]}{escaped}","event":{text}}}\n')
     return "".join(lines).encode("utf-8", "backslashreplace")
@@ -165,10 +165,6 @@ def _head(at: str, request_id: str, keys: MeterKeys) -> str:
         "value_key": keys.value_key,
     }
     return _ENCODER.encode(fields).decode()[:-1] + ',"message_id":"'
-
-
-def _stripe_text(event: MeterEvent) -> str:
-    return json.dumps(event.to_stripe(), separators=(",", ":"))
 
 
 def _one_line(text: str) -> bool:
