@@ -6,6 +6,9 @@ path). Figures:
 - forwarder: the handler invoked as Lambda would (devkit.harness, warm), with SQS batches of
   10,000 single-event records and of 100 envelope messages of 100 events: events/s, CPU
   seconds per 100,000 events (this process: the harness runs the handler here);
+- the ledger's cost: the forwarder with and without the delivery ledger, back to back in
+  each of 21 rounds: the median of each round's increase in CPU per event, and the middle
+  half of them (a cost of a few per cent is less than the machine drifts between rounds);
 - baseline: the same events, pre-serialised into 100-event bodies, posted over one
   keep-alive requests.Session at the same concurrency: what this machine allows at best;
 - floors, the same single-event payloads decoded as Lambda does and their bodies sent through
@@ -173,18 +176,58 @@ class Contestant:
             "cpu_s_per_100k": statistics.median(self.cpus),
         }
 
+    def time_once(self, events: int) -> tuple[float, float]:
+        """One run of `events`: events/s and CPU seconds per 100,000 (the input made untimed)."""
+        prepared = self.prepare()
+        cpu, wall = cpu_seconds(), time.perf_counter()
+        self.run(prepared)
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        return events / wall, cpu / events * 100_000
+
 
 def race(contestants: list[Contestant], events: int, rounds: int) -> None:
     """Rounds interleaved (a round of each, then the next), so that whatever else the machine
     does at a moment weighs on every path alike: the ratios are what this bench is for."""
     for _ in range(rounds):
         for contestant in contestants:
-            prepared = contestant.prepare()
-            cpu, wall = cpu_seconds(), time.perf_counter()
-            contestant.run(prepared)
-            wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-            contestant.rates.append(events / wall)
-            contestant.cpus.append(cpu / events * 100_000)
+            rate, cpu = contestant.time_once(events)
+            contestant.rates.append(rate)
+            contestant.cpus.append(cpu)
+
+
+@dataclass(frozen=True)
+class Increase:
+    """How much more CPU per event a variant takes than its base: the median over rounds that
+    each ran both, and the middle half of those rounds (first to third quartile)."""
+
+    median: float
+    low: float
+    high: float
+    rounds: int
+
+
+def paired_increase(base_cpus: list[float], variant_cpus: list[float]) -> Increase:
+    """Each round's own increase (variant / base - 1), then their median and quartiles."""
+    increases = [variant / base - 1 for base, variant in zip(base_cpus, variant_cpus, strict=True)]
+    if len(increases) < 2:
+        low = high = increases[0]
+    else:
+        low, _, high = statistics.quantiles(increases, n=4)
+    return Increase(statistics.median(increases), low, high, len(increases))
+
+
+def race_pair(base: Contestant, variant: Contestant, events: int, rounds: int) -> Increase:
+    """`variant` against `base`, the two back to back in each round, the first of them
+    alternating. A cost of a few per cent is smaller than what this machine's speed drifts
+    between rounds: a ratio of two medians moved from +1% to +14% from run to run, each
+    round's own ratio cancels the drift."""
+    base_cpus: list[float] = []
+    variant_cpus: list[float] = []
+    for number in range(rounds):
+        pair = [(base, base_cpus), (variant, variant_cpus)]
+        for contestant, cpus in pair if number % 2 == 0 else reversed(pair):
+            cpus.append(contestant.time_once(events)[1])
+    return paired_increase(base_cpus, variant_cpus)
 
 
 def _check(invocation: Invocation) -> None:
@@ -498,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000, help="events per forwarder batch")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--ledger-rounds",
+        type=int,
+        default=21,
+        help="rounds of the forwarder with and without the ledger, back to back",
+    )
     parser.add_argument("--sdk-seconds", type=float, default=3.0)
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument(
@@ -536,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             args.events,
             args.rounds,
         )
+        ledger_cost = race_pair(singles, with_ledger, args.events, args.ledger_rounds)
         forwarder = {
             "singles": singles.result(),
             "envelopes": envelopes.result(),
@@ -619,10 +669,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{measured.dollars_per_million_events:>12.5f}"
             )
     decoded_ratio = forwarder["singles"]["events_per_s"] / floors["decoded"]["events_per_s"]
-    ledger_share = (
-        forwarder["ledger"]["cpu_s_per_100k"] / forwarder["singles"]["cpu_s_per_100k"] - 1
+    print(
+        f"the ledger's CPU per event: {ledger_cost.median:+.1%} of the forwarder's (median of "
+        f"{ledger_cost.rounds} paired rounds; middle half {ledger_cost.low:+.1%} to "
+        f"{ledger_cost.high:+.1%})"
     )
-    print(f"the ledger's CPU per event: {ledger_share:+.1%} of the forwarder's")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
@@ -653,7 +704,9 @@ def main(argv: list[str] | None = None) -> int:
                 "forwarder_with_ledger_cpu_s_per_100k_events": forwarder["ledger"][
                     "cpu_s_per_100k"
                 ],
-                "ledger_cpu_share": ledger_share,
+                "ledger_cpu_share": ledger_cost.median,
+                "ledger_cpu_share_middle_half": [ledger_cost.low, ledger_cost.high],
+                "ledger_paired_rounds": ledger_cost.rounds,
                 "at_stripe_latency": {
                     "median_ms": args.latency_ms,
                     "sigma": args.latency_sigma,

@@ -40,6 +40,8 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
             "300",
             "--rounds",
             "1",
+            "--ledger-rounds",
+            "3",
             "--sdk-seconds",
             "0.3",
             "--output",
@@ -62,6 +64,9 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
     assert set(results) >= REQUIRED
     assert all(results[key] > 0 for key in REQUIRED)
     assert results["events_per_batch"] == 300
+    assert results["ledger_paired_rounds"] == 3
+    low, high = results["ledger_cpu_share_middle_half"]
+    assert low <= results["ledger_cpu_share"] <= high
     lines = completed.stdout.strip().splitlines()
     assert lines[-3].startswith("forwarder/decoded floor = ")
     assert lines[-2].startswith("envelopes/baseline = ")
