@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from meter_relay.error_reports_function import BODIES_BUDGET_SECONDS
+from meter_relay.ledger_store import SETTLED_AFTER
 from tests.unit.test_template import ROOT, Deployed
 
 FUNCTION = "ErrorReportsFunction"
@@ -166,6 +168,16 @@ def test_the_function_runs_like_the_others_with_the_contract_it_reads(
     }  # no METER_CATALOG_PATH: the ledger holds each reported event as sent
     group = properties(by_eventbridge, "ErrorReportsFunctionLogs")
     assert group["RetentionInDays"] == "30"
+
+
+def test_a_report_has_time_to_wait_for_the_ledger_to_settle(by_eventbridge: Deployed) -> None:
+    """The forwarder writes its ledger object before its own Timeout: a report waits that long
+    past its window (SETTLED_AFTER) for its events' bodies, within the function's Timeout."""
+    function = properties(by_eventbridge, "ErrorReportsFunction")
+    forwarder = properties(by_eventbridge, "ForwarderFunction")
+    assert SETTLED_AFTER.total_seconds() >= float(forwarder["Timeout"]) + 10
+    assert SETTLED_AFTER.total_seconds() + 10 <= BODIES_BUDGET_SECONDS
+    assert float(function["Timeout"]) >= BODIES_BUDGET_SECONDS + 20
 
 
 # ----- least privilege ---------------------------------------------------------------------------

@@ -71,6 +71,10 @@ from meter_relay.secret_key import SECRET_MAX_AGE_SECONDS, SecretKeyError, read_
 from meter_relay.stripe_client import StripeApi, StripeHttp
 from meter_relay.webhook_signature import SIGNATURE_HEADER, SignatureError, verify_signature
 
+# How long a report may wait for the ledger to hold its events' bodies (ledger_store's
+# SETTLED_AFTER past the window's end, the forwarder that sent them being still at work): the
+# template's Timeout leaves 30 s beside it for Stripe and the letters.
+BODIES_BUDGET_SECONDS = 90.0
 STRIPE_PARTNER_SOURCE = "aws.partner/stripe.com"
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix of Stripe's signing secrets)
 
@@ -167,7 +171,7 @@ class ErrorReportsFunction:
             DynamoDBPersistenceLayer(
                 table_name=config.table_name, boto3_session=session, boto_config=AWS_CLIENT_CONFIG
             ),
-            LedgerBodies(ledger) if ledger else None,
+            LedgerBodies(ledger, budget_seconds=BODIES_BUDGET_SECONDS) if ledger else None,
             ledger=ledger,
         )
         return cls(config, processor, secrets)

@@ -177,6 +177,13 @@ def record_rejections(
 # Stripe receives an event of a validation window inside it; the forwarder records it when the
 # invocation's calls are done (its timeout at most, 15 minutes), in the hour it does.
 RECORDED_AFTER = timedelta(minutes=15)
+# The forwarder's ledger object is written before its invocation's deadline (the template's
+# Timeout, 60 s): all Stripe received by the end of a validation window is in the ledger 60 s
+# later, plus a margin for clocks. Stripe's windows last seconds, so a report can come while
+# the invocation that sent its events is still at work (retrying 429s, say): until then, a
+# body not found yet may still come.
+SETTLED_AFTER = timedelta(seconds=75)
+POLL_SECONDS = 2.0
 
 
 def event_body(line: LedgerLine) -> str:
@@ -186,19 +193,27 @@ def event_body(line: LedgerLine) -> str:
 
 class LedgerBodies:
     """The bodies of reported events, read from the ledger objects of the report's validation
-    window (directly in S3: a window's objects, no query engine), within a time budget; what
-    is not found in time stays "body unknown"."""
+    window (directly in S3: a window's objects, no query engine). While the forwarder may still
+    be writing what Stripe received in the window (`settled_after` past its end), the objects
+    written since are read again every few seconds, for at most `budget_seconds` in all; what
+    is not found by then stays "body unknown" (an event not sent through the relay never is)."""
 
     def __init__(
         self,
         ledger: LedgerBucket,
         *,
         budget_seconds: float = 10.0,
+        settled_after: timedelta = SETTLED_AFTER,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.ledger = ledger
         self.budget_seconds = budget_seconds
+        self.settled_after = settled_after
         self._clock = clock
+        self._now = now
+        self._sleep = sleep
 
     def bodies(
         self, identifiers: Sequence[str], start: datetime | None, end: datetime | None
@@ -206,22 +221,37 @@ class LedgerBodies:
         wanted = set(identifiers)
         if not wanted or start is None:
             return {}
-        until = (end or start) + RECORDED_AFTER
+        end = end or start
+        until = end + RECORDED_AFTER
         deadline = self._clock() + self.budget_seconds
         found: dict[str, str] = {}
         lines: dict[str, LedgerLine] = {}
+        read: set[str] = set()
 
-        def take(_key: str, data: bytes) -> None:
+        def take(key: str, data: bytes) -> None:
+            read.add(key)
             for line in decode_events(data):
                 if line.identifier in wanted and line.identifier not in lines:
                     lines[line.identifier] = line
 
         try:
-            keys = list(self.ledger.keys(EVENTS, start - RECORDED_AFTER, until))
-            for first in range(0, len(keys), READERS):
-                if self._clock() > deadline or len(lines) == len(wanted):
+            while True:
+                keys = [
+                    key
+                    for key in self.ledger.keys(EVENTS, start - RECORDED_AFTER, until)
+                    if key not in read
+                ]
+                for first in range(0, len(keys), READERS):
+                    if self._clock() > deadline or len(lines) == len(wanted):
+                        break
+                    self.ledger.fetch(keys[first : first + READERS], take)
+                if (
+                    len(lines) == len(wanted)
+                    or self._now() >= end + self.settled_after
+                    or self._clock() + POLL_SECONDS > deadline
+                ):
                     break
-                self.ledger.fetch(keys[first : first + READERS], take)
+                self._sleep(POLL_SECONDS)  # the forwarder that sent them may be writing yet
             found = {identifier: event_body(line) for identifier, line in lines.items()}
         except (
             LedgerUnavailable,

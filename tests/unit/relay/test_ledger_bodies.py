@@ -1,0 +1,126 @@
+"""A reported event's body, read back from the ledger: Stripe's validation windows last seconds,
+so its report can come while the forwarder invocation that sent the event is still at work and
+has not written its ledger object yet. The lookup reads the objects written since, every few
+seconds, until the ledger is settled for the window (or its budget is spent)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+import pytest
+
+from meter_relay.events import MeterEvent, MeterKeys
+from meter_relay.ledger import encode, line_of
+from meter_relay.ledger_sql import Table
+from meter_relay.ledger_store import POLL_SECONDS, SETTLED_AFTER, LedgerBodies, LedgerBucket
+
+WINDOW_END = datetime(2026, 12, 6, 4, 20, 10, tzinfo=UTC)
+
+
+class Clock:
+    """Seconds since the report came in: sleeping moves it on."""
+
+    def __init__(self, came_after_window: float) -> None:
+        self.seconds = 0.0
+        self.came = WINDOW_END + timedelta(seconds=came_after_window)
+        self.sleeps = 0
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def now(self) -> datetime:
+        return self.came + timedelta(seconds=self.seconds)
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.seconds += seconds
+
+
+class GrowingLedger:
+    """The ledger's events objects, each listed from a given moment on (when the forwarder
+    invocation that wrote it ended)."""
+
+    def __init__(self, clock: Clock, objects: dict[str, tuple[float, bytes]]) -> None:
+        self.clock = clock
+        self.objects = objects  # key -> (written at, seconds after the report came; data)
+        self.fetched: list[str] = []
+
+    def keys(self, table: Table, since: datetime, until: datetime) -> list[str]:
+        assert table.name == "events"
+        assert since <= WINDOW_END <= until
+        return [key for key, (at, _) in self.objects.items() if at <= self.clock.seconds]
+
+    def fetch(self, keys: Sequence[str], into: Callable[[str, bytes], None]) -> None:
+        for key in keys:
+            self.fetched.append(key)
+            into(key, self.objects[key][1])
+
+
+def ledger_object(*identifiers: str) -> bytes:
+    return encode(
+        line_of(
+            MeterEvent("api_requests", {"stripe_customer_id": "cus_1", "value": "3"}, i, "t"),
+            MeterKeys(),
+            "2026-12-06T04:20:05.000Z",
+            f"m-{i}",
+            "request-1",
+        )
+        for i in identifiers
+    )
+
+
+def lookup(clock: Clock, ledger: GrowingLedger, budget: float = 90.0) -> LedgerBodies:
+    return LedgerBodies(
+        cast("LedgerBucket", ledger),
+        budget_seconds=budget,
+        clock=clock.monotonic,
+        now=clock.now,
+        sleep=clock.sleep,
+    )
+
+
+def test_an_event_written_after_its_report_came_is_found_when_the_forwarder_writes_it() -> None:
+    clock = Clock(came_after_window=3)
+    ledger = GrowingLedger(
+        clock,
+        {
+            "events/early": (0.0, ledger_object("other-1")),
+            "events/late": (7.0, ledger_object("late-1")),  # its invocation ends 7 s later
+        },
+    )
+    found = lookup(clock, ledger).bodies(["late-1"], WINDOW_END - timedelta(seconds=10), WINDOW_END)
+    assert set(found) == {"late-1"}
+    assert clock.sleeps == 4  # 0, 2, 4, 6: not yet; 8: there
+    assert ledger.fetched == ["events/early", "events/late"]  # each object read once
+
+
+def test_an_event_the_relay_never_sent_is_waited_for_until_the_ledger_is_settled() -> None:
+    clock = Clock(came_after_window=5)
+    ledger = GrowingLedger(clock, {"events/one": (0.0, ledger_object("sent-1"))})
+    found = lookup(clock, ledger).bodies(
+        ["sent-1", "foreign-1"], WINDOW_END - timedelta(seconds=10), WINDOW_END
+    )
+    assert set(found) == {"sent-1"}
+    assert clock.now() >= WINDOW_END + SETTLED_AFTER
+    assert clock.now() < WINDOW_END + SETTLED_AFTER + timedelta(seconds=POLL_SECONDS)
+
+
+def test_a_report_of_a_settled_window_is_read_once() -> None:
+    clock = Clock(came_after_window=SETTLED_AFTER.total_seconds() + 600)
+    ledger = GrowingLedger(clock, {"events/one": (0.0, ledger_object("sent-1"))})
+    found = lookup(clock, ledger).bodies(
+        ["sent-1", "foreign-1"], WINDOW_END - timedelta(seconds=10), WINDOW_END
+    )
+    assert set(found) == {"sent-1"}
+    assert clock.sleeps == 0
+
+
+@pytest.mark.parametrize("budget", [0.0, 5.0, 30.0])
+def test_the_budget_bounds_the_wait(budget: float) -> None:
+    clock = Clock(came_after_window=1)
+    ledger = GrowingLedger(clock, {"events/one": (0.0, ledger_object("sent-1"))})
+    found = lookup(clock, ledger, budget).bodies(["foreign-1"], WINDOW_END, WINDOW_END)
+    assert found == {}
+    assert clock.seconds <= budget
