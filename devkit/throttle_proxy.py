@@ -27,6 +27,13 @@ class _Proxy(BaseHTTPRequestHandler):
     stats: ClassVar[dict[str, int]]
 
     def do_POST(self) -> None:
+        try:
+            self._forward()
+        except (BrokenPipeError, ConnectionResetError):
+            # the client went away (a forwarder killed by make chaos): nobody to answer
+            self.close_connection = True
+
+    def _forward(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.decide():
             self.stats["throttled"] += 1
