@@ -4,6 +4,7 @@ workgroup, the text and the reading of result pages are what it can show)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -64,6 +65,32 @@ def deliver(ledger: LedgerBucket, when: datetime, request: str, *lines: LedgerLi
 
 def queries(ledger: LedgerBucket) -> LedgerQueries:
     return LedgerQueries(DuckDbEngine(ledger), clock=lambda: NOW)
+
+
+# ----- listing ----------------------------------------------------------------------------------
+def test_keys_are_listed_by_hour_partition_and_by_when_they_were_written(
+    ledger: LedgerBucket,
+) -> None:
+    hours = {"h01": at(1), "h02": at(2, 30), "h03": at(3), "h23": at(23)}
+    hours["next-01"] = NOW + timedelta(hours=1)
+    for name, when in hours.items():
+        deliver(ledger, when, name, line(name, "cus_a", "1", iso(when), when))
+    ledger.put(REJECTIONS, at(2), "evt_1", [])  # another table: never listed with events
+
+    def names(keys: Iterable[str]) -> list[str]:
+        return sorted(key.rsplit("/", 1)[1].split(".")[0] for key in keys)
+
+    assert names(ledger.keys(EVENTS, at(2, 10), at(3, 59))) == ["h02", "h03"]
+    assert names(ledger.keys(EVENTS, at(22), NOW + timedelta(hours=1, minutes=5))) == [
+        "h23",
+        "next-01",
+    ]
+    written = datetime.now(UTC)  # S3's LastModified: when each was put, moments ago
+    everything = (EVENTS, at(0), NOW + timedelta(hours=2))
+    assert names(ledger.keys(*everything, written_from=written - timedelta(minutes=1))) == sorted(
+        hours
+    )
+    assert names(ledger.keys(*everything, written_from=written + timedelta(minutes=1))) == []
 
 
 # ----- trace -------------------------------------------------------------------------------------

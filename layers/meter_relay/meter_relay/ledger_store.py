@@ -103,8 +103,16 @@ class LedgerBucket:
                     self.sleep(0.2 * 2**attempt)
         raise LedgerUnavailable(f"s3://{self.bucket}/{key} was not written: {why}")
 
-    def keys(self, table: Table, since: datetime, until: datetime) -> Iterator[str]:
-        """The keys of the objects written from `since` to `until` (by their hour partition)."""
+    def keys(
+        self,
+        table: Table,
+        since: datetime,
+        until: datetime,
+        written_from: datetime | None = None,
+    ) -> Iterator[str]:
+        """The keys of the objects written from `since` to `until` (by their hour partition);
+        `written_from`: only those S3 last modified then or later. A day is listed from its
+        first hour wanted (StartAfter: S3 lists keys in order) up to its last."""
         first = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         last = until.astimezone(UTC)
         day = first.replace(hour=0)
@@ -112,11 +120,18 @@ class LedgerBucket:
         try:
             while day <= last:
                 prefix = f"{self._base(table)}dt={day:%Y-%m-%d}/"
-                for page in s3.paginate(Bucket=self.bucket, Prefix=prefix):
-                    for item in page.get("Contents", []):
-                        hour = _hour(item["Key"][len(prefix) :])
-                        if hour is not None and first <= day.replace(hour=hour) <= last:
-                            yield item["Key"]
+                begin = max(first, day)
+                pages = s3.paginate(
+                    Bucket=self.bucket, Prefix=prefix, StartAfter=f"{prefix}hour={begin:%H}"
+                )
+                for item in (item for page in pages for item in page.get("Contents", [])):
+                    hour = _hour(item["Key"][len(prefix) :])
+                    if hour is None:
+                        continue
+                    if day.replace(hour=hour) > last:
+                        break  # the later hours of the day follow: none is wanted
+                    if written_from is None or item["LastModified"] >= written_from:
+                        yield item["Key"]
                 day += timedelta(days=1)
         except (BotoCoreError, ClientError) as error:
             raise LedgerUnavailable(f"s3://{self.bucket}: {_failure(error)}") from error
@@ -184,6 +199,9 @@ RECORDED_AFTER = timedelta(minutes=15)
 # body not found yet may still come.
 SETTLED_AFTER = timedelta(seconds=75)
 POLL_SECONDS = 2.0
+# An object holding an event Stripe received in a window was written after the window began:
+# older objects are not read (S3's clock and Stripe's may differ by this much).
+CLOCKS = timedelta(minutes=1)
 
 
 def event_body(line: LedgerLine) -> str:
@@ -236,11 +254,9 @@ class LedgerBodies:
 
         try:
             while True:
-                keys = [
-                    key
-                    for key in self.ledger.keys(EVENTS, start - RECORDED_AFTER, until)
-                    if key not in read
-                ]
+                since = start - CLOCKS
+                written = self.ledger.keys(EVENTS, since, until, written_from=since)
+                keys = [key for key in written if key not in read]
                 for first in range(0, len(keys), READERS):
                     if self._clock() > deadline or len(lines) == len(wanted):
                         break

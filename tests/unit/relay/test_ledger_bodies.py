@@ -44,13 +44,20 @@ class GrowingLedger:
 
     def __init__(self, clock: Clock, objects: dict[str, tuple[float, bytes]]) -> None:
         self.clock = clock
-        self.objects = objects  # key -> (written at, seconds after the report came; data)
+        self.objects = objects  # key -> (written when, in seconds after the report came; data)
         self.fetched: list[str] = []
 
-    def keys(self, table: Table, since: datetime, until: datetime) -> list[str]:
+    def keys(
+        self, table: Table, since: datetime, until: datetime, written_from: datetime | None = None
+    ) -> list[str]:
         assert table.name == "events"
         assert since <= WINDOW_END <= until
-        return [key for key, (at, _) in self.objects.items() if at <= self.clock.seconds]
+        return [
+            key
+            for key, (at, _) in self.objects.items()
+            if at <= self.clock.seconds
+            and (written_from is None or self.clock.came + timedelta(seconds=at) >= written_from)
+        ]
 
     def fetch(self, keys: Sequence[str], into: Callable[[str, bytes], None]) -> None:
         for key in keys:
@@ -105,6 +112,22 @@ def test_an_event_the_relay_never_sent_is_waited_for_until_the_ledger_is_settled
     assert set(found) == {"sent-1"}
     assert clock.now() >= WINDOW_END + SETTLED_AFTER
     assert clock.now() < WINDOW_END + SETTLED_AFTER + timedelta(seconds=POLL_SECONDS)
+
+
+def test_objects_written_before_the_window_began_are_not_read() -> None:
+    clock = Clock(came_after_window=3)
+    ledger = GrowingLedger(
+        clock,
+        {
+            "events/an-hour-ago": (-3600.0, ledger_object("old-1")),
+            "events/in-the-window": (-5.0, ledger_object("sent-1")),
+        },
+    )
+    found = lookup(clock, ledger).bodies(
+        ["sent-1", "old-1"], WINDOW_END - timedelta(seconds=10), WINDOW_END
+    )
+    assert set(found) == {"sent-1"}  # Stripe received old-1 before this window: not its event
+    assert "events/an-hour-ago" not in ledger.fetched
 
 
 def test_a_report_of_a_settled_window_is_read_once() -> None:
