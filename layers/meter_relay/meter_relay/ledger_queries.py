@@ -69,7 +69,12 @@ class Totals:
 
     events: int
     total: Decimal  # the sum of the values
-    last: Decimal  # the value of the latest event (by timestamp, then by delivery)
+    last: Decimal  # the value of the newest event (by timestamp, then by delivery)
+    # Newest events that tie on both (one invocation's, sent in concurrent calls): Stripe's
+    # order among them is unknown, so its last value may be any of theirs, from `last` (the
+    # lowest) to `last_highest`, `last_values` of them differing.
+    last_highest: Decimal | None = None
+    last_values: int = 1
 
     def by(self, formula: str) -> Decimal:
         if formula == "count":
@@ -77,6 +82,25 @@ class Totals:
         if formula == "last":
             return self.last
         return self.total
+
+    def agrees(self, formula: str, billed: Decimal) -> bool:
+        """Whether Stripe's value for the window can be this one's: for `last`, one of the
+        values of the newest events when they tie (the lowest or highest of two; between them
+        when more differ, the ledger keeps no more)."""
+        if formula != "last" or self.last_values < 2 or self.last_highest is None:
+            return self.by(formula) == billed
+        if self.last_values == 2:
+            return billed in (self.last, self.last_highest)
+        return self.last <= billed <= self.last_highest
+
+    def tie_note(self, formula: str) -> str:
+        """What a `last` mismatch should say when the newest events tie."""
+        if formula != "last" or self.last_values < 2 or self.last_highest is None:
+            return ""
+        return (
+            f"the newest {self.last_values} values tie (one invocation, one timestamp): "
+            f"{self.last.normalize():f} to {self.last_highest.normalize():f}"
+        )
 
 
 class DeliveredLookup(Protocol):
@@ -141,9 +165,12 @@ class LedgerQueries:
         totals: dict[tuple[str, int], Totals] = {}
         for row in self.engine.run(query):
             window = int(Decimal(row["window_start"] or "0"))
+            tied = int(row["last_values"] or 0)
             totals[(row["customer"] or "", window)] = Totals(
                 events=int(row["events"] or 0),
                 total=Decimal(row["total"] or "0"),
                 last=Decimal(row["last_value"] or "0"),
+                last_highest=Decimal(row["last_highest"] or "0") if tied > 1 else None,
+                last_values=max(tied, 1),
             )
         return totals

@@ -238,7 +238,7 @@ counted AS (
 windowed AS (
   SELECT customer, value,
          CAST(floor(event_epoch / {step}) AS BIGINT) * {step} AS window_start,
-         row_number() OVER (
+         rank() OVER (
            PARTITION BY customer, CAST(floor(event_epoch / {step}) AS BIGINT)
            ORDER BY event_epoch DESC, delivered_at DESC
          ) AS newest
@@ -247,7 +247,10 @@ windowed AS (
 )
 SELECT customer, window_start, count(*) AS events,
        sum(CAST(value AS DECIMAL(38, 12))) AS total,
-       max(CASE WHEN newest = 1 THEN value END) AS last_value
+       min(CASE WHEN newest = 1 THEN CAST(value AS DECIMAL(38, 12)) END) AS last_value,
+       max(CASE WHEN newest = 1 THEN CAST(value AS DECIMAL(38, 12)) END) AS last_highest,
+       count(DISTINCT CASE WHEN newest = 1 THEN CAST(value AS DECIMAL(38, 12)) END)
+         AS last_values
 FROM windowed
 GROUP BY customer, window_start
 ORDER BY customer, window_start
@@ -266,7 +269,10 @@ def reconcile(
     """Per customer and window of `step` seconds (by event timestamp, in [start, end)): the
     events Stripe counts as the ledger knows them. An identifier counts once (its first
     delivery since Stripe last reported it rejected), not if it was cancelled after that
-    delivery. Events of the windows are delivered from 5 minutes before `start` (Stripe's
+    delivery. A window's last value is its newest event's (by timestamp, then delivery); events
+    that tie on both (one invocation's, sent in concurrent calls) give the lowest and highest
+    of their values and how many differ, since Stripe's order among them is unknown. Events of
+    the windows are delivered from 5 minutes before `start` (Stripe's
     future limit) until `now`: those partitions are read."""
     chosen = list(customers)
     return _query(

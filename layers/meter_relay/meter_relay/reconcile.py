@@ -258,10 +258,10 @@ def reconcile(
                 continue  # a cut window's summary comes even when empty: no usage either side
             totals = ours.get(window_start, Totals(0, Decimal(0), Decimal(0)))
             result.compared += 1
-            ours_value = totals.by(meter.formula)
-            if ours_value != theirs:
+            if not totals.agrees(meter.formula, theirs):
+                why = "; ".join(filter(None, [note, totals.tie_note(meter.formula)]))
                 result.mismatches.append(
-                    Mismatch(customer, window, ours_value, theirs, totals.events, note)
+                    Mismatch(customer, window, totals.by(meter.formula), theirs, totals.events, why)
                 )
     return result
 

@@ -130,6 +130,40 @@ def test_the_meters_formula_decides_what_is_compared(
     assert bool(result.mismatches) is mismatch
 
 
+@pytest.mark.parametrize(
+    ("tied", "stripe_value", "mismatch"),
+    [
+        (Totals(3, Decimal(10), Decimal(2), Decimal(6), 2), 2, False),
+        (Totals(3, Decimal(10), Decimal(2), Decimal(6), 2), 6, False),
+        (Totals(3, Decimal(10), Decimal(2), Decimal(6), 2), 4, True),  # an older event's value
+        (Totals(3, Decimal(12), Decimal(2), Decimal(6), 3), 4, False),  # the middle of three
+        (Totals(3, Decimal(12), Decimal(2), Decimal(6), 3), 7, True),
+    ],
+)
+def test_a_last_value_may_be_any_of_the_newest_events_that_tie(
+    tied: Totals, stripe_value: float, mismatch: bool
+) -> None:
+    """Events of one timestamp sent by one invocation reach Stripe in an order the ledger does
+    not know: Stripe's last value agrees if it is one of theirs, and a mismatch says so."""
+    stripe = FakeStripe([summary(E, stripe_value)], "last")
+    result = reconcile(
+        FakeLedger({("cus_a", E): tied}),  # type: ignore[arg-type]
+        MeterSummaries(stripe),  # type: ignore[arg-type]
+        MeterInfo("mtr_1", "api", "last"),
+        since=T,
+        until=T + timedelta(hours=1),
+        grouping="hour",
+    )
+    assert bool(result.mismatches) is mismatch
+    if mismatch:
+        (found,) = result.mismatches
+        assert found.ledger == Decimal(2)
+        assert (
+            found.note
+            == f"the newest {tied.last_values} values tie (one invocation, one timestamp): 2 to 6"
+        )
+
+
 def test_a_customer_stripe_does_not_know_is_a_mismatch_with_stripes_words() -> None:
     class Refusing(FakeStripe):
         def get(self, path: str, params: dict[str, Any], timeout: float) -> StripeAnswer:
