@@ -25,7 +25,8 @@ path). Figures:
   40 ms median and a long tail by default), as Stripe does over the internet, where the
   forwarder mostly waits and Lambda bills the wait: for several StreamConcurrency values, the
   wall time of a 10,000-record batch, events/s per invocation, GB-seconds and dollars per
-  million events at the template's memory.
+  million events, for several memory sizes, each run at the CPU Lambda gives it (1,769 MB is
+  one vCPU) where the machine lets the bench hold itself to that (devkit.cpu_share).
 It prints tables, ends with the ratio lines (`forwarder/decoded floor`, `envelopes/baseline`,
 `forwarder/baseline`) and writes bench/results.json. Ratios, not timed assertions: nothing here
 fails a build.
@@ -59,6 +60,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from devkit import bench_chart
+from devkit.cpu_share import cpu_share, vcpus_for
 from devkit.emulator.client import DEFAULT_SECRET_KEY
 from devkit.harness import Invocation, load_function
 from devkit.layer_lock import locked, normalise
@@ -461,6 +463,8 @@ def import_time_ms() -> float:
     return statistics.median(runs)
 
 
+LATENCY_ROUNDS = 5  # batches per row at Stripe's latency: its median is the row's
+
 # Lambda's prices (us-east-1, arm64, 2026): per GB-second of duration, and per request.
 PRICE_PER_GB_SECOND = 0.0000133334
 PRICE_PER_REQUEST = 0.20 / 1_000_000
@@ -468,14 +472,18 @@ PRICE_PER_REQUEST = 0.20 / 1_000_000
 
 @dataclass
 class LatencyRow:
+    memory_mb: int
+    vcpus: float | None  # the CPU the bench held itself to (None: the machine's whole cores)
     concurrency: int
     wall_ms: float
     events_per_s: float
     gb_seconds_per_batch: float
     dollars_per_million_events: float
 
-    def to_json(self) -> dict[str, float]:
+    def to_json(self) -> dict[str, float | None]:
         return {
+            "memory_mb": self.memory_mb,
+            "vcpus": self.vcpus,
             "stream_concurrency": self.concurrency,
             "batch_wall_ms": self.wall_ms,
             "events_per_s": self.events_per_s,
@@ -497,21 +505,26 @@ def bench_at_latency(
 ) -> list[LatencyRow]:
     """The forwarder (warm) on `n` single-event records, Stripe's answers taking a log-normal
     time: one row per StreamConcurrency, each the median of `rounds` batches; `ledger`: with
-    the delivery ledger written."""
+    the delivery ledger written. The function runs held to the CPU Lambda gives `memory_mb`
+    (devkit.cpu_share), where this machine lets the bench hold itself."""
     from devkit.emulator.client import EmulatorClient
 
     arn = "arn:aws:sqs:us-east-1:123456789012:bench-usage"
     emulator = EmulatorClient(emulator_url)
-    emulator.set_faults("stream", seed=11, latency_ms=median_ms, latency_sigma=sigma)
     rows = []
     try:
         for concurrency in concurrencies:
+            # every row meets the same answer times: the latencies drawn anew from one seed
+            emulator.set_faults("stream", seed=11, latency_ms=median_ms, latency_sigma=sigma)
             env_vars = json.loads(json.dumps(setup["env_vars"]))
             env_vars["ForwarderFunction"]["STREAM_CONCURRENCY"] = str(concurrency)
             env_vars["ForwarderFunction"]["LEDGER_BUCKET"] = LEDGER_BUCKET if ledger else ""
-            with load_function(
-                TEMPLATE, "ForwarderFunction", env_vars=env_vars, extra_env=setup["env"]
-            ) as function:
+            with (
+                cpu_share(vcpus_for(memory_mb)) as vcpus,
+                load_function(
+                    TEMPLATE, "ForwarderFunction", env_vars=env_vars, extra_env=setup["env"]
+                ) as function,
+            ):
                 _check(function.invoke(sqs_event([json.dumps(e) for e in make_events(100)], arn)))
                 walls = []
                 for _ in range(rounds):
@@ -524,14 +537,18 @@ def bench_at_latency(
             wall = statistics.median(walls)
             gb_seconds = memory_mb / 1024 * wall
             per_million = (gb_seconds * PRICE_PER_GB_SECOND + PRICE_PER_REQUEST) * 1_000_000 / n
-            rows.append(LatencyRow(concurrency, wall * 1000, n / wall, gb_seconds, per_million))
+            rows.append(
+                LatencyRow(
+                    memory_mb, vcpus, concurrency, wall * 1000, n / wall, gb_seconds, per_million
+                )
+            )
     finally:
         emulator.configure(clear_faults=True)
         emulator.close()
     return rows
 
 
-def _template_default(name: str) -> Any:
+def template_default(name: str) -> Any:
     from devkit.harness import load_template
 
     return load_template(TEMPLATE)["Parameters"][name]["Default"]
@@ -560,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrencies",
         default="4,8,16,32,64",
         help="StreamConcurrency values measured at that latency",
+    )
+    parser.add_argument(
+        "--memory-sizes",
+        default="1024,1769",
+        help="function memory sizes (MB) measured at that latency, each at its CPU share",
     )
     args = parser.parse_args(argv)
     with ExitStack() as scope:
@@ -594,23 +616,23 @@ def main(argv: list[str] | None = None) -> int:
         baseline = baseline_run.result()
         floors = {"unread": unread.result(), "decoded": decoded.result()}
         sdk = {"example": example, "batched": sdk_batched.result()}
-        memory_mb = int(_template_default("ForwarderMemorySize"))
-        latency_rows = (
-            bench_at_latency(
+        memory_mb = int(template_default("ForwarderMemorySize"))
+        latency_rows = [
+            row
+            for size in (int(m) for m in args.memory_sizes.split(",") if args.latency_ms)
+            for row in bench_at_latency(
                 emulator,
                 setup,
                 args.events,
                 [int(c) for c in args.concurrencies.split(",")],
                 args.latency_ms,
                 args.latency_sigma,
-                memory_mb,
-                3,
+                size,
+                LATENCY_ROUNDS,
             )
-            if args.latency_ms
-            else []
-        )
+        ]
         # what the ledger adds to the wall time Lambda bills, at the template's concurrency
-        default_concurrency = int(_template_default("StreamConcurrency"))
+        default_concurrency = int(template_default("StreamConcurrency"))
         ledger_rows = (
             bench_at_latency(
                 emulator,
@@ -620,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.latency_ms,
                 args.latency_sigma,
                 memory_mb,
-                3,
+                LATENCY_ROUNDS,
                 ledger=True,
             )
             if args.latency_ms
@@ -656,17 +678,22 @@ def main(argv: list[str] | None = None) -> int:
     if latency_rows:
         print(
             f"\nat Stripe's latency (log-normal, median {args.latency_ms:.0f} ms, sigma "
-            f"{args.latency_sigma}), {args.events:,} single-event records, {memory_mb} MB:"
+            f"{args.latency_sigma}), {args.events:,} single-event records, each memory size "
+            "at the CPU Lambda gives it, where this machine lets the bench hold itself to it:"
         )
-        header = ("StreamConcurrency", "batch ms", "events/s", "GB-s", "$/M events")
-        print(f"{header[0]:>18}{header[1]:>10}{header[2]:>10}{header[3]:>8}{header[4]:>12}")
+        header = ("MB", "vCPU", "StreamConcurrency", "batch ms", "events/s", "GB-s", "$/M")
+        print(
+            f"{header[0]:>6}{header[1]:>6}{header[2]:>18}{header[3]:>10}{header[4]:>10}"
+            f"{header[5]:>8}{header[6]:>10}"
+        )
         labelled = [(str(m.concurrency), m) for m in latency_rows]
         labelled += [(f"{m.concurrency} + ledger", m) for m in ledger_rows]
         for label, measured in labelled:
+            vcpus = f"{measured.vcpus:.2f}" if measured.vcpus else "all"
             print(
-                f"{label:>18}{measured.wall_ms:>10.0f}"
+                f"{measured.memory_mb:>6}{vcpus:>6}{label:>18}{measured.wall_ms:>10.0f}"
                 f"{measured.events_per_s:>10,.0f}{measured.gb_seconds_per_batch:>8.3f}"
-                f"{measured.dollars_per_million_events:>12.5f}"
+                f"{measured.dollars_per_million_events:>10.5f}"
             )
     decoded_ratio = forwarder["singles"]["events_per_s"] / floors["decoded"]["events_per_s"]
     print(

@@ -14,8 +14,9 @@ import math
 from typing import Any
 from xml.sax.saxutils import escape
 
+from devkit.cpu_share import MB_PER_VCPU
+
 PRICE_PER_GB_SECOND = 0.0000133334  # Lambda, arm64, us-east-1
-MB_PER_VCPU = 1769
 
 # (label, key of events/s, key of CPU seconds per 100,000 events) in results.json
 PATHS = [

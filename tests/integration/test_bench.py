@@ -11,6 +11,9 @@ from xml.etree import ElementTree
 
 import pytest
 
+from devkit.bench import template_default
+from devkit.cpu_share import vcpus_for
+
 pytestmark = pytest.mark.integration
 
 REQUIRED = {
@@ -52,6 +55,8 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
             "5",
             "--concurrencies",
             "2,4",
+            "--memory-sizes",
+            "885,1769",
         ],
         capture_output=True,
         text=True,
@@ -70,9 +75,19 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
     lines = completed.stdout.strip().splitlines()
     assert lines[-3].startswith("forwarder/decoded floor = ")
     assert lines[-2].startswith("envelopes/baseline = ")
-    assert [row["stream_concurrency"] for row in results["at_stripe_latency"]["rows"]] == [2, 4]
-    (with_ledger,) = results["at_stripe_latency"]["with_ledger"]  # the template's concurrency
-    assert with_ledger["stream_concurrency"] == 32
+    rows = results["at_stripe_latency"]["rows"]
+    assert [(row["memory_mb"], row["stream_concurrency"]) for row in rows] == [
+        (885, 2),
+        (885, 4),
+        (1769, 2),
+        (1769, 4),
+    ]
+    # each size at Lambda's CPU for it, where this machine lets the bench hold itself to it
+    held = {row["memory_mb"]: row["vcpus"] for row in rows}
+    assert held in ({885: None, 1769: None}, {885: vcpus_for(885), 1769: 1.0})
+    (with_ledger,) = results["at_stripe_latency"]["with_ledger"]  # the template's defaults
+    assert with_ledger["stream_concurrency"] == template_default("StreamConcurrency")
+    assert with_ledger["memory_mb"] == template_default("ForwarderMemorySize")
     assert with_ledger["batch_wall_ms"] > 0
     assert all(
         row["dollars_per_million_events"] > 0 for row in results["at_stripe_latency"]["rows"]

@@ -141,7 +141,7 @@ class ForwarderConfig:
     catalog_path: str | None = None  # the meter catalog's SSM path (None: no pre-flight)
     ledger_bucket: str | None = None  # the delivery ledger's bucket (None: no ledger)
     ledger_prefix: str = ""
-    stream_concurrency: int = 32
+    stream_concurrency: int = 64
     token_margin: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rules: ValidationRules = field(default_factory=ValidationRules)
@@ -167,7 +167,7 @@ class ForwarderConfig:
             catalog_path=_ssm_path(env, "METER_CATALOG_PATH"),
             ledger_bucket=env.get("LEDGER_BUCKET", "").strip() or None,
             ledger_prefix=env.get("LEDGER_PREFIX", "").strip().strip("/"),
-            stream_concurrency=int(_number(env, "STREAM_CONCURRENCY", 32, 1, 64)),
+            stream_concurrency=int(_number(env, "STREAM_CONCURRENCY", 64, 1, 64)),
             token_margin=_number(env, "TOKEN_MARGIN_SECONDS", 60, 0, 600),
             retry=RetryPolicy(
                 max_attempts=int(_number(env, "MAX_ATTEMPTS", 6, 1, 20)),

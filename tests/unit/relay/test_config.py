@@ -49,7 +49,7 @@ def test_the_forwarder_defaults() -> None:
     assert config.session_parameter == "/meter-relay/session"
     assert config.dead_letter_queue_url == FORWARDER_ENV["DEAD_LETTER_QUEUE_URL"]
     assert config.refresher_function_name is None
-    assert config.stream_concurrency == 32
+    assert config.stream_concurrency == 64
     assert config.token_margin == 60
     assert config.retry == RetryPolicy(
         max_attempts=6, base_delay=0.2, max_delay=5.0, request_timeout=10.0, deadline_margin=3.0
