@@ -617,9 +617,10 @@ def main(argv: list[str] | None = None) -> int:
         floors = {"unread": unread.result(), "decoded": decoded.result()}
         sdk = {"example": example, "batched": sdk_batched.result()}
         memory_mb = int(template_default("ForwarderMemorySize"))
+        memory_sizes = [int(m) for m in args.memory_sizes.split(",")] if args.latency_ms else []
         latency_rows = [
             row
-            for size in (int(m) for m in args.memory_sizes.split(",") if args.latency_ms)
+            for size in memory_sizes
             for row in bench_at_latency(
                 emulator,
                 setup,
