@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from itertools import chain, repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -41,6 +40,9 @@ SUFFIX = ".jsonl.zst"  # Athena and DuckDB both read Zstandard JSON Lines by thi
 CONTENT_TYPE = "application/zstd"
 WRITE_ATTEMPTS = 3
 COMPRESS_LEVEL = 1  # the hot path's CPU: level 3 took twice the time here, for no smaller object
+# a line repeats its head within a few hundred bytes: a hash table of 2^11 entries (level 1's is
+# 2^14) finds those matches in a fifth less time, to an object 2% smaller (10,000 events)
+COMPRESS_HASH_LOG = 11
 
 
 class StripeEvent(msgspec.Struct):
@@ -119,7 +121,7 @@ def ledger_text(
 ) -> bytes:
     """The JSON Lines of events delivered, each with the SQS message id it came from: a line is
     its meter's head (the same for all its events of the invocation), the message id, and the
-    event's text as sent, spliced by C loops alone (map, zip, join: no Python per event). If
+    event's text as sent, spliced by C loops alone (slices, map, join: no Python per event). If
     an event kept no text, or a text breaks a line (a producer's pretty-printed JSON), or a
     message id is not SQS's letters, digits and hyphens, each line is built in Python."""
     if len(message_ids) != len(events):
@@ -128,20 +130,26 @@ def ledger_text(
     heads = {name: _head(at, request_id, rules.keys_for(name)) for name in set(map(_NAME, events))}
     texts = list(map(_SOURCE, events))
     if None not in texts and _one_line("".join(texts)) and _plain("".join(message_ids)):
-        heads_of = (
-            repeat(next(iter(heads.values())))  # one meter, the usual batch
+        count = len(events)
+        # a line's five parts, laid into one list by slice assignment and joined: joining
+        # a list takes two fifths of the time of joining the same parts from an iterator
+        parts = [_EVENT] * (5 * count)
+        parts[0::5] = (
+            [next(iter(heads.values()))] * count  # one meter, the usual batch
             if len(heads) == 1
-            else map(heads.__getitem__, map(_NAME, events))
+            else list(map(heads.__getitem__, map(_NAME, events)))
         )
-        lines = zip(heads_of, message_ids, _EVENT, texts, _END, strict=False)  # endless repeats
+        parts[1::5] = message_ids
+        parts[3::5] = texts
+        parts[4::5] = [_END] * count
         # backslashreplace: a lone surrogate (only ever inside a JSON string) becomes its \u
         # escape
-        return "".join(chain.from_iterable(lines)).encode("utf-8", "backslashreplace")
+        return "".join(parts).encode("utf-8", "backslashreplace")
     return _lines_one_by_one(events, message_ids, heads)
 
 
 _NAME, _SOURCE = attrgetter("event_name"), attrgetter("source")
-_EVENT, _END = repeat('","event":'), repeat("}\n")
+_EVENT, _END = '","event":', "}\n"
 
 
 def _lines_one_by_one(
@@ -184,7 +192,10 @@ def compress(data: bytes) -> bytes:
     # imported on first use, on the ledger's thread: the forwarder's cold start does not pay it
     import zstandard
 
-    return zstandard.ZstdCompressor(level=COMPRESS_LEVEL).compress(data)
+    parameters = zstandard.ZstdCompressionParameters.from_level(
+        COMPRESS_LEVEL, hash_log=COMPRESS_HASH_LOG
+    )
+    return zstandard.ZstdCompressor(compression_params=parameters).compress(data)
 
 
 def decompress(data: bytes) -> bytes:
