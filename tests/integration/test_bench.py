@@ -85,6 +85,9 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
     # each size at Lambda's CPU for it, where this machine lets the bench hold itself to it
     held = {row["memory_mb"]: row["vcpus"] for row in rows}
     assert held in ({885: None, 1769: None}, {885: vcpus_for(885), 1769: 1.0})
+    # the fresh interpreters of the cold figures too, at the template's memory
+    cold_share = vcpus_for(int(template_default("ForwarderMemorySize")))
+    assert results["cold_start_vcpus"] == (None if held[1769] is None else cold_share)
     (with_ledger,) = results["at_stripe_latency"]["with_ledger"]  # the template's defaults
     assert with_ledger["stream_concurrency"] == template_default("StreamConcurrency")
     assert with_ledger["memory_mb"] == template_default("ForwarderMemorySize")
