@@ -466,8 +466,7 @@ def import_time_ms() -> float:
 
 LATENCY_ROUNDS = 5  # batches per row at Stripe's latency: its median is the row's
 
-# Lambda's prices (us-east-1, arm64, 2026): per GB-second of duration, and per request.
-PRICE_PER_GB_SECOND = 0.0000133334
+# Lambda's price per request (us-east-1, arm64, 2026); per GB-second of duration, the chart's
 PRICE_PER_REQUEST = 0.20 / 1_000_000
 
 
@@ -537,7 +536,8 @@ def bench_at_latency(
                     walls.append(time.perf_counter() - started)
             wall = statistics.median(walls)
             gb_seconds = memory_mb / 1024 * wall
-            per_million = (gb_seconds * PRICE_PER_GB_SECOND + PRICE_PER_REQUEST) * 1_000_000 / n
+            duration_dollars = gb_seconds * bench_chart.PRICE_PER_GB_SECOND
+            per_million = (duration_dollars + PRICE_PER_REQUEST) * 1_000_000 / n
             rows.append(
                 LatencyRow(
                     memory_mb, vcpus, concurrency, wall * 1000, n / wall, gb_seconds, per_million
