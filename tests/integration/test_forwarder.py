@@ -682,6 +682,13 @@ def test_a_full_batch_reports_every_metric_in_one_document(
     metrics = emf_sums(out)
     assert metrics["EventsDelivered"] == 10_000
     assert metrics["StreamCalls"] == 100
+    document = json.loads(documents[0])
+    latencies = document["StreamCallLatency"]
+    assert len(latencies) == 99
+    assert all(type(ms) is float and ms > 0 for ms in latencies)
+    assert {"Name": "StreamCallLatency", "Unit": "Milliseconds"} in (
+        document["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+    )
 
 
 def test_the_cyclic_collector_never_runs_while_a_batchs_objects_live(relay: Relay) -> None:

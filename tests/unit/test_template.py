@@ -790,12 +790,12 @@ def test_without_an_email_the_topic_is_made_and_nobody_is_subscribed() -> None:
 
 
 def _emitted_metric_names() -> set[str]:
-    """Every metric name the library emits (add_metric, single_metric)."""
+    """Every metric name the library emits (add_metric, add_samples, single_metric)."""
     library = ROOT / "layers" / "meter_relay" / "meter_relay"
     names: set[str] = set()
     for path in library.glob("*.py"):
         text = path.read_text(encoding="utf-8")
-        names.update(re.findall(r'add_metric\(\s*"(\w+)"', text))
+        names.update(re.findall(r'add_(?:metric|samples)\(\s*"(\w+)"', text))
         names.update(re.findall(r'single_metric\(\s*name="(\w+)"', text))
     publish = (library / "forwarder.py").read_text(encoding="utf-8").split("def _publish")[1]
     names.update(re.findall(r'^\s+"([A-Z]\w+)":', publish.split("\n\n\n")[0], re.MULTILINE))

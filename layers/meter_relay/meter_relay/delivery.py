@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
@@ -340,15 +340,26 @@ class DeliveryRun[T: Hashable]:
         self._events.append(event)
         self._tags.append(tag)
         if len(self._events) - self._unsent_from == MAX_EVENTS_PER_CALL:
-            self._submit()
+            self._submit(len(self._events))
         return len(self._events) - 1
+
+    def extend(self, events: Sequence[MeterEvent], tags: Iterable[T]) -> None:
+        """Queue several events (an envelope's) in order, the report answering for each by
+        its tag: `add` for each, in C loops."""
+        self._events.extend(events)
+        self._tags.extend(tags)
+        if len(self._tags) != len(self._events):
+            raise ValueError("an event without its tag, or a tag without its event")
+        while len(self._events) - self._unsent_from >= MAX_EVENTS_PER_CALL:
+            self._submit(self._unsent_from + MAX_EVENTS_PER_CALL)
 
     def tag_at(self, position: int) -> T:
         return self._tags[position]
 
-    def _submit(self) -> None:
-        chunk = list(range(self._unsent_from, len(self._events)))
-        self._unsent_from = len(self._events)
+    def _submit(self, end: int) -> None:
+        """A call for the events from the first unsent one up to `end`."""
+        chunk = list(range(self._unsent_from, end))
+        self._unsent_from = end
         future = self._delivery.submit_chunk(chunk, self._events, self._remaining)
         self._chunks.append((chunk, future))
 
@@ -357,7 +368,7 @@ class DeliveryRun[T: Hashable]:
         deadline: a call still unanswered then (an answer trickling in byte by byte outlasts
         any socket timeout) is abandoned, and its events are reported for retry."""
         if self._unsent_from < len(self._events):
-            self._submit()
+            self._submit(len(self._events))
         calls = CallReport()
         futures = [future for _, future in self._chunks]
         _, late = wait_for(futures, timeout=max(0.0, self._remaining() - stop_at))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from itertools import repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import msgspec
@@ -55,13 +57,14 @@ class _StripeForm(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
-    """An envelope, its events left as their JSON texts (each judged, and kept to be sent)."""
+    """An envelope of events in Stripe's form, decoded and checked in the same C pass."""
 
-    events: list[msgspec.Raw]
+    events: list[_StripeForm]
 
 
 _SINGLE = msgspec.json.Decoder(_StripeForm)
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
+_ENCODER = msgspec.json.Encoder()
 # a body msgspec cannot take as it is (a lone surrogate cannot be UTF-8, nesting too deep) is
 # read in full
 _UNDECODABLE = (msgspec.DecodeError, UnicodeEncodeError, RecursionError)
@@ -194,12 +197,14 @@ class ValidationRules:
 _DEFAULT_KEYS = MeterKeys()
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3 x, per event
-class MeterEvent:
+class MeterEvent(msgspec.Struct, omit_defaults=True, gc=False):
     """A normalised event, ready for Stripe: payload values are strings, timestamp RFC 3339.
 
-    `source` is the event's JSON text as the producer wrote it, kept only when that text is
-    already exactly Stripe's form: a stream call then carries it as it is, never encoded again.
+    `source` is the event's JSON text as the producer wrote it, kept only when it is a
+    message's whole body and exactly Stripe's form: a stream call then carries it as it is.
+    An event without one is encoded by msgspec (`source` left out, its default), in C. A
+    msgspec Struct: built in half the time of a slotted dataclass, and without the cyclic
+    collector's tracking (it refers to nothing that could refer back to it).
     """
 
     event_name: str
@@ -266,14 +271,17 @@ class ParsedMessage:
 
 def stream_body(events: Sequence[MeterEvent]) -> bytes:
     """A stream call's body: `{"events": [...]}`. When every event kept its text (the common
-    case for single-event messages), the texts are joined as they are; otherwise all are
-    encoded in one go (an encoder call per event would cost more than it saves)."""
+    case for single-event messages), the texts are joined as they are; when none did (an
+    envelope's), msgspec encodes them all in one C call; otherwise, or when a text holds a lone
+    surrogate (only JSON's \\u escape carries one), json encodes them all."""
     texts = [event.source for event in events]
-    if None not in texts:
-        try:
+    try:
+        if None not in texts:
             return ('{"events":[' + ",".join(cast("list[str]", texts)) + "]}").encode()
-        except UnicodeEncodeError:
-            pass  # a lone surrogate written as such: only JSON's \u escape carries it
+        if texts.count(None) == len(texts):
+            return _ENCODER.encode({"events": list(events)})
+    except UnicodeEncodeError:
+        pass
     return _COMPACT.encode({"events": [event.to_stripe() for event in events]}).encode()
 
 
@@ -382,6 +390,7 @@ def parse_document(
     return ParsedMessage(message_id, events)
 
 
+_IDENTIFIER = attrgetter("identifier")
 _STRINGS_PER_EVENT = 7  # 4 keys, 3 values (the payload's are counted apart)
 
 
@@ -450,29 +459,24 @@ class Judge:
         return self._read_in_full(body, message_id, sent_at)
 
     def _envelope(self, body: str, message_id: str) -> list[MeterEvent] | None:
-        """An envelope's events when every one is valid and in Stripe's form, else None."""
+        """An envelope's events when every one is valid and in Stripe's form and holds an
+        identifier of its own (in the envelope and the batch so far), else None. Its events
+        are judged one by one; the identifiers are checked and kept by C loops (map, sets,
+        zip), which took a third of the envelope's reading in Python."""
         try:
-            texts = _ENVELOPE.decode(body).events
-            events = []
-            for text in texts:
-                event = self._judged(_SINGLE.decode(text))
-                if event is None:
-                    return None
-                source = bytes(text).decode()
-                if _reads_as_judged(source, event):
-                    event.source = source
-                events.append(event)
+            forms = _ENVELOPE.decode(body).events
         except _UNDECODABLE:
             return None
-        if not events:
+        judged = list(map(self._judged, forms))
+        if not judged or None in judged:
             return None
+        events = cast("list[MeterEvent]", judged)
+        identifiers = list(map(_IDENTIFIER, events))
         first = self._first
-        if any(event.identifier in first for event in events) or len(
-            {event.identifier for event in events}
-        ) != len(events):
+        if len(set(identifiers)) != len(events) or not first.keys().isdisjoint(identifiers):
             return None  # an identifier seen before: the full reading judges each
-        for index, event in enumerate(events):
-            first[event.identifier] = (event, message_id, index)
+        where = zip(events, repeat(message_id), range(len(events)))
+        first.update(zip(identifiers, where, strict=True))
         return events
 
     def _read_in_full(self, body: str, message_id: str, sent_at: datetime) -> ParsedMessage:

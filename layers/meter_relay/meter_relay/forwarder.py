@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any
 
 import boto3
@@ -45,11 +46,9 @@ from meter_relay.events import (
 )
 from meter_relay.ledger import LedgerWriter, ledger_text
 from meter_relay.ledger import wait as wait_for_ledger
-from meter_relay.observability import logger, metrics
+from meter_relay.observability import MAX_VALUES_PER_METRIC, add_samples, logger, metrics
 from meter_relay.session import LambdaRefresher, SessionStore, SessionTokenSource, TokenStats
 from meter_relay.stripe_client import MeterEventStream, StripeHttp
-
-MAX_LATENCY_SAMPLES = 99
 
 type EventTag = tuple[int, int]  # (message, index of the event in it)
 _METER_CODES = frozenset({ErrorCode.NO_METER, ErrorCode.ARCHIVED_METER})
@@ -269,8 +268,7 @@ class Batch:
                 run.add(message, (m, 0))
             elif type(message) is list:
                 envelopes[m] = len(message)
-                for index, event in enumerate(message):
-                    run.add(event, (m, index))
+                run.extend(message, zip(repeat(m), range(len(message))))
             else:
                 assert isinstance(message, ParsedMessage)
                 self.read_in_full[m] = message
@@ -416,10 +414,10 @@ def _publish(
     }
     for name, value in counts.items():
         metrics.add_metric(name, MetricUnit.Count, value)
-    # Powertools flushes a metric by itself once it holds 100 values: stay below, so that
-    # one EMF document per invocation carries every metric.
-    for latency in calls.latencies_ms[:MAX_LATENCY_SAMPLES]:
-        metrics.add_metric("StreamCallLatency", MetricUnit.Milliseconds, latency)
+    # at most 99 samples: one EMF document per invocation carries every metric
+    add_samples(
+        "StreamCallLatency", MetricUnit.Milliseconds, calls.latencies_ms[:MAX_VALUES_PER_METRIC]
+    )
     for code, count in settled.dead_lettered.items():
         with single_metric(
             name="EventsDeadLetteredByCode",

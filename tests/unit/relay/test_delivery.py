@@ -94,6 +94,38 @@ def test_events_go_out_once_in_calls_of_at_most_100() -> None:
     assert sorted(sent) == sorted(f"e{i}" for i in range(250))  # none twice, none missing
 
 
+def test_events_added_in_groups_go_out_in_calls_of_100_answered_by_their_tags() -> None:
+    """An envelope's events are added at once (`extend`), between single ones: the calls still
+    take 100 events each, in order, and the report answers by each event's own tag."""
+    delivery_, stream, _ = delivery(lambda token, events: OK)
+    run = delivery_.start(plenty)
+    run.add(event("single-0"), ("single", 0))
+    run.extend([event(f"env-{i}") for i in range(150)], [("env", i) for i in range(150)])
+    run.add(event("single-1"), ("single", 1))
+    run.extend([event(f"more-{i}") for i in range(60)], [("more", i) for i in range(60)])
+    report = run.finish()
+    envelope = [f"env-{i}" for i in range(150)]
+    more = [f"more-{i}" for i in range(60)]
+    expected_calls = [
+        ["single-0", *envelope[:99]],
+        [*envelope[99:], "single-1", *more[:48]],
+        more[48:],
+    ]
+    assert sorted(ids for _, ids, _ in stream.calls) == sorted(expected_calls)
+    assert report.delivered == (
+        {("single", 0), ("single", 1)}
+        | {("env", i) for i in range(150)}
+        | {("more", i) for i in range(60)}
+    )
+
+
+def test_events_and_tags_added_in_groups_must_pair_up() -> None:
+    delivery_, _, _ = delivery(lambda token, events: OK)
+    run = delivery_.start(plenty)
+    with pytest.raises(ValueError, match="without its tag"):
+        run.extend([event("a"), event("b")], [("m", 0)])
+
+
 def test_a_rate_limit_waits_for_retry_after_plus_jitter() -> None:
     answers = iter([error(429, "account_rate_limit_exceeded", retry_after=2.0), OK])
     run, _, sleeps = delivery(lambda token, events: next(answers))

@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meter_relay.events import MeterEvent, MeterKeys, ValidationRules
+from meter_relay.events import MeterEvent, MeterKeys, ValidationRules, stream_body
 from meter_relay.ledger import compress, decode, decompress, ledger_text, line_of
 
 AT = datetime(2026, 12, 6, 1, 2, 3, 456000, tzinfo=UTC)
@@ -133,3 +133,29 @@ def test_a_lone_surrogate_becomes_its_escape() -> None:
     assert decompress(compress(text)) == text
     (line,) = read_back(text)
     assert line["event"]["payload"]["stripe_customer_id"] == "cus_\udc80"  # type: ignore[index]
+
+
+def test_events_that_kept_no_text_are_written_as_the_stream_call_encoded_them() -> None:
+    """An envelope's events keep no text: their lines carry msgspec's encoding, which is also
+    the stream call's, byte for byte."""
+    events = [
+        meter_event(
+            "api_requests", {"stripe_customer_id": f"cus_{n}", "value": "3"}, f"e-{n}", None
+        )
+        for n in range(3)
+    ]
+    text = ledger_text(events, ["m-1", "m-1", "m-1"], RULES, AT, "req-1")
+    sent = stream_body(events)
+    for line, event in zip(text.decode().splitlines(), events, strict=True):
+        written = line[line.index('"event":') + len('"event":') : -1]
+        assert written.encode() in sent
+        assert json.loads(written) == event.to_stripe()
+
+
+def test_a_lone_surrogate_in_an_event_without_its_text_becomes_its_escape() -> None:
+    odd = meter_event("api_requests", {"stripe_customer_id": "cus_\udc80", "value": "3"}, "e", None)
+    plain = meter_event("api_requests", {"stripe_customer_id": "cus_a", "value": "3"}, "f", None)
+    text = ledger_text([odd, plain], ["m-1", "m-2"], RULES, AT, "req-1")
+    first, second = read_back(text)
+    assert first["event"]["payload"]["stripe_customer_id"] == "cus_\udc80"  # type: ignore[index]
+    assert second["event"] == plain.to_stripe()
