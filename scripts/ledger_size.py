@@ -44,7 +44,7 @@ def main() -> None:
     def uid() -> str:
         return str(uuid.UUID(int=rng.getrandbits(128)))
 
-    def delivered(identifier: str, message_id: str) -> tuple[MeterEvent, str]:
+    def delivered(identifier: str, message_id: str, *, text: bool = True) -> tuple[MeterEvent, str]:
         event = MeterEvent(
             "api_requests",
             {
@@ -54,14 +54,17 @@ def main() -> None:
             identifier,
             format_timestamp(NOW - timedelta(seconds=rng.randrange(3600))),
         )
-        event.source = json.dumps(event.to_stripe(), separators=(",", ":"))  # as producers send
+        if text:  # a single-event body, as producers send it; an envelope's events keep none
+            event.source = json.dumps(event.to_stripe(), separators=(",", ":"))
         return event, message_id
 
     single = [delivered(f"order-{uid()}", uid()) for _ in range(EVENTS)]
     envelopes: list[tuple[MeterEvent, str]] = []
     while len(envelopes) < EVENTS:
         message_id = uid()
-        envelopes += [delivered(f"{message_id}-{index}", message_id) for index in range(100)]
+        envelopes += [
+            delivered(f"{message_id}-{index}", message_id, text=False) for index in range(100)
+        ]
     for shape, events in (
         ("single events, a producer's random identifier each", single),
         ("envelopes of 100, identifiers derived from the message id", envelopes),
