@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from meter_relay.config import RetryPolicy
-from meter_relay.delivery import AdaptiveLimit, StreamDelivery
+from meter_relay.delivery import AdaptiveLimit, DeliveryRun, StreamDelivery
 from meter_relay.events import MeterEvent
 from meter_relay.session import MeterEventSession, SessionStore, SessionTokenSource
 from meter_relay.stripe_client import Kind, MeterEventStream, StripeAnswer, StripeHttp
@@ -98,7 +98,7 @@ def test_events_added_in_groups_go_out_in_calls_of_100_answered_by_their_tags() 
     """An envelope's events are added at once (`extend`), between single ones: the calls still
     take 100 events each, in order, and the report answers by each event's own tag."""
     delivery_, stream, _ = delivery(lambda token, events: OK)
-    run = delivery_.start(plenty)
+    run: DeliveryRun[tuple[str, int]] = delivery_.start(plenty)
     run.add(event("single-0"), ("single", 0))
     run.extend([event(f"env-{i}") for i in range(150)], [("env", i) for i in range(150)])
     run.add(event("single-1"), ("single", 1))
@@ -121,7 +121,7 @@ def test_events_added_in_groups_go_out_in_calls_of_100_answered_by_their_tags() 
 
 def test_events_and_tags_added_in_groups_must_pair_up() -> None:
     delivery_, _, _ = delivery(lambda token, events: OK)
-    run = delivery_.start(plenty)
+    run: DeliveryRun[tuple[str, int]] = delivery_.start(plenty)
     with pytest.raises(ValueError, match="without its tag"):
         run.extend([event("a"), event("b")], [("m", 0)])
 
