@@ -1242,6 +1242,17 @@ def test_a_text_with_a_lone_surrogate_goes_out_escaped() -> None:
     assert json.loads(body)["events"][1]["payload"]["stripe_customer_id"] == "cus_\ud800"
 
 
+def test_events_without_texts_and_a_lone_surrogate_go_out_escaped() -> None:
+    """Events that kept no text (an envelope's) are encoded by msgspec, which cannot take a
+    lone surrogate as UTF-8 either: json encodes that call's body, with its escape."""
+    plain = MeterEvent("api_requests", {"stripe_customer_id": "cus_1", "value": "1"}, "e1", "t")
+    odd = MeterEvent("api_requests", {"stripe_customer_id": "cus_\ud800", "value": "1"}, "e2", "t")
+    body = stream_body([plain, odd])
+    assert b"cus_\\ud800" in body
+    assert json.loads(body) == {"events": [plain.to_stripe(), odd.to_stripe()]}
+    assert json.loads(stream_body([plain])) == {"events": [plain.to_stripe()]}
+
+
 def test_the_common_event_keeps_its_text() -> None:
     text = json.dumps(event(identifier="evt-1", timestamp="2026-06-01T11:59:00.000Z"))
     parsed = one(text)
