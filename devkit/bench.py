@@ -240,15 +240,16 @@ def _check(invocation: Invocation) -> None:
 
 
 def bench_forwarder(
-    setup: dict[str, Any], n: int, ledger: bool = False
+    setup: dict[str, Any], n: int, ledger: bool = False, template: Path = TEMPLATE
 ) -> tuple[Contestant, Contestant, Callable[[], None]]:
     """The two forwarder contestants (warm), and how to close the function; `ledger`: with
-    the delivery ledger written (to moto's S3)."""
+    the delivery ledger written (to moto's S3); `template`: another checkout's forwarder
+    (its own code and layer, this environment's third-party packages)."""
     arn = "arn:aws:sqs:us-east-1:123456789012:bench-usage"
     env_vars = json.loads(json.dumps(setup["env_vars"]))
     env_vars["ForwarderFunction"]["LEDGER_BUCKET"] = LEDGER_BUCKET if ledger else ""
     function = load_function(
-        TEMPLATE, "ForwarderFunction", env_vars=env_vars, extra_env=setup["env"]
+        template, "ForwarderFunction", env_vars=env_vars, extra_env=setup["env"]
     )
     _check(function.invoke(sqs_event([json.dumps(e) for e in make_events(100)], arn)))
 
