@@ -346,10 +346,11 @@ class DeliveryRun[T: Hashable]:
     def extend(self, events: Sequence[MeterEvent], tags: Iterable[T]) -> None:
         """Queue several events (an envelope's) in order, the report answering for each by
         its tag: `add` for each, in C loops."""
+        tags = list(tags)
+        if len(tags) != len(events):
+            raise ValueError("an event without its tag, or a tag without its event")
         self._events.extend(events)
         self._tags.extend(tags)
-        if len(self._tags) != len(self._events):
-            raise ValueError("an event without its tag, or a tag without its event")
         while len(self._events) - self._unsent_from >= MAX_EVENTS_PER_CALL:
             self._submit(self._unsent_from + MAX_EVENTS_PER_CALL)
 

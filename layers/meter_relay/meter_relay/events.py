@@ -201,10 +201,10 @@ class MeterEvent(msgspec.Struct, omit_defaults=True, gc=False):
     """A normalised event, ready for Stripe: payload values are strings, timestamp RFC 3339.
 
     `source` is the event's JSON text as the producer wrote it, kept only when it is a
-    message's whole body and exactly Stripe's form: a stream call then carries it as it is.
-    An event without one is encoded by msgspec (`source` left out, its default), in C. A
-    msgspec Struct: built in half the time of a slotted dataclass, and without the cyclic
-    collector's tracking (it refers to nothing that could refer back to it).
+    message's whole body and exactly Stripe's form: a stream call then carries it as it is,
+    and an event without one as `stripe_text()`; the ledger records the same text. A msgspec
+    Struct: built in half the time of a slotted dataclass, and without the cyclic collector's
+    tracking (it refers to nothing that could refer back to it).
     """
 
     event_name: str
@@ -222,9 +222,13 @@ class MeterEvent(msgspec.Struct, omit_defaults=True, gc=False):
         }
 
     def stripe_text(self) -> str:
-        """The event as compact JSON on one line, as a stream call carries an event that kept
-        no text of its own."""
-        return _COMPACT.encode(self.to_stripe())
+        """The event as a stream call carries it when it kept no text of its own: compact
+        JSON on one line, msgspec's (json's, with its \\u escape, for a lone surrogate, which
+        UTF-8 cannot carry)."""
+        try:
+            return _ENCODER.encode(self.to_stripe()).decode()
+        except UnicodeEncodeError:
+            return _COMPACT.encode(self.to_stripe())
 
 
 @dataclass(slots=True)
@@ -270,19 +274,24 @@ class ParsedMessage:
 
 
 def stream_body(events: Sequence[MeterEvent]) -> bytes:
-    """A stream call's body: `{"events": [...]}`. When every event kept its text (the common
-    case for single-event messages), the texts are joined as they are; when none did (an
-    envelope's), msgspec encodes them all in one C call; otherwise, or when a text holds a lone
-    surrogate (only JSON's \\u escape carries one), json encodes them all."""
+    """A stream call's body: `{"events": [...]}`, each event its own text if it kept one (the
+    common case for single-event messages), else its `stripe_text()`. When none kept one (an
+    envelope's), msgspec encodes them all in one C call, to the same texts."""
     texts = [event.source for event in events]
-    try:
-        if None not in texts:
-            return ('{"events":[' + ",".join(cast("list[str]", texts)) + "]}").encode()
+    if None in texts:
         if texts.count(None) == len(texts):
-            return _ENCODER.encode({"events": list(events)})
-    except UnicodeEncodeError:
-        pass
-    return _COMPACT.encode({"events": [event.to_stripe() for event in events]}).encode()
+            try:
+                return _ENCODER.encode({"events": list(events)})
+            except UnicodeEncodeError:
+                pass  # a lone surrogate: that event's text is json's
+        texts = [
+            event.stripe_text() if text is None else text
+            for text, event in zip(texts, events, strict=True)
+        ]
+    try:
+        return ('{"events":[' + ",".join(cast("list[str]", texts)) + "]}").encode()
+    except UnicodeEncodeError:  # a producer's text holding a lone surrogate: encoded again
+        return ('{"events":[' + ",".join(event.stripe_text() for event in events) + "]}").encode()
 
 
 def derive_identifier(message_id: str, index: int) -> str:

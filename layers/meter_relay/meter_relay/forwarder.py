@@ -46,7 +46,7 @@ from meter_relay.events import (
 )
 from meter_relay.ledger import LedgerWriter, ledger_text
 from meter_relay.ledger import wait as wait_for_ledger
-from meter_relay.observability import MAX_VALUES_PER_METRIC, add_samples, logger, metrics
+from meter_relay.observability import add_samples, logger, metrics
 from meter_relay.session import LambdaRefresher, SessionStore, SessionTokenSource, TokenStats
 from meter_relay.stripe_client import MeterEventStream, StripeHttp
 
@@ -414,10 +414,7 @@ def _publish(
     }
     for name, value in counts.items():
         metrics.add_metric(name, MetricUnit.Count, value)
-    # at most 99 samples: one EMF document per invocation carries every metric
-    add_samples(
-        "StreamCallLatency", MetricUnit.Milliseconds, calls.latencies_ms[:MAX_VALUES_PER_METRIC]
-    )
+    add_samples("StreamCallLatency", MetricUnit.Milliseconds, calls.latencies_ms)
     for code, count in settled.dead_lettered.items():
         with single_metric(
             name="EventsDeadLetteredByCode",

@@ -122,15 +122,14 @@ def ledger_text(
     """The JSON Lines of events delivered, each with the SQS message id it came from: a line is
     its meter's head (the same for all its events of the invocation), the message id, and the
     event's text as sent, spliced by C loops alone (slices, map, join: no Python per event). If
-    some events kept a text and others not, or a text breaks a line (a producer's
-    pretty-printed JSON), or a message id is not SQS's letters, digits and hyphens, each line
-    is built in Python."""
+    a text breaks a line (a producer's pretty-printed JSON), or a message id is not SQS's
+    letters, digits and hyphens, each line is built in Python."""
     if len(message_ids) != len(events):
         raise ValueError("an event without its message id, or a message id without its event")
     at = format_timestamp(delivered_at)
     heads = {name: _head(at, request_id, rules.keys_for(name)) for name in set(map(_NAME, events))}
     texts = _texts(events)
-    if texts is not None and _one_line("".join(texts)) and _plain("".join(message_ids)):
+    if _one_line("".join(texts)) and _plain("".join(message_ids)):
         count = len(events)
         # a line's five parts, laid into one list by slice assignment and joined: joining
         # a list takes two fifths of the time of joining the same parts from an iterator
@@ -153,10 +152,10 @@ _NAME, _SOURCE = attrgetter("event_name"), attrgetter("source")
 _EVENT, _END = '","event":', "}\n"
 
 
-def _texts(events: Sequence[MeterEvent]) -> list[str] | None:
-    """Each event's text as sent: its own, or when none kept one (an envelope's events),
-    msgspec's encoding of them all in one C call, as the stream call encoded them; None when
-    only some kept one, or a lone surrogate needs json's escape."""
+def _texts(events: Sequence[MeterEvent]) -> list[str]:
+    """Each event's text as its stream call sent it (events.stream_body): its own, else its
+    `stripe_text()`; when none kept one (an envelope's events), msgspec's encoding of them all
+    in one C call, the same texts."""
     texts = list(map(_SOURCE, events))
     if None not in texts:
         return texts
@@ -164,8 +163,11 @@ def _texts(events: Sequence[MeterEvent]) -> list[str] | None:
         try:
             return _ENCODER.encode_lines(events).decode().split("\n")[:-1]
         except UnicodeEncodeError:
-            pass
-    return None
+            pass  # a lone surrogate: that event's text is json's
+    return [
+        event.stripe_text() if text is None else text
+        for text, event in zip(texts, events, strict=True)
+    ]
 
 
 def _lines_one_by_one(

@@ -119,11 +119,15 @@ def test_events_added_in_groups_go_out_in_calls_of_100_answered_by_their_tags() 
     )
 
 
-def test_events_and_tags_added_in_groups_must_pair_up() -> None:
-    delivery_, _, _ = delivery(lambda token, events: OK)
+def test_events_and_tags_added_in_groups_must_pair_up_and_leave_nothing_behind() -> None:
+    delivery_, stream, _ = delivery(lambda token, events: OK)
     run: DeliveryRun[tuple[str, int]] = delivery_.start(plenty)
     with pytest.raises(ValueError, match="without its tag"):
         run.extend([event("a"), event("b")], [("m", 0)])
+    run.add(event("c"), ("n", 0))
+    report = run.finish()
+    assert [ids for _, ids, _ in stream.calls] == [["c"]]
+    assert report.delivered == {("n", 0)}
 
 
 def test_a_rate_limit_waits_for_retry_after_plus_jitter() -> None:

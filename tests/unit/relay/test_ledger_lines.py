@@ -159,3 +159,38 @@ def test_a_lone_surrogate_in_an_event_without_its_text_becomes_its_escape() -> N
     first, second = read_back(text)
     assert first["event"]["payload"]["stripe_customer_id"] == "cus_\udc80"  # type: ignore[index]
     assert second["event"] == plain.to_stripe()
+
+
+def event_texts_of(ledger: bytes) -> list[str]:
+    """Each line's event, as the text the line holds (the last field of the line)."""
+    marker = '","event":'
+    return [line[line.index(marker) + len(marker) : -1] for line in ledger.decode().splitlines()]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=6),  # anything a payload holds, non-ASCII included
+            st.sampled_from(["none", "compact", "ascii"]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_ledger_holds_each_event_as_its_stream_call_sent_it(
+    rows: list[tuple[str, str]],
+) -> None:
+    """Single-event messages (their own texts) and an envelope's events (none) in one batch:
+    the ledger's texts, joined, are the stream call's body byte for byte."""
+    events = []
+    for n, (customer, form) in enumerate(rows):
+        event = meter_event(
+            "api_requests", {"stripe_customer_id": customer, "value": "1"}, f"e{n}", None
+        )
+        if form != "none":
+            event.source = stripe_text(event, separators=(",", ":"), ensure_ascii=form == "ascii")
+        events.append(event)
+    ledger = ledger_text(events, [f"m-{n}" for n in range(len(events))], RULES, AT, "req-1")
+    body = stream_body(events)
+    assert body == ('{"events":[' + ",".join(event_texts_of(ledger)) + "]}").encode()
+    assert [json.loads(text) for text in event_texts_of(ledger)] == [e.to_stripe() for e in events]

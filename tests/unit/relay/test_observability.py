@@ -44,16 +44,33 @@ def test_no_samples_add_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     assert "StreamCallLatency" not in metrics.metric_set
 
 
-def test_more_samples_than_one_document_holds_are_refused() -> None:
-    with pytest.raises(ValueError, match="at most 99"):
-        add_samples("StreamCallLatency", MetricUnit.Milliseconds, [1.0] * 100)
-    assert "StreamCallLatency" not in metrics.metric_set
+def test_no_more_samples_than_one_document_holds_are_kept(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    add_samples("StreamCallLatency", MetricUnit.Milliseconds, [float(n) for n in range(150)])
+    assert _document(capsys)["StreamCallLatency"] == [float(n) for n in range(99)]
 
 
-def test_samples_are_added_at_once_not_to_a_metric_that_already_has_values() -> None:
+def test_samples_join_the_values_a_metric_already_holds_up_to_99_in_all(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     metrics.add_metric("StreamCallLatency", MetricUnit.Milliseconds, 1.0)
-    with pytest.raises(ValueError, match="added at once"):
-        add_samples("StreamCallLatency", MetricUnit.Milliseconds, [2.0])
+    add_samples("StreamCallLatency", MetricUnit.Milliseconds, [2.0] * 150)
+    assert _document(capsys)["StreamCallLatency"] == [1.0] + [2.0] * 98
+
+
+def test_samples_that_make_the_hundredth_metric_all_reach_the_documents(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Powertools flushes its set when it holds 100 metrics: the samples that follow the one
+    that made the hundredth go into the next document, none lost."""
+    for n in range(99):
+        metrics.add_metric(f"Other{n}", MetricUnit.Count, 1)
+    add_samples("StreamCallLatency", MetricUnit.Milliseconds, [1.0, 2.0, 3.0])
+    metrics.flush_metrics()
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert first["StreamCallLatency"] == [1.0]
+    assert second["StreamCallLatency"] == [2.0, 3.0]
 
 
 def test_a_unit_cloudwatch_lacks_is_refused_as_add_metric_refuses_it() -> None:
