@@ -162,9 +162,12 @@ def test_a_lone_surrogate_in_an_event_without_its_text_becomes_its_escape() -> N
 
 
 def event_texts_of(ledger: bytes) -> list[str]:
-    """Each line's event, as the text the line holds (the last field of the line)."""
+    """Each line's event, as the text the line holds (the last field of the line). Lines end
+    at "\n" alone, as JSON Lines readers split them (str.splitlines also splits at U+0085 and
+    U+2028, which a text may hold as they are)."""
     marker = '","event":'
-    return [line[line.index(marker) + len(marker) : -1] for line in ledger.decode().splitlines()]
+    lines = ledger.decode().split("\n")[:-1]
+    return [line[line.index(marker) + len(marker) : -1] for line in lines]
 
 
 @given(
