@@ -230,6 +230,11 @@ class MeterEvent(msgspec.Struct, omit_defaults=True, gc=False):
         except UnicodeEncodeError:
             return _COMPACT.encode(self.to_stripe())
 
+    def sent_text(self) -> str:
+        """The event's text in its stream call (and its ledger line): its own, else
+        `stripe_text()`."""
+        return self.stripe_text() if self.source is None else self.source
+
 
 @dataclass(slots=True)
 class ParsedEvent:
@@ -284,10 +289,7 @@ def stream_body(events: Sequence[MeterEvent]) -> bytes:
                 return _ENCODER.encode({"events": list(events)})
             except UnicodeEncodeError:
                 pass  # a lone surrogate: that event's text is json's
-        texts = [
-            event.stripe_text() if text is None else text
-            for text, event in zip(texts, events, strict=True)
-        ]
+        texts = [event.sent_text() for event in events]
     try:
         return ('{"events":[' + ",".join(cast("list[str]", texts)) + "]}").encode()
     except UnicodeEncodeError:  # a producer's text holding a lone surrogate: encoded again

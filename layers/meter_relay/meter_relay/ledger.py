@@ -153,9 +153,9 @@ _EVENT, _END = '","event":', "}\n"
 
 
 def _texts(events: Sequence[MeterEvent]) -> list[str]:
-    """Each event's text as its stream call sent it (events.stream_body): its own, else its
-    `stripe_text()`; when none kept one (an envelope's events), msgspec's encoding of them all
-    in one C call, the same texts."""
+    """Each event's text as its stream call sent it (`MeterEvent.sent_text`, as
+    events.stream_body takes it); when none kept one (an envelope's events), msgspec's
+    encoding of them all in one C call, the same texts."""
     texts = list(map(_SOURCE, events))
     if None not in texts:
         return texts
@@ -164,10 +164,7 @@ def _texts(events: Sequence[MeterEvent]) -> list[str]:
             return _ENCODER.encode_lines(events).decode().split("\n")[:-1]
         except UnicodeEncodeError:
             pass  # a lone surrogate: that event's text is json's
-    return [
-        event.stripe_text() if text is None else text
-        for text, event in zip(texts, events, strict=True)
-    ]
+    return [event.sent_text() for event in events]
 
 
 def _lines_one_by_one(
