@@ -44,6 +44,8 @@ from meter_relay.dead_letter import (
     ATTR_IDENTIFIER,
     ATTR_REPORTED_BY,
     ATTR_STRIPE_EVENT_ID,
+    ATTR_VALIDATION_END,
+    ATTR_VALIDATION_START,
 )
 from meter_relay.error_reports import REPORT_TYPES, REPORTED_BY_STRIPE
 
@@ -363,6 +365,8 @@ class StripeLetter:
     code: str
     stripe_event: str
     body_known: bool
+    validation_start: str = ""
+    validation_end: str = ""
 
 
 def stripe_letter(message: MessageTypeDef) -> StripeLetter | None:
@@ -378,6 +382,8 @@ def stripe_letter(message: MessageTypeDef) -> StripeLetter | None:
         code=attributes.get(ATTR_ERROR_CODE, ""),
         stripe_event=attributes.get(ATTR_STRIPE_EVENT_ID, ""),
         body_known=attributes[ATTR_REPORTED_BY] == REPORTED_BY_STRIPE,
+        validation_start=attributes.get(ATTR_VALIDATION_START, ""),
+        validation_end=attributes.get(ATTR_VALIDATION_END, ""),
     )
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
 
-from devkit.emulator.client import DEFAULT_SECRET_KEY
+from devkit.emulator.client import DEFAULT_SECRET_KEY, EmulatorClient
+from devkit.local_error_reports import StripeLetter
 from meter_relay.config import DEFAULT_API_VERSION
 from meter_relay.ledger_engines import DuckDbEngine
 from meter_relay.ledger_queries import LedgerQueries
@@ -75,6 +76,58 @@ class LedgerCheck:
                     f"{row['ledger']}, Stripe {row['stripe']}"
                 )
         return lines
+
+
+@dataclass(frozen=True)
+class UnknownBody:
+    """A letter written "body unknown", and what was known of its event by the end of the run:
+    when Stripe (the emulator) received it, and what the ledger holds of it."""
+
+    identifier: str
+    window: str  # the report's validation window
+    received: list[str]  # the emulator's receipts of the event
+    recorded: list[str]  # the ledger's records of it by the run's end
+
+    def render(self) -> str:
+        recorded = "; ".join(self.recorded) or "not in the ledger"
+        return (
+            f"    body unknown: {self.identifier}, window {self.window}, received by Stripe at "
+            f"{', '.join(self.received) or '?'}; by the end of the run: {recorded}"
+        )
+
+
+def unknown_bodies(
+    moto_url: str,
+    region: str,
+    emulator: EmulatorClient,
+    letters: Sequence[StripeLetter],
+    began: datetime,
+) -> list[UnknownBody]:
+    """Each letter of an unknown body, against the ledger at the end of the run: a ledger that
+    never recorded its event, or one that recorded it after the function stopped looking."""
+    unknown = [letter for letter in letters if not letter.body_known]
+    if not unknown:
+        return []
+    s3 = boto3.client("s3", endpoint_url=moto_url, region_name=region)
+    ledger = LedgerQueries(DuckDbEngine(LedgerBucket(BUCKET, "", s3)))
+    found = ledger.trace(
+        [letter.identifier for letter in unknown], began - BEFORE, datetime.now(UTC) + AFTER
+    )
+    return [
+        UnknownBody(
+            identifier=letter.identifier,
+            window=f"{letter.validation_start} to {letter.validation_end}",
+            received=[
+                f"{event.get('received_at')} ({event.get('status')})"
+                for event in emulator.events(identifier=letter.identifier)
+            ],
+            recorded=[
+                f"{record.kind} at {record.at} ({record.reference})"
+                for record in found.get(letter.identifier, [])
+            ],
+        )
+        for letter in unknown
+    ]
 
 
 def reconcile_run(

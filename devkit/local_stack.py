@@ -58,7 +58,7 @@ from devkit.local_error_reports import (
     stripe_reports,
 )
 from devkit.local_error_reports import provision as provision_error_reports
-from devkit.local_ledger import LedgerCheck, reconcile_run
+from devkit.local_ledger import LedgerCheck, UnknownBody, reconcile_run, unknown_bodies
 from devkit.local_ledger import provision as provision_ledger
 from devkit.moto_server import aws_env
 from devkit.throttle_proxy import ThrottleProxy
@@ -505,6 +505,7 @@ class Report:
     rejected_later_unsampled: int = 0
     stripe_reports: StripeReports | None = None
     ledger: LedgerCheck | None = None  # the reconcile that ends the run
+    unknown_bodies: list[UnknownBody] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -533,6 +534,7 @@ class Report:
             "rejected_later_without_sample": self.rejected_later_unsampled,
             "stripe_error_reports": self.stripe_reports.to_json() if self.stripe_reports else None,
             "reconcile": self.ledger.to_json() if self.ledger else None,
+            "unknown_bodies": [vars(unknown) for unknown in self.unknown_bodies],
         }
 
     def render(self) -> str:
@@ -558,6 +560,7 @@ class Report:
             lines += self.stripe_reports.render()
         if self.ledger is not None:
             lines += self.ledger.render()
+        lines += [unknown.render() for unknown in self.unknown_bodies]
         lines += [
             f"  unaccounted               {len(self.unaccounted):>8}",
             f"  in the wrong place        {len(self.misplaced):>8}",
@@ -755,8 +758,14 @@ def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
             function_env["AWS_ENDPOINT_URL_SSM"] = proxy.url
         # The refresher runs behind a local Lambda endpoint (its own process): the schedule
         # and the forwarder (when Stripe refuses a token) both reach it through boto3's invoke.
-        # ErrorReportsFunction runs there too, reached by Stripe's pushes (local_error_reports).
+        # ErrorReportsFunction has an endpoint of its own, reached by Stripe's pushes
+        # (local_error_reports): an endpoint runs one invocation at a time, and a report that
+        # waits for its events' bodies in the ledger must not hold up the refresher that the
+        # forwarder, delivering those events, is waiting for (in AWS the two run apart).
         refresher_endpoint = scope.enter_context(
+            LambdaEndpoint(TEMPLATE, stack.env_vars, function_env, lifetime=options.timeout + 60)
+        )
+        reports_endpoint = scope.enter_context(
             LambdaEndpoint(TEMPLATE, stack.env_vars, function_env, lifetime=options.timeout + 60)
         )
         lambda_client = boto3.client(
@@ -784,7 +793,7 @@ def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
         chaos = Chaos(options, emulator, proxy)
         reports_client = boto3.client(  # as a Function URL or an event source: no retries
             "lambda",
-            endpoint_url=refresher_endpoint.url,
+            endpoint_url=reports_endpoint.url,
             region_name=stack.env["AWS_REGION"],
             config=Config(read_timeout=120, retries={"max_attempts": 1}),
         )
@@ -1046,6 +1055,7 @@ def _loop(
     report.ledger = reconcile_run(
         stack.moto_url, region, stack.emulator_url, began, datetime.now(UTC), KNOWN_CUSTOMERS
     )
+    report.unknown_bodies = unknown_bodies(stack.moto_url, region, emulator, dead.stripe, began)
     return report
 
 

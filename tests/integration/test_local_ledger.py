@@ -12,7 +12,8 @@ import msgspec
 import pytest
 
 from devkit.emulator.client import EmulatorClient
-from devkit.local_ledger import BUCKET, provision, reconcile_run
+from devkit.local_error_reports import StripeLetter
+from devkit.local_ledger import BUCKET, provision, reconcile_run, unknown_bodies
 from devkit.local_stack import Expected, MappingStats, account
 from meter_relay.events import MeterKeys, format_timestamp
 from meter_relay.ledger import StripeEvent, line_of
@@ -66,3 +67,36 @@ def test_the_runs_reconcile_passes_on_agreement_and_names_a_discrepancy(
     assert "result: FAILED" in rendered
     assert report.to_json()["reconcile"]["mismatches"] == 1
     assert Counter(report.dead_lettered) == Counter()
+
+
+def test_a_letter_whose_body_stayed_unknown_is_held_against_stripe_and_the_ledger(
+    aws: AwsEnv, emulator: EmulatorClient
+) -> None:
+    """The run's report says, of each letter "body unknown", when Stripe received its event
+    and what the ledger held of it by the end: recorded late, or never."""
+    provision(aws.endpoint_url, aws.region)
+    began = datetime.now(UTC)
+    stamp = format_timestamp(began - timedelta(minutes=10))
+    event = {
+        "event_name": "api_requests",
+        "identifier": "late-1",
+        "timestamp": stamp,
+        "payload": {"stripe_customer_id": "cus_0001", "value": "3"},
+    }
+    _stream_events(emulator, [event])
+    recorded = line_of(msgspec.convert(event, StripeEvent), MeterKeys(), stamp, "m-1", "r-1")
+    LedgerBucket(BUCKET, "", aws.client("s3")).put(EVENTS, began, "r-1", [recorded])
+    letters = [
+        StripeLetter("late-1", "meter_event_customer_not_found", "evt_1", False, "s", "e"),
+        StripeLetter("never-1", "meter_event_customer_not_found", "evt_1", False, "s", "e"),
+        StripeLetter("known-1", "meter_event_customer_not_found", "evt_1", True),
+    ]
+
+    late, never = unknown_bodies(aws.endpoint_url, aws.region, emulator, letters, began)
+
+    assert (late.identifier, late.window) == ("late-1", "s to e")
+    assert len(late.received) == 1
+    assert late.recorded == [f"delivered at {stamp} (r-1)"]
+    assert (never.identifier, never.received, never.recorded) == ("never-1", [], [])
+    assert "not in the ledger" in never.render()
+    assert unknown_bodies(aws.endpoint_url, aws.region, emulator, letters[2:], began) == []
