@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 import pytest
@@ -25,21 +26,30 @@ from tests.plugins.aws import AwsEnv
 pytestmark = pytest.mark.integration
 
 
-def test_the_runs_reconcile_passes_on_agreement_and_names_a_discrepancy(
-    aws: AwsEnv, emulator: EmulatorClient
-) -> None:
+def _sent_and_recorded(
+    aws: AwsEnv, emulator: EmulatorClient, identifier: str
+) -> tuple[datetime, str, dict[str, Any]]:
+    """One event Stripe received and the ledger recorded (invocation r-1): when the run
+    began, the event's timestamp, the event."""
     provision(aws.endpoint_url, aws.region)
     began = datetime.now(UTC)
     stamp = format_timestamp(began - timedelta(minutes=10))
-    event = {
+    event: dict[str, Any] = {
         "event_name": "api_requests",
-        "identifier": "run-1",
+        "identifier": identifier,
         "timestamp": stamp,
         "payload": {"stripe_customer_id": "cus_0001", "value": "3"},
     }
     _stream_events(emulator, [event])
     recorded = line_of(msgspec.convert(event, StripeEvent), MeterKeys(), stamp, "m-1", "r-1")
     LedgerBucket(BUCKET, "", aws.client("s3")).put(EVENTS, began, "r-1", [recorded])
+    return began, stamp, event
+
+
+def test_the_runs_reconcile_passes_on_agreement_and_names_a_discrepancy(
+    aws: AwsEnv, emulator: EmulatorClient
+) -> None:
+    began, _, event = _sent_and_recorded(aws, emulator, "run-1")
     customers = ["cus_0001", "cus_0002"]
 
     agreed = reconcile_run(aws.endpoint_url, aws.region, emulator.url, began, began, customers)
@@ -74,18 +84,7 @@ def test_a_letter_whose_body_stayed_unknown_is_held_against_stripe_and_the_ledge
 ) -> None:
     """The run's report says, of each letter "body unknown", when Stripe received its event
     and what the ledger held of it by the end: recorded late, or never."""
-    provision(aws.endpoint_url, aws.region)
-    began = datetime.now(UTC)
-    stamp = format_timestamp(began - timedelta(minutes=10))
-    event = {
-        "event_name": "api_requests",
-        "identifier": "late-1",
-        "timestamp": stamp,
-        "payload": {"stripe_customer_id": "cus_0001", "value": "3"},
-    }
-    _stream_events(emulator, [event])
-    recorded = line_of(msgspec.convert(event, StripeEvent), MeterKeys(), stamp, "m-1", "r-1")
-    LedgerBucket(BUCKET, "", aws.client("s3")).put(EVENTS, began, "r-1", [recorded])
+    began, stamp, _ = _sent_and_recorded(aws, emulator, "late-1")
     letters = [
         StripeLetter("late-1", "meter_event_customer_not_found", "evt_1", False, "s", "e"),
         StripeLetter("never-1", "meter_event_customer_not_found", "evt_1", False, "s", "e"),
