@@ -10,6 +10,7 @@ CPU per event (this checkout against the other) and the middle half of the round
 
     .venv/bin/python -m devkit.bench_compare HEAD~1          # a revision of this repository
     .venv/bin/python -m devkit.bench_compare ../other-clone  # or a checkout's directory
+    .venv/bin/python -m devkit.bench_compare HEAD~1 --ledger # both writing the delivery ledger
 
 Nothing here is asserted: a change within the middle half is not one this machine can see.
 """
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("other", help="a revision of this repository, or a checkout's directory")
     parser.add_argument("--rounds", type=int, default=41, help="paired rounds per shape")
     parser.add_argument("--events", type=int, default=10_000, help="events per batch")
+    parser.add_argument(
+        "--ledger", action="store_true", help="both forwarders write the delivery ledger"
+    )
     args = parser.parse_args(argv)
     with ExitStack() as scope:
         other = scope.enter_context(checkout(args.other))
@@ -77,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         moto = scope.enter_context(_server_process(["devkit.moto_server"], 900))
         setup = scope.enter_context(stack(emulator, moto))
         their_singles, their_envelopes, close_theirs = bench_forwarder(
-            setup, args.events, template=other
+            setup, args.events, ledger=args.ledger, template=other
         )
         scope.callback(close_theirs)
         our_singles, our_envelopes, close_ours = bench_forwarder(
-            setup, args.events, template=TEMPLATE
+            setup, args.events, ledger=args.ledger, template=TEMPLATE
         )
         scope.callback(close_ours)
         for shape, theirs, ours in (

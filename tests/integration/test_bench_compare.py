@@ -19,9 +19,19 @@ LINE = re.compile(
 )
 
 
-def compare(other: str) -> subprocess.CompletedProcess[str]:
+def compare(other: str, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 (our interpreter, our module)
-        [sys.executable, "-m", "devkit.bench_compare", other, "--rounds", "3", "--events", "200"],
+        [
+            sys.executable,
+            "-m",
+            "devkit.bench_compare",
+            other,
+            "--rounds",
+            "3",
+            "--events",
+            "200",
+            *options,
+        ],
         capture_output=True,
         text=True,
         timeout=240,
@@ -31,9 +41,15 @@ def compare(other: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("other", ["HEAD", str(ROOT)], ids=["revision", "directory"])
-def test_a_revision_or_a_checkout_is_compared_in_paired_rounds_of_both_shapes(other: str) -> None:
-    completed = compare(other)
+@pytest.mark.parametrize(
+    ("other", "options"),
+    [("HEAD", ()), (str(ROOT), ("--ledger",))],
+    ids=["revision", "directory-with-ledger"],
+)
+def test_a_revision_or_a_checkout_is_compared_in_paired_rounds_of_both_shapes(
+    other: str, options: tuple[str, ...]
+) -> None:
+    completed = compare(other, *options)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     lines = [line for line in completed.stdout.splitlines() if not line.startswith("{")]
     assert [line.split(":")[0] for line in lines] == ["single-event records", "envelopes of 100"]
