@@ -54,6 +54,12 @@ type EventTag = tuple[int, int]  # (message, index of the event in it)
 _METER_CODES = frozenset({ErrorCode.NO_METER, ErrorCode.ARCHIVED_METER})
 
 
+# S3 over HTTPS (AWS) checks a PUT's body by its CRC32 checksum and leaves the body out of the
+# signature; botocore signs it over HTTP (moto) unless told: the SHA-256 of a batch's ledger
+# object (0.5 MB for 10,000 events) cost 0.3 ms of CPU that the deployed forwarder never pays.
+LEDGER_S3_CONFIG = AWS_CLIENT_CONFIG.merge(Config(s3={"payload_signing_enabled": False}))
+
+
 class Forwarder:
     """Holds what lives across invocations: clients, pools, the cached session token."""
 
@@ -111,7 +117,7 @@ class Forwarder:
             )
         ledger = None
         if config.ledger_bucket:
-            s3 = session.client("s3", config=AWS_CLIENT_CONFIG)
+            s3 = session.client("s3", config=LEDGER_S3_CONFIG)
             ledger = LedgerWriter(config.ledger_bucket, config.ledger_prefix, s3)
         return cls(config, delivery, dead_letters, tokens, catalog, ledger)
 
