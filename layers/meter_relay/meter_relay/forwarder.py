@@ -140,7 +140,9 @@ class Forwarder:
             message_ids = [by_record[m] for m, _ in tags]
         now = datetime.now(UTC)
         request_id = context.aws_request_id
-        text = ledger_text(events, message_ids, rules, now, request_id)
+        # every event delivered was judged by the short path when nothing was read in full
+        names = None if batch.read_in_full else batch.judge.event_names()
+        text = ledger_text(events, message_ids, rules, now, request_id, names)
         return self.ledger.start(text, now, request_id, time_left)
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

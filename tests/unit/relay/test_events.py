@@ -1501,3 +1501,37 @@ def test_property_with_a_catalog_the_short_path_judges_as_the_full_one(
         if full.event is not None:
             assert name in meters
             assert meters[name].active
+
+
+_SHORT_FORMS = st.tuples(
+    st.sampled_from(["api_requests", "search_calls", "other_meter", " "]),
+    st.sampled_from(["1", "0", "x"]),  # a valid value, then two that are not
+    st.booleans(),  # in an envelope of two, else alone
+)
+
+
+@given(st.lists(_SHORT_FORMS, max_size=12))
+def test_every_event_read_by_the_short_path_has_its_name_among_the_judges(
+    bodies: list[tuple[str, str, bool]],
+) -> None:
+    """The ledger takes a batch's event names from its judge when nothing was read in full
+    (Judge.event_names), rather than from every event: each event the short path gives (alone
+    or in an envelope) has its name there, whatever else was judged before it."""
+    judge = Judge(SEARCH_RULES, NOW)
+    for number, (name, value, enveloped) in enumerate(bodies):
+        keys = SEARCH_RULES.keys_for(name)
+        one_event = {
+            "event_name": name,
+            "payload": {keys.customer_key: "cus_1", keys.value_key: value},
+            "identifier": f"id-{number}",
+            "timestamp": rfc(NOW),
+        }
+        body = (
+            {"events": [one_event, {**one_event, "identifier": f"id-{number}-b"}]}
+            if enveloped
+            else one_event
+        )
+        read = judge.read(json.dumps(body), f"m-{number}", SENT)
+        given_events = [read] if isinstance(read, MeterEvent) else read
+        if isinstance(given_events, list):
+            assert {e.event_name for e in given_events} <= set(judge.event_names())
