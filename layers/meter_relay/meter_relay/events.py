@@ -202,7 +202,8 @@ class MeterEvent(msgspec.Struct, omit_defaults=True, gc=False):
 
     `source` is the event's JSON text as the producer wrote it, kept only when it is a
     message's whole body and exactly Stripe's form: a stream call then carries it as it is,
-    and an event without one as `stripe_text()`; the ledger records the same text. A msgspec
+    and an event without one as `stripe_text()` (with the ledger on, an envelope's events keep
+    the text their first call encoded); the ledger records the same text. A msgspec
     Struct: built in half the time of a slotted dataclass, and without the cyclic collector's
     tracking (it refers to nothing that could refer back to it).
     """
@@ -278,17 +279,30 @@ class ParsedMessage:
     rejection: Rejection | None = None
 
 
-def stream_body(events: Sequence[MeterEvent]) -> bytes:
+def stream_body(events: Sequence[MeterEvent], keep_texts: bool = False) -> bytes:
     """A stream call's body: `{"events": [...]}`, each event its own text if it kept one (the
     common case for single-event messages), else its `stripe_text()`. When none kept one (an
-    envelope's), msgspec encodes them all in one C call, to the same texts."""
+    envelope's), msgspec encodes them all in one C call, to the same texts.
+
+    `keep_texts` (the delivery ledger is on): those events keep the texts encoded, and the
+    ledger records them as they are instead of encoding the batch's events again once the
+    calls are done, when they have left the CPU's cache (5 ms of the ledger's 8.5 for 10,000
+    envelope events, against 1.2 ms more here). Without the ledger, nothing needs them."""
     texts = [event.source for event in events]
     if None in texts:
         if texts.count(None) == len(texts):
             try:
-                return _ENCODER.encode({"events": list(events)})
+                if not keep_texts:
+                    return _ENCODER.encode({"events": list(events)})
+                lines = _ENCODER.encode_lines(events)
             except UnicodeEncodeError:
                 pass  # a lone surrogate: that event's text is json's
+            else:
+                kept = lines.decode().split("\n")
+                for event, text in zip(events, kept, strict=False):  # kept ends with ""
+                    event.source = text
+                # msgspec escapes a line break inside a string: "\n" only ends an event
+                return b'{"events":[' + lines[:-1].replace(b"\n", b",") + b"]}"
         texts = [event.sent_text() for event in events]
     try:
         return ('{"events":[' + ",".join(cast("list[str]", texts)) + "]}").encode()

@@ -102,7 +102,7 @@ class Forwarder:
         )
         executor = ThreadPoolExecutor(config.stream_concurrency, thread_name_prefix="stream")
         delivery = StreamDelivery(
-            MeterEventStream(http),
+            MeterEventStream(http, keep_texts=bool(config.ledger_bucket)),
             tokens,
             config.retry,
             executor,

@@ -316,12 +316,14 @@ class MeterEventStream:
 
     PATH = "/v2/billing/meter_event_stream"
 
-    def __init__(self, http: StripeHttp) -> None:
+    def __init__(self, http: StripeHttp, *, keep_texts: bool = False) -> None:
         self.http = http
+        self.keep_texts = keep_texts  # the events keep the texts sent (for the ledger)
 
     def send(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
         """One call (an event received in Stripe's form goes with its own text)."""
-        return self.blame(self.http.post_pooled(self.PATH, token, stream_body(events), timeout))
+        body = stream_body(events, self.keep_texts)
+        return self.blame(self.http.post_pooled(self.PATH, token, body, timeout))
 
     @staticmethod
     def blame(answer: StripeAnswer) -> StripeAnswer:
