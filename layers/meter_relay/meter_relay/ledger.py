@@ -134,16 +134,17 @@ def ledger_text(
         raise ValueError("an event without its message id, or a message id without its event")
     at = format_timestamp(delivered_at)
     heads = _heads(at, request_id, rules, event_names or ())
-    if len(set(heads.values())) != 1:
+    shared = set(heads.values())
+    if len(shared) != 1:
         # each event's head by its own name (no names given, or their meters' keys differ)
         heads = _heads(at, request_id, rules, set(map(_NAME, events)))
+        shared = set(heads.values())
     texts = _texts(events)
     if _one_line("".join(texts)) and _plain("".join(message_ids)):
         count = len(events)
         # a line's five parts, laid into one list by slice assignment and joined: joining
         # a list takes two fifths of the time of joining the same parts from an iterator
         parts = [_EVENT] * (5 * count)
-        shared = set(heads.values())
         parts[0::5] = (
             [shared.pop()] * count  # one set of payload keys, the usual batch
             if len(shared) == 1
@@ -164,9 +165,9 @@ _EVENT, _END = '","event":', "}\n"
 
 def _texts(events: Sequence[MeterEvent]) -> list[str]:
     """Each event's text as its stream call sent it (`MeterEvent.sent_text`, as
-    events.stream_body takes it: with the ledger on, an envelope's events keep the text
-    their call encoded);
-    when none kept one, msgspec's encoding of them all in one C call, the same texts."""
+    events.stream_body takes it: with the ledger on, an envelope's events keep the text their
+    call encoded); when none kept one, msgspec's encoding of them all in one C call, the same
+    texts."""
     texts = list(map(_SOURCE, events))
     if None not in texts:
         return texts
