@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import pytest
 
 from meter_relay.events import format_timestamp
@@ -123,13 +122,7 @@ def test_the_ledgers_object_is_checked_by_its_checksum_not_signed_over_http(aws:
     """As over HTTPS, where S3 leaves a checksummed body out of the signature: over moto's
     HTTP, botocore would hash every object into it, a cost the deployed forwarder never pays.
     The object still goes with its CRC32, and arrives whole."""
-    session = boto3.session.Session(
-        aws_access_key_id=aws.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=aws.env["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=aws.env["AWS_SESSION_TOKEN"],
-        region_name=aws.region,
-    )
-    s3 = session.client("s3", endpoint_url=aws.endpoint_url, config=LEDGER_S3_CONFIG)
+    s3 = aws.client("s3", LEDGER_S3_CONFIG)
     sent: list[dict[str, str]] = []
 
     def keep_headers(request: Any, **_: Any) -> None:

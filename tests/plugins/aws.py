@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
 import pytest
+from botocore.config import Config
 
 from devkit.moto_server import DEFAULT_REGION, MotoServer, aws_env
 
@@ -42,8 +43,8 @@ class AwsEnv:
     @overload
     def client(self, service: Literal["lambda"]) -> LambdaClient: ...
     @overload
-    def client(self, service: str) -> Any: ...
-    def client(self, service: str) -> Any:
+    def client(self, service: str, config: Config | None = None) -> Any: ...
+    def client(self, service: str, config: Config | None = None) -> Any:
         # explicit credentials: boto3's default session may have cached others already
         session: Any = boto3.session.Session(
             aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
@@ -51,7 +52,7 @@ class AwsEnv:
             aws_session_token=self.env["AWS_SESSION_TOKEN"],
             region_name=self.region,
         )
-        return session.client(service, endpoint_url=self.endpoint_url)
+        return session.client(service, endpoint_url=self.endpoint_url, config=config)
 
 
 def _clear_powertools_caches() -> None:
