@@ -210,7 +210,10 @@ def test_a_report_the_function_never_received_fails_the_run(
         for attempt in push["attempts"][:-1]
         if "timed out" in str(attempt["error"]).lower()
     )
-    assert received.duplicates == (2 if route == BOTH else 0) + answered_late
+    assert received.duplicates == (2 if route == BOTH else 0) + answered_late, (
+        received,
+        [(push["kind"], push["event"], push["attempts"]) for push in emulator.deliveries()["data"]],
+    )
     assert received.pushes == Counter({"delivered": 4 if route == BOTH else 2})
     stripe = report.stripe_reports
     assert stripe is not None
