@@ -40,6 +40,12 @@ def provision(moto_url: str, region: str) -> str:
     return BUCKET
 
 
+def _engine(moto_url: str, region: str) -> DuckDbEngine:
+    """DuckDB over the run's ledger bucket in moto, as `meter-relay` runs it locally."""
+    s3 = boto3.client("s3", endpoint_url=moto_url, region_name=region)
+    return DuckDbEngine(LedgerBucket(BUCKET, "", s3))
+
+
 @dataclass
 class LedgerCheck:
     """What the run's reconcile found, per event_name."""
@@ -108,8 +114,7 @@ def unknown_bodies(
     unknown = [letter for letter in letters if not letter.body_known]
     if not unknown:
         return []
-    s3 = boto3.client("s3", endpoint_url=moto_url, region_name=region)
-    ledger = LedgerQueries(DuckDbEngine(LedgerBucket(BUCKET, "", s3)))
+    ledger = LedgerQueries(_engine(moto_url, region))
     found = ledger.trace(
         [letter.identifier for letter in unknown], began - BEFORE, datetime.now(UTC) + AFTER
     )
@@ -139,8 +144,7 @@ def reconcile_run(
     customers: Sequence[str],
 ) -> LedgerCheck:
     """The run's ledger against the emulator's summaries (Stripe's rules: summaries.py)."""
-    s3 = boto3.client("s3", endpoint_url=moto_url, region_name=region)
-    engine = DuckDbEngine(LedgerBucket(BUCKET, "", s3))
+    engine = _engine(moto_url, region)
     ledger = LedgerQueries(engine)
     stripe = MeterSummaries(
         StripeApi(StripeHttp(emulator_url, DEFAULT_API_VERSION), DEFAULT_SECRET_KEY)

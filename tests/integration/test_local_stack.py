@@ -204,7 +204,7 @@ def test_a_report_the_function_never_received_fails_the_run(
     assert len(received.outcomes) == 2  # the meter's report and the no-meter one
     # each report once by each route: the second is a duplicate, nothing written again (the
     # letters above). CI has seen a third duplicate delivery in this test's "both" case (3 of
-    # 4 runs on 2026-12-07, never on a developer's machine), cause not found: the letters stay
+    # 5 runs on 2026-12-07, never on a developer's machine), cause not found: the letters stay
     # exact, and an extra duplicate is reported as a warning, with what reached the function
     # and every push's attempts, until it is explained
     pushes = [(p["kind"], p["event"], p["attempts"]) for p in emulator.deliveries()["data"]]
