@@ -795,7 +795,7 @@ def _drive(stack: Stack, options: Options, emulator: EmulatorClient) -> Report:
             "lambda",
             endpoint_url=reports_endpoint.url,
             region_name=stack.env["AWS_REGION"],
-            config=Config(read_timeout=120, retries={"max_attempts": 1}),
+            config=Config(read_timeout=120, retries={"total_max_attempts": 1}),
         )
         routes = scope.enter_context(
             ErrorReportRoutes(stack.error_reports, emulator, reports_client)
@@ -859,7 +859,7 @@ class KillableForwarder(ForwarderRunner):
                 "lambda",
                 endpoint_url=self._client_url,
                 region_name=self._region,
-                config=Config(read_timeout=120, retries={"max_attempts": 1}),
+                config=Config(read_timeout=120, retries={"total_max_attempts": 1}),
             )
         killer = None
         answered = threading.Event()

@@ -10,10 +10,14 @@ from devkit.emulator.delivery import DeliveryError
 from devkit.emulator.settings import EventBridgeDestination
 from devkit.emulator.v2_events import ThinEvent
 
+READ_TIMEOUT_S = 10.0
+
 
 class EventBridgeTransport:
     """PutEvents to one bus. botocore does not retry here: the dispatcher does, and records
-    every attempt."""
+    every attempt. `total_max_attempts` counts the first call (`max_attempts` counts retries,
+    so 1 there is two calls: a PutEvents that timed out after the bus took it was put again
+    unrecorded)."""
 
     kind = "eventbridge"
 
@@ -32,9 +36,9 @@ class EventBridgeTransport:
                 "events",
                 endpoint_url=self.config.endpoint_url,
                 config=Config(
-                    retries={"mode": "standard", "max_attempts": 1},
+                    retries={"mode": "standard", "total_max_attempts": 1},
                     connect_timeout=2,
-                    read_timeout=10,
+                    read_timeout=READ_TIMEOUT_S,
                 ),
             )
         return self._client

@@ -5,13 +5,22 @@ they arrive in EventBridge's envelope and the official SDK reads and fetches the
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 import stripe
 
+from devkit.emulator import eventbridge
 from devkit.emulator.client import EmulatorClient
+from devkit.emulator.delivery import DeliveryError
+from devkit.emulator.eventbridge import EventBridgeTransport
+from devkit.emulator.settings import EventBridgeDestination
+from devkit.emulator.v2_events import ThinEvent
 from tests.plugins.aws import AwsEnv
 
 pytestmark = pytest.mark.integration
@@ -128,3 +137,51 @@ def test_a_missing_bus_is_a_failed_delivery_with_the_reason(
         assert len(delivery["attempts"]) == 2
         assert "ResourceNotFoundException" in delivery["attempts"][0]["error"]
         assert delivery["attempts"][0]["status"] == 400
+
+
+@pytest.fixture
+def silent_bus() -> Iterator[tuple[str, list[bytes]]]:
+    """An endpoint that takes each request and never answers: the URL, and what it took."""
+    server = socket.create_server(("127.0.0.1", 0))
+    taken: list[bytes] = []
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            held.append(connection)
+            taken.append(connection.recv(65536))
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", taken
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+
+
+def test_a_put_that_times_out_is_one_failed_attempt_not_a_second_put(
+    silent_bus: tuple[str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bus that took the PutEvents may still put it on: the dispatcher must know of every
+    put it made, so botocore makes one call and the timeout is the attempt's error (botocore
+    once put it again unrecorded, and the function received the event twice)."""
+    url, taken = silent_bus
+    monkeypatch.setattr(eventbridge, "READ_TIMEOUT_S", 0.5)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    transport = EventBridgeTransport(
+        EventBridgeDestination(event_bus_name=BUS, region="us-east-1", endpoint_url=url)
+    )
+    event = ThinEvent("evt_1", TYPES[0], time.time(), {}, {}, 1)
+
+    with pytest.raises(DeliveryError, match="Read timeout") as failure:
+        transport.send(b"{}", event, time.time())
+
+    time.sleep(0.5)  # a second put, if botocore made one, has had time to arrive
+    assert [request.split(b" ", 2)[:2] for request in taken] == [[b"POST", b"/"]]
+    assert failure.value.status is None

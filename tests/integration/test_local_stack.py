@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import warnings
 from collections import Counter
 from typing import Any
 
@@ -180,7 +179,7 @@ def test_a_report_the_function_never_received_fails_the_run(
             "lambda",
             endpoint_url=endpoint.url,
             region_name=aws.region,
-            config=Config(read_timeout=120, retries={"max_attempts": 1}),
+            config=Config(read_timeout=120, retries={"total_max_attempts": 1}),
         )
         with ErrorReportRoutes(setup, emulator, client) as routes:
             _stream_events(emulator, heard)
@@ -203,14 +202,16 @@ def test_a_report_the_function_never_received_fails_the_run(
     assert all(not x.body_known for x in dead.stripe)
     assert len(received.outcomes) == 2  # the meter's report and the no-meter one
     # each report once by each route: the second is a duplicate, nothing written again (the
-    # letters above). CI has seen a third duplicate delivery in this test's "both" case (3 of
-    # 5 runs on 2026-12-07, never on a developer's machine), cause not found: the letters stay
-    # exact, and an extra duplicate is reported as a warning, with what reached the function
-    # and every push's attempts, until it is explained
+    # letters above). A push the emulator stopped waiting for (a slow machine) may have landed
+    # all the same, and is pushed again as Stripe does: that answer is a duplicate too
     pushes = [(p["kind"], p["event"], p["attempts"]) for p in emulator.deliveries()["data"]]
-    if route == BOTH and received.duplicates > 2:
-        warnings.warn(f"an extra duplicate delivery: {received!r} {pushes!r}", stacklevel=1)
-    assert received.duplicates >= 2 if route == BOTH else received.duplicates == 0, pushes
+    answered_late = sum(
+        1
+        for _, _, attempts in pushes
+        for attempt in attempts[:-1]
+        if re.search(r"read ?time", str(attempt["error"]), re.IGNORECASE)
+    )
+    assert received.duplicates == (2 if route == BOTH else 0) + answered_late, pushes
     assert received.pushes == Counter({"delivered": 4 if route == BOTH else 2})
     stripe = report.stripe_reports
     assert stripe is not None
