@@ -265,20 +265,21 @@ class Batch:
     def read_into(self, run: DeliveryRun[EventTag]) -> None:
         """Read each record and add its valid events to `run` as they come (the network works
         while the rest of the batch is read)."""
-        read = self.judge.read
+        read = self.judge.read_short
         envelopes = self.envelopes
         keep_id = self.message_ids.append
         for m, record in enumerate(self.records):
             message_id = record["messageId"]
             keep_id(message_id)
-            message = read(record.get("body") or "", message_id, self._sent_at(record))
-            if type(message) is MeterEvent:
-                run.add(message, (m, 0))
-            elif type(message) is list:
-                envelopes[m] = len(message)
-                run.extend(message, zip(repeat(m), range(len(message))))
+            body = record.get("body") or ""
+            short = read(body, message_id)
+            if type(short) is MeterEvent:
+                run.add(short, (m, 0))
+            elif type(short) is list:
+                envelopes[m] = len(short)
+                run.extend(short, zip(repeat(m), range(len(short))))
             else:
-                assert isinstance(message, ParsedMessage)
+                message = self.judge.read_in_full(body, message_id, self._sent_at(record))
                 self.read_in_full[m] = message
                 for parsed in message.events:
                     if parsed.event is not None:

@@ -1385,6 +1385,26 @@ def test_read_gives_the_one_valid_event_alone_and_everything_else_in_full() -> N
     assert broken.rejection is not None
 
 
+def test_read_short_needs_no_send_time_and_leaves_every_other_body_to_read_in_full() -> None:
+    """The forwarder reads a record's send time only for a body read in full (an event without
+    a timestamp takes it): the short path never needs it."""
+    judge = Judge(RULES, NOW)
+    single = judge.read_short(json.dumps(event(identifier="s1", timestamp=rfc(NOW))), MID)
+    assert isinstance(single, MeterEvent)
+    envelope = judge.read_short(
+        json.dumps({"events": [event(identifier="s2", timestamp=rfc(NOW))]}), MID
+    )
+    assert isinstance(envelope, list)
+    assert [e.identifier for e in envelope] == ["s2"]
+    untimed = event(identifier="s3")
+    other_contents = event(identifier="s1", timestamp=rfc(NOW), payload=payload(value="2"))
+    for body in ("{", json.dumps(untimed), json.dumps(other_contents)):
+        assert judge.read_short(body, MID) is None, body
+    (parsed,) = judge.read_in_full("\ufeff" + json.dumps(untimed), MID, SENT).events
+    assert parsed.event is not None
+    assert parsed.event.timestamp == format_timestamp(SENT)
+
+
 @pytest.mark.parametrize("body", [event(identifier="bom-1"), {"events": [event(), event()]}])
 def test_a_byte_order_mark_before_the_json_is_read_past(body: dict[str, Any]) -> None:
     text = json.dumps(body)
