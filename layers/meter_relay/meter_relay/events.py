@@ -3,8 +3,10 @@
 A message body is one meter event in Stripe's v2 shape or an envelope `{"events": [...]}`.
 Form is normalised (numbers in the payload become strings, epoch seconds become RFC 3339);
 anything Stripe would certainly reject is judged here, with Stripe's own error code, so that it
-is dead-lettered before it costs a call or blocks its batch. `Judge.read` is the one way in;
-the envelope rule (`envelope_events`) and the identifier rule (`identifier_of`) live here only.
+is dead-lettered before it costs a call or blocks its batch. `Judge.read` is the one way in
+(the forwarder calls its two halves, `read_short` and `read_in_full`, to read a record's send
+time only for the second); the envelope rule (`envelope_events`) and the identifier rule
+(`identifier_of`) live here only.
 """
 
 from __future__ import annotations

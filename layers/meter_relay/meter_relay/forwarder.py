@@ -3,8 +3,9 @@
 The records of a batch are delivered together (up to 100 events a call, several calls at once),
 not one by one, so the `batchItemFailures` response is built here rather than through a
 per-record batch processor. One `Batch` is the record of an invocation: each message is read
-once (`Judge.read`), its valid events are handed to the delivery as they come, tagged with
-(message, event index), and the delivery answers by tag. Then each message is settled:
+once (`Judge.read_short`, else `Judge.read_in_full` with the record's send time), its valid
+events are handed to the delivery as they come, tagged with (message, event index), and the
+delivery answers by tag. Then each message is settled:
 - an event still to retry fails its whole message (redelivered later with the same
   identifiers, so what was delivered is not counted twice);
 - otherwise its refused events are dead-lettered, and the message succeeds only if every
