@@ -590,17 +590,21 @@ def _read_event(event: object) -> Any:
 
 class _Job:
     def __init__(self, target: Callable[[], Any]) -> None:
-        self.target = target
+        self.target: Callable[[], Any] | None = target
         self.done = threading.Event()
         self.value: Any = None
         self.exception: BaseException | None = None
 
     def run(self) -> None:
+        assert self.target is not None, "a job runs once"
         try:
             self.value = self.target()
         except BaseException as exc:  # the handler's failure is the result, even SystemExit
             self.exception = exc
         finally:
+            # the target holds the event: let it go with its invoke, as Lambda's runtime does,
+            # not when the worker takes the next job (whose time then counted freeing it)
+            self.target = None
             self.done.set()
 
 

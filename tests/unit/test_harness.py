@@ -417,6 +417,15 @@ def test_event_bytes_are_the_payload_as_the_runtime_api_hands_it_over(
         alpha.invoke(b"{not json")
 
 
+def test_the_event_is_freed_when_its_invocation_ends(alpha: LambdaFunction, tmp_path: Path) -> None:
+    """Lambda's runtime frees an event once its invoke is answered. The harness kept it until
+    the next invoke began, whose time then counted freeing it: in the bench, 5-7 ms of a
+    10,000-record batch charged to whichever path came next."""
+    freed = tmp_path / "freed"
+    assert alpha.invoke({"action": "hold", "path": str(freed)}).result == "held"
+    assert freed.read_text() == "freed"
+
+
 # --- the CLI ---------------------------------------------------------------------------------
 
 
