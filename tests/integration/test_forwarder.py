@@ -299,6 +299,42 @@ def test_redelivery_reuses_identifiers_and_counts_nothing_twice(relay: Relay) ->
     assert relay.emulator.counted_more_than_once() == []
 
 
+def test_a_batch_read_a_stream_calls_worth_at_a_time_judges_as_one_read_record_by_record(
+    relay: Relay,
+) -> None:
+    """Single events in Stripe's form are judged together, a stream call's worth (100 records)
+    at a time, each other record read on its own in its turn; the batch is still one: an
+    identifier seen before in it is the same event again (sent, counted once) or, with other
+    contents, refused as Stripe would count only the first."""
+    now = hours_ago(0.1)
+
+    def stripe_form(identifier: str, value: str = "1") -> dict[str, Any]:
+        return {**event(identifier, value=value), "timestamp": now}
+
+    bodies: list[dict[str, Any] | str] = [stripe_form(f"run-{n}") for n in range(250)]
+    bodies[150] = stripe_form("run-5")  # the same event as message 5's: Stripe counts it once
+    bodies[160] = stripe_form("run-6", value="2")  # message 6's identifier, other contents
+    bodies[180] = {"events": [stripe_form("run-180a"), stripe_form("run-180b")]}
+    bodies[201] = "not json"  # early in its run: the rest of the run is read one by one
+    bodies[220] = stripe_form("run-220", value="x")
+    ids = [f"m-run-{n}" for n in range(250)]
+    sqs_event = relay.sqs_event(bodies, ids)
+    relay.put_session()
+    with relay.forwarder() as forwarder:
+        invocation = forwarder.invoke(sqs_event)
+
+    assert failures(invocation, sqs_event) == set()
+    assert codes(dead_letters(relay)) == {
+        ("m-run-160", "run-6"): "duplicate_identifier_in_batch",
+        ("m-run-201", None): "message_not_json",
+        ("m-run-220", "run-220"): "payload_invalid_value",
+    }
+    delivered = {f"run-{n}" for n in range(250)} - {f"run-{n}" for n in (150, 160, 180, 201, 220)}
+    assert counted(relay) == dict.fromkeys({*delivered, "run-180a", "run-180b"}, 1)
+    assert relay.emulator.identifiers()["run-5"]["received"] == 2
+    assert relay.emulator.counted_more_than_once() == []
+
+
 def test_no_ssm_call_per_warm_invocation(relay: Relay, capfd: pytest.CaptureFixture[str]) -> None:
     relay.put_session()
     with relay.forwarder() as forwarder:

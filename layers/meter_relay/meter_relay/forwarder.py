@@ -2,10 +2,12 @@
 
 The records of a batch are delivered together (up to 100 events a call, several calls at once),
 not one by one, so the `batchItemFailures` response is built here rather than through a
-per-record batch processor. One `Batch` is the record of an invocation: each message is read
-once (`Judge.read_short`, else `Judge.read_in_full` with the record's send time), its valid
-events are handed to the delivery as they come, tagged with (message, event index), and the
-delivery answers by tag. Then each message is settled:
+per-record batch processor. One `Batch` is the record of an invocation: each message is judged
+once, a stream call's worth of records at a time (single events in Stripe's form judged
+together, `Judge.read_singles`; any other record on its own, `Judge.read_short`, else
+`Judge.read_in_full` with the record's send time), its valid events are handed to the delivery
+as they come, tagged with (message, event index), and the delivery answers by tag. Then each
+message is settled:
 - an event still to retry fails its whole message (redelivered later with the same
   identifiers, so what was delivered is not counted twice);
 - otherwise its refused events are dead-lettered, and the message succeeds only if every
@@ -24,7 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import repeat
-from typing import Any
+from operator import itemgetter
+from typing import Any, cast
 
 import boto3
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -34,7 +37,12 @@ from botocore.config import Config
 from meter_relay.catalog import CatalogSource, CatalogStore
 from meter_relay.config import AWS_CLIENT_CONFIG, ForwarderConfig
 from meter_relay.dead_letter import DeadLetter, DeadLetterQueue
-from meter_relay.delivery import DeliveryReport, DeliveryRun, StreamDelivery
+from meter_relay.delivery import (
+    MAX_EVENTS_PER_CALL,
+    DeliveryReport,
+    DeliveryRun,
+    StreamDelivery,
+)
 from meter_relay.events import (
     ErrorCode,
     Judge,
@@ -53,6 +61,8 @@ from meter_relay.stripe_client import MeterEventStream, StripeHttp
 
 type EventTag = tuple[int, int]  # (message, index of the event in it)
 _METER_CODES = frozenset({ErrorCode.NO_METER, ErrorCode.ARCHIVED_METER})
+_MESSAGE_ID, _BODY = itemgetter("messageId"), itemgetter("body")
+MIN_RUN_READ_TOGETHER = 25  # records: a shorter run of single events, the rest one by one
 
 
 # S3 over HTTPS (AWS) checks a PUT's body by its CRC32 checksum and leaves the body out of the
@@ -265,13 +275,72 @@ class Batch:
 
     def read_into(self, run: DeliveryRun[EventTag]) -> None:
         """Read each record and add its valid events to `run` as they come (the network works
-        while the rest of the batch is read)."""
+        while the rest of the batch is read), a stream call's worth of records at a time."""
+        records = self.records
+        for start in range(0, len(records), MAX_EVENTS_PER_CALL):
+            part = records[start : start + MAX_EVENTS_PER_CALL]
+            message_ids = list(map(_MESSAGE_ID, part))
+            self.message_ids.extend(message_ids)
+            try:
+                bodies = list(map(_BODY, part))
+            except KeyError:  # a record without a body
+                self._read_each(part, start, run)
+            else:
+                self._read_run(part, bodies, message_ids, start, run)
+        self.received = (
+            len(self.records)
+            - len(self.read_in_full)
+            - len(self.envelopes)
+            + sum(self.envelopes.values())
+            + sum(len(message.events) or 1 for message in self.read_in_full.values())
+        )
+
+    def _read_run(
+        self,
+        records: list[dict[str, Any]],
+        bodies: list[str],
+        message_ids: list[str],
+        start: int,
+        run: DeliveryRun[EventTag],
+    ) -> None:
+        """A run of records, message `start` of the batch first: their single events judged
+        together (`Judge.read_singles`: the usual run in one step), in order, each other
+        record read on its own in its turn. Once such a step takes only a few records, the
+        rest are read one by one (a step costs what reading a few records does)."""
+        done = 0
+        while done < len(records):
+            singles = self.judge.read_singles(bodies[done:], message_ids[done:])
+            events, m = singles.events, start + done
+            if singles.usual:
+                run.extend(
+                    cast("list[MeterEvent]", events), zip(range(m, m + len(events)), repeat(0))
+                )
+            else:
+                for event in events:
+                    if event is None:
+                        self._read_each([self.records[m]], m, run)
+                    else:
+                        run.add(event, (m, 0))
+                    m += 1
+            done += len(events)
+            if done == len(records):
+                return
+            if len(events) < MIN_RUN_READ_TOGETHER:
+                self._read_each(records[done:], start + done, run)
+                return
+            # the record the judge could not take as one event, then on with the run
+            self._read_each(records[done : done + 1], start + done, run)
+            done += 1
+
+    def _read_each(
+        self, records: list[dict[str, Any]], start: int, run: DeliveryRun[EventTag]
+    ) -> None:
+        """Records read one by one (`Judge.read_short`, else `read_in_full` with the record's
+        send time), the first of them message `start` of the batch."""
         read = self.judge.read_short
         envelopes = self.envelopes
-        keep_id = self.message_ids.append
-        for m, record in enumerate(self.records):
+        for m, record in enumerate(records, start):
             message_id = record["messageId"]
-            keep_id(message_id)
             body = record.get("body") or ""
             short = read(body, message_id)
             if type(short) is MeterEvent:
@@ -285,13 +354,6 @@ class Batch:
                 for parsed in message.events:
                     if parsed.event is not None:
                         run.add(parsed.event, (m, parsed.index))
-        self.received = (
-            len(self.records)
-            - len(self.read_in_full)
-            - len(envelopes)
-            + sum(envelopes.values())
-            + sum(len(message.events) or 1 for message in self.read_in_full.values())
-        )
 
     def refused_for_their_meter(self) -> int:
         """Events refused as no_meter or archived_meter (by the catalog the batch began with)."""

@@ -1555,3 +1555,208 @@ def test_every_event_read_by_the_short_path_has_its_name_among_the_judges(
         given_events = [read] if isinstance(read, MeterEvent) else read
         if isinstance(given_events, list):
             assert {e.event_name for e in given_events} <= set(judge.event_names())
+
+
+def read_alone(judge: Judge, bodies: list[str]) -> list[Any]:
+    """Each body read on its own (the short path, else in full)."""
+    return [judge.read(body, f"m-{n}", SENT) for n, body in enumerate(bodies)]
+
+
+def read_in_runs(judge: Judge, bodies: list[str]) -> list[Any]:
+    """The bodies read as the forwarder reads a run: their single events judged together
+    (Judge.read_singles), each other record on its own in its turn."""
+    ids = [f"m-{n}" for n in range(len(bodies))]
+    verdicts: list[Any] = []
+    done = 0
+    while done < len(bodies):
+        singles = judge.read_singles(bodies[done:], ids[done:])
+        assert singles.usual == (None not in singles.events)
+        for n, event in enumerate(singles.events, done):
+            verdicts.append(judge.read(bodies[n], ids[n], SENT) if event is None else event)
+        done += len(singles.events)
+        if done < len(bodies):
+            verdicts.append(judge.read(bodies[done], ids[done], SENT))
+            done += 1
+    return verdicts
+
+
+def verdicts_of(reads: list[Any]) -> list[Any]:
+    return [msgspec.structs.astuple(r) if isinstance(r, MeterEvent) else r for r in reads]
+
+
+def table(judge: Judge) -> dict[str, tuple[Any, str, int]]:
+    """The judge's identifier table, by value (what later duplicates are judged against)."""
+    return {
+        identifier: (msgspec.structs.astuple(event), message_id, index)
+        for identifier, (event, message_id, index) in judge._first.items()
+    }
+
+
+# the usual run: valid events in Stripe's form, each with an identifier of its own
+usual_events = st.builds(
+    lambda number, name, customer, value, extra: event(
+        event_name=name,
+        identifier=f"evt-{number}",
+        timestamp=rfc(NOW - timedelta(seconds=number)),
+        payload={
+            **({"region": "eu"} if extra else {}),
+            SEARCH_RULES.keys_for(name).customer_key: customer,
+            SEARCH_RULES.keys_for(name).value_key: value,
+        },
+    ),
+    number=st.integers(0, 10_000),
+    name=st.sampled_from(["api_requests", "search_calls"]),
+    customer=st.sampled_from(["cus_1", "cus_2"]),
+    value=st.sampled_from(["1", "25"]),
+    extra=st.booleans(),
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    data=st.data(),
+    documents=st.lists(
+        pick(
+            (24, usual_events),
+            (2, stripe_form_events),
+            (1, pooled_events),
+            (1, event_dicts() | one_field_varied()),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    earlier=st.lists(pooled_events | usual_events, max_size=3),
+    rules=st.sampled_from([RULES, SEARCH_RULES, DECIMAL_SEARCH_RULES]),
+)
+def test_property_a_run_read_together_is_what_reading_each_record_gives(
+    data: st.DataObject,
+    documents: list[dict[str, Any]],
+    earlier: list[dict[str, Any]],
+    rules: ValidationRules,
+) -> None:
+    """Judge.read_singles judges a run's single events together, leaving each other record
+    (an invalid event, a text not sent as it is, an identifier a record before it holds, an
+    envelope, a byte order mark) to be read on its own in its turn: the verdicts, the texts
+    kept and the identifier table are what reading each record on its own gives. The usual
+    run is judged in one step."""
+    bodies = [
+        data.draw(
+            pick(
+                (12, st.just(json.dumps(document))),
+                (2, renderings(document)),
+                (1, st.just("\ufeff" + json.dumps(document))),
+                (1, st.just(json.dumps({"events": [document]}))),
+            )
+        )
+        for document in documents
+    ]
+    together, alone = Judge(rules, NOW), Judge(rules, NOW)
+    for judge in (together, alone):
+        read_alone(judge, [json.dumps(document) for document in earlier])
+    before = table(together)
+
+    first_step = Judge(rules, NOW)
+    read_alone(first_step, [json.dumps(document) for document in earlier])
+    singles = first_step.read_singles(bodies, [f"m-{n}" for n in range(len(bodies))])
+    verdicts = read_in_runs(together, bodies)
+    expected = read_alone(alone, bodies)
+
+    assert verdicts_of(verdicts) == verdicts_of(expected)
+    assert table(together) == table(alone)
+    identifiers = [str(getattr(read, "identifier", "")) for read in expected]
+    if (
+        all(
+            isinstance(read, MeterEvent) and read.source == body
+            for read, body in zip(expected, bodies, strict=True)
+        )
+        and len(set(identifiers)) == len(expected)
+        and before.keys().isdisjoint(identifiers)
+    ):
+        assert singles.usual
+        assert len(singles.events) == len(bodies)
+
+
+def test_a_run_of_valid_single_events_is_judged_in_one_step() -> None:
+    """The usual batch: every record one valid event with an identifier of its own."""
+    bodies = [json.dumps(event(identifier=f"e{n}", timestamp=rfc(NOW))) for n in range(100)]
+    judge = Judge(RULES, NOW)
+    singles = judge.read_singles(bodies, [f"m-{n}" for n in range(100)])
+    assert singles.usual
+    assert [e.source for e in singles.events if e is not None] == bodies
+    assert judge.read_singles([], []) == ([], True)
+    # the same identifiers again (a redelivered run in the same batch): each read on its own
+    assert judge.read_singles(bodies[:1], ["m-x"]).events == [None]
+
+
+def _usual(number: int, **fields: Any) -> dict[str, Any]:
+    return event(identifier=f"evt-{number}", timestamp=rfc(NOW), **fields)
+
+
+_ODD_RECORDS: dict[str, tuple[Any, bool]] = {  # the body, and whether msgspec takes it
+    "a key twice": ('{"event_name": "other", ' + json.dumps(_usual(9))[1:], True),
+    "an escaped quote": (
+        json.dumps(_usual(9, payload=payload(stripe_customer_id='cus_"1'))),
+        True,
+    ),
+    "a blank customer": (json.dumps(_usual(9, payload=payload(stripe_customer_id=" "))), True),
+    "an identifier too long": (
+        json.dumps(event(identifier="x" * 101, timestamp=rfc(NOW))),
+        True,
+    ),
+    "an invalid value": (json.dumps(_usual(9, payload=payload(value="2.5"))), True),
+    "a timestamp out of the window": (
+        json.dumps(event(identifier="evt-9", timestamp=rfc(NOW - timedelta(days=36)))),
+        True,
+    ),
+    "a blank event name": (json.dumps(_usual(9, event_name=" ")), True),
+    "space before the event": (" " + json.dumps(_usual(9)), True),
+    "a line break after it": (json.dumps(_usual(9)) + "\n", True),
+    "an identifier twice in the run": (json.dumps(_usual(0)), True),
+    "an identifier seen earlier in the batch": (json.dumps(_usual(99)), True),
+    "a byte order mark": ("\ufeff" + json.dumps(_usual(9)), False),
+    "an envelope": (json.dumps({"events": [_usual(9)]}), False),
+    "no timestamp": (json.dumps(event(identifier="evt-9")), False),
+    "no text": (None, False),
+}
+
+
+@pytest.mark.parametrize("odd", list(_ODD_RECORDS.values()), ids=list(_ODD_RECORDS))
+def test_a_record_that_is_not_usual_is_left_to_be_read_on_its_own(odd: tuple[Any, bool]) -> None:
+    """Judged in its place (None) if msgspec takes it as one event, else the run's events stop
+    before it; the usual records around it are judged together either way."""
+    body, taken = odd
+    judge = Judge(RULES, NOW)
+    assert isinstance(judge.read_short(json.dumps(_usual(99)), "m-earlier"), MeterEvent)
+    bodies = [json.dumps(_usual(n)) for n in range(3)] + [body, json.dumps(_usual(4))]
+
+    singles = judge.read_singles(bodies, [f"m-{n}" for n in range(5)])
+
+    assert all(isinstance(e, MeterEvent) for e in singles.events[:3])
+    if taken:
+        assert singles.events[3] is None
+        assert isinstance(singles.events[4], MeterEvent)
+    else:
+        assert len(singles.events) == 3
+    assert singles.usual == (not taken)
+    assert set(table(judge)) == {"evt-99", "evt-0", "evt-1", "evt-2"} | (
+        {"evt-4"} if taken else set()
+    )
+
+
+def test_a_run_of_several_meters_with_their_own_payload_keys_is_judged_in_one_step() -> None:
+    keys = SEARCH_RULES.keys_for("search_calls")
+    search = event(
+        event_name="search_calls",
+        identifier="evt-s",
+        timestamp=rfc(NOW),
+        payload={keys.customer_key: "cus_1", keys.value_key: "4"},
+    )
+    bodies = [json.dumps(_usual(0)), json.dumps(search)]
+    singles = Judge(SEARCH_RULES, NOW).read_singles(bodies, ["m-0", "m-1"])
+    assert singles.usual
+    assert verdicts_of(list(singles.events)) == verdicts_of(
+        read_alone(Judge(SEARCH_RULES, NOW), bodies)
+    )
+    unpaid = {**search, "identifier": "evt-t", "payload": {keys.customer_key: "cus_1"}}
+    third = Judge(SEARCH_RULES, NOW).read_singles([*bodies, json.dumps(unpaid)], ["a", "b", "c"])
+    assert third.events[2] is None
