@@ -655,6 +655,10 @@ class Judge:
         its events."""
         return self._keys.keys()
 
+    def forget_identifiers(self) -> None:
+        """The batch is read: no event is judged against the others any more."""
+        self._first = {}
+
     def forget_meters(self) -> None:
         """The rules' meters changed: what was judged of event names is judged again."""
         self._keys.clear()

@@ -192,6 +192,9 @@ class Forwarder:
             newer = self.catalog.refreshed()
             if newer is not None:
                 batch.judge_meters_again(run, rules.with_meters(newer.meters))
+        # the batch is read: its identifier table goes while the calls are in flight, not
+        # after them, when freeing it would add to the invocation's time
+        batch.judge.forget_identifiers()
         # calls unanswered with half the margin left are abandoned: dead letters and the
         # answer need the rest
         report = run.finish(stop_at=retry.deadline_margin / 2)
@@ -222,6 +225,18 @@ class Forwarder:
             },
         )
         return settled.response(records)
+
+
+_SINGLE_EVENT_TAGS: list[EventTag] = []
+
+
+def _single_event_tags(start: int, count: int) -> list[EventTag]:
+    """The tags of single-event messages `start` to `start + count`, (m, 0), each made once
+    per execution environment: made and freed with every batch, 10,000 of them cost 1-1.5 ms."""
+    end = start + count
+    if len(_SINGLE_EVENT_TAGS) < end:
+        _SINGLE_EVENT_TAGS.extend(zip(range(len(_SINGLE_EVENT_TAGS), end), repeat(0)))
+    return _SINGLE_EVENT_TAGS[start:end]
 
 
 def sqs_records(event: Any) -> list[dict[str, Any]]:
@@ -312,9 +327,7 @@ class Batch:
             singles = self.judge.read_singles(bodies[done:], message_ids[done:])
             events, m = singles.events, start + done
             if singles.usual:
-                run.extend(
-                    cast("list[MeterEvent]", events), zip(range(m, m + len(events)), repeat(0))
-                )
+                run.extend(cast("list[MeterEvent]", events), _single_event_tags(m, len(events)))
             else:
                 for event in events:
                     if event is None:
