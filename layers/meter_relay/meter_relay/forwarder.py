@@ -145,15 +145,17 @@ class Forwarder:
             return None
         by_record = batch.message_ids
         tags, events = report.delivered_events()
+        texts = None
         if len(tags) == len(by_record) and not batch.envelopes and not batch.read_in_full:
             message_ids = by_record  # a record, an event, each delivered: in the same order
+            texts = batch.usual_texts  # each event's text its record's body, if all were usual
         else:
             message_ids = [by_record[m] for m, _ in tags]
         now = datetime.now(UTC)
         request_id = context.aws_request_id
         # every event delivered was judged by the short path when nothing was read in full
         names = None if batch.read_in_full else batch.judge.event_names()
-        text = ledger_text(events, message_ids, rules, now, request_id, names)
+        text = ledger_text(events, message_ids, rules, now, request_id, names, texts)
         return self.ledger.start(text, now, request_id, time_left)
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -286,6 +288,9 @@ class Batch:
         self.read_in_full: dict[int, ParsedMessage] = {}
         self.envelopes: dict[int, int] = {}  # envelopes of valid events only: their sizes
         self.message_ids: list[str] = []  # by record, taken while reading (for the ledger)
+        # by record, while every record read was usual: its one event's text (for the ledger,
+        # which need not then read 10,000 events it has not touched since their calls)
+        self.usual_texts: list[str] | None = []
         self.received = 0
 
     def read_into(self, run: DeliveryRun[EventTag]) -> None:
@@ -300,8 +305,13 @@ class Batch:
                 bodies = list(map(_BODY, part))
             except KeyError:  # a record without a body
                 self._read_each(part, start, run)
+                self.usual_texts = None
             else:
-                self._read_run(part, bodies, message_ids, start, run)
+                usual = self._read_run(part, bodies, message_ids, start, run)
+                if not usual:
+                    self.usual_texts = None
+                elif self.usual_texts is not None:
+                    self.usual_texts.extend(bodies)
         self.received = (
             len(self.records)
             - len(self.read_in_full)
@@ -317,17 +327,20 @@ class Batch:
         message_ids: list[str],
         start: int,
         run: DeliveryRun[EventTag],
-    ) -> None:
+    ) -> bool:
         """A run of records, message `start` of the batch first: their single events judged
         together (`Judge.read_singles`: the usual run in one step), in order, each other
         record read on its own in its turn. Once such a step takes only a few records, the
-        rest are read one by one (a step costs what reading a few records does)."""
+        rest are read one by one (a step costs what reading a few records does). True if every
+        record was usual: one event, sent as its record's body."""
         done = 0
         while done < len(records):
             singles = self.judge.read_singles(bodies[done:], message_ids[done:])
             events, m = singles.events, start + done
             if singles.usual:
                 run.extend(cast("list[MeterEvent]", events), _single_event_tags(m, len(events)))
+                if done + len(events) == len(records):
+                    return done == 0
             else:
                 for event in events:
                     if event is None:
@@ -337,13 +350,14 @@ class Batch:
                     m += 1
             done += len(events)
             if done == len(records):
-                return
+                return False
             if len(events) < MIN_RUN_READ_TOGETHER:
                 self._read_each(records[done:], start + done, run)
-                return
+                return False
             # the record the judge could not take as one event, then on with the run
             self._read_each(records[done : done + 1], start + done, run)
             done += 1
+        return False
 
     def _read_each(
         self, records: list[dict[str, Any]], start: int, run: DeliveryRun[EventTag]

@@ -119,6 +119,7 @@ def ledger_text(
     delivered_at: datetime,
     request_id: str,
     event_names: Collection[str] | None = None,
+    texts: Sequence[str] | None = None,
 ) -> bytes:
     """The JSON Lines of events delivered, each with the SQS message id it came from: a line is
     its meter's head (the same for all its events of the invocation), the message id, and the
@@ -129,7 +130,10 @@ def ledger_text(
     `event_names`: the events' names when known (more will do: Judge.event_names). Taking the
     names from the events was the ledger's dearest step in the forwarder (2 ms of 4.4 for
     10,000 events: every event and its name's string, untouched since they were sent); when
-    their meters share their payload keys, as they usually do, no event is read for its head."""
+    their meters share their payload keys, as they usually do, no event is read for its head.
+    `texts`: the events' texts as sent, when known without reading them (each record's body,
+    for a batch of single events that were all usual: 0.7 ms of the ledger's 2 on the
+    handler's thread, 10,000 events read again after their calls)."""
     if len(message_ids) != len(events):
         raise ValueError("an event without its message id, or a message id without its event")
     at = format_timestamp(delivered_at)
@@ -139,7 +143,10 @@ def ledger_text(
         # each event's head by its own name (no names given, or their meters' keys differ)
         heads = _heads(at, request_id, rules, set(map(_NAME, events)))
         shared = set(heads.values())
-    texts = _texts(events)
+    if texts is None:
+        texts = _texts(events)
+    elif len(texts) != len(events):
+        raise ValueError("an event without its text, or a text without its event")
     if _one_line("".join(texts)) and _plain("".join(message_ids)):
         count = len(events)
         # a line's five parts, laid into one list by slice assignment and joined: joining

@@ -78,3 +78,14 @@ def test_the_identifier_table_goes_once_the_batch_is_read() -> None:
     batch.judge.forget_identifiers()
     again = batch.judge.read_singles([records(1)[0]["body"]], ["m-again"])
     assert again.usual  # e0 is no longer a duplicate to judge against
+
+
+def test_the_texts_of_a_batch_whose_every_record_was_usual_are_its_bodies() -> None:
+    """The ledger takes them instead of reading every event again after its call."""
+    usual = records(150)
+    batch, run = read(usual)
+    assert batch.usual_texts == [record["body"] for record in usual]
+    assert batch.usual_texts == [event.source for event in run.events]
+    spaced = records(150)
+    spaced[120]["body"] = " " + spaced[120]["body"]  # read on its own: sent as it was judged
+    assert read(spaced)[0].usual_texts is None

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -130,6 +131,9 @@ def test_spliced_lines_read_back_as_lines_built_as_objects(
     assert decode(compress(text)) == expected
     names = {event.event_name for event in events} | more_names
     assert ledger_text(events, message_ids, RULES, AT, "req-1", names) == text
+    # and the same when the texts are given (the batch's bodies) instead of read from events
+    given = [event.sent_text() for event in events]
+    assert ledger_text(events, message_ids, RULES, AT, "req-1", names, given) == text
 
 
 def test_a_lone_surrogate_becomes_its_escape() -> None:
@@ -232,3 +236,9 @@ def test_an_envelopes_events_keep_the_text_their_first_call_sent(customers: list
     assert all(event.source is None for event in without_ledger)  # nothing kept, none needed
     assert json.loads(body) == {"events": [event.to_stripe() for event in events]}
     assert ledger_text(events, message_ids, RULES, AT, "req-1") == encoded_by_the_ledger
+
+
+def test_texts_given_must_be_one_per_event() -> None:
+    event = meter_event("api_requests", {"stripe_customer_id": "c", "value": "1"}, "e-1", None)
+    with pytest.raises(ValueError, match="text"):
+        ledger_text([event], ["m-1"], RULES, AT, "req-1", None, [])
