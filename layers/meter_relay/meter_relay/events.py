@@ -429,12 +429,17 @@ _VALUE_KEY, _CUSTOMER_KEY = attrgetter("value_key"), attrgetter("customer_key")
 _STRINGS_PER_EVENT = 7  # 4 keys, 3 values (the payload's are counted apart)
 
 
+def _quotes_as_judged(payload_size: int) -> int:
+    """The quotes in the text of an event that says exactly what was judged: every value being
+    a string, two per key and per value."""
+    return 2 * (_STRINGS_PER_EVENT + 2 * payload_size)
+
+
 def _reads_as_judged(text: str, event: MeterEvent) -> bool:
     """Whether an event's text may be sent as it is: only if it says exactly what was judged,
-    not if it holds a key twice (the last one wins here; Stripe's parser need not agree).
-    Every value being a string, such a text holds exactly two quotes per key and per value,
-    unless it repeats a key or escapes a quote."""
-    return text.count('"') == 2 * (_STRINGS_PER_EVENT + 2 * len(event.payload))
+    not if it holds a key twice (the last one wins here; Stripe's parser need not agree), or
+    escapes a quote."""
+    return text.count('"') == _quotes_as_judged(len(event.payload))
 
 
 def _all_read_as_judged(texts: Sequence[str], payloads: Sequence[dict[str, str]]) -> bool:
@@ -443,8 +448,8 @@ def _all_read_as_judged(texts: Sequence[str], payloads: Sequence[dict[str, str]]
     quotes = list(map(str.count, texts, repeat('"')))
     sizes = set(map(len, payloads))
     if len(sizes) == 1:
-        return quotes.count(2 * (_STRINGS_PER_EVENT + 2 * sizes.pop())) == len(quotes)
-    return quotes == [2 * (_STRINGS_PER_EVENT + 2 * len(payload)) for payload in payloads]
+        return quotes.count(_quotes_as_judged(sizes.pop())) == len(quotes)
+    return quotes == list(map(_quotes_as_judged, map(len, payloads)))
 
 
 class Singles(NamedTuple):

@@ -344,7 +344,7 @@ class Batch:
             else:
                 for event in events:
                     if event is None:
-                        self._read_each([self.records[m]], m, run)
+                        self._read_each([records[m - start]], m, run)
                     else:
                         run.add(event, (m, 0))
                     m += 1
