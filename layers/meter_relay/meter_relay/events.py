@@ -435,16 +435,24 @@ def _quotes_as_judged(payload_size: int) -> int:
     return 2 * (_STRINGS_PER_EVENT + 2 * payload_size)
 
 
-def _reads_as_judged(text: str, event: MeterEvent) -> bool:
-    """Whether an event's text may be sent as it is: only if it says exactly what was judged,
-    not if it holds a key twice (the last one wins here; Stripe's parser need not agree), or
-    escapes a quote."""
-    return text.count('"') == _quotes_as_judged(len(event.payload))
+def _sent_as_is(text: str, event: MeterEvent) -> bool:
+    """Whether an event's text may be sent as it is: only if it is the object alone and says
+    exactly what was judged, not if it holds a key twice (the last one wins here; Stripe's
+    parser need not agree), or escapes a quote."""
+    return (
+        text[:1] == "{"
+        and text[-1:] == "}"
+        and text.count('"') == _quotes_as_judged(len(event.payload))
+    )
 
 
-def _all_read_as_judged(texts: Sequence[str], payloads: Sequence[dict[str, str]]) -> bool:
-    """`_reads_as_judged` for every event of a run, by C loops (one comparison when the
+def _all_sent_as_is(texts: Sequence[str], payloads: Sequence[dict[str, str]]) -> bool:
+    """`_sent_as_is` for every event of a run, by C loops (one comparison of the quotes when the
     payloads have one size, as a meter's events do)."""
+    if not (
+        all(map(str.startswith, texts, repeat("{"))) and all(map(str.endswith, texts, repeat("}")))
+    ):
+        return False
     quotes = list(map(str.count, texts, repeat('"')))
     sizes = set(map(len, payloads))
     if len(sizes) == 1:
@@ -514,7 +522,7 @@ class Judge:
         if single is not None:
             event = self._judged(single)
             if event is not None and self._duplicate(event, message_id, 0) is None:
-                if body[:1] == "{" and body[-1:] == "}" and _reads_as_judged(body, event):
+                if _sent_as_is(body, event):
                     event.source = body
                 return event
             return None
@@ -578,12 +586,7 @@ class Judge:
         identifiers = list(map(_IDENTIFIER, forms))
         timestamps = list(map(_TIMESTAMP, forms))
         names = list(map(_EVENT_NAME, forms))
-        if (
-            len(set(identifiers)) != len(forms)
-            or not self._first.keys().isdisjoint(identifiers)
-            or not all(map(str.startswith, texts, repeat("{")))
-            or not all(map(str.endswith, texts, repeat("}")))
-        ):
+        if len(set(identifiers)) != len(forms) or not self._first.keys().isdisjoint(identifiers):
             return None
         keys_by_name = {name: self._keys.get(name) or self._keys_of(name) for name in set(names)}
         keys = set(keys_by_name.values())
@@ -605,7 +608,7 @@ class Judge:
             and all(map(str.strip, customers))
             and all(judged_values.get(v) or self._value_judged(v) for v in set(values))
             and all(judged_times.get(t) or self._timestamp_judged(t) for t in set(timestamps))
-            and _all_read_as_judged(texts, payloads)
+            and _all_sent_as_is(texts, payloads)
         ):
             return None
         return list(map(MeterEvent, names, payloads, identifiers, timestamps, texts))
@@ -625,9 +628,7 @@ class Judge:
                 event is None
                 or identifier in seen
                 or identifier in first
-                or text[:1] != "{"
-                or text[-1:] != "}"
-                or not _reads_as_judged(text, event)
+                or not _sent_as_is(text, event)
             ):
                 events.append(None)
                 usual = False

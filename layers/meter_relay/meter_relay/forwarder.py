@@ -333,15 +333,14 @@ class Batch:
         record read on its own in its turn. Once such a step takes only a few records, the
         rest are read one by one (a step costs what reading a few records does). True if every
         record was usual: one event, sent as its record's body."""
-        done = 0
+        done, all_usual = 0, True
         while done < len(records):
             singles = self.judge.read_singles(bodies[done:], message_ids[done:])
             events, m = singles.events, start + done
             if singles.usual:
                 run.extend(cast("list[MeterEvent]", events), _single_event_tags(m, len(events)))
-                if done + len(events) == len(records):
-                    return done == 0
             else:
+                all_usual = False
                 for event in events:
                     if event is None:
                         self._read_each([records[m - start]], m, run)
@@ -350,14 +349,14 @@ class Batch:
                     m += 1
             done += len(events)
             if done == len(records):
-                return False
+                break
+            all_usual = False  # a record the judge could not take as one event
             if len(events) < MIN_RUN_READ_TOGETHER:
                 self._read_each(records[done:], start + done, run)
-                return False
-            # the record the judge could not take as one event, then on with the run
+                break
             self._read_each(records[done : done + 1], start + done, run)
             done += 1
-        return False
+        return all_usual
 
     def _read_each(
         self, records: list[dict[str, Any]], start: int, run: DeliveryRun[EventTag]
