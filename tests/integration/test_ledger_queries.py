@@ -389,7 +389,7 @@ def test_athena_runs_the_same_text_in_the_workgroup_and_reads_it_as_duckdb_does(
     assert sent["Query"] == query.render(
         {t.name: f'"meter_relay_production"."{t.name}"' for t in ledger_sql.TABLES}
     )
-    assert 'FROM "meter_relay_production"."events" x)' in sent["Query"]
+    assert 'FROM "meter_relay_production"."events" x CROSS JOIN UNNEST(' in sent["Query"]
     assert "read_json" not in sent["Query"]
     assert "\x00" not in sent["Query"]
 

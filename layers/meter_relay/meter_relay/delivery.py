@@ -149,12 +149,12 @@ class DeliveryReport[T: Hashable]:
         tags = self._tags
         return {tags[position] for part in self.calls.delivered for position in part}
 
-    def delivered_events(self) -> tuple[list[T], list[MeterEvent]]:
-        """The tags and the events delivered, in the order they were added (two lists: the
-        ledger reads 10,000 a batch)."""
+    def delivered_events(self) -> tuple[Sequence[T], Sequence[MeterEvent]]:
+        """The tags and the events delivered, in the order they were added (two sequences: the
+        ledger reads 10,000 a batch; when all were delivered, the run's own, not copies)."""
         tags, events = self._tags, self._events
         if self.delivered_count == len(events):  # the common case: all of them
-            return list(tags), list(events)
+            return tags, events
         positions = sorted(chain.from_iterable(self.calls.delivered))
         return [tags[p] for p in positions], [events[p] for p in positions]
 

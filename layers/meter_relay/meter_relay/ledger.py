@@ -3,14 +3,17 @@ this event?" and "are Stripe's totals right?".
 
 Each forwarder invocation writes the events it delivered as one Zstandard-compressed JSON Lines
 object, `events/dt=YYYY-MM-DD/hour=HH/<invocation request id>.jsonl.zst` (the hour it delivered
-them, UTC), one line per event: when it was delivered, the invocation's request id, the payload
-keys of its meter (where the customer and the value are), the SQS message it came from, and the
-event itself exactly as the stream call sent it (`event`: event_name, payload, identifier,
-timestamp). The queries read the customer and the value out of the payload by those keys.
+them, UTC). A line holds up to 100 events (a stream call's worth) whose meters read the same
+payload keys: when they were delivered, the invocation's request id, those payload keys (where
+the customer and the value are), `message_ids` (the SQS message of each event, in order) and
+`events`, each event exactly as the stream call sent it (event_name, payload, identifier,
+timestamp). The queries unnest the lines into one row per event (ledger_sql.EVENTS_VIEW); read
+here, `decode` gives one LedgerLine per event.
 
-The line is spliced from the event's text as the producer wrote it (the text the stream call
-carried; an event without one is encoded once): the ledger then costs the forwarder no per-event
-encoding, and Zstandard at level 1 compresses it in a sixth of gzip's time, to a smaller object.
+A line is spliced from the events' texts as the producers wrote them (the texts the stream calls
+carried; an event without one is encoded once), and its message ids are one msgspec encoding: the
+ledger costs the forwarder no per-event Python. A line per event repeated its head (165 of 395
+bytes) for every event, and its splicing and compression cost a fifth more.
 The write runs beside the dead letters, on a thread of its own; a failed write is tried again
 within the deadline, and one that still fails never fails the delivery: its events are counted
 (LedgerGap) for an alarm, since Stripe has them.
@@ -20,9 +23,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from itertools import groupby
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -39,9 +43,10 @@ EVENTS_PREFIX = "events"
 SUFFIX = ".jsonl.zst"  # Athena and DuckDB both read Zstandard JSON Lines by this extension
 CONTENT_TYPE = "application/zstd"
 WRITE_ATTEMPTS = 3
+EVENTS_PER_LINE = 100  # a stream call's worth
 COMPRESS_LEVEL = 1  # the hot path's CPU: level 3 took twice the time here, for no smaller object
-# a line repeats its head within a few hundred bytes: a hash table of 2^11 entries (level 1's is
-# 2^14) finds those matches in a fifth less time, to objects 2-11% smaller (10,000 events)
+# the lines repeat their keys within a few hundred bytes: a hash table of 2^11 entries (level 1's
+# is 2^14) finds those matches in a fifth less time, to objects 2-11% smaller (10,000 events)
 COMPRESS_HASH_LOG = 11
 
 
@@ -55,7 +60,7 @@ class StripeEvent(msgspec.Struct):
 
 
 class LedgerLine(msgspec.Struct):
-    """One delivered event, as the ledger's JSON Lines (and the Athena/DuckDB table) hold it."""
+    """One delivered event, as the queries see it (a row of ledger_sql.EVENTS_VIEW)."""
 
     delivered_at: str
     request_id: str
@@ -85,6 +90,27 @@ class LedgerLine(msgspec.Struct):
         return self.event.payload.get(self.value_key, "")
 
 
+class DeliveredEvents(msgspec.Struct):
+    """A line of the ledger's objects: events delivered by one invocation whose meters read the
+    same payload keys, each with the SQS message it came from (`message_ids[i]`: `events[i]`'s)."""
+
+    delivered_at: str
+    request_id: str
+    customer_key: str
+    value_key: str
+    message_ids: list[str]
+    events: list[StripeEvent]
+
+    def lines(self) -> list[LedgerLine]:
+        if len(self.message_ids) != len(self.events):
+            raise ValueError("a ledger line's message_ids and events differ in number")
+        head = (self.delivered_at, self.request_id, self.customer_key, self.value_key)
+        return [
+            LedgerLine(*head, message_id, event)
+            for message_id, event in zip(self.message_ids, self.events, strict=True)
+        ]
+
+
 def line_of(
     event: MeterEvent | StripeEvent,
     keys: MeterKeys,
@@ -92,7 +118,8 @@ def line_of(
     message_id: str,
     request_id: str,
 ) -> LedgerLine:
-    """A ledger line built as an object (the writer splices text instead: `ledger_text`)."""
+    """A delivered event as the ledger reads back (the writer splices text instead:
+    `ledger_text`)."""
     sent = (
         event
         if isinstance(event, StripeEvent)
@@ -102,7 +129,7 @@ def line_of(
 
 
 _ENCODER = msgspec.json.Encoder()
-_LINES = msgspec.json.Decoder(LedgerLine)
+_LINES = msgspec.json.Decoder(DeliveredEvents)
 
 
 def object_key(prefix: str, delivered_at: datetime, request_id: str) -> str:
@@ -121,11 +148,11 @@ def ledger_text(
     event_names: Collection[str] | None = None,
     texts: Sequence[str] | None = None,
 ) -> bytes:
-    """The JSON Lines of events delivered, each with the SQS message id it came from: a line is
-    its meter's head (the same for all its events of the invocation), the message id, and the
-    event's text as sent, spliced by C loops alone (slices, map, join: no Python per event). If
-    a text breaks a line (a producer's pretty-printed JSON), or a message id is not SQS's
-    letters, digits and hyphens, each line is built in Python.
+    """The JSON Lines of events delivered, each with the SQS message id it came from: a line
+    is up to EVENTS_PER_LINE events whose meters read the same payload keys, spliced from their
+    head (the same for all the invocation's events of those meters), one encoding of their
+    message ids and their texts as sent, joined (C loops: no Python per event). A text that
+    breaks a line (a producer's pretty-printed JSON) is encoded compactly instead.
 
     `event_names`: the events' names when known (more will do: Judge.event_names). Taking the
     names from the events was the ledger's dearest step in the forwarder (2 ms of 4.4 for
@@ -136,38 +163,68 @@ def ledger_text(
     handler's thread, 10,000 events read again after their calls)."""
     if len(message_ids) != len(events):
         raise ValueError("an event without its message id, or a message id without its event")
+    if texts is not None and len(texts) != len(events):
+        raise ValueError("an event without its text, or a text without its event")
     at = format_timestamp(delivered_at)
     heads = _heads(at, request_id, rules, event_names or ())
-    shared = set(heads.values())
-    if len(shared) != 1:
+    if len(set(heads.values())) != 1:
         # each event's head by its own name (no names given, or their meters' keys differ)
         heads = _heads(at, request_id, rules, set(map(_NAME, events)))
-        shared = set(heads.values())
     if texts is None:
         texts = _texts(events)
-    elif len(texts) != len(events):
-        raise ValueError("an event without its text, or a text without its event")
-    if _one_line("".join(texts)) and _plain("".join(message_ids)):
-        count = len(events)
-        # a line's five parts, laid into one list by slice assignment and joined: joining
-        # a list takes two fifths of the time of joining the same parts from an iterator
-        parts = [_EVENT] * (5 * count)
-        parts[0::5] = (
-            [shared.pop()] * count  # one set of payload keys, the usual batch
-            if len(shared) == 1
-            else list(map(heads.__getitem__, map(_NAME, events)))
+    parts: list[bytes] = []
+    for head, start, stop in _runs(events, heads):
+        parts += (
+            head,
+            _message_ids(message_ids[start:stop]),
+            b',"events":[',
+            _events_text(texts, events, start, stop),
+            b"]}\n",
         )
-        parts[1::5] = message_ids
-        parts[3::5] = texts
-        parts[4::5] = [_END] * count
-        # backslashreplace: a lone surrogate (only ever inside a JSON string) becomes its \u
-        # escape
-        return "".join(parts).encode("utf-8", "backslashreplace")
-    return _lines_one_by_one(events, message_ids, heads)
+    return b"".join(parts)
 
 
 _NAME, _SOURCE = attrgetter("event_name"), attrgetter("source")
-_EVENT, _END = '","event":', "}\n"
+
+
+def _runs(
+    events: Sequence[MeterEvent], heads: dict[str, bytes]
+) -> Iterator[tuple[bytes, int, int]]:
+    """Each line's head and the positions of its events: runs of events of the same head, of
+    EVENTS_PER_LINE at most."""
+    count = len(events)
+    if len(set(heads.values())) == 1:  # one set of payload keys, the usual batch
+        head = next(iter(heads.values()))
+        for start in range(0, count, EVENTS_PER_LINE):
+            yield head, start, min(start + EVENTS_PER_LINE, count)
+        return
+    start = 0
+    for head, run in groupby(map(heads.__getitem__, map(_NAME, events))):
+        stop = start + sum(1 for _ in run)
+        for first in range(start, stop, EVENTS_PER_LINE):
+            yield head, first, min(first + EVENTS_PER_LINE, stop)
+        start = stop
+
+
+def _message_ids(message_ids: Sequence[str]) -> bytes:
+    try:
+        return _ENCODER.encode(message_ids)
+    except UnicodeEncodeError:  # a lone surrogate: json's \u escape
+        return json.dumps(list(message_ids)).encode()
+
+
+def _events_text(
+    texts: Sequence[str], events: Sequence[MeterEvent], start: int, stop: int
+) -> bytes:
+    """The texts of events[start:stop], comma-separated, as UTF-8 (backslashreplace: a lone
+    surrogate, only ever inside a JSON string, becomes its \\u escape)."""
+    joined = ",".join(texts[start:stop])
+    if "\n" in joined or "\r" in joined:
+        joined = ",".join(
+            text if _one_line(text) else event.stripe_text()
+            for text, event in zip(texts[start:stop], events[start:stop], strict=True)
+        )
+    return joined.encode("utf-8", "backslashreplace")
 
 
 def _texts(events: Sequence[MeterEvent]) -> list[str]:
@@ -186,47 +243,25 @@ def _texts(events: Sequence[MeterEvent]) -> list[str]:
     return [event.sent_text() for event in events]
 
 
-def _lines_one_by_one(
-    events: Sequence[MeterEvent], message_ids: Sequence[str], heads: dict[str, str]
-) -> bytes:
-    lines = []
-    for event, message_id in zip(events, message_ids, strict=True):
-        text = event.source
-        if text is None or not _one_line(text):
-            text = event.stripe_text()
-        escaped = message_id if _plain(message_id) else json.dumps(message_id)[1:-1]
-        lines.append(f'{heads[event.event_name]}{escaped}","event":{text}}}\n')
-    return "".join(lines).encode("utf-8", "backslashreplace")
-
-
 def _heads(
     at: str, request_id: str, rules: ValidationRules, names: Collection[str]
-) -> dict[str, str]:
-    """Each event name's head."""
+) -> dict[str, bytes]:
+    """Each event name's head: a line's fields up to its message ids."""
     return {name: _head(at, request_id, rules.keys_for(name)) for name in names}
 
 
-def _head(at: str, request_id: str, keys: MeterKeys) -> str:
+def _head(at: str, request_id: str, keys: MeterKeys) -> bytes:
     fields = {
         "delivered_at": at,
         "request_id": request_id,
         "customer_key": keys.customer_key,
         "value_key": keys.value_key,
     }
-    return _ENCODER.encode(fields).decode()[:-1] + ',"message_id":"'
+    return _ENCODER.encode(fields)[:-1] + b',"message_ids":'
 
 
 def _one_line(text: str) -> bool:
     return "\n" not in text and "\r" not in text
-
-
-_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
-
-
-def _plain(text: str) -> bool:
-    """Whether text goes into a JSON string as it is: printable ASCII, no quote, no backslash
-    (every byte deleted by `translate`, in C: a third of `isprintable`'s time)."""
-    return text.isascii() and not text.encode("ascii").translate(None, _PLAIN)
 
 
 def compress(data: bytes) -> bytes:
@@ -250,9 +285,27 @@ def encode(lines: Iterable[msgspec.Struct]) -> bytes:
     return compress(_ENCODER.encode_lines(list(lines)))
 
 
+def encode_events(lines: Iterable[LedgerLine]) -> bytes:
+    """Delivered events built as objects, as one compressed object of the forwarder's lines."""
+    grouped: list[DeliveredEvents] = []
+    for head, run in groupby(lines, _LINE_HEAD):
+        events = list(run)
+        for first in range(0, len(events), EVENTS_PER_LINE):
+            part = events[first : first + EVENTS_PER_LINE]
+            ids, sent = [line.message_id for line in part], [line.event for line in part]
+            grouped.append(DeliveredEvents(*head, ids, sent))
+    return encode(grouped)
+
+
+_LINE_HEAD = attrgetter("delivered_at", "request_id", "customer_key", "value_key")
+
+
 def decode(data: bytes) -> list[LedgerLine]:
+    """An object of the forwarder's, one LedgerLine per event."""
     text = decompress(data)
-    return [_LINES.decode(line) for line in text.splitlines() if line.strip()]
+    return [
+        event for line in text.splitlines() if line.strip() for event in _LINES.decode(line).lines()
+    ]
 
 
 class LedgerWriter:

@@ -26,7 +26,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from meter_relay.config import ConfigError
 from meter_relay.ledger import SUFFIX
-from meter_relay.ledger_sql import EVENT, PARTITIONS, STRING, STRING_MAP, TABLES, Query, Table
+from meter_relay.ledger_sql import (
+    EVENT_ARRAY,
+    PARTITIONS,
+    STRING,
+    STRING_ARRAY,
+    STRING_MAP,
+    TABLES,
+    Query,
+    Table,
+)
 from meter_relay.ledger_store import LedgerBucket, LedgerUnavailable
 
 if TYPE_CHECKING:
@@ -38,12 +47,15 @@ Row = dict[str, str | None]
 DUCKDB_MACROS = (
     "CREATE MACRO from_iso8601_timestamp(text) AS CAST(text AS TIMESTAMPTZ)",
     "CREATE MACRO to_unixtime(moment) AS epoch(moment)",
+    "CREATE MACRO sequence(first, last) AS generate_series(first, last)",
+    "CREATE MACRO cardinality(items) AS len(items)",  # of a list (the queries count no map)
 )
 _DUCKDB_TYPES = {
     STRING: "VARCHAR",
     STRING_MAP: "MAP(VARCHAR, VARCHAR)",
-    EVENT: "STRUCT(event_name VARCHAR, payload MAP(VARCHAR, VARCHAR), identifier VARCHAR, "
-    '"timestamp" VARCHAR)',
+    STRING_ARRAY: "VARCHAR[]",
+    EVENT_ARRAY: "STRUCT(event_name VARCHAR, payload MAP(VARCHAR, VARCHAR), identifier VARCHAR, "
+    '"timestamp" VARCHAR)[]',
 }
 
 

@@ -2,9 +2,10 @@
 
 The ledger's three kinds of object are three tables, each partitioned by the UTC date and hour
 it was written (`dt`, `hour`, both text):
-- `events`: what Stripe accepted, as the forwarder recorded it (ledger.LedgerLine): each event
-  as sent, with its meter's payload keys. The queries read it through `EVENTS_VIEW`, which
-  gives its flat columns (identifier, event_name, customer, value, timestamp, ...);
+- `events`: what Stripe accepted, as the forwarder recorded it (ledger.DeliveredEvents): a line
+  holds up to 100 events as sent, their SQS message ids and their meters' payload keys. The
+  queries read it through `EVENTS_VIEW`, a row per event with flat columns (identifier,
+  event_name, customer, value, timestamp, ...);
 - `cancellations`: the adjustments `dlq cancel` made (ledger_store.CancellationLine);
 - `rejections`: what Stripe's error reports said it dropped later (ledger_store.RejectionLine).
 
@@ -25,8 +26,9 @@ from datetime import UTC, datetime, timedelta
 FUTURE_LIMIT = timedelta(minutes=5)
 
 STRING, STRING_MAP = "string", "map<string,string>"  # Glue's names; DuckDB's in ledger_engines
-EVENT = (  # ledger.StripeEvent, the event as the stream call sent it
-    "struct<event_name:string,payload:map<string,string>,identifier:string,timestamp:string>"
+STRING_ARRAY = "array<string>"
+EVENT_ARRAY = (  # ledger.StripeEvent, each event as the stream call sent it
+    "array<struct<event_name:string,payload:map<string,string>,identifier:string,timestamp:string>>"
 )
 
 
@@ -39,12 +41,16 @@ class Table:
     view: str = "{table}"  # what the queries read: a SELECT over `{table}` as an engine names it
 
 
-# The customer and the value are where the event's meter finds them. try(): Trino's subscript
-# fails on a key the map lacks (DuckDB's gives NULL), and NULL is what a missing one means here.
-EVENTS_VIEW = """(SELECT x.event.identifier AS identifier, x.event.event_name AS event_name,
-  try(x.event.payload[x.customer_key]) AS customer, try(x.event.payload[x.value_key]) AS value,
-  x.event."timestamp" AS "timestamp", x.delivered_at, x.message_id, x.request_id, x.dt, x."hour"
-  FROM {table} x)"""
+# A row per event: the line's n-th event and n-th message id. The customer and the value are
+# where the event's meter finds them. try(): Trino's subscript fails on a key the map lacks
+# (DuckDB's gives NULL), and NULL is what a missing one means here.
+EVENTS_VIEW = """(SELECT x.events[n.i].identifier AS identifier,
+  x.events[n.i].event_name AS event_name,
+  try(x.events[n.i].payload[x.customer_key]) AS customer,
+  try(x.events[n.i].payload[x.value_key]) AS value,
+  x.events[n.i]."timestamp" AS "timestamp", x.delivered_at, x.message_ids[n.i] AS message_id,
+  x.request_id, x.dt, x."hour"
+  FROM {table} x CROSS JOIN UNNEST(sequence(1, cardinality(x.events))) AS n(i))"""
 EVENTS = Table(
     "events",
     (
@@ -52,8 +58,8 @@ EVENTS = Table(
         ("request_id", STRING),
         ("customer_key", STRING),
         ("value_key", STRING),
-        ("message_id", STRING),
-        ("event", EVENT),
+        ("message_ids", STRING_ARRAY),
+        ("events", EVENT_ARRAY),
     ),
     EVENTS_VIEW,
 )

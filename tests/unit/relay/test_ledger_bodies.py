@@ -12,7 +12,7 @@ from typing import cast
 import pytest
 
 from meter_relay.events import MeterEvent, MeterKeys
-from meter_relay.ledger import encode, line_of
+from meter_relay.ledger import encode_events, line_of
 from meter_relay.ledger_sql import Table
 from meter_relay.ledger_store import POLL_SECONDS, SETTLED_AFTER, LedgerBodies, LedgerBucket
 
@@ -66,7 +66,7 @@ class GrowingLedger:
 
 
 def ledger_object(*identifiers: str) -> bytes:
-    return encode(
+    return encode_events(
         line_of(
             MeterEvent("api_requests", {"stripe_customer_id": "cus_1", "value": "3"}, i, "t"),
             MeterKeys(),

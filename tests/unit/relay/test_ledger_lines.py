@@ -1,6 +1,6 @@
-"""The ledger's lines as the forwarder splices them (ledger.ledger_text): each must read back as
-the line built as an object would, whatever the producer's text, the message id or the meter's
-payload keys."""
+"""The ledger's lines as the forwarder splices them (ledger.ledger_text): up to 100 events a line,
+of meters that read the same payload keys; each event must read back as built as an object
+would, whatever the producer's text, the message id or the meter's payload keys."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meter_relay.events import MeterEvent, MeterKeys, ValidationRules, stream_body
-from meter_relay.ledger import compress, decode, decompress, ledger_text, line_of
+from meter_relay.ledger import (
+    EVENTS_PER_LINE,
+    compress,
+    decode,
+    decompress,
+    encode_events,
+    ledger_text,
+    line_of,
+)
 
 AT = datetime(2026, 12, 6, 1, 2, 3, 456000, tzinfo=UTC)
 RULES = ValidationRules(meter_keys={"searches": MeterKeys("account", "calls")})
@@ -31,8 +39,12 @@ def stripe_text(event: MeterEvent, **dumps: Any) -> str:
     return json.dumps(event.to_stripe(), **dumps)
 
 
-def read_back(text: bytes) -> list[dict[str, object]]:
+def read_back(text: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.decode().split("\n") if line]
+
+
+def sent_events(text: bytes) -> list[dict[str, Any]]:
+    return [event for line in read_back(text) for event in line["events"]]
 
 
 def test_a_line_is_the_event_as_sent_with_its_meters_keys_and_where_it_came_from() -> None:
@@ -64,13 +76,59 @@ def test_a_producers_text_with_line_breaks_is_encoded_not_spliced() -> None:
         "api_requests", {"stripe_customer_id": "cus_b", "value": "4"}, "e-2", None
     )
     windows.source = stripe_text(windows).replace(", ", ",\r\n")
-    text = ledger_text([pretty, windows], ["m-1", "m-2"], RULES, AT, "req-1")
-    assert text.count(b"\n") == 2
+    plain = meter_event("api_requests", {"stripe_customer_id": "cus_c", "value": "5"}, "e-3", None)
+    plain.source = stripe_text(plain)
+    text = ledger_text([pretty, windows, plain], ["m-1", "m-2", "m-3"], RULES, AT, "req-1")
+    assert text.count(b"\n") == 1
     assert b"\r" not in text
-    assert [line["event"] for line in read_back(text)] == [
-        pretty.to_stripe(),
-        windows.to_stripe(),
+    assert sent_events(text) == [pretty.to_stripe(), windows.to_stripe(), plain.to_stripe()]
+    assert plain.source.encode() in text  # a one-line text is kept as it is, beside them
+
+
+def test_a_line_holds_a_stream_calls_worth_of_events_of_the_same_payload_keys() -> None:
+    """Lines of 100 events at most; a meter with other payload keys starts a line of its own."""
+    names = ["api_requests"] * 150 + ["searches"] * 3 + ["api_requests"] * 2
+    events = [
+        meter_event(name, dict.fromkeys(("stripe_customer_id", "account"), f"c{n}"), f"e{n}", None)
+        for n, name in enumerate(names)
     ]
+    message_ids = [f"m-{n}" for n in range(len(events))]
+    text = ledger_text(events, message_ids, RULES, AT, "req-1")
+    lines = read_back(text)
+    assert [len(line["events"]) for line in lines] == [EVENTS_PER_LINE, 50, 3, 2]
+    assert [line["customer_key"] for line in lines] == [
+        "stripe_customer_id",
+        "stripe_customer_id",
+        "account",
+        "stripe_customer_id",
+    ]
+    assert [line["message_ids"] for line in lines] == [
+        message_ids[:100],
+        message_ids[100:150],
+        message_ids[150:153],
+        message_ids[153:],
+    ]
+    assert [line.message_id for line in decode(compress(text))] == message_ids
+    assert [line.identifier for line in decode(compress(text))] == [e.identifier for e in events]
+
+
+def test_events_built_as_objects_are_written_in_the_forwarders_lines() -> None:
+    """What the other writers (tests, local tools) put reads back as what the forwarder
+    writes."""
+    events = [
+        meter_event("searches", {"account": f"c{n}", "calls": "1"}, f"e{n}", None)
+        for n in range(130)
+    ]
+    keys = RULES.keys_for("searches")
+    built = [
+        line_of(e, keys, "2026-12-06T01:02:03.456Z", f"m-{n}", "req-1")
+        for n, e in enumerate(events)
+    ]
+    written = encode_events(built)
+    assert decompress(written) == ledger_text(
+        events, [f"m-{n}" for n in range(130)], RULES, AT, "req-1"
+    )
+    assert decode(written) == built
 
 
 def test_message_ids_and_keys_that_need_escaping_are_escaped() -> None:
@@ -127,7 +185,7 @@ def test_spliced_lines_read_back_as_lines_built_as_objects(
         message_ids.append(message_id)
         expected.append(line_of(event, keys, "2026-12-06T01:02:03.456Z", message_id, "req-1"))
     text = ledger_text(events, message_ids, RULES, AT, "req-1")
-    assert text.count(b"\n") == len(rows)
+    assert all(1 <= len(line["events"]) <= EVENTS_PER_LINE for line in read_back(text))
     assert decode(compress(text)) == expected
     names = {event.event_name for event in events} | more_names
     assert ledger_text(events, message_ids, RULES, AT, "req-1", names) == text
@@ -144,12 +202,12 @@ def test_a_lone_surrogate_becomes_its_escape() -> None:
     assert "\udc80" in event.source
     text = ledger_text([event], ["m-1"], RULES, AT, "req-1")
     assert decompress(compress(text)) == text
-    (line,) = read_back(text)
-    assert line["event"]["payload"]["stripe_customer_id"] == "cus_\udc80"  # type: ignore[index]
+    (sent,) = sent_events(text)
+    assert sent["payload"]["stripe_customer_id"] == "cus_\udc80"
 
 
 def test_events_that_kept_no_text_are_written_as_the_stream_call_encoded_them() -> None:
-    """An envelope's events keep no text: their lines carry msgspec's encoding, which is also
+    """An envelope's events keep no text: their line carries msgspec's encoding, which is also
     the stream call's, byte for byte."""
     events = [
         meter_event(
@@ -158,29 +216,26 @@ def test_events_that_kept_no_text_are_written_as_the_stream_call_encoded_them() 
         for n in range(3)
     ]
     text = ledger_text(events, ["m-1", "m-1", "m-1"], RULES, AT, "req-1")
-    sent = stream_body(events)
-    for line, event in zip(text.decode().splitlines(), events, strict=True):
-        written = line[line.index('"event":') + len('"event":') : -1]
-        assert written.encode() in sent
-        assert json.loads(written) == event.to_stripe()
+    assert event_texts_of(text) == [stream_body(events).decode()[len('{"events":[') : -2]]
+    assert sent_events(text) == [event.to_stripe() for event in events]
 
 
 def test_a_lone_surrogate_in_an_event_without_its_text_becomes_its_escape() -> None:
     odd = meter_event("api_requests", {"stripe_customer_id": "cus_\udc80", "value": "3"}, "e", None)
     plain = meter_event("api_requests", {"stripe_customer_id": "cus_a", "value": "3"}, "f", None)
     text = ledger_text([odd, plain], ["m-1", "m-2"], RULES, AT, "req-1")
-    first, second = read_back(text)
-    assert first["event"]["payload"]["stripe_customer_id"] == "cus_\udc80"  # type: ignore[index]
-    assert second["event"] == plain.to_stripe()
+    first, second = sent_events(text)
+    assert first["payload"]["stripe_customer_id"] == "cus_\udc80"
+    assert second == plain.to_stripe()
 
 
 def event_texts_of(ledger: bytes) -> list[str]:
-    """Each line's event, as the text the line holds (the last field of the line). Lines end
-    at "\n" alone, as JSON Lines readers split them (str.splitlines also splits at U+0085 and
-    U+2028, which a text may hold as they are)."""
-    marker = '","event":'
+    """Each line's events, as the text the line holds (the last field of the line, inside its
+    brackets). Lines end at "\n" alone, as JSON Lines readers split them (str.splitlines also
+    splits at U+0085 and U+2028, which a text may hold as they are)."""
+    marker = '"],"events":['
     lines = ledger.decode().split("\n")[:-1]
-    return [line[line.index(marker) + len(marker) : -1] for line in lines]
+    return [line[line.index(marker) + len(marker) : -2] for line in lines]
 
 
 @given(
@@ -209,7 +264,7 @@ def test_the_ledger_holds_each_event_as_its_stream_call_sent_it(
     ledger = ledger_text(events, [f"m-{n}" for n in range(len(events))], RULES, AT, "req-1")
     body = stream_body(events)
     assert body == ('{"events":[' + ",".join(event_texts_of(ledger)) + "]}").encode()
-    assert [json.loads(text) for text in event_texts_of(ledger)] == [e.to_stripe() for e in events]
+    assert sent_events(ledger) == [e.to_stripe() for e in events]
 
 
 @given(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=12))
