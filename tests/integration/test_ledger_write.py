@@ -1,5 +1,5 @@
 """The forwarder records what Stripe accepted in the delivery ledger (S3, moto): one object per
-invocation, partitioned by the hour of delivery, a line per delivered event; a write that
+invocation, partitioned by the hour of delivery, up to 100 delivered events a line; a write that
 fails never fails the delivery, and is counted (LedgerGap)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from meter_relay.events import format_timestamp
-from meter_relay.forwarder import LEDGER_S3_CONFIG
+from meter_relay.forwarder import ledger_s3_config
 from meter_relay.ledger import compress, decode
 from tests.integration.test_forwarder import counted, event, failures
 from tests.plugins.aws import AwsEnv
@@ -30,7 +30,9 @@ def ledger_objects(relay: Relay) -> dict[str, list[Any]]:
     return found
 
 
-def test_each_delivered_event_is_recorded_once_with_where_it_came_from(relay: Relay) -> None:
+def test_each_delivered_event_is_recorded_once_with_where_it_came_from(
+    relay: Relay, capfd: pytest.CaptureFixture[str]
+) -> None:
     relay.put_session()
     search = {
         "event_name": "search_calls",
@@ -48,6 +50,7 @@ def test_each_delivered_event_is_recorded_once_with_where_it_came_from(relay: Re
     with relay.forwarder(env={"METER_KEYS": keys}) as forwarder:
         invocation = forwarder.invoke(sqs_event)
     assert failures(invocation, sqs_event) == set()
+    assert "presigned PUT failed" not in capfd.readouterr().out  # no PutObject in its place
 
     objects = ledger_objects(relay)
     (key,) = objects
@@ -131,7 +134,7 @@ def test_the_ledgers_object_is_checked_by_its_checksum_not_signed_over_http(aws:
     """As over HTTPS, where S3 leaves a checksummed body out of the signature: over moto's
     HTTP, botocore would hash every object into it, a cost the deployed forwarder never pays.
     The object still goes with its CRC32, and arrives whole."""
-    s3 = aws.client("s3", LEDGER_S3_CONFIG)
+    s3 = aws.client("s3", ledger_s3_config())
     sent: list[dict[str, str]] = []
 
     def keep_headers(request: Any, **_: Any) -> None:

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import boto3
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -65,10 +66,24 @@ _MESSAGE_ID, _BODY = itemgetter("messageId"), itemgetter("body")
 MIN_RUN_READ_TOGETHER = 25  # records: a shorter run of single events, the rest one by one
 
 
-# S3 over HTTPS (AWS) checks a PUT's body by its CRC32 checksum and leaves the body out of the
-# signature; botocore signs it over HTTP (moto) unless told: the SHA-256 of a batch's ledger
-# object (0.5 MB for 10,000 events) cost 0.3 ms of CPU that the deployed forwarder never pays.
-LEDGER_S3_CONFIG = AWS_CLIENT_CONFIG.merge(Config(s3={"payload_signing_enabled": False}))
+def ledger_s3_config(environ: Mapping[str, str] = os.environ) -> Config:
+    """The ledger's S3 client: it presigns the ledger's PUTs (ledger.LedgerWriter).
+
+    - SigV4: botocore presigns S3 URLs with SigV2 unless told.
+    - Virtual-hosted regional URLs on AWS: in botocore's automatic addressing, a presigned URL
+      names S3's global endpoint, which redirects a bucket's requests for a day after it is
+      created and does not serve every Region. PutObject is addressed so on AWS anyway. A
+      custom endpoint (AWS_ENDPOINT_URL: moto, the local stack) keeps botocore's choice.
+    - The body out of the signature on any endpoint, as S3 over HTTPS does for a checksummed
+      body: over HTTP (moto) botocore would hash each object (0.5 MB for 10,000 events, 0.3 ms
+      of CPU) into a PutObject's signature, a cost the deployed forwarder never pays."""
+    custom = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+    addressing: Literal["auto", "virtual"] = "auto" if custom else "virtual"
+    s3 = Config(
+        signature_version="s3v4",
+        s3={"payload_signing_enabled": False, "addressing_style": addressing},
+    )
+    return AWS_CLIENT_CONFIG.merge(s3)
 
 
 class Forwarder:
@@ -128,7 +143,7 @@ class Forwarder:
             )
         ledger = None
         if config.ledger_bucket:
-            s3 = session.client("s3", config=LEDGER_S3_CONFIG)
+            s3 = session.client("s3", config=ledger_s3_config())
             ledger = LedgerWriter(config.ledger_bucket, config.ledger_prefix, s3)
         return cls(config, delivery, dead_letters, tokens, catalog, ledger)
 

@@ -21,8 +21,11 @@ within the deadline, and one that still fails never fails the delivery: its even
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import time
+import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -31,6 +34,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import msgspec
+import urllib3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from meter_relay.events import MeterEvent, MeterKeys, ValidationRules, format_timestamp
@@ -310,7 +314,15 @@ def decode(data: bytes) -> list[LedgerLine]:
 
 class LedgerWriter:
     """Puts an invocation's ledger object in S3 on a thread of its own (`start`), and `wait`s
-    for it within the time the invocation has left."""
+    for it within the time the invocation has left.
+
+    The PUT is presigned by the S3 client (its credentials, SigV4, endpoint; the body's CRC32
+    signed as S3 checks it) and sent through a urllib3 pool of its own: botocore's PutObject
+    took twice its CPU in the forwarder (about 5,500 Python calls a request, wherever its code
+    left the CPU's cache since the last batch: 2.2-2.5 ms against 1.1-1.2 ms, thread CPU in the
+    bench's forwarder). A presigned PUT that fails for any reason is made again at once by
+    PutObject, with botocore's retries, and the writer keeps to PutObject from then on: a
+    refused presigned PUT costs a request, never an object."""
 
     def __init__(
         self,
@@ -318,13 +330,16 @@ class LedgerWriter:
         prefix: str,
         s3: S3Client,
         *,
+        http: urllib3.PoolManager | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self._s3 = s3
+        self._http = http if http is not None else urllib3.PoolManager(maxsize=1)
         self._sleep = sleep
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self.presigned = True  # until a presigned PUT fails
 
     def start(
         self,
@@ -341,14 +356,13 @@ class LedgerWriter:
 
     def _write(self, key: str, text: bytes, time_left: Callable[[], float]) -> None:
         body = compress(text)
+        checksum = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
         error: Exception | None = None
         for attempt in range(WRITE_ATTEMPTS):
             if time_left() <= 0:
                 break
             try:
-                self._s3.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, ContentType=CONTENT_TYPE
-                )
+                self._put(key, body, checksum, time_left())
                 return
             except (BotoCoreError, ClientError) as failure:
                 error = failure
@@ -357,6 +371,59 @@ class LedgerWriter:
             f"the ledger object {key} was not written: "
             f"{type(error).__name__ if error else 'no time left'}"
         )
+
+    def _put(self, key: str, body: bytes, checksum: str, seconds: float) -> None:
+        if self.presigned:
+            try:
+                self._put_presigned(key, body, checksum, seconds)
+                return
+            except (BotoCoreError, urllib3.exceptions.HTTPError, PresignedPutRefused) as failure:
+                self.presigned = False
+                logger.warning(
+                    "ledger: a presigned PUT failed; PutObject from now on",
+                    extra={"key": key, "why": f"{type(failure).__name__}: {failure}"},
+                )
+        self._s3.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=body,
+            ContentType=CONTENT_TYPE,
+            ChecksumCRC32=checksum,
+        )
+
+    def _put_presigned(self, key: str, body: bytes, checksum: str, seconds: float) -> None:
+        headers = {"Content-Type": CONTENT_TYPE, "x-amz-checksum-crc32": checksum}
+        url = self._s3.generate_presigned_url(
+            "put_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": key,
+                "ContentType": CONTENT_TYPE,
+                "ChecksumCRC32": checksum,
+            },
+            ExpiresIn=PRESIGNED_SECONDS,
+        )
+        answer = self._http.request(
+            "PUT",
+            url,
+            body=body,
+            headers=headers,
+            timeout=urllib3.Timeout(connect=5.0, read=max(0.1, seconds)),
+            retries=False,
+        )
+        if answer.status != 200:
+            code = _S3_ERROR_CODE.search(answer.data)
+            raise PresignedPutRefused(
+                f"{answer.status} {code.group(1).decode() if code else answer.reason}"
+            )
+
+
+PRESIGNED_SECONDS = 60  # the URL is used at once
+_S3_ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
+
+
+class PresignedPutRefused(Exception):
+    """S3 did not take a presigned PUT (its status and error code)."""
 
 
 class LedgerGap(Exception):
