@@ -94,6 +94,8 @@ class CallReport:
     free)."""
 
     delivered: list[range] = field(default_factory=list)
+    # with the ledger on, each delivered range's body as its call sent it (`delivered[i]`'s)
+    bodies: list[bytes] = field(default_factory=list)
     rejected: dict[int, Rejection] = field(default_factory=dict)
     retry: set[int] = field(default_factory=set)
     calls: int = 0
@@ -108,6 +110,7 @@ class CallReport:
 
     def merge(self, other: CallReport) -> None:
         self.delivered.extend(other.delivered)
+        self.bodies.extend(other.bodies)
         self.rejected.update(other.rejected)
         self.retry |= other.retry
         self.calls += other.calls
@@ -149,6 +152,14 @@ class DeliveryReport[T: Hashable]:
         tags = self._tags
         return {tags[position] for part in self.calls.delivered for position in part}
 
+    def delivered_bodies(self) -> list[tuple[range, bytes]] | None:
+        """With the ledger on and every event delivered, each call's positions and body, in
+        the order of the positions; None otherwise."""
+        calls = self.calls
+        if len(calls.bodies) != len(calls.delivered) or self.delivered_count != len(self._events):
+            return None
+        return sorted(zip(calls.delivered, calls.bodies, strict=True), key=_call_start)
+
     def delivered_events(self) -> tuple[Sequence[T], Sequence[MeterEvent]]:
         """The tags and the events delivered, in the order they were added (two sequences: the
         ledger reads 10,000 a batch; when all were delivered, the run's own, not copies)."""
@@ -157,6 +168,10 @@ class DeliveryReport[T: Hashable]:
             return tags, events
         positions = sorted(chain.from_iterable(self.calls.delivered))
         return [tags[p] for p in positions], [events[p] for p in positions]
+
+
+def _call_start(call: tuple[range, bytes]) -> int:
+    return call[0].start
 
 
 class StreamDelivery:
@@ -174,6 +189,8 @@ class StreamDelivery:
         jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self._stream = stream
+        # the ledger is on: the calls' bodies are kept, and become its lines (ledger_text)
+        self._keep_bodies = stream.keep_texts
         self._tokens = tokens
         self._policy = policy
         self._executor = executor
@@ -221,11 +238,16 @@ class StreamDelivery:
         parts = [chunk]
         while parts:
             part = parts.pop()
-            answer = self._send_with_retries(part, events, remaining, report)
+            payload = events[part.start : part.stop]  # a chunk's positions are consecutive
+            # with the ledger on, the body is made once (retries send it again) and kept
+            body = self._stream.body(payload) if self._keep_bodies else None
+            answer = self._send_with_retries(part, payload, body, remaining, report)
             if answer is None:
                 continue  # given up: already in report.retry
             if answer.kind is Kind.OK:
                 report.delivered.append(part)
+                if body is not None:
+                    report.bodies.append(body)
             elif len(part) == 1:
                 report.rejected[part[0]] = _rejection(answer)
             else:
@@ -237,7 +259,8 @@ class StreamDelivery:
     def _send_with_retries(
         self,
         part: range,
-        events: list[MeterEvent],
+        payload: list[MeterEvent],
+        body: bytes | None,
         remaining: Callable[[], float],
         report: CallReport,
     ) -> StripeAnswer | None:
@@ -246,7 +269,6 @@ class StreamDelivery:
         429s are retried while the deadline allows (they do not use the attempts); other
         transient answers at most `max_attempts` times in all."""
         policy = self._policy
-        payload = events[part.start : part.stop]  # a chunk's positions are consecutive
         failures = renewals = throttled = 0
         while True:
             budget = remaining() - policy.deadline_margin
@@ -255,7 +277,8 @@ class StreamDelivery:
                 return None
             rate_limited = False
             try:
-                session, answer = self._call(payload, min(policy.request_timeout, budget), report)
+                timeout = min(policy.request_timeout, budget)
+                session, answer = self._call(payload, body, timeout, report)
                 rate_limited = answer.kind is Kind.RATE_LIMITED
             except SessionUnavailable as error:
                 logger.warning("no usable session token: %s", error)
@@ -302,11 +325,14 @@ class StreamDelivery:
             self._sleep(delay)
 
     def _call(
-        self, payload: list[MeterEvent], timeout: float, report: CallReport
+        self, payload: list[MeterEvent], body: bytes | None, timeout: float, report: CallReport
     ) -> tuple[MeterEventSession, StripeAnswer]:
         """One stream call with the current session (SessionUnavailable when there is none)."""
         session = self._tokens.current()
-        answer = self._stream.send(session.token, payload, timeout)
+        if body is None:
+            answer = self._stream.send(session.token, payload, timeout)
+        else:
+            answer = self._stream.post(session.token, body, timeout)
         report.calls += 1
         if answer.status:
             report.latencies_ms.append(answer.elapsed * 1000)

@@ -170,7 +170,8 @@ class Forwarder:
         request_id = context.aws_request_id
         # every event delivered was judged by the short path when nothing was read in full
         names = None if batch.read_in_full else batch.judge.event_names()
-        text = ledger_text(events, message_ids, rules, now, request_id, names, texts)
+        calls = report.delivered_bodies()
+        text = ledger_text(events, message_ids, rules, now, request_id, names, texts, calls)
         return self.ledger.start(text, now, request_id, time_left)
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -322,7 +322,14 @@ class MeterEventStream:
 
     def send(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
         """One call (an event received in Stripe's form goes with its own text)."""
-        body = stream_body(events, self.keep_texts)
+        return self.post(token, self.body(events), timeout)
+
+    def body(self, events: Sequence[MeterEvent]) -> bytes:
+        """A call's body, `{"events": [...]}`: events.stream_body."""
+        return stream_body(events, self.keep_texts)
+
+    def post(self, token: str, body: bytes, timeout: float) -> StripeAnswer:
+        """One call of a body already made (`body`)."""
         return self.blame(self.http.post_pooled(self.PATH, token, body, timeout))
 
     @staticmethod

@@ -41,6 +41,8 @@ def error(status: int, code: str, param: str | None = None, **fields: Any) -> St
 class FakeStream:
     """Answers each call with `answer(token, events)`; records what was sent."""
 
+    keep_texts = False  # no ledger: the delivery keeps no call's body
+
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
         self.calls: list[tuple[str, list[str], float]] = []
@@ -306,3 +308,87 @@ def test_no_more_calls_than_the_limit_are_in_flight() -> None:
     assert not limit.acquire(0.05)  # a third waits, and gives up when its time is out
     limit.release(rate_limited=False)
     assert limit.acquire(0)
+
+
+class BodiesHttp:
+    """Stripe's answers by call: the first call of events 0-99 too large for a gateway, the
+    first of 100-199 a 500; the rest OK. Keeps each body answered OK."""
+
+    def __init__(self) -> None:
+        self.refused: set[str] = set()
+        self.accepted: list[bytes] = []
+
+    def post_pooled(self, path: str, credential: str, data: bytes, timeout: float) -> StripeAnswer:
+        first = data[data.index(b'"identifier":"') + 14 :].split(b'"', 1)[0].decode()
+        count = data.count(b'"identifier"')
+        if first == "e0" and count == 100 and "too large" not in self.refused:
+            self.refused.add("too large")
+            return StripeAnswer(Kind.TOO_LARGE, 413)
+        if first == "e100" and "500" not in self.refused:
+            self.refused.add("500")
+            return StripeAnswer(Kind.TRANSIENT, 500)
+        self.accepted.append(data)
+        return OK
+
+
+class CountingStream(MeterEventStream):
+    def __init__(self, http: BodiesHttp, *, keep_texts: bool) -> None:
+        super().__init__(cast("StripeHttp", http), keep_texts=keep_texts)
+        self.bodies_made = 0
+
+    def body(self, events: Sequence[MeterEvent]) -> bytes:
+        self.bodies_made += 1
+        return super().body(events)
+
+
+@pytest.mark.parametrize("ledger", [True, False], ids=["ledger", "no-ledger"])
+def test_with_the_ledger_each_delivered_calls_body_is_kept_as_sent(ledger: bool) -> None:
+    """A call split in two keeps its halves' bodies, a call sent again keeps the body made
+    once; without the ledger, no body is kept."""
+    http = BodiesHttp()
+    stream = CountingStream(http, keep_texts=ledger)
+    run = StreamDelivery(
+        stream,
+        SessionTokenSource(cast("SessionStore", FakeStore()), None),
+        RetryPolicy(),
+        ThreadPoolExecutor(4),
+        sleep=lambda _: None,
+        jitter=lambda low, high: high,
+    )
+    report = run.deliver([event(f"e{i}") for i in range(250)], plenty)
+
+    assert report.delivered == set(range(250))
+    assert report.calls.split_calls == 1
+    if not ledger:
+        assert report.calls.bodies == []
+        assert report.delivered_bodies() is None
+        return
+    calls = report.delivered_bodies()
+    assert calls is not None
+    assert [part for part, _ in calls] == [
+        range(0, 50),
+        range(50, 100),
+        range(100, 200),
+        range(200, 250),
+    ]
+    assert sorted(body for _, body in calls) == sorted(http.accepted)
+    for part, body in calls:
+        assert body == stream.body([event(f"e{i}") for i in part])
+    assert stream.bodies_made == 5 + len(calls)  # the chunks, the halves; none for the retry
+
+
+def test_no_call_bodies_are_given_when_some_events_were_not_delivered() -> None:
+    http = BodiesHttp()
+    http.refused.add("too large")
+    stream = CountingStream(http, keep_texts=True)
+    run = StreamDelivery(
+        stream,
+        SessionTokenSource(cast("SessionStore", FakeStore()), None),
+        RetryPolicy(max_attempts=1),
+        ThreadPoolExecutor(4),
+        sleep=lambda _: None,
+        jitter=lambda low, high: high,
+    )
+    report = run.deliver([event(f"e{i}") for i in range(250)], plenty)
+    assert report.retry == set(range(100, 200))  # the 500, not sent again: for the queue
+    assert report.delivered_bodies() is None

@@ -297,3 +297,87 @@ def test_texts_given_must_be_one_per_event() -> None:
     event = meter_event("api_requests", {"stripe_customer_id": "c", "value": "1"}, "e-1", None)
     with pytest.raises(ValueError, match="text"):
         ledger_text([event], ["m-1"], RULES, AT, "req-1", None, [])
+
+
+@given(
+    st.lists(st.sampled_from(["compact", "spaced", "none", "surrogate"]), min_size=1, max_size=60),
+    st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=20),
+)
+def test_a_line_per_call_holds_the_calls_body_as_sent(forms: list[str], sizes: list[int]) -> None:
+    """The calls' bodies (the delivery's, in the order of their positions) end their lines as
+    they are; the events read back as from their texts."""
+    events = []
+    for n, form in enumerate(forms):
+        customer = "cus_\udc80" if form == "surrogate" else f"cus_{n}"
+        event = meter_event(
+            "api_requests", {"stripe_customer_id": customer, "value": "1"}, f"e{n}", None
+        )
+        if form in ("compact", "surrogate"):
+            event.source = stripe_text(event, separators=(",", ":"), ensure_ascii=False)
+        elif form == "spaced":
+            event.source = stripe_text(event)
+        events.append(event)
+    parts, start = [], 0
+    for size in sizes:
+        if start < len(events):
+            parts.append(range(start, min(start + size, len(events))))
+            start = parts[-1].stop
+    if start < len(events):
+        parts.append(range(start, len(events)))
+    calls = [(part, stream_body(events[part.start : part.stop])) for part in parts]
+    message_ids = [f"m-{n}" for n in range(len(events))]
+
+    text = ledger_text(events, message_ids, RULES, AT, "req-1", calls=calls)
+
+    lines = read_back(text)
+    assert [len(line["events"]) for line in lines] == [len(part) for part in parts]
+    assert [line["message_ids"] for line in lines] == [message_ids[p.start : p.stop] for p in parts]
+    for line, (_, body) in zip(text.split(b"\n"), calls, strict=False):
+        assert line.endswith(b"," + body[1:])
+    from_texts = ledger_text(events, message_ids, RULES, AT, "req-1")
+    assert sent_events(text) == sent_events(from_texts) == [e.to_stripe() for e in events]
+
+
+def test_a_calls_body_with_a_line_break_is_written_from_its_events() -> None:
+    pretty = meter_event("api_requests", {"stripe_customer_id": "cus_a", "value": "3"}, "e-1", None)
+    pretty.source = stripe_text(pretty, indent=2)
+    plain = meter_event("api_requests", {"stripe_customer_id": "cus_b", "value": "4"}, "e-2", None)
+    plain.source = stripe_text(plain)
+    events = [pretty, plain]
+    calls = [(range(0, 1), stream_body(events[:1])), (range(1, 2), stream_body(events[1:]))]
+    assert b"\n" in calls[0][1]
+
+    text = ledger_text(events, ["m-1", "m-2"], RULES, AT, "req-1", calls=calls)
+
+    assert text.count(b"\n") == 2
+    assert sent_events(text) == [pretty.to_stripe(), plain.to_stripe()]
+    assert text.split(b"\n")[1].endswith(b"," + calls[1][1][1:])
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [[range(0, 2)], [range(0, 1), range(2, 3)], [range(1, 3), range(0, 1)]],
+    ids=["short", "a-gap", "out-of-order"],
+)
+def test_calls_that_do_not_cover_the_events_in_order_are_not_used(parts: list[range]) -> None:
+    events = [
+        meter_event("api_requests", {"stripe_customer_id": f"c{n}", "value": "1"}, f"e{n}", None)
+        for n in range(3)
+    ]
+    calls = [(part, b'{"events":[{"not":"these"}]}') for part in parts]
+    ids = ["m-0", "m-1", "m-2"]
+    assert ledger_text(events, ids, RULES, AT, "r", calls=calls) == ledger_text(
+        events, ids, RULES, AT, "r"
+    )
+
+
+def test_calls_of_meters_with_other_payload_keys_are_written_from_their_events() -> None:
+    """A line holds one meter's keys: a call mixing meters that read others is not a line."""
+    events = [
+        meter_event("api_requests", {"stripe_customer_id": "c", "value": "1"}, "e-1", None),
+        meter_event("searches", {"account": "c", "calls": "2"}, "e-2", None),
+    ]
+    calls = [(range(0, 2), stream_body(events))]
+    text = ledger_text(events, ["m-1", "m-2"], RULES, AT, "r", calls=calls)
+    assert text == ledger_text(events, ["m-1", "m-2"], RULES, AT, "r")
+    assert [line["customer_key"] for line in read_back(text)] == ["stripe_customer_id", "account"]
