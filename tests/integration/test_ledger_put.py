@@ -44,8 +44,20 @@ def write(writer: LedgerWriter, request_id: str) -> str:
     return object_key(writer.prefix, AT, request_id)
 
 
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
+
+
 @pytest.fixture
-def s3(aws: AwsEnv) -> Any:
+def s3(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name in PROXY_VARIABLES:  # a developer's proxy would turn presigning off
+        monkeypatch.delenv(name, raising=False)
     client = aws.client("s3", ledger_s3_config())
     client.create_bucket(Bucket=BUCKET)
     return client
@@ -141,3 +153,19 @@ def test_a_custom_endpoint_keeps_botocores_addressing() -> None:
     assert custom.signature_version == "s3v4"
     on_aws: Any = ledger_s3_config({})
     assert on_aws.s3 == {"payload_signing_enabled": False, "addressing_style": "virtual"}
+
+
+def test_with_a_proxy_configured_every_put_is_put_object(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore sends through a proxy set in the environment; the presigned PUT would not."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    http = SentRequests()
+    writer = LedgerWriter(BUCKET, "", s3, http=http)
+    monkeypatch.delenv("HTTPS_PROXY")  # moto is not behind it
+
+    key = write(writer, "req-1")
+
+    assert not writer.presigned
+    assert http.sent == []
+    assert decompress(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()) == TEXT

@@ -71,8 +71,8 @@ def ledger_s3_config(environ: Mapping[str, str] = os.environ) -> Config:
 
     - SigV4: botocore presigns S3 URLs with SigV2 unless told.
     - Virtual-hosted regional URLs on AWS: in botocore's automatic addressing, a presigned URL
-      names S3's global endpoint, which redirects a bucket's requests for a day after it is
-      created and does not serve every Region. PutObject is addressed so on AWS anyway. A
+      names S3's global endpoint, which answers a bucket's requests with a redirect for up to a
+      day after it is created. PutObject is addressed to the bucket's Region on AWS anyway. A
       custom endpoint (AWS_ENDPOINT_URL: moto, the local stack) keeps botocore's choice.
     - The body out of the signature on any endpoint, as S3 over HTTPS does for a checksummed
       body: over HTTP (moto) botocore would hash each object (0.5 MB for 10,000 events, 0.3 ms
