@@ -183,15 +183,17 @@ def ledger_text(
         raise ValueError("an event without its text, or a text without its event")
     at = format_timestamp(delivered_at)
     heads = _heads(at, request_id, rules, event_names or ())
-    if len(set(heads.values())) != 1:
+    shared = _shared(heads)
+    if shared is None:
         # each event's head by its own name (no names given, or their meters' keys differ)
         heads = _heads(at, request_id, rules, set(map(_NAME, events)))
-    if calls is not None and len(set(heads.values())) == 1 and _in_order(calls, len(events)):
-        return _lines_of_calls(events, message_ids, next(iter(heads.values())), texts, calls)
+        shared = _shared(heads)
+    if calls is not None and shared is not None and _in_order(calls, len(events)):
+        return _lines_of_calls(events, message_ids, shared, texts, calls)
     if texts is None:
         texts = _texts(events)
     parts: list[bytes] = []
-    for head, start, stop in _runs(events, heads):
+    for head, start, stop in _runs(events, heads, shared):
         parts += (
             head,
             _message_ids(message_ids[start:stop]),
@@ -205,23 +207,33 @@ def ledger_text(
 _NAME, _SOURCE = attrgetter("event_name"), attrgetter("source")
 
 
+def _shared(heads: dict[str, bytes]) -> bytes | None:
+    """The one head of all the events' meters (None: their payload keys differ, or none)."""
+    distinct = set(heads.values())
+    return distinct.pop() if len(distinct) == 1 else None
+
+
 def _runs(
-    events: Sequence[MeterEvent], heads: dict[str, bytes]
+    events: Sequence[MeterEvent], heads: dict[str, bytes], shared: bytes | None
 ) -> Iterator[tuple[bytes, int, int]]:
     """Each line's head and the positions of its events: runs of events of the same head, of
     EVENTS_PER_LINE at most."""
-    count = len(events)
-    if len(set(heads.values())) == 1:  # one set of payload keys, the usual batch
-        head = next(iter(heads.values()))
-        for start in range(0, count, EVENTS_PER_LINE):
-            yield head, start, min(start + EVENTS_PER_LINE, count)
+    if shared is not None:  # one set of payload keys, the usual batch
+        for start, stop in _spans(0, len(events)):
+            yield shared, start, stop
         return
     start = 0
     for head, run in groupby(map(heads.__getitem__, map(_NAME, events))):
         stop = start + sum(1 for _ in run)
-        for first in range(start, stop, EVENTS_PER_LINE):
-            yield head, first, min(first + EVENTS_PER_LINE, stop)
+        for first, last in _spans(start, stop):
+            yield head, first, last
         start = stop
+
+
+def _spans(start: int, stop: int) -> Iterator[tuple[int, int]]:
+    """Positions `start` to `stop` in spans of EVENTS_PER_LINE at most: a line's events."""
+    for first in range(start, stop, EVENTS_PER_LINE):
+        yield first, min(first + EVENTS_PER_LINE, stop)
 
 
 def _in_order(calls: Sequence[tuple[range, bytes]], count: int) -> bool:
@@ -343,8 +355,8 @@ def encode_events(lines: Iterable[LedgerLine]) -> bytes:
     grouped: list[DeliveredEvents] = []
     for head, run in groupby(lines, _LINE_HEAD):
         events = list(run)
-        for first in range(0, len(events), EVENTS_PER_LINE):
-            part = events[first : first + EVENTS_PER_LINE]
+        for first, last in _spans(0, len(events)):
+            part = events[first:last]
             ids, sent = [line.message_id for line in part], [line.event for line in part]
             grouped.append(DeliveredEvents(*head, ids, sent))
     return encode(grouped)
