@@ -4,6 +4,7 @@ the writer keeps to PutObject from then on. Against moto's S3 over real HTTP."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -129,6 +130,46 @@ def test_a_refused_presigned_put_is_made_by_put_object_and_the_writer_keeps_to_i
     second = write(writer, "req-2")
     assert refusing.requests == 1  # type: ignore[attr-defined]
     assert decompress(s3.get_object(Bucket=BUCKET, Key=second)["Body"].read()) == TEXT
+
+
+class _DroppingFirst(BaseHTTPRequestHandler):
+    """A proxy that drops the first request's connection unanswered, as S3 does with a kept
+    connection it closed, and answers the next as S3 taking the object."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_PUT(self) -> None:
+        server: Any = self.server
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        server.bodies.append(body)
+        if len(server.bodies) == 1:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def test_a_dropped_connection_is_tried_again_once_still_presigned(s3: Any) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DroppingFirst)
+    server.bodies = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        writer = LedgerWriter(BUCKET, "", s3, http=urllib3.ProxyManager(f"http://127.0.0.1:{port}"))
+        write(writer, "req-1")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    first, second = server.bodies  # type: ignore[attr-defined]
+    assert first == second
+    assert decompress(second) == TEXT
+    assert writer.presigned
 
 
 def test_presigned_urls_are_sigv4_and_regional_on_aws() -> None:

@@ -52,6 +52,9 @@ SUFFIX = ".jsonl.zst"  # Athena and DuckDB both read Zstandard JSON Lines by thi
 CONTENT_TYPE = "application/zstd"
 WRITE_ATTEMPTS = 3
 PRESIGNED_SECONDS = 60  # a presigned PUT's URL is used at once
+# a kept connection S3 closed while the environment was frozen fails the next PUT: sent again
+# once, on a new connection (a PUT of the same key and body may be repeated); no redirects
+_ONE_RETRY = urllib3.Retry(total=1, redirect=False)
 _S3_ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 EVENTS_PER_LINE = 100  # a stream call's worth
 COMPRESS_LEVEL = 1  # the hot path's CPU: level 3 took twice the time here, for no smaller object
@@ -471,7 +474,7 @@ class LedgerWriter:
             body=body,
             headers=headers,
             timeout=urllib3.Timeout(connect=5.0, read=max(0.1, seconds)),
-            retries=False,
+            retries=_ONE_RETRY,
         )
         if answer.status != 200:
             code = _S3_ERROR_CODE.search(answer.data)
