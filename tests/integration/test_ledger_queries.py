@@ -14,7 +14,7 @@ import requests
 
 from meter_relay import ledger_sql
 from meter_relay.events import MeterKeys
-from meter_relay.ledger import LedgerLine, StripeEvent, line_of
+from meter_relay.ledger import LedgerLine, StripeEvent, delivered_events, line_of
 from meter_relay.ledger_engines import AthenaEngine, DuckDbEngine, QueryFailed
 from meter_relay.ledger_queries import LedgerQueries, Totals
 from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS
@@ -60,7 +60,7 @@ def ledger(aws: AwsEnv) -> LedgerBucket:
 
 
 def deliver(ledger: LedgerBucket, when: datetime, request: str, *lines: LedgerLine) -> None:
-    ledger.put(EVENTS, when, request, list(lines))
+    ledger.put(EVENTS, when, request, delivered_events(lines))
 
 
 def queries(ledger: LedgerBucket) -> LedgerQueries:

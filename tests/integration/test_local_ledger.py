@@ -17,7 +17,7 @@ from devkit.local_error_reports import StripeLetter
 from devkit.local_ledger import BUCKET, provision, reconcile_run, unknown_bodies
 from devkit.local_stack import Expected, MappingStats, account
 from meter_relay.events import MeterKeys, format_timestamp
-from meter_relay.ledger import StripeEvent, line_of
+from meter_relay.ledger import StripeEvent, delivered_events, line_of
 from meter_relay.ledger_sql import EVENTS
 from meter_relay.ledger_store import LedgerBucket
 from tests.integration.test_local_stack import _stream_events
@@ -42,7 +42,9 @@ def _sent_and_recorded(
     }
     _stream_events(emulator, [event])
     recorded = line_of(msgspec.convert(event, StripeEvent), MeterKeys(), stamp, "m-1", "r-1")
-    LedgerBucket(BUCKET, "", aws.client("s3")).put(EVENTS, began, "r-1", [recorded])
+    LedgerBucket(BUCKET, "", aws.client("s3")).put(
+        EVENTS, began, "r-1", delivered_events([recorded])
+    )
     return began, stamp, event
 
 

@@ -197,13 +197,8 @@ def ledger_text(
         texts = _texts(events)
     parts: list[bytes] = []
     for head, start, stop in _runs(events, heads, shared):
-        parts += (
-            head,
-            _message_ids(message_ids[start:stop]),
-            b',"events":[',
-            _events_text(texts, events, start, stop),
-            b"]}\n",
-        )
+        ids = _message_ids(message_ids[start:stop])
+        parts += _text_line(head, ids, texts, events, start, stop)
     return b"".join(parts)
 
 
@@ -269,8 +264,7 @@ def _lines_of_calls(
         else:
             if texts is None:
                 texts = _texts(events)
-            events_text = _events_text(texts, events, part.start, part.stop)
-            parts += (head, ids, b',"events":[', events_text, b"]}\n")
+            parts += _text_line(head, ids, texts, events, part.start, part.stop)
     return b"".join(parts)
 
 
@@ -281,13 +275,25 @@ def _message_ids(message_ids: Sequence[str]) -> bytes:
         return json.dumps(list(message_ids)).encode()
 
 
+def _text_line(
+    head: bytes,
+    ids: bytes,
+    texts: Sequence[str],
+    events: Sequence[MeterEvent],
+    start: int,
+    stop: int,
+) -> tuple[bytes, ...]:
+    """The parts of the line of events[start:stop] spliced from their texts."""
+    return (head, ids, b',"events":[', _events_text(texts, events, start, stop), b"]}\n")
+
+
 def _events_text(
     texts: Sequence[str], events: Sequence[MeterEvent], start: int, stop: int
 ) -> bytes:
     """The texts of events[start:stop], comma-separated, as UTF-8 (backslashreplace: a lone
     surrogate, only ever inside a JSON string, becomes its \\u escape)."""
     joined = ",".join(texts[start:stop])
-    if "\n" in joined or "\r" in joined:
+    if not _one_line(joined):
         joined = ",".join(
             text if _one_line(text) else event.stripe_text()
             for text, event in zip(texts[start:stop], events[start:stop], strict=True)
@@ -353,8 +359,9 @@ def encode(lines: Iterable[msgspec.Struct]) -> bytes:
     return compress(_ENCODER.encode_lines(list(lines)))
 
 
-def encode_events(lines: Iterable[LedgerLine]) -> bytes:
-    """Delivered events built as objects, as one compressed object of the forwarder's lines."""
+def delivered_events(lines: Iterable[LedgerLine]) -> list[DeliveredEvents]:
+    """Delivered events built as objects, in the forwarder's lines (what the other writers put
+    in the `events` table: tests, local tools)."""
     grouped: list[DeliveredEvents] = []
     for head, run in groupby(lines, _LINE_HEAD):
         events = list(run)
@@ -362,7 +369,12 @@ def encode_events(lines: Iterable[LedgerLine]) -> bytes:
             part = events[first:last]
             ids, sent = [line.message_id for line in part], [line.event for line in part]
             grouped.append(DeliveredEvents(*head, ids, sent))
-    return encode(grouped)
+    return grouped
+
+
+def encode_events(lines: Iterable[LedgerLine]) -> bytes:
+    """Delivered events built as objects, as one compressed object of the forwarder's lines."""
+    return encode(delivered_events(lines))
 
 
 _LINE_HEAD = attrgetter("delivered_at", "request_id", "customer_key", "value_key")

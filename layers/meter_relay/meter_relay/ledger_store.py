@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import msgspec
 from botocore.exceptions import BotoCoreError, ClientError
 
-from meter_relay.ledger import CONTENT_TYPE, SUFFIX, LedgerLine, encode, encode_events
+from meter_relay.ledger import CONTENT_TYPE, SUFFIX, LedgerLine, encode
 from meter_relay.ledger import decode as decode_events
 from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS, Table
 from meter_relay.observability import logger
@@ -88,14 +88,11 @@ class LedgerBucket:
     def put(
         self, table: Table, written_at: datetime, name: str, lines: Sequence[msgspec.Struct]
     ) -> str:
-        """One object of lines (compressed JSON Lines, as the forwarder writes: delivered
-        events, LedgerLines, in its lines of up to 100), tried a few times; its key, or
+        """One object of lines (compressed JSON Lines, as the forwarder writes; delivered events
+        as ledger.delivered_events groups them), tried a few times; its key, or
         LedgerUnavailable."""
         key = self.key(table, written_at, name)
-        if table is EVENTS:
-            body = encode_events(cast("Sequence[LedgerLine]", lines))
-        else:
-            body = encode(lines)
+        body = encode(lines)
         why = ""
         for attempt in range(WRITE_ATTEMPTS):
             try:
