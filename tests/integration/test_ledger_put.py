@@ -1,19 +1,26 @@
-"""The ledger's PUT (ledger.LedgerWriter): presigned by the S3 client and sent through urllib3,
-with exactly the headers it signed; a presigned PUT S3 refuses is made again by PutObject, and
-the writer keeps to PutObject from then on. Against moto's S3 over real HTTP."""
+"""The ledger's PUT (ledger.LedgerWriter): signed by botocore's SigV4 signer for S3 and sent
+through urllib3 to the object's URL as PutObject addresses it, with exactly the headers it
+signed; a signed PUT S3 refuses is made again by PutObject, and the writer keeps to PutObject
+from then on. Against moto's S3 over real HTTP, and a local server that checks the signature as
+S3 does (moto does not)."""
 
 from __future__ import annotations
 
+import base64
 import socket
 import threading
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+import boto3
 import pytest
 import urllib3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from meter_relay.forwarder import ledger_s3_config
 from meter_relay.ledger import CONTENT_TYPE, LedgerWriter, decompress, object_key
@@ -24,6 +31,7 @@ pytestmark = pytest.mark.integration
 BUCKET = "ledger-put"
 AT = datetime(2026, 12, 7, 11, 30, tzinfo=UTC)
 TEXT = b'{"delivered_at":"2026-12-07T11:30:00Z","events":[]}\n' * 500
+SECRET = Credentials("AKIDLEDGER", "ledger-secret", "a-session-token/with+odd=chars")
 
 
 class SentRequests(urllib3.PoolManager):
@@ -55,34 +63,141 @@ PROXY_VARIABLES = (
 )
 
 
-@pytest.fixture
-def s3(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in PROXY_VARIABLES:  # a developer's proxy would turn presigning off
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:  # a developer's proxy would turn the signed PUT off
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def s3(aws: AwsEnv) -> Any:
     client = aws.client("s3", ledger_s3_config())
     client.create_bucket(Bucket=BUCKET)
     return client
 
 
-def test_the_put_is_presigned_and_sends_exactly_what_it_signed(s3: Any) -> None:
-    """S3 refuses a presigned request whose signed headers it does not get as signed: the
-    content type and the body's CRC32, which S3 checks the object against."""
+def credentials(aws: AwsEnv) -> Credentials:
+    env = aws.env
+    return Credentials(
+        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_SESSION_TOKEN"]
+    )
+
+
+def test_the_signed_put_stores_the_object_with_its_type(aws: AwsEnv, s3: Any) -> None:
     http = SentRequests()
-    writer = LedgerWriter(BUCKET, "", s3, http=http)
+    writer = LedgerWriter(BUCKET, "", s3, credentials(aws), http=http)
 
     key = write(writer, "req-1")
 
-    ((method, url, headers),) = http.sent
-    query = parse_qs(urlsplit(url).query)
-    assert method == "PUT"
-    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
-    signed = set(query["X-Amz-SignedHeaders"][0].split(";"))
-    assert signed == {"host"} | {name.lower() for name in headers}
-    assert headers["Content-Type"] == CONTENT_TYPE
+    ((method, url, _),) = http.sent  # through urllib3, not PutObject
+    assert (method, url) == ("PUT", writer.object_url(key))
     stored = s3.get_object(Bucket=BUCKET, Key=key)
     assert decompress(stored["Body"].read()) == TEXT
     assert stored["ContentType"] == CONTENT_TYPE
-    assert writer.presigned
+    assert writer.signed
+
+
+class _CheckingSignatures(BaseHTTPRequestHandler):
+    """S3's side of a PUT, as far as the signature goes: the request as it came over the wire
+    (path, headers, body) is signed again with the secret key, by botocore's pure-Python SigV4
+    signer for S3 (the writer's is CRT's when installed), and must match the Authorization
+    header; the body must match its signed CRC32. Answers 200 or 403 SignatureDoesNotMatch."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_PUT(self) -> None:
+        server: Any = self.server
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        server.received.append((self.path, self.headers, body))  # any case
+        ok = (
+            _signature_matches(self.path, self.headers, server.secret)
+            and self.headers.get("x-amz-checksum-crc32")
+            == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+        )
+        answer = b"" if ok else b"<Error><Code>SignatureDoesNotMatch</Code></Error>"
+        self.send_response(200 if ok else 403)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def _signature_matches(path: str, headers: Any, secret: Credentials) -> bool:
+    authorization = headers.get("Authorization", "")
+    fields = dict(part.strip().split("=", 1) for part in authorization.split(" ", 1)[-1].split(","))
+    signed = fields["SignedHeaders"].split(";")
+    if "host" not in signed or "x-amz-content-sha256" not in signed:
+        return False
+    request = AWSRequest(
+        "PUT",
+        f"http://{headers['Host']}{path}",
+        headers={name: headers[name] for name in signed if name != "host"},
+    )
+    request.context["timestamp"] = headers["X-Amz-Date"]
+    signer = S3SigV4Auth(secret, "s3", "us-east-1")
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    return bool(fields["Signature"] == expected)
+
+
+@pytest.fixture
+def checking() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CheckingSignatures)
+    server.received = []  # type: ignore[attr-defined]
+    server.secret = SECRET  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def s3_at(endpoint: str, secret: Credentials = SECRET) -> Any:
+    session = boto3.session.Session(
+        aws_access_key_id=secret.access_key,
+        aws_secret_access_key=secret.secret_key,
+        aws_session_token=secret.token,
+        region_name="us-east-1",
+    )
+    return session.client("s3", endpoint_url=endpoint, config=ledger_s3_config({}))
+
+
+@pytest.mark.parametrize("prefix", ["", "team a/ledger=prod", "ünïcode~prefix"])
+def test_the_put_sends_exactly_what_it_signed(checking: ThreadingHTTPServer, prefix: str) -> None:
+    """S3 signs the request it receives again and refuses a mismatch: what urllib3 sent (the
+    path as encoded, the headers) is what botocore's signer signed, with the session token, the
+    content type and the body's CRC32 among the signed headers."""
+    endpoint = f"http://127.0.0.1:{checking.server_address[1]}"
+    writer = LedgerWriter(BUCKET, prefix, s3_at(endpoint), SECRET)
+
+    key = write(writer, "req-1")
+
+    ((path, headers, body),) = checking.received  # type: ignore[attr-defined]
+    assert writer.signed  # answered 200: the signature and the checksum matched
+    assert f"http://127.0.0.1:{checking.server_address[1]}{path}" == writer.object_url(key)
+    assert headers["Content-Type"] == CONTENT_TYPE
+    assert headers["X-Amz-Security-Token"] == SECRET.token
+    assert headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
+    signed = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert {"content-type", "x-amz-checksum-crc32", "x-amz-security-token"} <= set(signed)
+    assert decompress(body) == TEXT
+
+
+def test_a_put_signed_with_another_key_is_refused_and_made_by_put_object(
+    checking: ThreadingHTTPServer,
+) -> None:
+    """The check above can fail: a writer whose credentials are not the secret S3 knows is
+    refused (and falls back to PutObject, refused the same way here: a ledger gap)."""
+    endpoint = f"http://127.0.0.1:{checking.server_address[1]}"
+    wrong = Credentials("AKIDLEDGER", "another-secret", SECRET.token)
+    writer = LedgerWriter(BUCKET, "", s3_at(endpoint, wrong), wrong, sleep=lambda _: None)
+
+    future = writer.start(TEXT, AT, "req-1", lambda: 10.0)
+    assert future is not None
+    with pytest.raises(Exception, match="was not written"):
+        future.result(timeout=30)
+    assert not writer.signed
 
 
 class _Refusing(BaseHTTPRequestHandler):
@@ -113,19 +228,20 @@ def refusing() -> Iterator[ThreadingHTTPServer]:
     server.server_close()
 
 
-def test_a_refused_presigned_put_is_made_by_put_object_and_the_writer_keeps_to_it(
-    s3: Any, refusing: ThreadingHTTPServer, caplog: pytest.LogCaptureFixture
+def test_a_refused_signed_put_is_made_by_put_object_and_the_writer_keeps_to_it(
+    aws: AwsEnv, s3: Any, refusing: ThreadingHTTPServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = refusing.server_address[1]
-    writer = LedgerWriter(BUCKET, "p", s3, http=urllib3.ProxyManager(f"http://127.0.0.1:{port}"))
+    proxy = urllib3.ProxyManager(f"http://127.0.0.1:{port}")
+    writer = LedgerWriter(BUCKET, "p", s3, credentials(aws), http=proxy)
 
     first = write(writer, "req-1")
 
     assert refusing.requests == 1  # type: ignore[attr-defined]
     assert decompress(s3.get_object(Bucket=BUCKET, Key=first)["Body"].read()) == TEXT
-    assert not writer.presigned
-    (warning,) = [r for r in caplog.records if "presigned PUT failed" in r.getMessage()]
-    assert warning.why == "PresignedPutRefused: 403 AccessDenied"  # type: ignore[attr-defined]
+    assert not writer.signed
+    (warning,) = [r for r in caplog.records if "signed PUT failed" in r.getMessage()]
+    assert warning.why == "SignedPutRefused: 403 AccessDenied"  # type: ignore[attr-defined]
 
     second = write(writer, "req-2")
     assert refusing.requests == 1  # type: ignore[attr-defined]
@@ -154,13 +270,14 @@ class _DroppingFirst(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_dropped_connection_is_tried_again_once_still_presigned(s3: Any) -> None:
+def test_a_dropped_connection_is_tried_again_once_still_signed(aws: AwsEnv, s3: Any) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _DroppingFirst)
     server.bodies = []  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         port = server.server_address[1]
-        writer = LedgerWriter(BUCKET, "", s3, http=urllib3.ProxyManager(f"http://127.0.0.1:{port}"))
+        proxy = urllib3.ProxyManager(f"http://127.0.0.1:{port}")
+        writer = LedgerWriter(BUCKET, "", s3, credentials(aws), http=proxy)
         write(writer, "req-1")
     finally:
         server.shutdown()
@@ -169,22 +286,47 @@ def test_a_dropped_connection_is_tried_again_once_still_presigned(s3: Any) -> No
     first, second = server.bodies  # type: ignore[attr-defined]
     assert first == second
     assert decompress(second) == TEXT
-    assert writer.presigned
+    assert writer.signed
 
 
-def test_presigned_urls_are_sigv4_and_regional_on_aws() -> None:
-    """botocore's defaults would presign with SigV2, for S3's global endpoint."""
-    import boto3
+class _Sent(Exception):
+    """Stops PutObject once botocore has built its request."""
 
+
+def put_object_url(s3: Any, bucket: str, key: str) -> str:
+    """The URL botocore's PutObject sends `key` to (caught before it is sent)."""
+
+    def stop(request: Any, **_: Any) -> None:
+        raise _Sent(request.url)
+
+    s3.meta.events.register_first("before-send.s3.PutObject", stop)
+    with pytest.raises(_Sent) as sent:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    return str(sent.value)
+
+
+KEYS = ["events/dt=2026-12-07/hour=11/req-1.jsonl.zst", "team a/ünï+cøde~/events/k=1&x.zst"]
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize(
+    "endpoint", [None, "http://localhost:4566", "http://127.0.0.1:5000", "https://s3.example.com"]
+)
+def test_the_object_url_is_where_put_object_sends_it(endpoint: str | None, key: str) -> None:
+    """On AWS a regional virtual-hosted URL (botocore's defaults would presign, and so address
+    the bucket by, S3's global endpoint); on a custom endpoint, botocore's own addressing."""
     session = boto3.session.Session(
         aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret", region_name="eu-west-1"
     )
-    s3 = session.client("s3", config=ledger_s3_config({}))
-    url = s3.generate_presigned_url(
-        "put_object", Params={"Bucket": "my-ledger", "Key": "events/k"}, ExpiresIn=60
-    )
-    assert url.startswith("https://my-ledger.s3.eu-west-1.amazonaws.com/events/k?")
-    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url
+    environ = {"AWS_ENDPOINT_URL": endpoint} if endpoint else {}
+    s3 = session.client("s3", endpoint_url=endpoint, config=ledger_s3_config(environ))
+    writer = LedgerWriter("my-ledger", "", s3, session.get_credentials())
+
+    url = writer.object_url(key)
+
+    assert url == put_object_url(s3, "my-ledger", key)
+    if endpoint is None:
+        assert url.startswith("https://my-ledger.s3.eu-west-1.amazonaws.com/")
 
 
 def test_a_custom_endpoint_keeps_botocores_addressing() -> None:
@@ -197,16 +339,16 @@ def test_a_custom_endpoint_keeps_botocores_addressing() -> None:
 
 
 def test_with_a_proxy_configured_every_put_is_put_object(
-    s3: Any, monkeypatch: pytest.MonkeyPatch
+    aws: AwsEnv, s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """botocore sends through a proxy set in the environment; the presigned PUT would not."""
+    """botocore sends through a proxy set in the environment; the signed PUT would not."""
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     http = SentRequests()
-    writer = LedgerWriter(BUCKET, "", s3, http=http)
+    writer = LedgerWriter(BUCKET, "", s3, credentials(aws), http=http)
     monkeypatch.delenv("HTTPS_PROXY")  # moto is not behind it
 
     key = write(writer, "req-1")
 
-    assert not writer.presigned
+    assert not writer.signed
     assert http.sent == []
     assert decompress(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()) == TEXT

@@ -50,7 +50,7 @@ def test_each_delivered_event_is_recorded_once_with_where_it_came_from(
     with relay.forwarder(env={"METER_KEYS": keys}) as forwarder:
         invocation = forwarder.invoke(sqs_event)
     assert failures(invocation, sqs_event) == set()
-    assert "presigned PUT failed" not in capfd.readouterr().out  # no PutObject in its place
+    assert "signed PUT failed" not in capfd.readouterr().out  # no PutObject in its place
 
     objects = ledger_objects(relay)
     (key,) = objects

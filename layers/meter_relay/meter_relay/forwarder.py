@@ -67,16 +67,18 @@ MIN_RUN_READ_TOGETHER = 25  # records: a shorter run of single events, the rest 
 
 
 def ledger_s3_config(environ: Mapping[str, str] = os.environ) -> Config:
-    """The ledger's S3 client: it presigns the ledger's PUTs (ledger.LedgerWriter).
+    """The ledger's S3 client: the ledger's PUTs go to the bucket's URL as it addresses it and
+    are signed as it signs them (ledger.LedgerWriter), else made by its PutObject.
 
-    - SigV4: botocore presigns S3 URLs with SigV2 unless told.
+    - SigV4: botocore presigns S3 URLs (the bucket's URL is found from one) with SigV2 unless
+      told.
     - Virtual-hosted regional URLs on AWS: in botocore's automatic addressing, a presigned URL
       names S3's global endpoint, which answers a bucket's requests with a redirect for up to a
       day after it is created. PutObject is addressed to the bucket's Region on AWS anyway. A
       custom endpoint (AWS_ENDPOINT_URL: moto, the local stack) keeps botocore's choice.
     - The body out of the signature on any endpoint, as S3 over HTTPS does for a checksummed
       body: over HTTP (moto) botocore would hash each object (0.5 MB for 10,000 events, 0.3 ms
-      of CPU) into a PutObject's signature, a cost the deployed forwarder never pays."""
+      of CPU) into the signature, a cost the deployed forwarder never pays."""
     custom = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
     addressing: Literal["auto", "virtual"] = "auto" if custom else "virtual"
     s3 = Config(
@@ -144,7 +146,9 @@ class Forwarder:
         ledger = None
         if config.ledger_bucket:
             s3 = session.client("s3", config=ledger_s3_config())
-            ledger = LedgerWriter(config.ledger_bucket, config.ledger_prefix, s3)
+            ledger = LedgerWriter(
+                config.ledger_bucket, config.ledger_prefix, s3, session.get_credentials()
+            )
         return cls(config, delivery, dead_letters, tokens, catalog, ledger)
 
     def _record(

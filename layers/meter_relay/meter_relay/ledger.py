@@ -33,13 +33,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from itertools import groupby
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.request import getproxies
 
 import certifi
 import msgspec
 import urllib3
+from botocore.auth import AUTH_TYPE_MAPS
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.utils import percent_encode
 
 from meter_relay.events import MeterEvent, MeterKeys, ValidationRules, format_timestamp
 from meter_relay.observability import logger
@@ -51,7 +55,6 @@ EVENTS_PREFIX = "events"
 SUFFIX = ".jsonl.zst"  # Athena and DuckDB both read Zstandard JSON Lines by this extension
 CONTENT_TYPE = "application/zstd"
 WRITE_ATTEMPTS = 3
-PRESIGNED_SECONDS = 60  # a presigned PUT's URL is used at once
 # a kept connection S3 closed while the environment was frozen fails the next PUT: sent again
 # once, on a new connection (a PUT of the same key and body may be repeated); no redirects
 _ONE_RETRY = urllib3.Retry(total=1, redirect=False)
@@ -392,20 +395,23 @@ class LedgerWriter:
     """Puts an invocation's ledger object in S3 on a thread of its own (`start`), and `wait`s
     for it within the time the invocation has left.
 
-    The PUT is presigned by the S3 client (its credentials, SigV4, endpoint; the body's CRC32
-    signed as S3 checks it) and sent through a urllib3 pool of its own, verifying TLS as botocore
-    does: botocore's PutObject took nearly twice its CPU in the forwarder (about 5,500 Python
-    calls a request, its code out of the CPU's cache since the last batch: 2.2-2.5 ms against
-    1.3-1.45 ms, thread CPU in the bench's forwarder). A presigned PUT that fails for any reason
-    is made again at once by PutObject, with botocore's retries, and the writer keeps to
-    PutObject from then on: a refused presigned PUT costs a request, never an object. With a
-    proxy configured, which botocore would use, every PUT is PutObject."""
+    The PUT is signed by botocore's own SigV4 signer for S3 (the one PutObject uses; the content
+    type and the body's CRC32 signed, which S3 checks the object against) and sent through a
+    urllib3 pool of its own, verifying TLS as botocore does, to the bucket's URL as the S3 client
+    addresses it (found once). botocore's PutObject took nearly twice its CPU in the forwarder
+    (about 5,500 Python calls a request, its code out of the CPU's cache since the last batch),
+    and a presigned URL, the way before, half of it again: building it is an operation call
+    without the sending. A signed PUT that fails for any reason is made again at once by
+    PutObject, with botocore's retries, and the writer keeps to PutObject from then on: a
+    refused PUT costs a request, never an object. With a proxy configured, which botocore would
+    use, every PUT is PutObject."""
 
     def __init__(
         self,
         bucket: str,
         prefix: str,
         s3: S3Client,
+        credentials: Credentials | None,
         *,
         http: urllib3.PoolManager | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -413,10 +419,12 @@ class LedgerWriter:
         self.bucket = bucket
         self.prefix = prefix
         self._s3 = s3
+        self._credentials = credentials  # the S3 client's: its session's
         self._http = http if http is not None else _s3_pool()
         self._sleep = sleep
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="ledger")
-        self.presigned = not getproxies()  # until a presigned PUT fails
+        self._bucket_url: str | None = None
+        self.signed = not getproxies()  # until a signed PUT fails
 
     def start(
         self,
@@ -450,14 +458,14 @@ class LedgerWriter:
         )
 
     def _put(self, key: str, body: bytes, checksum: str, seconds: float) -> None:
-        if self.presigned:
+        if self.signed:
             try:
-                self._put_presigned(key, body, checksum, seconds)
+                self._put_signed(key, body, checksum, seconds)
                 return
-            except (BotoCoreError, urllib3.exceptions.HTTPError, PresignedPutRefused) as failure:
-                self.presigned = False
+            except (BotoCoreError, urllib3.exceptions.HTTPError, SignedPutRefused) as failure:
+                self.signed = False
                 logger.warning(
-                    "ledger: a presigned PUT failed; PutObject from now on",
+                    "ledger: a signed PUT failed; PutObject from now on",
                     extra={"key": key, "why": f"{type(failure).__name__}: {failure}"},
                 )
         self._s3.put_object(
@@ -468,31 +476,50 @@ class LedgerWriter:
             ChecksumCRC32=checksum,
         )
 
-    def _put_presigned(self, key: str, body: bytes, checksum: str, seconds: float) -> None:
-        headers = {"Content-Type": CONTENT_TYPE, "x-amz-checksum-crc32": checksum}
-        url = self._s3.generate_presigned_url(
-            "put_object",
-            Params={
-                "Bucket": self.bucket,
-                "Key": key,
-                "ContentType": CONTENT_TYPE,
-                "ChecksumCRC32": checksum,
-            },
-            ExpiresIn=PRESIGNED_SECONDS,
+    def object_url(self, key: str) -> str:
+        """Where PutObject would put `key`: the bucket's URL as the S3 client addresses it
+        (regional and virtual-hosted on AWS; botocore's choice on a custom endpoint), found once
+        from a URL the client presigns, and the key encoded as botocore encodes it."""
+        if self._bucket_url is None:
+            probe = self._s3.generate_presigned_url(
+                "put_object", Params={"Bucket": self.bucket, "Key": _PROBE}, ExpiresIn=1
+            )
+            url = probe.partition("?")[0]
+            if not url.endswith("/" + _PROBE):
+                raise SignedPutRefused(f"no object URL from the S3 client: {url}")
+            self._bucket_url = url[: -len(_PROBE)]
+        return self._bucket_url + str(percent_encode(key, safe="/~"))
+
+    def signed_headers(self, url: str, checksum: str) -> dict[str, str]:
+        """A PUT's headers signed by botocore's SigV4 signer for S3 (the one PutObject uses),
+        the body unsigned (UNSIGNED-PAYLOAD, as the client's config has it): its CRC32 is."""
+        request = AWSRequest(
+            "PUT", url, headers={"Content-Type": CONTENT_TYPE, "x-amz-checksum-crc32": checksum}
         )
+        request.context["client_config"] = self._s3.meta.config
+        credentials = self._credentials.get_frozen_credentials() if self._credentials else None
+        signer: Any = AUTH_TYPE_MAPS["s3v4"]  # CRT's when installed, as botocore chooses
+        signer(credentials, "s3", self._s3.meta.region_name).add_auth(request)
+        return dict(request.headers.items())
+
+    def _put_signed(self, key: str, body: bytes, checksum: str, seconds: float) -> None:
+        url = self.object_url(key)
         answer = self._http.request(
             "PUT",
             url,
             body=body,
-            headers=headers,
+            headers=self.signed_headers(url, checksum),
             timeout=urllib3.Timeout(connect=5.0, read=max(0.1, seconds)),
             retries=_ONE_RETRY,
         )
         if answer.status != 200:
             code = _S3_ERROR_CODE.search(answer.data)
-            raise PresignedPutRefused(
+            raise SignedPutRefused(
                 f"{answer.status} {code.group(1).decode() if code else answer.reason}"
             )
+
+
+_PROBE = "probe"
 
 
 def _s3_pool() -> urllib3.PoolManager:
@@ -502,8 +529,8 @@ def _s3_pool() -> urllib3.PoolManager:
     )
 
 
-class PresignedPutRefused(Exception):
-    """S3 did not take a presigned PUT (its status and error code)."""
+class SignedPutRefused(Exception):
+    """S3 did not take a signed PUT (its status and error code)."""
 
 
 class LedgerGap(Exception):
