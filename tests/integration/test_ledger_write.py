@@ -83,27 +83,29 @@ def test_each_delivered_event_is_recorded_once_with_where_it_came_from(
 
 
 @pytest.mark.parametrize("one_read_apart", [False, True], ids=["usual", "one-read-apart"])
+@pytest.mark.parametrize("records", [5, 250])
 def test_a_batch_of_single_events_records_each_with_its_own_message(
-    relay: Relay, one_read_apart: bool
+    relay: Relay, one_read_apart: bool, records: int
 ) -> None:
-    """The usual batch (a record, an event, all delivered) takes the message ids as read; so
-    does one with a record read on its own amid the run judged together (a text holding a key
-    twice, sent as the event judged rather than as it is): it keeps its place."""
+    """The usual batch (a record, an event, all delivered) takes the message ids as read
+    (encoded 100 at a time as they are read: 250 records are three such spans); so does one
+    with a record read on its own amid the run judged together (a text holding a key twice,
+    sent as the event judged rather than as it is): it keeps its place."""
     relay.put_session()
     now = format_timestamp(datetime.now(UTC))
     bodies: list[Any] = [
         json.dumps({**event(f"single-{n}", f"cus_{n}", str(n + 1)), "timestamp": now})
-        for n in range(5)
+        for n in range(records)
     ]
     if one_read_apart:
         bodies[2] = '{"event_name": "other", ' + bodies[2][1:]  # the later event_name wins
-    message_ids = [f"m-single-{n}" for n in range(5)]
+    message_ids = [f"m-single-{n}" for n in range(records)]
     with relay.forwarder() as forwarder:
         invocation = forwarder.invoke(relay.sqs_event(bodies, message_ids))
     assert invocation.ok
     (lines,) = ledger_objects(relay).values()
     assert [(line.identifier, line.message_id, line.value, line.event_name) for line in lines] == [
-        (f"single-{n}", f"m-single-{n}", str(n + 1), "api_requests") for n in range(5)
+        (f"single-{n}", f"m-single-{n}", str(n + 1), "api_requests") for n in range(records)
     ]
 
 

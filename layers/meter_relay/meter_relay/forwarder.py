@@ -54,7 +54,7 @@ from meter_relay.events import (
     ValidationRules,
     format_timestamp,
 )
-from meter_relay.ledger import LedgerWriter, ledger_text
+from meter_relay.ledger import EVENTS_PER_LINE, LedgerWriter, encode_message_ids, ledger_text
 from meter_relay.ledger import wait as wait_for_ledger
 from meter_relay.observability import add_samples, logger, metrics
 from meter_relay.session import LambdaRefresher, SessionStore, SessionTokenSource, TokenStats
@@ -64,6 +64,9 @@ type EventTag = tuple[int, int]  # (message, index of the event in it)
 _METER_CODES = frozenset({ErrorCode.NO_METER, ErrorCode.ARCHIVED_METER})
 _MESSAGE_ID, _BODY = itemgetter("messageId"), itemgetter("body")
 MIN_RUN_READ_TOGETHER = 25  # records: a shorter run of single events, the rest one by one
+# records read at a time: a stream call's worth, and a ledger line's (their ids encoded together)
+READ_TOGETHER = MAX_EVENTS_PER_CALL
+assert READ_TOGETHER % EVENTS_PER_LINE == 0
 
 
 def ledger_s3_config(environ: Mapping[str, str] = os.environ) -> Config:
@@ -164,10 +167,11 @@ class Forwarder:
             return None
         by_record = batch.message_ids
         tags, events = report.delivered_events()
-        texts = None
+        texts = encoded_ids = None
         if len(tags) == len(by_record) and not batch.envelopes and not batch.read_in_full:
             message_ids = by_record  # a record, an event, each delivered: in the same order
             texts = batch.usual_texts  # each event's text its record's body, if all were usual
+            encoded_ids = batch.encoded_ids
         else:
             message_ids = [by_record[m] for m, _ in tags]
         now = datetime.now(UTC)
@@ -175,7 +179,9 @@ class Forwarder:
         # every event delivered was judged by the short path when nothing was read in full
         names = None if batch.read_in_full else batch.judge.event_names()
         calls = report.delivered_bodies()
-        text = ledger_text(events, message_ids, rules, now, request_id, names, texts, calls)
+        text = ledger_text(
+            events, message_ids, rules, now, request_id, names, texts, calls, encoded_ids
+        )
         return self.ledger.start(text, now, request_id, time_left)
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -206,7 +212,7 @@ class Forwarder:
             self.catalog.begin_invocation(time_left)
             catalog = self.catalog.current()
             rules = rules.with_meters(catalog.meters if catalog is not None else None)
-        batch = Batch(records, Judge(rules, datetime.now(UTC)))
+        batch = Batch(records, Judge(rules, datetime.now(UTC)), self.ledger is not None)
         run: DeliveryRun[EventTag] = self.delivery.start(remaining)
         batch.read_into(run)
         if batch.refused_for_their_meter() and self.catalog is not None:
@@ -302,12 +308,17 @@ class Batch:
     is kept in full (`read_in_full`), with each event's verdict.
     """
 
-    def __init__(self, records: list[dict[str, Any]], judge: Judge) -> None:
+    def __init__(
+        self, records: list[dict[str, Any]], judge: Judge, encode_ids: bool = False
+    ) -> None:
         self.records = records
         self.judge = judge
         self.read_in_full: dict[int, ParsedMessage] = {}
         self.envelopes: dict[int, int] = {}  # envelopes of valid events only: their sizes
         self.message_ids: list[str] = []  # by record, taken while reading (for the ledger)
+        # `encode_ids` (the ledger is on): message_ids as the ledger's lines hold them, encoded
+        # while in the CPU's cache (ledger.encode_message_ids)
+        self.encoded_ids: list[bytes] | None = [] if encode_ids else None
         # by record, while every record read was usual: its one event's text (for the ledger,
         # which need not then read 10,000 events it has not touched since their calls)
         self.usual_texts: list[str] | None = []
@@ -317,10 +328,12 @@ class Batch:
         """Read each record and add its valid events to `run` as they come (the network works
         while the rest of the batch is read), a stream call's worth of records at a time."""
         records = self.records
-        for start in range(0, len(records), MAX_EVENTS_PER_CALL):
-            part = records[start : start + MAX_EVENTS_PER_CALL]
+        for start in range(0, len(records), READ_TOGETHER):
+            part = records[start : start + READ_TOGETHER]
             message_ids = list(map(_MESSAGE_ID, part))
             self.message_ids.extend(message_ids)
+            if self.encoded_ids is not None:
+                self.encoded_ids += encode_message_ids(message_ids)
             try:
                 bodies = list(map(_BODY, part))
             except KeyError:  # a record without a body

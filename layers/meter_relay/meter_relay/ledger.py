@@ -164,6 +164,7 @@ def ledger_text(
     event_names: Collection[str] | None = None,
     texts: Sequence[str] | None = None,
     calls: Sequence[tuple[range, bytes]] | None = None,
+    encoded_ids: Sequence[bytes] | None = None,
 ) -> bytes:
     """The JSON Lines of events delivered, each with the SQS message id it came from: a line
     is up to EVENTS_PER_LINE events whose meters read the same payload keys, spliced from their
@@ -182,7 +183,10 @@ def ledger_text(
     their meters share their payload keys, as they usually do, no event is read for its head.
     `texts`: the events' texts as sent, when known without reading them (each record's body,
     for a batch of single events that were all usual: 0.7 ms of the ledger's 2 on the
-    handler's thread, 10,000 events read again after their calls)."""
+    handler's thread, 10,000 events read again after their calls).
+    `encoded_ids`: `message_ids` encoded EVENTS_PER_LINE at a time (encode_message_ids), when
+    they were encoded while the batch was read and its ids were in the CPU's cache (0.1 ms
+    against 0.3 for 10,000 ids encoded here, untouched since they were read)."""
     if len(message_ids) != len(events):
         raise ValueError("an event without its message id, or a message id without its event")
     if texts is not None and len(texts) != len(events):
@@ -194,14 +198,14 @@ def ledger_text(
         # each event's head by its own name (no names given, or their meters' keys differ)
         heads = _heads(at, request_id, rules, set(map(_NAME, events)))
         shared = _shared(heads)
+    ids = _Ids(message_ids, encoded_ids)
     if calls is not None and shared is not None and _in_order(calls, len(events)):
-        return _lines_of_calls(events, message_ids, shared, texts, calls)
+        return _lines_of_calls(events, ids, shared, texts, calls)
     if texts is None:
         texts = _texts(events)
     parts: list[bytes] = []
     for head, start, stop in _runs(events, heads, shared):
-        ids = _message_ids(message_ids[start:stop])
-        parts += _text_line(head, ids, texts, events, start, stop)
+        parts += _text_line(head, ids.of(start, stop), texts, events, start, stop)
     return b"".join(parts)
 
 
@@ -252,7 +256,7 @@ _BODY_START = b'{"events":['
 
 def _lines_of_calls(
     events: Sequence[MeterEvent],
-    message_ids: Sequence[str],
+    message_ids: _Ids,
     head: bytes,
     texts: Sequence[str] | None,
     calls: Sequence[tuple[range, bytes]],
@@ -261,7 +265,7 @@ def _lines_of_calls(
     break: its events' texts, a pretty-printed one encoded compactly)."""
     parts: list[bytes | memoryview] = []
     for part, body in calls:
-        ids = _message_ids(message_ids[part.start : part.stop])
+        ids = message_ids.of(part.start, part.stop)
         if body.startswith(_BODY_START) and b"\n" not in body and b"\r" not in body:
             parts += (head, ids, b",", memoryview(body)[1:], b"\n")  # "events":[...]}
         else:
@@ -276,6 +280,30 @@ def _message_ids(message_ids: Sequence[str]) -> bytes:
         return _ENCODER.encode(message_ids)
     except UnicodeEncodeError:  # a lone surrogate: json's \u escape
         return json.dumps(list(message_ids)).encode()
+
+
+def encode_message_ids(message_ids: Sequence[str]) -> list[bytes]:
+    """Message ids as a line holds them, EVENTS_PER_LINE at a time (ledger_text's
+    `encoded_ids`, a batch's records read EVENTS_PER_LINE at a time)."""
+    return [_message_ids(message_ids[start:stop]) for start, stop in _spans(0, len(message_ids))]
+
+
+class _Ids:
+    """A line's message ids, encoded: taken from `encoded` (encode_message_ids of all the ids)
+    when the line's events are one of its spans, else encoded here."""
+
+    def __init__(self, message_ids: Sequence[str], encoded: Sequence[bytes] | None) -> None:
+        self.message_ids = message_ids
+        spans = -(-len(message_ids) // EVENTS_PER_LINE)
+        self.encoded = encoded if encoded is not None and len(encoded) == spans else None
+
+    def of(self, start: int, stop: int) -> bytes:
+        span = start % EVENTS_PER_LINE == 0 and stop == min(
+            start + EVENTS_PER_LINE, len(self.message_ids)
+        )
+        if self.encoded is not None and span:
+            return self.encoded[start // EVENTS_PER_LINE]
+        return _message_ids(self.message_ids[start:stop])
 
 
 def _text_line(

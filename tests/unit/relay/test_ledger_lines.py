@@ -19,6 +19,7 @@ from meter_relay.ledger import (
     decode,
     decompress,
     encode_events,
+    encode_message_ids,
     ledger_text,
     line_of,
 )
@@ -381,3 +382,56 @@ def test_calls_of_meters_with_other_payload_keys_are_written_from_their_events()
     text = ledger_text(events, ["m-1", "m-2"], RULES, AT, "r", calls=calls)
     assert text == ledger_text(events, ["m-1", "m-2"], RULES, AT, "r")
     assert [line["customer_key"] for line in read_back(text)] == ["stripe_customer_id", "account"]
+
+
+@given(
+    st.integers(min_value=1, max_value=3 * EVENTS_PER_LINE + 7),
+    st.lists(st.integers(min_value=1, max_value=EVENTS_PER_LINE), min_size=1, max_size=8),
+    st.sampled_from(["one-meter", "two-meters", "no-calls"]),
+    st.booleans(),
+)
+def test_message_ids_encoded_while_read_make_the_same_lines(
+    count: int, sizes: list[int], mix: str, surrogate: bool
+) -> None:
+    """The forwarder encodes a batch's message ids while it reads them, a line's worth at a
+    time (encode_message_ids): a line whose events are one of those spans takes its encoding,
+    any other (a split call, another meter's run) is encoded then; the lines are the same."""
+    events = []
+    for n in range(count):
+        if mix == "two-meters" and n % 7 == 3:
+            event = meter_event("searches", {"account": f"a{n}", "calls": "2"}, f"e{n}", None)
+        else:
+            payload = {"stripe_customer_id": f"c{n}", "value": "1"}
+            event = meter_event("api_requests", payload, f"e{n}", None)
+        event.source = stripe_text(event)
+        events.append(event)
+    message_ids = [f"m-{n}" for n in range(count)]
+    if surrogate:
+        message_ids[count // 2] = "m-\udc80"
+    parts, start = [], 0
+    for size in sizes * (count // sum(sizes) + 1):
+        if start < count:
+            parts.append(range(start, min(start + size, count)))
+            start = parts[-1].stop
+    calls = None
+    if mix != "no-calls":
+        calls = [(part, stream_body(events[part.start : part.stop])) for part in parts]
+
+    def text(encoded: list[bytes] | None) -> bytes:
+        return ledger_text(events, message_ids, RULES, AT, "r", calls=calls, encoded_ids=encoded)
+
+    plain = text(None)
+    assert text(encode_message_ids(message_ids)) == plain
+    assert text(encode_message_ids(message_ids)[:-1]) == plain  # not one per span: not used
+    lines = read_back(plain)
+    assert [i for line in lines for i in line["message_ids"]] == message_ids
+
+
+def test_encoded_message_ids_are_a_lines_worth_at_a_time() -> None:
+    ids = [f"m-{n}" for n in range(2 * EVENTS_PER_LINE + 1)]
+    encoded = encode_message_ids(ids)
+    assert [json.loads(part) for part in encoded] == [
+        ids[:EVENTS_PER_LINE],
+        ids[EVENTS_PER_LINE : 2 * EVENTS_PER_LINE],
+        ids[-1:],
+    ]
