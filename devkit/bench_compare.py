@@ -58,7 +58,8 @@ def checkout(other: str) -> Iterator[Path]:
 def describe(shape: str, increase: Increase) -> str:
     return (
         f"{shape}: CPU per event {increase.median:+.1%} against the other "
-        f"(middle half {increase.low:+.1%} to {increase.high:+.1%}, {increase.rounds} rounds)"
+        f"(95% confidence {increase.confidence[0]:+.1%} to {increase.confidence[1]:+.1%}; "
+        f"middle half {increase.low:+.1%} to {increase.high:+.1%}, {increase.rounds} rounds)"
     )
 
 

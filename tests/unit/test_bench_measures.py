@@ -4,12 +4,19 @@ and a small cost is measured in paired rounds. (Speed itself is never asserted i
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import sys
 from pathlib import Path
 
 import pytest
 
-from devkit.bench import Contestant, paired_increase, precompile_project, race_pair
+from devkit.bench import (
+    Contestant,
+    median_confidence,
+    paired_increase,
+    precompile_project,
+    race_pair,
+)
 
 
 def test_the_project_modules_are_compiled_even_where_python_writes_no_bytecode(
@@ -50,6 +57,19 @@ def test_the_middle_half_spans_the_rounds_between_the_quartiles() -> None:
     assert 0.01 < increase.low < 0.10 < increase.high < 0.50
     one = paired_increase([1.0], [1.2])
     assert (one.median, one.low, one.high) == pytest.approx((0.2, 0.2, 0.2))
+
+
+def test_the_medians_confidence_is_the_order_statistics_about_the_middle() -> None:
+    """100 rounds: the 40th and 61st increases in order (n/2 -+ 0.98 sqrt(n)), whatever the
+    order the rounds came in; more rounds, a narrower interval about the same median."""
+    increases = [n / 100 for n in range(100)]
+    assert median_confidence(increases[::-1]) == (0.39, 0.60)
+    many = [n / 400 for n in range(400)]
+    low, high = median_confidence(many)
+    assert 0.39 < low < statistics.median(many) < high < 0.60
+    assert median_confidence([0.2]) == (0.2, 0.2)
+    increase = paired_increase([1.0] * 100, [1.0 + value for value in increases])
+    assert increase.confidence == pytest.approx((0.39, 0.60))
 
 
 def test_a_pair_runs_back_to_back_the_first_of_them_alternating(
