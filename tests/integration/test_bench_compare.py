@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 
 LINE = re.compile(
     r"^(single-event records|envelopes of 100): CPU per event [+-]\d+\.\d% against the other "
-    r"\(middle half [+-]\d+\.\d% to [+-]\d+\.\d%, 3 rounds\)$"
+    r"\(95% confidence [+-]\d+\.\d% to [+-]\d+\.\d%; "
+    r"middle half [+-]\d+\.\d% to [+-]\d+\.\d%, 3 rounds\)$"
 )
 
 
