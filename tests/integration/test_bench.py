@@ -72,6 +72,9 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
     assert results["ledger_paired_rounds"] == 3
     low, high = results["ledger_cpu_share_middle_half"]
     assert low <= results["ledger_cpu_share"] <= high
+    first, last = results["ledger_cpu_share_confidence_95"]
+    assert first <= results["ledger_cpu_share"] <= last
+    assert any("95% confidence" in line for line in completed.stdout.splitlines())
     lines = completed.stdout.strip().splitlines()
     assert lines[-3].startswith("forwarder/decoded floor = ")
     assert lines[-2].startswith("envelopes/baseline = ")
