@@ -185,8 +185,8 @@ def ledger_text(
     for a batch of single events that were all usual: 0.7 ms of the ledger's 2 on the
     handler's thread, 10,000 events read again after their calls).
     `encoded_ids`: `message_ids` encoded EVENTS_PER_LINE at a time (encode_message_ids), when
-    they were encoded while the batch was read and its ids were in the CPU's cache (0.1 ms
-    against 0.3 for 10,000 ids encoded here, untouched since they were read)."""
+    they were encoded while the batch was read and its ids were in the CPU's cache (for 10,000
+    ids, this step 0.55 ms less and the reading 0.38 ms more: about 0.2 ms less in all)."""
     if len(message_ids) != len(events):
         raise ValueError("an event without its message id, or a message id without its event")
     if texts is not None and len(texts) != len(events):
