@@ -212,7 +212,7 @@ class Increase:
     low: float
     high: float
     rounds: int
-    confidence: tuple[float, float] = (0.0, 0.0)
+    confidence: tuple[float, float]
 
 
 def paired_increase(base_cpus: list[float], variant_cpus: list[float]) -> Increase:
