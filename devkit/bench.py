@@ -11,7 +11,9 @@ path). Figures:
   confidence interval, and the middle half of the rounds (a cost of a few per cent is less
   than the machine drifts between rounds, and the middle half of one run's rounds spans 7 to
   15 points: 61 rounds left the median's 95% interval about +-2.5 points wide, 241 about
-  +-1 to +-2);
+  +-1 to +-2); and the same in batches of the template's BatchSize (1,000 records; or of
+  --ledger-batch-sizes), where what an invocation's ledger costs whatever its size (one
+  object, one signed PUT) weighs ten times as much per event;
 - baseline: the same events, pre-serialised into 100-event bodies, posted over one
   keep-alive requests.Session at the same concurrency: what this machine allows at best;
 - floors, the same single-event payloads decoded as Lambda does and their bodies sent through
@@ -252,6 +254,24 @@ def race_pair(base: Contestant, variant: Contestant, events: int, rounds: int) -
         for contestant, cpus in pair if number % 2 == 0 else reversed(pair):
             cpus.append(contestant.time_once(events)[1])
     return paired_increase(base_cpus, variant_cpus)
+
+
+def ledger_cost_at(setup: dict[str, Any], events: int, rounds: int, scope: ExitStack) -> Increase:
+    """The ledger's cost in batches of `events` single-event records: what an invocation
+    costs it whatever its size (one object, one PUT) weighs more in smaller batches."""
+    singles, _, close = bench_forwarder(setup, events)
+    scope.callback(close)
+    with_ledger, _, close_ledger = bench_forwarder(setup, events, ledger=True)
+    scope.callback(close_ledger)
+    return race_pair(singles, with_ledger, events, rounds)
+
+
+def describe_share(cost: Increase, events: int) -> str:
+    return (
+        f"{cost.median:+.1%} of the forwarder's in batches of {events:,} records (median of "
+        f"{cost.rounds} paired rounds, 95% confidence {cost.confidence[0]:+.1%} to "
+        f"{cost.confidence[1]:+.1%}; middle half {cost.low:+.1%} to {cost.high:+.1%})"
+    )
 
 
 def _check(invocation: Invocation) -> None:
@@ -587,6 +607,12 @@ def main(argv: list[str] | None = None) -> int:
         default=241,
         help="rounds of the forwarder with and without the ledger, back to back",
     )
+    parser.add_argument(
+        "--ledger-batch-sizes",
+        default=None,
+        help="the ledger's cost also in batches of these many records, comma-separated "
+        "(default: the template's BatchSize; empty: none)",
+    )
     parser.add_argument("--sdk-seconds", type=float, default=3.0)
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument(
@@ -636,6 +662,16 @@ def main(argv: list[str] | None = None) -> int:
             args.rounds,
         )
         ledger_cost = race_pair(singles, with_ledger, args.events, args.ledger_rounds)
+        batch_sizes = (
+            [int(template_default("BatchSize"))]
+            if args.ledger_batch_sizes is None
+            else [int(size) for size in args.ledger_batch_sizes.split(",") if size.strip()]
+        )
+        cost_by_batch_size = {
+            size: ledger_cost_at(setup, size, args.ledger_rounds, scope)
+            for size in batch_sizes
+            if size != args.events
+        }
         forwarder = {
             "singles": singles.result(),
             "envelopes": envelopes.result(),
@@ -726,12 +762,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{measured.dollars_per_million_events:>10.5f}"
             )
     decoded_ratio = forwarder["singles"]["events_per_s"] / floors["decoded"]["events_per_s"]
-    print(
-        f"the ledger's CPU per event: {ledger_cost.median:+.1%} of the forwarder's (median of "
-        f"{ledger_cost.rounds} paired rounds, 95% confidence {ledger_cost.confidence[0]:+.1%} "
-        f"to {ledger_cost.confidence[1]:+.1%}; middle half {ledger_cost.low:+.1%} to "
-        f"{ledger_cost.high:+.1%})"
-    )
+    print(f"the ledger's CPU per event: {describe_share(ledger_cost, args.events)}")
+    for size, cost in cost_by_batch_size.items():
+        print(f"  {describe_share(cost, size)}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
@@ -767,6 +800,15 @@ def main(argv: list[str] | None = None) -> int:
                 "ledger_cpu_share_middle_half": [ledger_cost.low, ledger_cost.high],
                 "ledger_cpu_share_confidence_95": list(ledger_cost.confidence),
                 "ledger_paired_rounds": ledger_cost.rounds,
+                "ledger_cpu_share_by_batch_size": [
+                    {
+                        "events_per_batch": size,
+                        "median": cost.median,
+                        "middle_half": [cost.low, cost.high],
+                        "confidence_95": list(cost.confidence),
+                    }
+                    for size, cost in cost_by_batch_size.items()
+                ],
                 "at_stripe_latency": {
                     "median_ms": args.latency_ms,
                     "sigma": args.latency_sigma,

@@ -45,6 +45,8 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
             "1",
             "--ledger-rounds",
             "3",
+            "--ledger-batch-sizes",
+            "100,200",
             "--sdk-seconds",
             "0.3",
             "--output",
@@ -75,6 +77,16 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
     first, last = results["ledger_cpu_share_confidence_95"]
     assert first <= results["ledger_cpu_share"] <= last
     assert any("95% confidence" in line for line in completed.stdout.splitlines())
+    # the ledger's cost in smaller batches too, where its one PUT an invocation weighs more
+    by_size = results["ledger_cpu_share_by_batch_size"]
+    assert [cost["events_per_batch"] for cost in by_size] == [100, 200]
+    for cost in by_size:
+        first, last = cost["confidence_95"]
+        assert first <= cost["median"] <= last
+        assert any(
+            f"in batches of {cost['events_per_batch']} records" in line
+            for line in completed.stdout.splitlines()
+        )
     lines = completed.stdout.strip().splitlines()
     assert lines[-3].startswith("forwarder/decoded floor = ")
     assert lines[-2].startswith("envelopes/baseline = ")
