@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from botocore.exceptions import BotoCoreError, ClientError
 
-from meter_relay.ledger import CONTENT_TYPE, SUFFIX, LedgerLine, encode
+from meter_relay.ledger import CONTENT_TYPE, SUFFIX, WRITE_ATTEMPTS, LedgerLine, encode
 from meter_relay.ledger import decode as decode_events
 from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS, Table
 from meter_relay.observability import logger
@@ -33,7 +33,6 @@ from meter_relay.observability import logger
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-WRITE_ATTEMPTS = 3
 READERS = 8  # objects fetched at once
 
 
