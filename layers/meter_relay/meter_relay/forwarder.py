@@ -317,7 +317,8 @@ class Batch:
         self.envelopes: dict[int, int] = {}  # envelopes of valid events only: their sizes
         self.message_ids: list[str] = []  # by record, taken while reading (for the ledger)
         # `encode_ids` (the ledger is on): message_ids as the ledger's lines hold them, encoded
-        # while in the CPU's cache (ledger.encode_message_ids)
+        # while in the CPU's cache (ledger.encode_message_ids); None once a record read is not
+        # one event (an envelope, or a record read in full), when the lines cannot take them
         self.encoded_ids: list[bytes] | None = [] if encode_ids else None
         # by record, while every record read was usual: its one event's text (for the ledger,
         # which need not then read 10,000 events it has not touched since their calls)
@@ -333,7 +334,10 @@ class Batch:
             message_ids = list(map(_MESSAGE_ID, part))
             self.message_ids.extend(message_ids)
             if self.encoded_ids is not None:
-                self.encoded_ids += encode_message_ids(message_ids)
+                if self.envelopes or self.read_in_full:
+                    self.encoded_ids = None  # not an event a record: the ledger cannot use them
+                else:
+                    self.encoded_ids += encode_message_ids(message_ids)
             try:
                 bodies = list(map(_BODY, part))
             except KeyError:  # a record without a body

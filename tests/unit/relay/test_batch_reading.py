@@ -8,8 +8,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from meter_relay import forwarder
 from meter_relay.events import Judge, MeterEvent, ValidationRules, format_timestamp
 from meter_relay.forwarder import Batch
+from meter_relay.ledger import encode_message_ids as ledger_encode
 
 NOW = datetime(2026, 12, 7, 12, tzinfo=UTC)
 
@@ -43,8 +47,8 @@ def records(count: int, prefix: str = "e") -> list[dict[str, Any]]:
     ]
 
 
-def read(batch_records: list[dict[str, Any]]) -> tuple[Batch, TakenRun]:
-    batch, run = Batch(batch_records, Judge(ValidationRules(), NOW)), TakenRun()
+def read(batch_records: list[dict[str, Any]], encode_ids: bool = False) -> tuple[Batch, TakenRun]:
+    batch, run = Batch(batch_records, Judge(ValidationRules(), NOW), encode_ids), TakenRun()
     batch.read_into(run)  # type: ignore[arg-type]
     return batch, run
 
@@ -89,3 +93,38 @@ def test_the_texts_of_a_batch_whose_every_record_was_usual_are_its_bodies() -> N
     spaced = records(150)
     spaced[120]["body"] = " " + spaced[120]["body"]  # read on its own: sent as it was judged
     assert read(spaced)[0].usual_texts is None
+
+
+def test_with_the_ledger_the_message_ids_are_encoded_a_lines_worth_at_a_time() -> None:
+    batch, _ = read(records(250), encode_ids=True)
+    assert batch.encoded_ids == [
+        json.dumps(
+            [f"m-{n}" for n in range(start, min(start + 100, 250))], separators=(",", ":")
+        ).encode()
+        for start in (0, 100, 200)
+    ]
+
+
+def test_the_message_ids_are_not_encoded_once_a_record_is_not_one_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An envelope's events share its message id: the ledger's lines cannot take the ids as
+    read, so the records after its part are not encoded (a part's ids are encoded before it is
+    read)."""
+    batch_records = records(250)
+    envelope = {"events": [json.loads(batch_records[5]["body"])]}
+    batch_records[5] = {"messageId": "m-5", "body": json.dumps(envelope)}
+    encoded: list[Sequence[str]] = []
+
+    def encode_message_ids(ids: Sequence[str]) -> list[bytes]:
+        encoded.append(ids)
+        return ledger_encode(ids)
+
+    monkeypatch.setattr(forwarder, "encode_message_ids", encode_message_ids)
+
+    batch, run = read(batch_records, encode_ids=True)
+
+    assert batch.envelopes == {5: 1}
+    assert len(run.events) == 250
+    assert batch.encoded_ids is None
+    assert encoded == [[f"m-{n}" for n in range(100)]]  # the first part only
