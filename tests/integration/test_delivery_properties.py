@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +70,12 @@ def example_prefix(kind: str) -> str:
 # ----- StreamDelivery, built as Forwarder.from_environment builds it --------------------------
 
 
+def sent(body: bytes) -> list[dict[str, Any]]:
+    """The events of a stream call's body, as Stripe reads them."""
+    events: list[dict[str, Any]] = json.loads(body)["events"]
+    return events
+
+
 class RecordingStream(MeterEventStream):
     """The stream client, noting each call's identifiers and how Stripe answered."""
 
@@ -78,10 +84,10 @@ class RecordingStream(MeterEventStream):
         self.calls: list[tuple[list[str], Kind]] = []
         self._lock = threading.Lock()
 
-    def send(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
-        answer = super().send(token, events, timeout)
+    def post(self, token: str, body: bytes, timeout: float) -> StripeAnswer:
+        answer = super().post(token, body, timeout)
         with self._lock:
-            self.calls.append(([event.identifier for event in events], answer.kind))
+            self.calls.append(([event["identifier"] for event in sent(body)], answer.kind))
         return answer
 
     def take(self) -> list[tuple[list[str], Kind]]:
@@ -96,10 +102,11 @@ class RefusingStream(RecordingStream):
 
     MARK = "refused-by-stripe"
 
-    def send(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
-        refused = [n for n, e in enumerate(events) if e.payload.get("region") == self.MARK]
+    def post(self, token: str, body: bytes, timeout: float) -> StripeAnswer:
+        events = sent(body)
+        refused = [n for n, e in enumerate(events) if e["payload"].get("region") == self.MARK]
         if not refused:
-            return super().send(token, events, timeout)
+            return super().post(token, body, timeout)
         error = {
             "type": "invalid_request_error",
             "code": "parameter_invalid",
@@ -110,7 +117,7 @@ class RefusingStream(RecordingStream):
             Kind.REJECTED, 400, error["code"], error["message"], None, {"error": error}
         )
         with self._lock:
-            self.calls.append(([event.identifier for event in events], answer.kind))
+            self.calls.append(([event["identifier"] for event in events], answer.kind))
         return answer
 
 

@@ -238,15 +238,15 @@ class StreamDelivery:
         parts = [chunk]
         while parts:
             part = parts.pop()
-            payload = events[part.start : part.stop]  # a chunk's positions are consecutive
-            # with the ledger on, the body is made once (retries send it again) and kept
-            body = self._stream.body(payload) if self._keep_bodies else None
-            answer = self._send_with_retries(part, payload, body, remaining, report)
+            # a chunk's positions are consecutive; the body is made once (a retry sends the
+            # same bytes), and kept when accepted with the ledger on
+            body = self._stream.body(events[part.start : part.stop])
+            answer = self._send_with_retries(part, body, remaining, report)
             if answer is None:
                 continue  # given up: already in report.retry
             if answer.kind is Kind.OK:
                 report.delivered.append(part)
-                if body is not None:
+                if self._keep_bodies:
                     report.bodies.append(body)
             elif len(part) == 1:
                 report.rejected[part[0]] = _rejection(answer)
@@ -259,8 +259,7 @@ class StreamDelivery:
     def _send_with_retries(
         self,
         part: range,
-        payload: list[MeterEvent],
-        body: bytes | None,
+        body: bytes,
         remaining: Callable[[], float],
         report: CallReport,
     ) -> StripeAnswer | None:
@@ -278,7 +277,7 @@ class StreamDelivery:
             rate_limited = False
             try:
                 timeout = min(policy.request_timeout, budget)
-                session, answer = self._call(payload, body, timeout, report)
+                session, answer = self._call(body, timeout, report)
                 rate_limited = answer.kind is Kind.RATE_LIMITED
             except SessionUnavailable as error:
                 logger.warning("no usable session token: %s", error)
@@ -325,14 +324,11 @@ class StreamDelivery:
             self._sleep(delay)
 
     def _call(
-        self, payload: list[MeterEvent], body: bytes | None, timeout: float, report: CallReport
+        self, body: bytes, timeout: float, report: CallReport
     ) -> tuple[MeterEventSession, StripeAnswer]:
         """One stream call with the current session (SessionUnavailable when there is none)."""
         session = self._tokens.current()
-        if body is None:
-            answer = self._stream.send(session.token, payload, timeout)
-        else:
-            answer = self._stream.post(session.token, body, timeout)
+        answer = self._stream.post(session.token, body, timeout)
         report.calls += 1
         if answer.status:
             report.latencies_ms.append(answer.elapsed * 1000)
