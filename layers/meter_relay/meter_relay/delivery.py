@@ -185,12 +185,13 @@ class StreamDelivery:
         executor: Executor,
         *,
         concurrency: int = 8,
+        keep_bodies: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self._stream = stream
         # the ledger is on: the calls' bodies are kept, and become its lines (ledger_text)
-        self._keep_bodies = stream.keep_texts
+        self._keep_bodies = keep_bodies
         self._tokens = tokens
         self._policy = policy
         self._executor = executor

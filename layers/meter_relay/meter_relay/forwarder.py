@@ -133,11 +133,12 @@ class Forwarder:
         )
         executor = ThreadPoolExecutor(config.stream_concurrency, thread_name_prefix="stream")
         delivery = StreamDelivery(
-            MeterEventStream(http, keep_texts=bool(config.ledger_bucket)),
+            MeterEventStream(http),
             tokens,
             config.retry,
             executor,
             concurrency=config.stream_concurrency,
+            keep_bodies=bool(config.ledger_bucket),
         )
         dead_letters = DeadLetterQueue(config.dead_letter_queue_url, sqs)
         catalog = None

@@ -334,9 +334,8 @@ def _events_text(
 
 def _texts(events: Sequence[MeterEvent]) -> list[str]:
     """Each event's text as its stream call sent it (`MeterEvent.sent_text`, as
-    events.stream_body takes it: with the ledger on, an envelope's events keep the text their
-    call encoded); when none kept one, msgspec's encoding of them all in one C call, the same
-    texts."""
+    events.stream_body takes it); when none kept one (an envelope's events, when their calls'
+    bodies cannot be spliced), msgspec's encoding of them all in one C call, the same texts."""
     texts = list(map(_SOURCE, events))
     if None not in texts:
         return texts

@@ -316,9 +316,8 @@ class MeterEventStream:
 
     PATH = "/v2/billing/meter_event_stream"
 
-    def __init__(self, http: StripeHttp, *, keep_texts: bool = False) -> None:
+    def __init__(self, http: StripeHttp) -> None:
         self.http = http
-        self.keep_texts = keep_texts  # the events keep the texts sent (for the ledger)
 
     def send(self, token: str, events: Sequence[MeterEvent], timeout: float) -> StripeAnswer:
         """One call (an event received in Stripe's form goes with its own text)."""
@@ -326,7 +325,7 @@ class MeterEventStream:
 
     def body(self, events: Sequence[MeterEvent]) -> bytes:
         """A call's body, `{"events": [...]}`: events.stream_body."""
-        return stream_body(events, self.keep_texts)
+        return stream_body(events)
 
     def post(self, token: str, body: bytes, timeout: float) -> StripeAnswer:
         """One call of a body already made (`body`)."""

@@ -43,8 +43,6 @@ class FakeStream:
     """Answers each call with `answer(token, events)`; records what was sent. A call's body is
     a handle on its events (the delivery makes a part's body once and posts it)."""
 
-    keep_texts = False  # no ledger: the delivery keeps no call's body
-
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
         self.calls: list[tuple[str, list[str], float]] = []
@@ -343,8 +341,8 @@ class BodiesHttp:
 
 
 class CountingStream(MeterEventStream):
-    def __init__(self, http: BodiesHttp, *, keep_texts: bool) -> None:
-        super().__init__(cast("StripeHttp", http), keep_texts=keep_texts)
+    def __init__(self, http: BodiesHttp) -> None:
+        super().__init__(cast("StripeHttp", http))
         self.bodies_made = 0
 
     def body(self, events: Sequence[MeterEvent]) -> bytes:
@@ -358,12 +356,13 @@ def test_with_the_ledger_each_delivered_calls_body_is_kept_as_sent(ledger: bool)
     once; without the ledger, no body is kept. Either way a body is made once a call: the
     chunks and the halves, none for the retry."""
     http = BodiesHttp()
-    stream = CountingStream(http, keep_texts=ledger)
+    stream = CountingStream(http)
     run = StreamDelivery(
         stream,
         SessionTokenSource(cast("SessionStore", FakeStore()), None),
         RetryPolicy(),
         ThreadPoolExecutor(4),
+        keep_bodies=ledger,
         sleep=lambda _: None,
         jitter=lambda low, high: high,
     )
@@ -392,12 +391,13 @@ def test_with_the_ledger_each_delivered_calls_body_is_kept_as_sent(ledger: bool)
 def test_no_call_bodies_are_given_when_some_events_were_not_delivered() -> None:
     http = BodiesHttp()
     http.refused.add("too large")
-    stream = CountingStream(http, keep_texts=True)
+    stream = CountingStream(http)
     run = StreamDelivery(
         stream,
         SessionTokenSource(cast("SessionStore", FakeStore()), None),
         RetryPolicy(max_attempts=1),
         ThreadPoolExecutor(4),
+        keep_bodies=True,
         sleep=lambda _: None,
         jitter=lambda low, high: high,
     )

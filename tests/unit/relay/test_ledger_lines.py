@@ -269,29 +269,28 @@ def test_the_ledger_holds_each_event_as_its_stream_call_sent_it(
 
 
 @given(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=12))
-def test_an_envelopes_events_keep_the_text_their_first_call_sent(customers: list[str]) -> None:
-    """With the ledger on, events without a text of their own (an envelope's) keep the text
-    their stream call encoded: a retry sends the same bytes, and the ledger records the same
-    lines it would have encoded itself."""
-
-    def envelope() -> list[MeterEvent]:
-        return [
-            meter_event("api_requests", {"stripe_customer_id": c, "value": "1"}, f"e{n}", None)
-            for n, c in enumerate(customers)
-        ]
-
+def test_an_envelopes_events_keep_no_text_and_the_ledger_writes_what_their_call_sent(
+    customers: list[str],
+) -> None:
+    """Events without a text of their own (an envelope's) keep none after their stream call:
+    the ledger splices the call's body, and when it cannot (the calls not given), encodes the
+    events again to the same lines."""
+    events = [
+        meter_event("api_requests", {"stripe_customer_id": c, "value": "1"}, f"e{n}", None)
+        for n, c in enumerate(customers)
+    ]
     message_ids = [f"m-{n}" for n in range(len(customers))]
-    encoded_by_the_ledger = ledger_text(envelope(), message_ids, RULES, AT, "req-1")
-    events = envelope()
 
-    body = stream_body(events, keep_texts=True)
+    body = stream_body(events)
 
-    assert all(event.source == event.stripe_text() for event in events)
-    without_ledger = envelope()
-    assert stream_body(events) == body == stream_body(without_ledger)  # kept or not, one body
-    assert all(event.source is None for event in without_ledger)  # nothing kept, none needed
+    assert all(event.source is None for event in events)
     assert json.loads(body) == {"events": [event.to_stripe() for event in events]}
-    assert ledger_text(events, message_ids, RULES, AT, "req-1") == encoded_by_the_ledger
+    spliced = ledger_text(
+        events, message_ids, RULES, AT, "req-1", calls=[(range(len(events)), body)]
+    )
+    encoded_again = ledger_text(events, message_ids, RULES, AT, "req-1")
+    assert spliced == encoded_again
+    assert spliced.endswith(b"," + body[1:] + b"\n")
 
 
 def test_texts_given_must_be_one_per_event() -> None:
