@@ -11,9 +11,9 @@ path). Figures:
   confidence interval, and the middle half of the rounds (a cost of a few per cent is less
   than the machine drifts between rounds, and the middle half of one run's rounds spans 7 to
   15 points: 61 rounds left the median's 95% interval about +-2.5 points wide, 241 about
-  +-1 to +-2); and the same in batches of the template's BatchSize (1,000 records; or of
+  +-1 to +-2); the same in batches of the template's BatchSize (1,000 records; or of
   --ledger-batch-sizes), where what an invocation's ledger costs whatever its size (one
-  object, one signed PUT) weighs ten times as much per event;
+  object, one signed PUT) weighs ten times as much per event; and for envelopes of 100;
 - baseline: the same events, pre-serialised into 100-event bodies, posted over one
   keep-alive requests.Session at the same concurrency: what this machine allows at best;
 - floors, the same single-event payloads decoded as Lambda does and their bodies sent through
@@ -266,12 +266,20 @@ def ledger_cost_at(setup: dict[str, Any], events: int, rounds: int, scope: ExitS
     return race_pair(singles, with_ledger, events, rounds)
 
 
-def describe_share(cost: Increase, events: int) -> str:
+def describe_share(cost: Increase, batches: str) -> str:
     return (
-        f"{cost.median:+.1%} of the forwarder's in batches of {events:,} records (median of "
+        f"{cost.median:+.1%} of the forwarder's in {batches} (median of "
         f"{cost.rounds} paired rounds, 95% confidence {cost.confidence[0]:+.1%} to "
         f"{cost.confidence[1]:+.1%}; middle half {cost.low:+.1%} to {cost.high:+.1%})"
     )
+
+
+def share_json(cost: Increase) -> dict[str, Any]:
+    return {
+        "median": cost.median,
+        "middle_half": [cost.low, cost.high],
+        "confidence_95": list(cost.confidence),
+    }
 
 
 def _check(invocation: Invocation) -> None:
@@ -651,7 +659,9 @@ def main(argv: list[str] | None = None) -> int:
             cold = cold_process_figures(setup, args.events)
         singles, envelopes, close = bench_forwarder(setup, args.events)
         scope.callback(close)
-        with_ledger, _, close_ledger = bench_forwarder(setup, args.events, ledger=True)
+        with_ledger, ledger_envelopes, close_ledger = bench_forwarder(
+            setup, args.events, ledger=True
+        )
         scope.callback(close_ledger)
         example, sdk_batched = bench_sdk(emulator, setup["token"], args.sdk_seconds, args.events)
         baseline_run = bench_baseline(emulator, setup["token"], args.events)
@@ -662,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
             args.rounds,
         )
         ledger_cost = race_pair(singles, with_ledger, args.events, args.ledger_rounds)
+        envelope_ledger_cost = race_pair(
+            envelopes, ledger_envelopes, args.events, args.ledger_rounds
+        )
         batch_sizes = (
             [int(template_default("BatchSize"))]
             if args.ledger_batch_sizes is None
@@ -762,9 +775,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{measured.dollars_per_million_events:>10.5f}"
             )
     decoded_ratio = forwarder["singles"]["events_per_s"] / floors["decoded"]["events_per_s"]
-    print(f"the ledger's CPU per event: {describe_share(ledger_cost, args.events)}")
+    print(
+        "the ledger's CPU per event: "
+        f"{describe_share(ledger_cost, f'batches of {args.events:,} records')}"
+    )
     for size, cost in cost_by_batch_size.items():
-        print(f"  {describe_share(cost, size)}")
+        print(f"  {describe_share(cost, f'batches of {size:,} records')}")
+    envelopes_of = f"envelopes of 100, {args.events:,} events a batch"
+    print(f"  {describe_share(envelope_ledger_cost, envelopes_of)}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
@@ -801,14 +819,10 @@ def main(argv: list[str] | None = None) -> int:
                 "ledger_cpu_share_confidence_95": list(ledger_cost.confidence),
                 "ledger_paired_rounds": ledger_cost.rounds,
                 "ledger_cpu_share_by_batch_size": [
-                    {
-                        "events_per_batch": size,
-                        "median": cost.median,
-                        "middle_half": [cost.low, cost.high],
-                        "confidence_95": list(cost.confidence),
-                    }
+                    {"events_per_batch": size, **share_json(cost)}
                     for size, cost in cost_by_batch_size.items()
                 ],
+                "ledger_cpu_share_envelopes": share_json(envelope_ledger_cost),
                 "at_stripe_latency": {
                     "median_ms": args.latency_ms,
                     "sigma": args.latency_sigma,

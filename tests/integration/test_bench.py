@@ -87,6 +87,13 @@ def test_a_small_bench_runs_every_path_and_writes_its_results(tmp_path: Path) ->
             f"in batches of {cost['events_per_batch']} records" in line
             for line in completed.stdout.splitlines()
         )
+    # and for envelopes, whose forwarder takes less per event
+    envelopes = results["ledger_cpu_share_envelopes"]
+    first, last = envelopes["confidence_95"]
+    assert first <= envelopes["median"] <= last
+    assert any(
+        "in envelopes of 100, 300 events a batch" in line for line in completed.stdout.splitlines()
+    )
     lines = completed.stdout.strip().splitlines()
     assert lines[-3].startswith("forwarder/decoded floor = ")
     assert lines[-2].startswith("envelopes/baseline = ")
