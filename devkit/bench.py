@@ -216,6 +216,13 @@ class Increase:
     rounds: int
     confidence: tuple[float, float]
 
+    def spread(self) -> str:
+        """How far the median can be trusted, and how far one round can, as printed."""
+        return (
+            f"95% confidence {self.confidence[0]:+.1%} to {self.confidence[1]:+.1%}; "
+            f"middle half {self.low:+.1%} to {self.high:+.1%}"
+        )
+
 
 def paired_increase(base_cpus: list[float], variant_cpus: list[float]) -> Increase:
     """Each round's own increase (variant / base - 1), then their median, quartiles and the
@@ -269,8 +276,7 @@ def ledger_cost_at(setup: dict[str, Any], events: int, rounds: int, scope: ExitS
 def describe_share(cost: Increase, batches: str) -> str:
     return (
         f"{cost.median:+.1%} of the forwarder's in {batches} (median of "
-        f"{cost.rounds} paired rounds, 95% confidence {cost.confidence[0]:+.1%} to "
-        f"{cost.confidence[1]:+.1%}; middle half {cost.low:+.1%} to {cost.high:+.1%})"
+        f"{cost.rounds} paired rounds, {cost.spread()})"
     )
 
 

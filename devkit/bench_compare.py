@@ -58,8 +58,7 @@ def checkout(other: str) -> Iterator[Path]:
 def describe(shape: str, increase: Increase) -> str:
     return (
         f"{shape}: CPU per event {increase.median:+.1%} against the other "
-        f"(95% confidence {increase.confidence[0]:+.1%} to {increase.confidence[1]:+.1%}; "
-        f"middle half {increase.low:+.1%} to {increase.high:+.1%}, {increase.rounds} rounds)"
+        f"({increase.spread()}, {increase.rounds} rounds)"
     )
 
 
