@@ -13,8 +13,16 @@ import pytest
 import requests
 
 from meter_relay import ledger_sql
-from meter_relay.events import MeterKeys
-from meter_relay.ledger import LedgerLine, StripeEvent, delivered_events, line_of
+from meter_relay.events import MeterEvent, MeterKeys, ValidationRules
+from meter_relay.ledger import (
+    LedgerLine,
+    StripeEvent,
+    compress,
+    delivered_events,
+    ledger_text,
+    line_of,
+    object_key,
+)
 from meter_relay.ledger_engines import AthenaEngine, DuckDbEngine, QueryFailed
 from meter_relay.ledger_queries import LedgerQueries, Totals
 from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS
@@ -177,6 +185,32 @@ def test_an_identifier_is_a_literal_whatever_it_holds(ledger: LedgerBucket) -> N
     assert set(found) == set(odd)
     with pytest.raises(ValueError, match="NUL"):
         ledger_sql.literal("a\x00b")
+
+
+def test_an_object_holding_a_lone_surrogate_is_read_with_all_its_events(
+    ledger: LedgerBucket,
+) -> None:
+    """A producer's lone surrogate (JSON's escape allows one, and the ledger keeps what Stripe
+    received) must not cost trace and reconcile the rest of its object, nor the query: DuckDB
+    reads it as U+FFFD."""
+    events = [
+        MeterEvent(
+            "api_requests", {"stripe_customer_id": customer, "value": value}, name, iso(at(10))
+        )
+        for name, customer, value in [("ev-odd", "cus_\udc80", "2"), ("ev-a", "cus_a", "3")]
+    ]
+    text = ledger_text(events, ["m-1", "m-2"], ValidationRules(), at(10, 1), "req-odd")
+    key = object_key("", at(10, 1), "req-odd")
+    ledger.s3.put_object(Bucket=BUCKET, Key=key, Body=compress(text))
+
+    found = queries(ledger).trace(["ev-odd", "ev-a"], at(0), NOW)
+    totals = queries(ledger).reconcile("api_requests", [], at(10), at(11), 3600)
+
+    assert [(r.kind, r.customer) for r in found["ev-odd"]] == [("delivered", "cus_\ufffd")]
+    assert [(r.kind, r.customer) for r in found["ev-a"]] == [("delivered", "cus_a")]
+    hour = int(at(10).timestamp())
+    assert totals[("cus_a", hour)].total == Decimal(3)
+    assert totals[("cus_\ufffd", hour)].total == Decimal(2)
 
 
 # ----- what Stripe has (replays) -----------------------------------------------------------------

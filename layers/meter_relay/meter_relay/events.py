@@ -230,10 +230,7 @@ class MeterEvent(msgspec.Struct, omit_defaults=True, gc=False):
         """The event as a stream call carries it when it kept no text of its own: compact
         JSON on one line, msgspec's (json's, with its \\u escape, for a lone surrogate, which
         UTF-8 cannot carry)."""
-        try:
-            return _ENCODER.encode(self.to_stripe()).decode()
-        except UnicodeEncodeError:
-            return _COMPACT.encode(self.to_stripe())
+        return compact_json(self.to_stripe())
 
     def sent_text(self) -> str:
         """The event's text in its stream call (and its ledger line): its own, else
@@ -281,6 +278,15 @@ class ParsedMessage:
     message_id: str
     events: list[ParsedEvent]
     rejection: Rejection | None = None
+
+
+def compact_json(value: Any) -> str:
+    """`value` as compact JSON on one line: msgspec's, or json's (with its \\u escape) where it
+    holds a lone surrogate, which UTF-8 cannot carry."""
+    try:
+        return _ENCODER.encode(value).decode()
+    except UnicodeEncodeError:
+        return _COMPACT.encode(value)
 
 
 def stream_body(events: Sequence[MeterEvent]) -> bytes:

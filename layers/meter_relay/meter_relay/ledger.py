@@ -413,9 +413,44 @@ _LINE_HEAD = attrgetter("delivered_at", "request_id", "customer_key", "value_key
 def decode(data: bytes) -> list[LedgerLine]:
     """An object of the forwarder's, one LedgerLine per event."""
     text = decompress(data)
-    return [
-        event for line in text.splitlines() if line.strip() for event in _LINES.decode(line).lines()
-    ]
+    return [event for line in text.splitlines() if line.strip() for event in _line(line).lines()]
+
+
+def _line(line: bytes) -> DeliveredEvents:
+    try:
+        return _LINES.decode(line)
+    except msgspec.DecodeError:
+        if not _SURROGATE_ESCAPE.search(line):
+            raise
+    # a lone surrogate's escape (a producer's, sent to Stripe as it was), which msgspec refuses
+    # and json reads
+    return msgspec.convert(json.loads(line), DeliveredEvents)
+
+
+# the escape of a UTF-16 surrogate: one of a pair (a character beyond U+FFFF), or a lone one
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_ESCAPES = re.compile(
+    rb"(\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # a pair
+    rb"|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})"  # a lone surrogate
+    rb"|\\.",  # any other escape, an escaped backslash among them
+    re.DOTALL,
+)
+
+
+def _pair_or_replacement(match: re.Match[bytes]) -> bytes:
+    return b"\\ufffd" if match[2] else match[0]
+
+
+def without_lone_surrogates(data: bytes) -> bytes:
+    """An object as DuckDB can read it: each lone surrogate's escape made U+FFFD's. The ledger
+    keeps an event as Stripe received it, lone surrogate and all (JSON allows its escape, and a
+    producer may send one); DuckDB, like msgspec, refuses the whole object for it. Objects
+    without one (nearly all) are returned as they are."""
+    text = decompress(data)
+    if not _SURROGATE_ESCAPE.search(text):
+        return data
+    readable = _ESCAPES.sub(_pair_or_replacement, text)
+    return data if readable == text else compress(readable)
 
 
 class LedgerWriter:

@@ -8,6 +8,9 @@
   in place through DuckDB's httpfs: that extension is downloaded at run time from DuckDB's
   own site, which an offline machine (and this project's CI) cannot reach, while boto3 reads
   moto and S3 alike. DuckDB is an optional dependency (`pip install meter-relay[local]`).
+  An event holding a lone surrogate (JSON's escape allows one, and the ledger keeps what
+  Stripe received) would make DuckDB refuse its whole object: in what DuckDB reads, that
+  surrogate is U+FFFD (ledger.without_lone_surrogates).
 
 Both answer a list of rows, each a dict of column -> text (None for NULL), so that what reads
 them does not know which engine ran.
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from meter_relay.config import ConfigError
-from meter_relay.ledger import SUFFIX
+from meter_relay.ledger import SUFFIX, without_lone_surrogates
 from meter_relay.ledger_sql import (
     EVENT_ARRAY,
     PARTITIONS,
@@ -122,7 +125,7 @@ class DuckDbEngine:
             partition = key.split(f"{table.name}/", 1)[1]  # dt=.../hour=.../name.jsonl.zst
             path = base / partition
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            path.write_bytes(without_lone_surrogates(data))
 
         self.ledger.fetch(keys, write)
         self.objects_read += len(keys)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from botocore.exceptions import BotoCoreError, ClientError
 
+from meter_relay.events import compact_json
 from meter_relay.ledger import CONTENT_TYPE, SUFFIX, WRITE_ATTEMPTS, LedgerLine, encode
 from meter_relay.ledger import decode as decode_events
 from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS, Table
@@ -206,7 +207,7 @@ CLOCKS = timedelta(minutes=1)
 
 def event_body(line: LedgerLine) -> str:
     """The event as the forwarder sent it: its ledger line holds it as the call carried it."""
-    return msgspec.json.encode(line.event).decode()
+    return compact_json(msgspec.to_builtins(line.event))
 
 
 class LedgerBodies:

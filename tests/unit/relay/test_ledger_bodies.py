@@ -11,8 +11,8 @@ from typing import cast
 
 import pytest
 
-from meter_relay.events import MeterEvent, MeterKeys
-from meter_relay.ledger import encode_events, line_of
+from meter_relay.events import MeterEvent, MeterKeys, ValidationRules
+from meter_relay.ledger import compress, encode_events, ledger_text, line_of
 from meter_relay.ledger_sql import Table
 from meter_relay.ledger_store import POLL_SECONDS, SETTLED_AFTER, LedgerBodies, LedgerBucket
 
@@ -147,3 +147,20 @@ def test_the_budget_bounds_the_wait(budget: float) -> None:
     found = lookup(clock, ledger, budget).bodies(["foreign-1"], WINDOW_END, WINDOW_END)
     assert found == {}
     assert clock.seconds <= budget
+
+
+def test_the_bodies_of_an_object_holding_a_lone_surrogate_are_all_found() -> None:
+    """msgspec refuses a lone surrogate's escape: the object's events are read by json instead,
+    and each body is the event as sent, that surrogate's escape included."""
+    odd = MeterEvent("api_requests", {"stripe_customer_id": "cus_\udc80", "value": "3"}, "odd", "t")
+    plain = MeterEvent("api_requests", {"stripe_customer_id": "cus_1", "value": "3"}, "plain", "t")
+    text = ledger_text([odd, plain], ["m-1", "m-2"], ValidationRules(), WINDOW_END, "request-1")
+    clock = Clock(came_after_window=SETTLED_AFTER.total_seconds() + 600)
+    ledger = GrowingLedger(clock, {"events/one": (0.0, compress(text))})
+
+    found = lookup(clock, ledger).bodies(
+        ["odd", "plain"], WINDOW_END - timedelta(seconds=10), WINDOW_END
+    )
+
+    assert found == {"odd": odd.stripe_text(), "plain": plain.stripe_text()}
+    assert '"cus_\\udc80"' in found["odd"]

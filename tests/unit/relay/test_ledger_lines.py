@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,7 +23,9 @@ from meter_relay.ledger import (
     encode_message_ids,
     ledger_text,
     line_of,
+    without_lone_surrogates,
 )
+from meter_relay.ledger_store import event_body
 
 AT = datetime(2026, 12, 6, 1, 2, 3, 456000, tzinfo=UTC)
 RULES = ValidationRules(meter_keys={"searches": MeterKeys("account", "calls")})
@@ -205,6 +208,62 @@ def test_a_lone_surrogate_becomes_its_escape() -> None:
     assert decompress(compress(text)) == text
     (sent,) = sent_events(text)
     assert sent["payload"]["stripe_customer_id"] == "cus_\udc80"
+
+
+def test_an_object_with_a_lone_surrogate_reads_back_as_it_was_sent() -> None:
+    """msgspec refuses a lone surrogate's escape: the object's other events must not be lost
+    with it (trace, the reported events' bodies)."""
+    odd = meter_event("api_requests", {"stripe_customer_id": "cus_\udc80", "value": "3"}, "e", None)
+    plain = meter_event("api_requests", {"stripe_customer_id": "cus_a", "value": "4"}, "f", None)
+    text = ledger_text([odd, plain], ["m-1", "m-2"], RULES, AT, "req-1")
+
+    first, second = decode(compress(text))
+
+    assert (first.customer, first.identifier, second.customer) == ("cus_\udc80", "e", "cus_a")
+    assert event_body(first) == odd.stripe_text()
+    assert json.loads(event_body(first)) == odd.to_stripe()
+
+
+@pytest.mark.parametrize(
+    ("escaped", "readable"),
+    [
+        ("cus_\\udc80", "cus_\\ufffd"),  # a lone low surrogate
+        ("a\\ud800b", "a\\ufffdb"),  # a lone high one
+        ("\\ud800\\ud800\\udc00", "\\ufffd\\ud800\\udc00"),  # a lone one, then a pair
+        ("\\ud83d\\ude00", "\\ud83d\\ude00"),  # a pair: U+1F600, kept
+        ("\\\\ud800", "\\\\ud800"),  # an escaped backslash, then text: no escape at all
+        ("\\\\\\ud800", "\\\\\\ufffd"),  # an escaped backslash, then a lone surrogate
+        ('\\u00e9\\n\\"', '\\u00e9\\n\\"'),  # other escapes, kept
+    ],
+)
+def test_duckdb_reads_a_lone_surrogate_as_the_replacement_character(
+    escaped: str, readable: str
+) -> None:
+    data = compress(f'{{"customer":"{escaped}"}}\n{{"customer":"cus_b"}}\n'.encode())
+    assert decompress(without_lone_surrogates(data)).decode() == (
+        f'{{"customer":"{readable}"}}\n{{"customer":"cus_b"}}\n'
+    )
+
+
+def test_an_object_without_a_lone_surrogate_is_read_as_it_is() -> None:
+    data = compress(b'{"customer":"\\ud83d\\ude00 \\u00e9"}\n')
+    assert without_lone_surrogates(data) is data
+
+
+@given(
+    st.lists(
+        st.characters(codec=None, min_codepoint=0xD7F0, max_codepoint=0xE010)
+        | st.sampled_from(["\\", "u", "d800", "a", "\U0001f600"])
+    )
+)
+def test_what_duckdb_reads_is_the_text_with_each_lone_surrogate_replaced(
+    parts: list[str],
+) -> None:
+    text = "".join(parts)
+    data = compress((json.dumps({"customer": text}) + "\n").encode())
+    readable = decompress(without_lone_surrogates(data))
+    expected = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    assert msgspec.json.decode(readable)["customer"] == expected
 
 
 def test_events_that_kept_no_text_are_written_as_the_stream_call_encoded_them() -> None:
