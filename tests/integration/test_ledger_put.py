@@ -18,8 +18,9 @@ from typing import Any
 import boto3
 import pytest
 import urllib3
-from botocore.auth import S3SigV4Auth
+from botocore.auth import AUTH_TYPE_MAPS, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.compat import HAS_CRT
 from botocore.credentials import Credentials
 
 from meter_relay.forwarder import ledger_s3_config
@@ -100,8 +101,9 @@ def test_the_signed_put_stores_the_object_with_its_type(aws: AwsEnv, s3: Any) ->
 class _CheckingSignatures(BaseHTTPRequestHandler):
     """S3's side of a PUT, as far as the signature goes: the request as it came over the wire
     (path, headers, body) is signed again with the secret key, by botocore's pure-Python SigV4
-    signer for S3 (the writer's is CRT's when installed), and must match the Authorization
-    header; the body must match its signed CRC32. Answers 200 or 403 SignatureDoesNotMatch."""
+    signer for S3 (its canonical request and string to sign, not its add_auth), and must match
+    the Authorization header; the body must match its signed CRC32. Answers 200 or 403
+    SignatureDoesNotMatch."""
 
     protocol_version = "HTTP/1.1"
 
@@ -163,11 +165,27 @@ def s3_at(endpoint: str, secret: Credentials = SECRET) -> Any:
     return session.client("s3", endpoint_url=endpoint, config=ledger_s3_config({}))
 
 
+def _signers() -> list[Any]:
+    """botocore's pure-Python signer (the Lambda layer's: it ships no awscrt), and CRT's where
+    installed (this project's virtual environment has it, through the SAM CLI)."""
+    signers: list[Any] = [pytest.param(S3SigV4Auth, id="python")]
+    if HAS_CRT:
+        from botocore.crt.auth import CrtS3SigV4Auth
+
+        signers.append(pytest.param(CrtS3SigV4Auth, id="crt"))
+    return signers
+
+
+@pytest.mark.parametrize("signer", _signers())
 @pytest.mark.parametrize("prefix", ["", "team a/ledger=prod", "ünïcode~prefix"])
-def test_the_put_sends_exactly_what_it_signed(checking: ThreadingHTTPServer, prefix: str) -> None:
+def test_the_put_sends_exactly_what_it_signed(
+    checking: ThreadingHTTPServer, prefix: str, signer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """S3 signs the request it receives again and refuses a mismatch: what urllib3 sent (the
     path as encoded, the headers) is what botocore's signer signed, with the session token, the
-    content type and the body's CRC32 among the signed headers."""
+    content type and the body's CRC32 among the signed headers. With either signer botocore
+    may choose."""
+    monkeypatch.setitem(AUTH_TYPE_MAPS, "s3v4", signer)
     endpoint = f"http://127.0.0.1:{checking.server_address[1]}"
     writer = LedgerWriter(BUCKET, prefix, s3_at(endpoint), SECRET)
 
