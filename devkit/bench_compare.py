@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from devkit.bench import Increase, bench_forwarder, race_pair, stack
+from devkit.bench import Increase, bench_forwarder, race_pair, sign_as_the_layer, stack
 from devkit.local_stack import METERS, ROOT, TEMPLATE, _server_process
 
 
@@ -63,6 +63,7 @@ def describe(shape: str, increase: Increase) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sign_as_the_layer("devkit.bench_compare", argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("other", help="a revision of this repository, or a checkout's directory")
     parser.add_argument("--rounds", type=int, default=41, help="paired rounds per shape")

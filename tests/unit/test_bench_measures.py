@@ -4,18 +4,21 @@ and a small cost is measured in paired rounds. (Speed itself is never asserted i
 from __future__ import annotations
 
 import importlib.util
+import os
 import statistics
 import sys
 from pathlib import Path
 
 import pytest
 
+from devkit import bench
 from devkit.bench import (
     Contestant,
     median_confidence,
     paired_increase,
     precompile_project,
     race_pair,
+    sign_as_the_layer,
 )
 
 
@@ -35,6 +38,46 @@ def test_the_project_modules_are_compiled_even_where_python_writes_no_bytecode(
     assert Path(importlib.util.cache_from_source(str(library))).is_file()
     assert Path(importlib.util.cache_from_source(str(handler))).is_file()
     assert not Path(importlib.util.cache_from_source(str(elsewhere))).exists()
+
+
+class Exec(Exception):
+    """os.execve, caught: the command and environment it was given."""
+
+
+def execve(path: str, command: list[str], env: dict[str, str]) -> None:
+    raise Exec(path, command, env)
+
+
+def test_the_bench_runs_itself_again_to_sign_as_the_layer_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The layer ships no awscrt: a bench that would sign its ledger PUTs with awscrt's SigV4
+    runs itself again with botocore's pure-Python signer, with the same arguments."""
+    monkeypatch.setattr(bench, "HAS_CRT", True)
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.delenv("BOTO_DISABLE_CRT", raising=False)
+
+    with pytest.raises(Exec) as ran:
+        sign_as_the_layer("devkit.bench", ["--latency-ms", "0"])
+
+    path, command, env = ran.value.args
+    assert path == sys.executable
+    assert command == [sys.executable, "-m", "devkit.bench", "--latency-ms", "0"]
+    assert env["BOTO_DISABLE_CRT"] == "true"
+
+
+@pytest.mark.parametrize(("has_crt", "chosen"), [(False, None), (True, "false"), (False, "true")])
+def test_a_bench_signing_as_the_layer_or_told_how_to_sign_runs_on(
+    monkeypatch: pytest.MonkeyPatch, has_crt: bool, chosen: str | None
+) -> None:
+    monkeypatch.setattr(bench, "HAS_CRT", has_crt)
+    monkeypatch.setattr(os, "execve", execve)
+    if chosen is None:
+        monkeypatch.delenv("BOTO_DISABLE_CRT", raising=False)
+    else:
+        monkeypatch.setenv("BOTO_DISABLE_CRT", chosen)
+
+    sign_as_the_layer("devkit.bench", [])  # returns: no Exec
 
 
 def test_each_round_is_its_own_ratio_so_drift_between_rounds_cancels() -> None:
