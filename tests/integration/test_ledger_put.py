@@ -266,6 +266,57 @@ def test_a_refused_signed_put_is_made_by_put_object_and_the_writer_keeps_to_it(
     assert decompress(s3.get_object(Bucket=BUCKET, Key=second)["Body"].read()) == TEXT
 
 
+class _BusyFirst(BaseHTTPRequestHandler):
+    """A proxy that answers the first request as S3 does when busy (`server.busy`: status and
+    code), and the next ones as S3 taking the object."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_PUT(self) -> None:
+        server: Any = self.server
+        server.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        status, code = server.busy if len(server.bodies) == 1 else (200, "")
+        body = f"<Error><Code>{code}</Code></Error>".encode() if code else b""
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "busy", [(503, "SlowDown"), (500, "InternalError"), (400, "RequestTimeout")]
+)
+def test_a_busy_s3_costs_one_object_its_signed_put_not_the_next_ones(
+    aws: AwsEnv, s3: Any, busy: tuple[int, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """S3 answering that it is busy says nothing against the signed PUT: that object is made by
+    PutObject (with botocore's retries), and the next is signed again."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BusyFirst)
+    server.bodies = []  # type: ignore[attr-defined]
+    server.busy = busy  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxy = urllib3.ProxyManager(f"http://127.0.0.1:{server.server_address[1]}")
+        writer = LedgerWriter(BUCKET, "", s3, credentials(aws), http=proxy)
+        first = write(writer, "req-1")
+        assert writer.signed
+        second = write(writer, "req-2")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert len(server.bodies) == 2  # type: ignore[attr-defined]
+    assert decompress(s3.get_object(Bucket=BUCKET, Key=first)["Body"].read()) == TEXT
+    with pytest.raises(s3.exceptions.NoSuchKey):  # signed, taken by the proxy: not in moto
+        s3.get_object(Bucket=BUCKET, Key=second)
+    (warning,) = [r for r in caplog.records if "signed PUT failed" in r.getMessage()]
+    assert "PutObject for this object" in warning.getMessage()
+    assert warning.why == f"SignedPutRefused: {busy[0]} {busy[1]}"  # type: ignore[attr-defined]
+
+
 class _DroppingFirst(BaseHTTPRequestHandler):
     """A proxy that drops the first request's connection unanswered, as S3 does with a kept
     connection it closed, and answers the next as S3 taking the object."""

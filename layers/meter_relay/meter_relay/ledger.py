@@ -464,9 +464,10 @@ class LedgerWriter:
     (about 5,500 Python calls a request, its code out of the CPU's cache since the last batch),
     and a presigned URL, the way before, half of it again: building it is an operation call
     without the sending. A signed PUT that fails for any reason is made again at once by
-    PutObject, with botocore's retries, and the writer keeps to PutObject from then on: a
-    refused PUT costs a request, never an object. With a proxy configured, which botocore would
-    use, every PUT is PutObject."""
+    PutObject, with botocore's retries: a refused PUT costs a request, never an object. The
+    writer keeps to PutObject from then on, unless S3 answered that it was busy or failing
+    (SignedPutRefused.busy), which says nothing against the signed PUT. With a proxy
+    configured, which botocore would use, every PUT is PutObject."""
 
     def __init__(
         self,
@@ -525,9 +526,11 @@ class LedgerWriter:
                 self._put_signed(key, body, checksum, seconds)
                 return
             except (BotoCoreError, urllib3.exceptions.HTTPError, SignedPutRefused) as failure:
-                self.signed = False
+                busy = isinstance(failure, SignedPutRefused) and failure.busy
+                self.signed = busy
                 logger.warning(
-                    "ledger: a signed PUT failed; PutObject from now on",
+                    "ledger: a signed PUT failed; PutObject "
+                    + ("for this object" if busy else "from now on"),
                     extra={"key": key, "why": f"{type(failure).__name__}: {failure}"},
                 )
         self._s3.put_object(
@@ -575,10 +578,10 @@ class LedgerWriter:
             retries=_ONE_RETRY,
         )
         if answer.status != 200:
-            code = _S3_ERROR_CODE.search(answer.data)
-            raise SignedPutRefused(
-                f"{answer.status} {code.group(1).decode() if code else answer.reason}"
-            )
+            found = _S3_ERROR_CODE.search(answer.data)
+            code = found.group(1).decode() if found else answer.reason
+            busy = answer.status >= 500 or code == "RequestTimeout"
+            raise SignedPutRefused(f"{answer.status} {code}", busy=busy)
 
 
 _PROBE = "probe"
@@ -592,7 +595,13 @@ def _s3_pool() -> urllib3.PoolManager:
 
 
 class SignedPutRefused(Exception):
-    """S3 did not take a signed PUT (its status and error code)."""
+    """A signed PUT could not be made, or S3 did not take it (its status and error code).
+    `busy`: S3 was busy or failed (5xx, or the request's body came too slowly), which says
+    nothing against the signed PUT: the next object is signed again."""
+
+    def __init__(self, why: str, *, busy: bool = False) -> None:
+        super().__init__(why)
+        self.busy = busy
 
 
 class LedgerGap(Exception):
