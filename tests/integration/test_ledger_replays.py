@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from devkit.harness import load_function
+from meter_relay.ledger_store import LedgerBucket, LedgerUnavailable
 from tests.integration.dlq_helpers import (
     ago,
     api_event,
@@ -21,6 +22,7 @@ from tests.integration.dlq_helpers import (
     peek,
     put_letter,
     put_redriven,
+    run,
     run_json,
     take_usage_queue,
 )
@@ -88,6 +90,56 @@ def test_a_sync_replay_never_bills_a_delivered_event_twice(
     received = ledger.emulator.identifiers()
     assert received["done-1"] == {"received": 1, "counted": 1}  # the forwarder's only
     assert received["new-1"]["counted"] == 1
+
+
+def test_what_a_sync_replay_bills_is_in_the_ledger_and_never_billed_again(
+    ledger: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sync replay reaches Stripe without the forwarder: it records what Stripe counted, so
+    trace finds it, and a copy dead-lettered again is not sent past Stripe's 24 hours."""
+    put_letter(ledger, api_event("sync-1", "cus_a", "3"), "api_error", ago(**OLD), "m-sync")
+
+    code, done = run_json(capsys, "dlq", "replay", "--via", "sync", "--yes")
+    assert (code, done["counts"]) == (0, {"replayed": 1})
+    assert [o["warnings"] for o in done["outcomes"]] == [[]]
+
+    code, traced = run_json(capsys, "trace", "sync-1", "--no-dlq")
+    assert code == 0
+    ((event,),) = [e["records"] for e in traced["events"]]
+    assert (event["kind"], event["message_id"], event["customer"], event["value"]) == (
+        "delivered",
+        "m-sync",
+        "cus_a",
+        "3",
+    )
+    assert event["request_id"].startswith("sync-replay-")
+    code, out, _ = run(capsys, "trace", "sync-1", "--no-dlq")
+    assert f"by a sync replay {event['request_id']} (SQS message m-sync;" in out
+
+    again = put_letter(ledger, api_event("sync-1", "cus_a", "3"), "api_error", ago(**OLD))
+    code, done = run_json(capsys, "dlq", "replay", "--via", "sync", "--yes")
+    assert (code, by_message(done["outcomes"])[again]["action"]) == (0, "already_delivered")
+    assert ledger.emulator.identifiers()["sync-1"] == {"received": 1, "counted": 1}
+
+
+def test_a_sync_replay_the_ledger_cannot_record_says_so(
+    ledger: Relay, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stripe counted them: the letters are settled, and the run warns of the ledger's gap."""
+    letter = put_letter(ledger, api_event("gap-1", "cus_a", "3"), "api_error", ago(minutes=5))
+
+    def unwritable(*_: Any) -> str:
+        raise LedgerUnavailable("s3://ledger/events/...: AccessDenied")
+
+    monkeypatch.setattr(LedgerBucket, "put", unwritable)
+    code, done = run_json(capsys, "dlq", "replay", "--via", "sync", "--yes")
+
+    outcome = by_message(done["outcomes"])[letter]
+    assert (code, outcome["action"]) == (0, "replayed")
+    (warning,) = outcome["warnings"]
+    assert warning.startswith("Stripe counted these events, but the delivery ledger could not")
+    assert ledger.emulator.identifiers()["gap-1"]["counted"] == 1
+    assert peek(ledger) == {}
 
 
 def test_a_redrive_leaves_out_what_stripe_has(

@@ -145,9 +145,13 @@ QUERY = {
 }
 
 
-def test_operators_may_query_the_ledger_and_record_only_cancellations_and_rejections(
+SYNC_REPLAYS = ("s3:PutObject", f"{BUCKET_ARN}/events/*/sync-replay-*")
+
+
+def test_operators_may_query_the_ledger_and_record_only_cancellations_rejections_and_syncs(
     production: Stack,
 ) -> None:
+    """No operator can write over the forwarder's objects: a sync replay's are its own."""
     policy = production.properties("LedgerOperatorPolicy")
     assert grants(policy["PolicyDocument"]) == QUERY | {
         ("s3:GetObject", f"{BUCKET_ARN}/events/*"),
@@ -155,13 +159,14 @@ def test_operators_may_query_the_ledger_and_record_only_cancellations_and_reject
         ("s3:GetObject", f"{BUCKET_ARN}/rejections/*"),
         ("s3:PutObject", f"{BUCKET_ARN}/cancellations/*"),
         ("s3:PutObject", f"{BUCKET_ARN}/rejections/*"),
+        SYNC_REPLAYS,
     }
     output = production.template["Outputs"]["LedgerOperatorPolicyArn"]
     assert output["Value"] == {"Ref": "LedgerOperatorPolicy"}
     assert output["Condition"] == "HasLedger"
 
 
-def test_replays_may_query_deliveries_and_rejections_and_write_nothing_else(
+def test_replays_may_query_deliveries_and_rejections_and_write_only_their_sync_sends(
     production: Stack,
 ) -> None:
     policy = production.properties("DlqReplayLedgerPolicy")
@@ -169,6 +174,7 @@ def test_replays_may_query_deliveries_and_rejections_and_write_nothing_else(
     assert grants(policy["PolicyDocument"]) == QUERY | {
         ("s3:GetObject", f"{BUCKET_ARN}/events/*"),
         ("s3:GetObject", f"{BUCKET_ARN}/rejections/*"),
+        SYNC_REPLAYS,
     }
     variables = production.properties("DlqReplayFunction")["Environment"]["Variables"]
     assert (

@@ -45,7 +45,13 @@ from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import percent_encode
 
-from meter_relay.events import MeterEvent, MeterKeys, ValidationRules, format_timestamp
+from meter_relay.events import (
+    MeterEvent,
+    MeterKeys,
+    ValidationRules,
+    compact_json,
+    format_timestamp,
+)
 from meter_relay.observability import logger
 
 if TYPE_CHECKING:
@@ -386,7 +392,12 @@ def decompress(data: bytes) -> bytes:
 
 def encode(lines: Iterable[msgspec.Struct]) -> bytes:
     """Lines built as objects, as one compressed object (what the other writers put)."""
-    return compress(_ENCODER.encode_lines(list(lines)))
+    items = list(lines)
+    try:
+        return compress(_ENCODER.encode_lines(items))
+    except UnicodeEncodeError:  # a lone surrogate: json's \u escape, as the forwarder writes it
+        text = "".join(compact_json(msgspec.to_builtins(item)) + "\n" for item in items)
+        return compress(text.encode())
 
 
 def delivered_events(lines: Iterable[LedgerLine]) -> list[DeliveredEvents]:

@@ -29,6 +29,7 @@ from meter_relay.dlq.scan import WhenFull
 from meter_relay.dlq.toolkit import Toolkit
 from meter_relay.events import format_timestamp, parse_rfc3339
 from meter_relay.ledger_queries import LedgerQueries, Record
+from meter_relay.ledger_store import SYNC_REPLAY
 from meter_relay.reconcile import (
     WINDOWS,
     MeterSummaries,
@@ -254,8 +255,13 @@ def _read_letters(kit: Toolkit, traces: dict[str, Trace]) -> dict[str, Any]:
 
 def _describe(record: Record) -> str:
     if record.kind == "delivered":
+        by = (
+            "a sync replay"  # dlq replay --via sync: Stripe counted it without the forwarder
+            if (record.reference or "").startswith(SYNC_REPLAY)
+            else "invocation"
+        )
         return (
-            f"delivered {record.at} by invocation {record.reference} (SQS message "
+            f"delivered {record.at} by {by} {record.reference} (SQS message "
             f"{record.detail}; {record.event_name}, {record.customer}, value {record.value})"
         )
     if record.kind == "cancelled":

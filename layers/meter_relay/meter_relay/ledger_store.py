@@ -4,6 +4,9 @@ records other parts add beside the delivered events, and reading objects back.
 - `cancellations/dt=.../hour=.../<run>.jsonl.zst`: each adjustment `dlq cancel` made (the CLI's
   run, or the cancel function's invocation): identifier, event_name, adjustment id, Stripe's
   status, when.
+- `events/dt=.../hour=.../sync-replay-<uuid>.jsonl.zst`: the events a `dlq replay --via sync`
+  got counted at Stripe (a window of its messages), in the forwarder's format, its request id
+  the object's name: they reached Stripe without the forwarder, which records its own.
 - `rejections/dt=.../hour=.../<Stripe event id>.jsonl.zst`: each sample of a Stripe error
   report: identifier, Stripe's code and message, the report's event id and type, the meter and
   validation window, when it was recorded. Named after the Stripe event: a report retried
@@ -16,6 +19,7 @@ leaves it when replayed or discarded), and trace reads it.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,8 +29,16 @@ from typing import TYPE_CHECKING
 import msgspec
 from botocore.exceptions import BotoCoreError, ClientError
 
-from meter_relay.events import compact_json
-from meter_relay.ledger import CONTENT_TYPE, SUFFIX, WRITE_ATTEMPTS, LedgerLine, encode
+from meter_relay.events import MeterEvent, ValidationRules, compact_json, format_timestamp
+from meter_relay.ledger import (
+    CONTENT_TYPE,
+    SUFFIX,
+    WRITE_ATTEMPTS,
+    LedgerLine,
+    delivered_events,
+    encode,
+    line_of,
+)
 from meter_relay.ledger import decode as decode_events
 from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS, Table
 from meter_relay.observability import logger
@@ -186,6 +198,30 @@ def record_rejections(
     if not lines:
         return None
     return ledger.put(REJECTIONS, at or datetime.now(UTC), stripe_event_id, lines)
+
+
+SYNC_REPLAY = "sync-replay-"  # the name (and request id) of a sync replay's objects begins so
+
+
+def record_sync_deliveries(
+    ledger: LedgerBucket,
+    rules: ValidationRules,
+    delivered: Sequence[tuple[str, MeterEvent]],
+    at: datetime | None = None,
+) -> str | None:
+    """Events a sync replay got counted at Stripe, each with the SQS message it came from, as
+    one object of the forwarder's lines (each event with its meter's payload keys): trace
+    finds them, reconcile counts them, and a later replay knows Stripe has them. Its key (None:
+    nothing to record); LedgerUnavailable when it could not be written."""
+    if not delivered:
+        return None
+    at = at or datetime.now(UTC)
+    run, stamp = f"{SYNC_REPLAY}{uuid.uuid4()}", format_timestamp(at)
+    lines = [
+        line_of(event, rules.keys_for(event.event_name), stamp, message_id, run)
+        for message_id, event in delivered
+    ]
+    return ledger.put(EVENTS, at, run, delivered_events(lines))
 
 
 # ----- bodies of reported events ----------------------------------------------------------------

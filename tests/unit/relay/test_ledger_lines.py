@@ -224,6 +224,17 @@ def test_an_object_with_a_lone_surrogate_reads_back_as_it_was_sent() -> None:
     assert json.loads(event_body(first)) == odd.to_stripe()
 
 
+def test_lines_built_as_objects_take_a_lone_surrogate_too() -> None:
+    """What the other writers put (a sync replay's events among them) holds an event as sent,
+    a lone surrogate included, as the forwarder's lines do."""
+    odd = meter_event("api_requests", {"stripe_customer_id": "cus_\udc80", "value": "3"}, "e", None)
+    line = line_of(odd, MeterKeys(), "2026-12-06T01:02:03.456Z", "m-1", "sync-replay-1")
+
+    (back,) = decode(encode_events([line]))
+
+    assert (back.customer, back.request_id) == ("cus_\udc80", "sync-replay-1")
+
+
 @pytest.mark.parametrize(
     ("escaped", "readable"),
     [

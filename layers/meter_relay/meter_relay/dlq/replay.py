@@ -35,7 +35,7 @@ from meter_relay.dlq.runs import (
 )
 from meter_relay.dlq.scan import DeadLetterReader
 from meter_relay.dlq.selection import Filters, Fix
-from meter_relay.events import ErrorCode, ParsedEvent, Rejection, normalise_event
+from meter_relay.events import ErrorCode, MeterEvent, ParsedEvent, Rejection, normalise_event
 from meter_relay.ledger_queries import DeliveredLookup
 from meter_relay.ledger_store import LedgerUnavailable
 from meter_relay.retry import TOOLS_RETRY, Jitter, RateLimit, answer_code, with_retries
@@ -44,6 +44,11 @@ from meter_relay.stripe_client import Kind, StripeAnswer
 TOO_OLD = " (outside Stripe's 35-day window: not sent)"
 OUT_OF_TIME = "not sent before the deadline: the next run sends it"
 SYNC_SENDERS = 4  # messages sent through the synchronous endpoint at once
+NOT_RECORDED = (
+    "Stripe counted these events, but the delivery ledger could not record them: trace does "
+    "not find them, reconcile shows Stripe higher, and a replay after Stripe's 24 hours would "
+    "bill them again"
+)
 
 
 class MeterEventsApi(Protocol):
@@ -71,6 +76,7 @@ class Sent:
     rest: list[ParsedEvent] = field(default_factory=list)  # not sent: from where it stopped
     failure: StripeAnswer | None = None  # what stopped it (None: the time ran out)
     error: str | None = None  # the destination could not be written to: nothing went
+    unrecorded: str | None = None  # why the delivery ledger lacks the counted events
 
 
 class Resend(Protocol):
@@ -111,11 +117,20 @@ class QueueResend:
         ]
 
 
+# what Stripe counted through a sync replay, each event with the SQS message it came from, put
+# in the delivery ledger (ledger_store.record_sync_deliveries); LedgerUnavailable if it is not
+RecordDeliveries = Callable[[list[tuple[str, MeterEvent]]], object]
+
+
 class SyncResend:
     """Through /v2/billing/meter_events, a few messages at once and each message's events in
     order. An event Stripe refuses does not stop the others; a failure that is not the
     event's (409, 429, 5xx, no answer, after the retries) stops its message there, and so
-    does the time running out (checked before each attempt, whose timeout it bounds)."""
+    does the time running out (checked before each attempt, whose timeout it bounds).
+
+    With `record`, what Stripe counted is put in the delivery ledger after each window, as the
+    forwarder records what it delivers: these events reach Stripe without the forwarder, and
+    a ledger that lacked them would let a replay after Stripe's 24 hours bill them again."""
 
     via = "sync"
 
@@ -123,12 +138,14 @@ class SyncResend:
         self,
         api: MeterEventsApi,
         *,
+        record: RecordDeliveries | None = None,
         policy: RetryPolicy = TOOLS_RETRY,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Jitter = random.uniform,
         senders: int = SYNC_SENDERS,
     ) -> None:
         self.api = api
+        self.record = record
         self.policy = policy
         self.sleep = sleep
         self.jitter = jitter
@@ -146,7 +163,27 @@ class SyncResend:
             while pending:  # a long window must not let its messages show again
                 _, pending = wait_for(pending, timeout=5.0)
                 keep_hidden()
-            return [future.result() for future in futures]
+        results = [future.result() for future in futures]
+        self._record(plans, results)
+        return results
+
+    def _record(self, plans: list[Plan], results: list[Sent]) -> None:
+        """What Stripe counted, in the ledger; when it cannot be, each message that had some
+        says so (its outcome warns)."""
+        counted = [
+            (plan.message.source_message_id, parsed.event)
+            for plan, sent in zip(plans, results, strict=True)
+            for parsed in sent.counted
+            if parsed.event is not None
+        ]
+        if self.record is None or not counted:
+            return
+        try:
+            self.record(counted)
+        except LedgerUnavailable as error:
+            for sent in results:
+                if sent.counted:
+                    sent.unrecorded = str(error)
 
     def _send_events(
         self, events: list[ParsedEvent], remaining: Callable[[], float] | None
@@ -325,6 +362,8 @@ class Replayer:
             outcome.keep(event, refusal.code, refusal.message)
             settlement.letters.append(event_letter(message, event, refusal))
         outcome.identifiers = [e.identifier for e in sent.counted if e.identifier]
+        if sent.unrecorded is not None:
+            outcome.warnings.append(f"{NOT_RECORDED} ({sent.unrecorded})")
         if sent.rest:
             settlement.stopped = sent.failure is None
             reason = _rest_reason(message, sent.failure)

@@ -3,7 +3,7 @@ from --profile/--region; the Lambda function's own), alike for the CLI and the D
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING
 
 import boto3
@@ -17,7 +17,7 @@ from meter_relay.dlq.scan import DeadLetterReader
 from meter_relay.events import ValidationRules
 from meter_relay.ledger_engines import AthenaEngine, DuckDbEngine, Engine
 from meter_relay.ledger_queries import LedgerQueries
-from meter_relay.ledger_store import LedgerBucket
+from meter_relay.ledger_store import LedgerBucket, record_sync_deliveries
 from meter_relay.secret_key import read_secret_key
 from meter_relay.stripe_client import StripeApi, StripeHttp
 
@@ -98,7 +98,11 @@ class Toolkit:
         return QueueResend(self.usage_queue())
 
     def sync_resend(self) -> SyncResend:
-        return SyncResend(self.stripe_api(pool_size=SYNC_SENDERS))
+        """Through Stripe's synchronous endpoint, what Stripe counts recorded in the delivery
+        ledger when the stack has one."""
+        ledger = self.ledger()
+        record = partial(record_sync_deliveries, ledger, self.rules) if ledger else None
+        return SyncResend(self.stripe_api(pool_size=SYNC_SENDERS), record=record)
 
     def stripe_api(self, pool_size: int = 1) -> StripeApi:
         """The secret key, from Secrets Manager only (never logged, never in output); a key of
