@@ -135,6 +135,10 @@ def test_reconcile_finds_exactly_the_planted_discrepancies(
     assert by_customer["cus_b"]["difference"] == "100"
     assert by_customer["cus_c"]["end"] == at(60)
 
+    # --json, the spelling, is --output json
+    code, out, _ = run(capsys, "reconcile", "--event-name", "api_requests", *TWO_HOURS, "--json")
+    assert (code, json.loads(out)) == (1, planted)
+
     code, out, err = run(capsys, "reconcile", "--event-name", "api_requests", *TWO_HOURS)
     assert code == 1
     assert "2 mismatches" in out
@@ -257,6 +261,9 @@ def test_trace_says_where_each_event_is(
         "t-never": "unknown",
     }
     assert document["unknown"] == ["t-never"]
+    code, out, _ = run(capsys, "trace", "t-delivered", "t-never", "--json")
+    assert code == 1
+    assert json.loads(out)["events"] == [events["t-delivered"], events["t-never"]]
     (delivered,) = events["t-delivered"]["records"]
     assert (delivered["kind"], delivered["message_id"], delivered["customer"]) == (
         "delivered",

@@ -62,6 +62,7 @@ def register(
     trace_cmd.add_argument(
         "--no-dlq", action="store_true", help="do not read the DLQ (the ledger only)"
     )
+    _add_json(trace_cmd)
     _add_ledger_settings(trace_cmd)
     trace_cmd.set_defaults(run=cmd_trace)
 
@@ -82,8 +83,20 @@ def register(
         help="leave out the last N minutes before now: Stripe's summaries lag (default: 5)",
     )
     rec.add_argument("--meter-id", help="the meter (default: the event_name's active meter)")
+    _add_json(rec)
     _add_ledger_settings(rec, stripe=True)
     rec.set_defaults(run=cmd_reconcile)
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_const",
+        dest="output",
+        const="json",
+        default=argparse.SUPPRESS,
+        help="the same as --output json",
+    )
 
 
 def _add_ledger_settings(parser: argparse.ArgumentParser, *, stripe: bool = False) -> None:
