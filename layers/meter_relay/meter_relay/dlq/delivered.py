@@ -26,7 +26,7 @@ def delivered_among(
     for message, ids in chosen:
         if ids:
             identifiers.extend(ids)
-            since = message.first_seen if since is None else min(since, message.first_seen)
+            since = message.earliest if since is None else min(since, message.earliest)
     if since is None:
         return set()
     return lookup.delivered(identifiers, since)

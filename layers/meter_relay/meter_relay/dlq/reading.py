@@ -123,9 +123,19 @@ class DlqMessage:
         return is_passing(self.code, self.error_message)
 
     @property
+    def earliest(self) -> datetime:
+        """The earliest its events can have reached Stripe: when first seen, or when sent. SQS
+        keeps the enqueue time (SentTimestamp) of a message it moves to the DLQ, but its
+        ApproximateFirstReceiveTimestamp may be the DLQ's first receive, after up to
+        maxReceiveCount receives (12 hours at the template's 120) in which some of its events
+        may have been delivered."""
+        return min(self.first_seen, self.sent_at)
+
+    @property
     def past_dedup_window(self) -> bool:
-        """First seen more than 24 hours ago: what of it Stripe counted, it would count again."""
-        return self.age > DEDUP_WINDOW
+        """Its events may have reached Stripe more than 24 hours ago: what of it Stripe
+        counted, it would count again."""
+        return datetime.now(UTC) - self.earliest > DEDUP_WINDOW
 
     def to_json(self) -> dict[str, Any]:
         return {
