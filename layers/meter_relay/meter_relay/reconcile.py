@@ -50,10 +50,9 @@ class MeterInfo:
 class Window:
     start: int  # epoch seconds, inclusive
     end: int  # exclusive
-
-    @property
-    def whole(self) -> bool:
-        return self.end - self.start in WINDOWS.values()
+    # a whole window of the grouping (an hour or a day on its boundaries), not cut at an end:
+    # a cut day window can be an hour long, which Stripe refuses to group by day
+    whole: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, str]:
         return {"start": _iso(self.start), "end": _iso(self.end)}
@@ -74,7 +73,8 @@ def windows(since: datetime, until: datetime, step: int) -> list[Window]:
     found = []
     while start < end:
         boundary = (start // step + 1) * step
-        found.append(Window(start, min(boundary, end)))
+        stop = min(boundary, end)
+        found.append(Window(start, stop, whole=stop - start == step))
         start = found[-1].end
     return found
 

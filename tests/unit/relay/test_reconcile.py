@@ -37,6 +37,13 @@ def test_windows_are_cut_to_the_minute_and_split_at_each_hour() -> None:
     assert windows(T, T + timedelta(seconds=59), 3600) == []
 
 
+def test_a_day_window_cut_to_an_hour_is_not_whole() -> None:
+    """Stripe groups by day only on day boundaries: an hour cut from a day is asked alone."""
+    midnight = T.replace(hour=0)
+    found = windows(midnight - timedelta(hours=1), midnight + timedelta(days=1), 86400)
+    assert [(w.end - w.start, w.whole) for w in found] == [(3600, False), (86400, True)]
+
+
 def test_settled_leaves_out_the_last_minutes_before_now() -> None:
     now = T + timedelta(minutes=30, seconds=10)
     assert settled(T + timedelta(hours=1), now, 5) == T + timedelta(minutes=25)
