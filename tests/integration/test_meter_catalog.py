@@ -19,6 +19,7 @@ from meter_relay.catalog import PART_CHARS, CatalogStore, Meter, MeterCatalog
 from tests.integration.dlq_helpers import cli as cli  # the fixture
 from tests.integration.dlq_helpers import peek, run_json, take_usage_queue
 from tests.integration.test_forwarder import counted, dead_letters, event, failures
+from tests.integration.test_ledger_write import ledger_objects
 from tests.plugins.aws import AwsEnv
 from tests.plugins.relay import CATALOG_PATH, Relay, emf_sums
 
@@ -173,6 +174,30 @@ def test_a_meter_created_a_minute_ago_is_not_refused(
     assert codes == {("m-typo", "typo-1"): "no_meter", ("m-typo-2", "typo-2"): "no_meter"}
     assert first["MeterCatalogRefreshes"] == 1
     assert second["MeterCatalogRefreshes"] == 0
+
+
+def test_a_meter_created_a_minute_ago_is_recorded_with_its_own_payload_keys(
+    relay: Relay,
+) -> None:
+    """The batch that read the catalog again is recorded by the meters it was judged by: the
+    ledger finds the customer and the value where the new meter keeps them."""
+    _store_catalog(relay)
+    relay.emulator.create_meter("tokens_used", customer_key="account", value_key="tokens")
+    fresh = {
+        "event_name": "tokens_used",
+        "identifier": "tok-1",
+        "payload": {"account": "cus_t", "tokens": "9"},
+    }
+    sqs_event = relay.sqs_event([fresh, event("plain-1")], ["m-tok", "m-ok"])
+    with relay.forwarder(refresher=True) as forwarder:
+        assert failures(forwarder.invoke(sqs_event), sqs_event) == set()
+
+    assert counted(relay) == {"tok-1": 1, "plain-1": 1}
+    lines = {line.identifier: line for lines in ledger_objects(relay).values() for line in lines}
+    recorded = lines["tok-1"]
+    assert (recorded.customer_key, recorded.value_key) == ("account", "tokens")
+    assert (recorded.customer, recorded.value) == ("cus_t", "9")
+    assert lines["plain-1"].customer_key == "stripe_customer_id"
 
 
 def test_a_no_meter_letter_is_replayed_once_the_meter_exists(relay: Relay) -> None:

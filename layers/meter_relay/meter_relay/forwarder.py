@@ -220,7 +220,9 @@ class Forwarder:
             # a meter created a minute ago is not refused: the catalog is read again once
             newer = self.catalog.refreshed()
             if newer is not None:
-                batch.judge_meters_again(run, rules.with_meters(newer.meters))
+                # the ledger records the batch by the meters it was judged by (their keys)
+                rules = rules.with_meters(newer.meters)
+                batch.judge_meters_again(run, rules)
         # the batch is read: its identifier table goes while the calls are in flight, not
         # after them, when freeing it would add to the invocation's time
         batch.judge.forget_identifiers()
