@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from meter_relay.ledger import decode, decompress
+from meter_relay.stripe_client import StripeApi
 from tests.integration.dlq_helpers import (
     api_event,
     deliver_sync,
@@ -336,6 +337,38 @@ def test_cancels_are_recorded_in_the_ledger_once_per_run(
         ("r-2", "pending"),
     ]
     assert all(x["adjustment_id"] for x in lines)
+
+
+def test_a_cancel_run_interrupted_records_what_stripe_took(
+    ledger: Relay,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C after Stripe took the first cancel: the rerun skips it (--skip AUDIT_FILE), so
+    this run is the only one that can record it."""
+    forward(ledger, [usage("i-1", "cus_a", "2", 5), usage("i-2", "cus_a", "2", 6)], ["m1", "m2"])
+    cancel_at = StripeApi.cancel_meter_event
+    calls: list[str] = []
+
+    def interrupted_on_the_second(
+        self: StripeApi, event_name: str, identifier: str, timeout: float
+    ) -> Any:
+        calls.append(identifier)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return cancel_at(self, event_name, identifier, timeout)
+
+    monkeypatch.setattr(StripeApi, "cancel_meter_event", interrupted_on_the_second)
+    code, _ = cancel(capsys, tmp_path, "i-1", "i-2")
+
+    assert code == 130
+    s3 = ledger.aws.client("s3")
+    (item,) = s3.list_objects_v2(Bucket=LEDGER_BUCKET, Prefix="cancellations/")["Contents"]
+    lines = [
+        json.loads(x) for x in decode_text(s3.get_object(Bucket=LEDGER_BUCKET, Key=item["Key"]))
+    ]
+    assert [(x["identifier"], x["status"]) for x in lines] == [("i-1", "pending")]
 
 
 def decode_text(response: Any) -> list[str]:

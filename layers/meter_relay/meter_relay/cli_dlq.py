@@ -37,6 +37,7 @@ from meter_relay.dlq.runs import RunSummary
 from meter_relay.dlq.selection import Filters, Fix, Reasons, positive_count
 from meter_relay.dlq.toolkit import ENGINES
 from meter_relay.events import parse_rfc3339
+from meter_relay.ledger_store import LedgerBucket
 from meter_relay.retry import RateLimit
 
 DLQ, USAGE, SECRET = "DEAD_LETTER_QUEUE_URL", "USAGE_QUEUE_URL", "STRIPE_SECRET_ID"
@@ -419,8 +420,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                 refusal="refusing to cancel without confirmation: not a terminal; see what "
                 "would be cancelled with --dry-run, then run again with --yes",
             )
-    audit = _cancel(api, targets, args)
-    unrecorded = record(kit.ledger(), audit, f"cli-{uuid.uuid4().hex}")
+    audit, unrecorded = _cancel(api, targets, args, kit.ledger())
     complete = scanned_all and len(audit) == len(targets)
     statuses = Counter(line.status.value for line in audit)
     if _json(args):
@@ -445,23 +445,36 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return Exit.STAYED if bad else Exit.DONE
 
 
-def _cancel(api: Any, targets: list[CancelTarget], args: argparse.Namespace) -> list[AuditLine]:
+def _cancel(
+    api: Any, targets: list[CancelTarget], args: argparse.Namespace, ledger: LedgerBucket | None
+) -> tuple[list[AuditLine], str | None]:
+    """The run's audit, and what went wrong recording its cancels in the ledger (if it did).
+    They are recorded also when the run stops on Ctrl-C or an error: its rerun skips them
+    (--skip AUDIT_FILE), so this run is the only one that can."""
     progress = Progress("cancelling", len(targets))
     audit_file = open(args.audit, "a") if args.audit else None  # noqa: SIM115 (closed below)
+    audit: list[AuditLine] = []
 
-    def record(line: AuditLine) -> None:
+    def step(line: AuditLine) -> None:
+        audit.append(line)
         progress.step(line.status)
         if audit_file:
             audit_file.write(json.dumps(line.to_json()) + "\n")
             audit_file.flush()
 
+    run = f"cli-{uuid.uuid4().hex}"
     try:
-        audit, _ = cancel(api, targets, rate=RateLimit(args.rate), progress=record)
+        cancel(api, targets, rate=RateLimit(args.rate), progress=step)
+    except BaseException:
+        unrecorded = record(ledger, audit, run)
+        if unrecorded:
+            console.warn(f"warning: {unrecorded} (the audit file has them)")
+        raise
     finally:
         progress.close()
         if audit_file:
             audit_file.close()
-    return audit
+    return audit, record(ledger, audit, run)
 
 
 def _cancel_preview(targets: list[CancelTarget]) -> list[str]:
