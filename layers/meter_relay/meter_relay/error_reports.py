@@ -182,6 +182,7 @@ class ErrorReport:
     error_count: int | None  # Stripe's total for the window
     counts: dict[str, int] = field(default_factory=dict)  # per code, in Stripe's order
     samples: tuple[SampleError, ...] = ()
+    created: str | None = None  # when Stripe made the report (its event's `created`)
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> ErrorReport:
@@ -210,6 +211,7 @@ class ErrorReport:
             error_count=_count(reason.get("error_count")),
             counts=counts,
             samples=tuple(samples),
+            created=_text(event.get("created")),
         )
 
 
@@ -533,7 +535,10 @@ class ReportProcessor:
     def _record(self, report: ErrorReport) -> int:
         """The samples in the ledger (after the letters: the DLQ comes first); how many could
         not be recorded. One object per Stripe event: a report processed again rewrites it."""
-        lines = rejection_lines(report, datetime.now(UTC))
+        # when Stripe reported them, the same however often the report is processed: a
+        # delivery after it (a replay) is one Stripe did not reject
+        reported = parse_rfc3339(report.created or "") or datetime.now(UTC)
+        lines = rejection_lines(report, reported)
         if self.ledger is None or not lines:
             return 0
         try:

@@ -9,8 +9,9 @@ records other parts add beside the delivered events, and reading objects back.
   the object's name: they reached Stripe without the forwarder, which records its own.
 - `rejections/dt=.../hour=.../<Stripe event id>.jsonl.zst`: each sample of a Stripe error
   report: identifier, Stripe's code and message, the report's event id and type, the meter and
-  validation window, when it was recorded. Named after the Stripe event: a report retried
-  within the hour rewrites the same object (a line twice changes no query's answer).
+  validation window, and when Stripe reported it (its event's `created`: a delivery after
+  that, a replay, is one Stripe did not reject). Named after the Stripe event: a report
+  retried within the hour rewrites the same object (a line twice changes no query's answer).
 
 Dead-lettered events are not recorded: the DLQ itself says what is dead-lettered now (a letter
 leaves it when replayed or discarded), and trace reads it.
