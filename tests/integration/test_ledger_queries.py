@@ -286,6 +286,9 @@ def test_reconcile_counts_as_stripe_does_per_customer_and_hour(ledger: LedgerBuc
         ("cus_a", hour): Totals(2, Decimal(8), Decimal(5)),
         ("cus_b", hour + 3600): Totals(2, Decimal(11), Decimal(9)),
     }
+    # each window's latest delivery of what it counts (a-2's second delivery is not counted)
+    assert totals[("cus_a", hour)].last_delivered_at == at(10, 5)
+    assert totals[("cus_b", hour + 3600)].last_delivered_at == at(11, 51)
 
 
 def test_reconcile_takes_a_cut_window_and_chosen_customers(ledger: LedgerBucket) -> None:

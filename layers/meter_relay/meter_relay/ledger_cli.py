@@ -325,6 +325,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 grouping=args.window,
                 customers=args.customer or [],
                 on_customer=progress.step,
+                delivered_until=now - timedelta(minutes=args.settle_minutes),
             )
         finally:
             progress.close()
@@ -335,6 +336,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         ) from None
     _report(args, result, until, end)
     return Exit.STAYED if result.mismatches else Exit.DONE
+
+
+def _unsettled(result: Reconciliation) -> str:
+    return ", ".join(f"{who} {window.to_json()['start']}" for who, window in result.unsettled)
 
 
 def _report(
@@ -376,6 +381,13 @@ def _report(
             console.warn(said)
         else:
             console.line(said)
+    if result.unsettled:
+        console.warn(
+            f"{len(result.unsettled)} customer-windows disagree but hold events delivered in "
+            f"the last {args.settle_minutes:g} minutes, which Stripe's summaries may not have "
+            "yet: not called mismatches; run again later"
+            + ("" if args.output == "json" else ": " + _unsettled(result))
+        )
     if not args.customer:
         console.warn(
             "customers compared: those the ledger has in these windows; name others with "

@@ -4,12 +4,13 @@ Stripe has (replays), and what Stripe should count per customer and window (reco
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
 from meter_relay import ledger_sql
+from meter_relay.events import parse_rfc3339
 from meter_relay.ledger_engines import Engine
 
 CHUNK = 500  # identifiers per query: Athena takes a query text of at most 256 KB
@@ -75,6 +76,9 @@ class Totals:
     # lowest) to `last_highest`, `last_values` of them differing.
     last_highest: Decimal | None = None
     last_values: int = 1
+    # its latest delivery (an old-stamped event's, a backlog's, can be minutes ago): not part
+    # of the totals' value, which is what Stripe is compared with
+    last_delivered_at: datetime | None = field(default=None, compare=False)
 
     def by(self, formula: str) -> Decimal:
         if formula == "count":
@@ -172,5 +176,6 @@ class LedgerQueries:
                 last=Decimal(row["last_value"] or "0"),
                 last_highest=Decimal(row["last_highest"] or "0") if tied > 1 else None,
                 last_values=max(tied, 1),
+                last_delivered_at=parse_rfc3339(row.get("last_delivered_at") or ""),
             )
         return totals

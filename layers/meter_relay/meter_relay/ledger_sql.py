@@ -242,7 +242,7 @@ counted AS (
     )
 ),
 windowed AS (
-  SELECT customer, value,
+  SELECT customer, value, delivered_at,
          CAST(floor(event_epoch / {step}) AS BIGINT) * {step} AS window_start,
          rank() OVER (
            PARTITION BY customer, CAST(floor(event_epoch / {step}) AS BIGINT)
@@ -256,7 +256,8 @@ SELECT customer, window_start, count(*) AS events,
        min(CASE WHEN newest = 1 THEN CAST(value AS DECIMAL(38, 12)) END) AS last_value,
        max(CASE WHEN newest = 1 THEN CAST(value AS DECIMAL(38, 12)) END) AS last_highest,
        count(DISTINCT CASE WHEN newest = 1 THEN CAST(value AS DECIMAL(38, 12)) END)
-         AS last_values
+         AS last_values,
+       max(delivered_at) AS last_delivered_at
 FROM windowed
 GROUP BY customer, window_start
 ORDER BY customer, window_start

@@ -198,3 +198,33 @@ def test_stripe_unreachable_stops_the_reconcile() -> None:
     with pytest.raises(StripeFailed, match="connection failed") as failure:
         MeterSummaries(Down([]), sleep=lambda _: None).meter("api", "mtr_1")  # type: ignore[arg-type]
     assert failure.value.status == 0
+
+
+@pytest.mark.parametrize(
+    ("delivered_minutes_ago", "stripe_value", "unsettled", "mismatch"),
+    [
+        (2, 5, True, False),  # disagrees, delivered too recently: Stripe may not have it yet
+        (10, 5, False, True),  # disagrees, delivered long enough ago: a mismatch
+        (2, 8, False, False),  # agrees: nothing to say
+    ],
+)
+def test_a_window_delivered_too_recently_for_stripes_summaries_is_unsettled(
+    delivered_minutes_ago: int, stripe_value: float, unsettled: bool, mismatch: bool
+) -> None:
+    """An old-stamped event delivered a minute ago (a backlog, a replay) is in the ledger and
+    may not be in Stripe's summaries yet: its window is not called a mismatch until later."""
+    now = T + timedelta(hours=5)
+    delivered = now - timedelta(minutes=delivered_minutes_ago)
+    totals = Totals(2, Decimal(8), Decimal(5), last_delivered_at=delivered)
+    result = reconcile(
+        FakeLedger({("cus_a", E): totals}),  # type: ignore[arg-type]
+        MeterSummaries(FakeStripe([summary(E, stripe_value)])),  # type: ignore[arg-type]
+        MeterInfo("mtr_1", "api", "sum"),
+        since=T,
+        until=T + timedelta(hours=1),
+        grouping="hour",
+        delivered_until=now - timedelta(minutes=5),
+    )
+    assert bool(result.unsettled) is unsettled
+    assert bool(result.mismatches) is mismatch
+    assert result.compared == 1
