@@ -291,6 +291,21 @@ def test_reconcile_counts_as_stripe_does_per_customer_and_hour(ledger: LedgerBuc
     assert totals[("cus_b", hour + 3600)].last_delivered_at == at(11, 51)
 
 
+def test_a_cancel_of_another_meters_event_takes_nothing_off(ledger: LedgerBucket) -> None:
+    """Stripe cancels an event by its event_name and identifier: a cancel recorded under
+    another name (`dlq cancel --identifiers FILE --event-name` given the wrong one) is not
+    this event's."""
+    deliver(ledger, at(10, 5), "req-1", line("n-1", "cus_a", "3", iso(at(10, 1)), at(10, 5)))
+    ledger.put(
+        CANCELLATIONS,
+        at(11),
+        "cli-1",
+        [CancellationLine("n-1", "searches", "adj_1", "pending", iso(at(11)))],
+    )
+    totals = queries(ledger).reconcile("api_requests", [], at(10), at(11), 3600)
+    assert totals == {("cus_a", int(at(10).timestamp())): Totals(1, Decimal(3), Decimal(3))}
+
+
 def test_reconcile_takes_a_cut_window_and_chosen_customers(ledger: LedgerBucket) -> None:
     deliver(
         ledger,

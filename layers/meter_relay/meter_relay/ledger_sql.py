@@ -238,7 +238,7 @@ counted AS (
     AND NOT EXISTS (
       SELECT 1 FROM {cancellations} c
       WHERE {cancellations_written} AND c.identifier = d.identifier
-        AND c.cancelled_at > d.delivered_at
+        AND c.event_name = d.event_name AND c.cancelled_at > d.delivered_at
     )
 ),
 windowed AS (
