@@ -74,7 +74,7 @@ def test_a_reported_event_comes_back_with_its_body_and_is_recorded(
     assert set(recorded) <= set(RejectionLine.__struct_fields__)
     # when Stripe reported it, not when it was processed: a report processed again later (a
     # retry, a late errors pull) must not make a replay delivered meanwhile look rejected
-    created = parse_rfc3339(json.loads(request["body"])["created"])
+    created = parse_rfc3339(json.loads(str(request["body"]))["created"])
     assert created is not None
     assert recorded["reported_at"] == format_timestamp(created)
     assert "ledger gap" not in capfd.readouterr().out
