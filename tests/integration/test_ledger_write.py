@@ -5,12 +5,12 @@ fails never fails the delivery, and is counted (LedgerGap)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from meter_relay.events import format_timestamp
+from meter_relay.events import format_timestamp, parse_rfc3339
 from meter_relay.forwarder import ledger_s3_config
 from meter_relay.ledger import compress, decode
 from tests.integration.test_forwarder import counted, event, failures
@@ -107,6 +107,25 @@ def test_a_batch_of_single_events_records_each_with_its_own_message(
     assert [(line.identifier, line.message_id, line.value, line.event_name) for line in lines] == [
         (f"single-{n}", f"m-single-{n}", str(n + 1), "api_requests") for n in range(records)
     ]
+
+
+def test_delivered_at_is_when_the_invocation_began_sending(relay: Relay) -> None:
+    """Stripe reports an event it rejects about 10 s after it received it; an invocation's
+    calls can take longer (retries, Stripe's latency). A delivery stamped after its calls
+    could read as later than the report on it, as if it were a resend: it is stamped before
+    them."""
+    relay.put_session()
+    relay.emulator.set_faults("stream", latency_ms=1500)
+    sqs_event = relay.sqs_event([event("slow-1", "cus_a", "3")], ["m-slow"])
+    before = datetime.now(UTC)
+    with relay.forwarder() as forwarder:
+        assert failures(forwarder.invoke(sqs_event), sqs_event) == set()
+    after = datetime.now(UTC)
+
+    ((line,),) = ledger_objects(relay).values()
+    delivered = parse_rfc3339(line.delivered_at)
+    assert delivered is not None
+    assert before <= delivered < after - timedelta(seconds=1.5)  # before the call's answer
 
 
 def test_a_ledger_that_cannot_be_written_never_fails_the_delivery(

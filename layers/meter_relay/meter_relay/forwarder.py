@@ -162,8 +162,13 @@ class Forwarder:
         rules: ValidationRules,
         context: LambdaContext,
         time_left: Callable[[], float],
+        sent_from: datetime,
     ) -> Future[None] | None:
-        """Start writing the delivered events to the ledger (None: no ledger, or nothing)."""
+        """Start writing the delivered events to the ledger (None: no ledger, or nothing).
+        Their `delivered_at` is `sent_from`, when the invocation began, before any of its calls:
+        no earlier than Stripe received them. A Stripe error report on them comes after that,
+        however long the calls took (their retries can take the whole timeout), so a delivery
+        later than a report is one sent after it (ledger_sql: "rejected since")."""
         if self.ledger is None:
             return None
         by_record = batch.message_ids
@@ -175,15 +180,15 @@ class Forwarder:
             encoded_ids = batch.encoded_ids
         else:
             message_ids = [by_record[m] for m, _ in tags]
-        now = datetime.now(UTC)
         request_id = context.aws_request_id
         # every event delivered was judged by the short path when nothing was read in full
         names = None if batch.read_in_full else batch.judge.event_names()
         calls = report.delivered_bodies()
         text = ledger_text(
-            events, message_ids, rules, now, request_id, names, texts, calls, encoded_ids
+            events, message_ids, rules, sent_from, request_id, names, texts, calls, encoded_ids
         )
-        return self.ledger.start(text, now, request_id, time_left)
+        # the object goes in the hour it is written: what lists objects by hour finds it there
+        return self.ledger.start(text, datetime.now(UTC), request_id, time_left)
 
     def handle(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         """Read -> deliver -> dead-letter -> settle, within the invocation's deadline."""
@@ -213,7 +218,8 @@ class Forwarder:
             self.catalog.begin_invocation(time_left)
             catalog = self.catalog.current()
             rules = rules.with_meters(catalog.meters if catalog is not None else None)
-        batch = Batch(records, Judge(rules, datetime.now(UTC)), self.ledger is not None)
+        began = datetime.now(UTC)
+        batch = Batch(records, Judge(rules, began), self.ledger is not None)
         run: DeliveryRun[EventTag] = self.delivery.start(remaining)
         batch.read_into(run)
         if batch.refused_for_their_meter() and self.catalog is not None:
@@ -234,7 +240,7 @@ class Forwarder:
             return remaining() - retry.dead_letter_margin
 
         # the ledger is written beside the dead letters, both within the deadline
-        recording = self._record(batch, report, rules, context, settle_time)
+        recording = self._record(batch, report, rules, context, settle_time, began)
         letters = batch.letters(report)
         unsent = self.dead_letters.send(letters, settle_time)
         settled = batch.settle(report, letters, unsent)

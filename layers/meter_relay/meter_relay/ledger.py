@@ -2,9 +2,11 @@
 this event?" and "are Stripe's totals right?".
 
 Each forwarder invocation writes the events it delivered as one Zstandard-compressed JSON Lines
-object, `events/dt=YYYY-MM-DD/hour=HH/<invocation request id>.jsonl.zst` (the hour it delivered
+object, `events/dt=YYYY-MM-DD/hour=HH/<invocation request id>.jsonl.zst` (the hour it wrote
 them, UTC). A line holds up to 100 events (a stream call's worth) whose meters read the same
-payload keys: when they were delivered, the invocation's request id, those payload keys (where
+payload keys: when they were delivered (`delivered_at`: when the invocation began, before its
+calls, so that a Stripe error report on them is always later), the invocation's request id,
+those payload keys (where
 the customer and the value are), `message_ids` (the SQS message of each event, in order) and
 `events`, each event exactly as the stream call sent it (event_name, payload, identifier,
 timestamp). The queries unnest the lines into one row per event (ledger_sql.EVENTS_VIEW); read

@@ -208,21 +208,22 @@ def record_sync_deliveries(
     ledger: LedgerBucket,
     rules: ValidationRules,
     delivered: Sequence[tuple[str, MeterEvent]],
-    at: datetime | None = None,
+    sent_from: datetime,
 ) -> str | None:
     """Events a sync replay got counted at Stripe, each with the SQS message it came from, as
     one object of the forwarder's lines (each event with its meter's payload keys): trace
-    finds them, reconcile counts them, and a later replay knows Stripe has them. Its key (None:
-    nothing to record); LedgerUnavailable when it could not be written."""
+    finds them, reconcile counts them, and a later replay knows Stripe has them. Delivered at
+    `sent_from`, when their window's sends began, as the forwarder stamps its own (an error
+    report on them comes later). Its key (None: nothing to record); LedgerUnavailable when it
+    could not be written."""
     if not delivered:
         return None
-    at = at or datetime.now(UTC)
-    run, stamp = f"{SYNC_REPLAY}{uuid.uuid4()}", format_timestamp(at)
+    run, stamp = f"{SYNC_REPLAY}{uuid.uuid4()}", format_timestamp(sent_from)
     lines = [
         line_of(event, rules.keys_for(event.event_name), stamp, message_id, run)
         for message_id, event in delivered
     ]
-    return ledger.put(EVENTS, at, run, delivered_events(lines))
+    return ledger.put(EVENTS, datetime.now(UTC), run, delivered_events(lines))
 
 
 # ----- bodies of reported events ----------------------------------------------------------------

@@ -117,9 +117,10 @@ class QueueResend:
         ]
 
 
-# what Stripe counted through a sync replay, each event with the SQS message it came from, put
-# in the delivery ledger (ledger_store.record_sync_deliveries); LedgerUnavailable if it is not
-RecordDeliveries = Callable[[list[tuple[str, MeterEvent]]], object]
+# what Stripe counted through a sync replay, each event with the SQS message it came from, and
+# when the sends began, put in the delivery ledger (ledger_store.record_sync_deliveries);
+# LedgerUnavailable if it is not
+RecordDeliveries = Callable[[list[tuple[str, MeterEvent]], datetime], object]
 
 
 class SyncResend:
@@ -157,6 +158,7 @@ class SyncResend:
         remaining: Callable[[], float] | None,
         keep_hidden: Callable[[], None],
     ) -> list[Sent]:
+        began = datetime.now(UTC)
         with ThreadPoolExecutor(self.senders, thread_name_prefix="sync-replay") as pool:
             futures = [pool.submit(self._send_events, plan.ready, remaining) for plan in plans]
             pending: set[Future[Sent]] = set(futures)
@@ -164,10 +166,10 @@ class SyncResend:
                 _, pending = wait_for(pending, timeout=5.0)
                 keep_hidden()
         results = [future.result() for future in futures]
-        self._record(plans, results)
+        self._record(plans, results, began)
         return results
 
-    def _record(self, plans: list[Plan], results: list[Sent]) -> None:
+    def _record(self, plans: list[Plan], results: list[Sent], began: datetime) -> None:
         """What Stripe counted, in the ledger; when it cannot be, each message that had some
         says so (its outcome warns)."""
         counted = [
@@ -179,7 +181,7 @@ class SyncResend:
         if self.record is None or not counted:
             return
         try:
-            self.record(counted)
+            self.record(counted, began)
         except LedgerUnavailable as error:
             for sent in results:
                 if sent.counted:
