@@ -299,7 +299,7 @@ def test_trace_says_where_each_event_is(
     assert document["searched"]["engine"] == "duckdb"
 
     identifiers = tmp_path / "ids.txt"
-    identifiers.write_text("t-delivered\n\nt-refused\n")
+    identifiers.write_bytes("\ufefft-delivered\r\n\r\nt-refused\r\n".encode())  # from Excel
     code, out, err = run(capsys, "trace", "--file", str(identifiers))
     assert code == 0, (out, err)
     assert out.splitlines()[0] == "t-delivered  delivered"

@@ -185,7 +185,7 @@ def _identifiers(args: argparse.Namespace) -> list[str]:
     identifiers = list(args.identifiers)
     if args.file:
         try:
-            text = Path(args.file).read_text()
+            text = Path(args.file).read_text(encoding="utf-8-sig")  # a BOM: an Excel export
         except OSError as error:
             raise CliError(f"cannot read {args.file}: {error.strerror}") from None
         identifiers += [line.strip() for line in text.splitlines() if line.strip()]

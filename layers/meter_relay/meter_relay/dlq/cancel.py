@@ -87,7 +87,7 @@ class AuditLine:
 
 def targets_from_file(path: str | Path, event_name: str) -> list[CancelTarget]:
     """One identifier a line (blank lines skipped), each once, in the file's order."""
-    lines = Path(path).read_text().splitlines()
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a BOM: an Excel export
     identifiers = dict.fromkeys(line.strip() for line in lines if line.strip())
     return [CancelTarget(identifier, event_name) for identifier in identifiers]
 

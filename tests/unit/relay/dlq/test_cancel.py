@@ -63,6 +63,8 @@ def test_identifiers_from_a_file_each_once(tmp_path: Path) -> None:
     path = tmp_path / "ids.txt"
     path.write_text("a\n\n b \na\nc\n")
     assert [t.identifier for t in targets_from_file(path, "api_requests")] == ["a", "b", "c"]
+    path.write_bytes("\ufeffa\r\nb\r\n".encode())  # an Excel export: a BOM, CRLF
+    assert [t.identifier for t in targets_from_file(path, "api_requests")] == ["a", "b"]
 
 
 def test_choosing_cancel_targets_stops_when_only_the_reserve_is_left() -> None:
