@@ -71,6 +71,12 @@ def deliver(ledger: LedgerBucket, when: datetime, request: str, *lines: LedgerLi
     ledger.put(EVENTS, when, request, delivered_events(lines))
 
 
+def cancel(ledger: LedgerBucket, when: datetime, identifier: str, event_name: str) -> None:
+    """A cancel `dlq cancel` recorded (Stripe took it: pending)."""
+    line = CancellationLine(identifier, event_name, "adj_1", "pending", iso(when))
+    ledger.put(CANCELLATIONS, when, "cli-1", [line])
+
+
 def queries(ledger: LedgerBucket) -> LedgerQueries:
     return LedgerQueries(DuckDbEngine(ledger), clock=lambda: NOW)
 
@@ -107,12 +113,7 @@ def test_trace_finds_every_record_of_an_identifier_in_order(ledger: LedgerBucket
     deliver(ledger, at(10, 1), "req-a", first_line)
     second_line = line("ev-2", "cus_b", "4", iso(at(23)), at(23, 59), request="req-b")
     deliver(ledger, at(23, 59), "req-b", second_line)
-    ledger.put(
-        CANCELLATIONS,
-        at(11),
-        "cli-1",
-        [CancellationLine("ev-1", "api_requests", "adj_1", "pending", iso(at(11)))],
-    )
+    cancel(ledger, at(11), "ev-1", "api_requests")
     ledger.put(
         REJECTIONS,
         NOW + timedelta(minutes=1),  # the next day's partition
@@ -263,12 +264,7 @@ def test_reconcile_counts_as_stripe_does_per_customer_and_hour(ledger: LedgerBuc
     )
     # the same identifier delivered again (an SQS retry): Stripe counted the first only
     deliver(ledger, at(10, 45), "req-2", line("a-2", "cus_a", "50", iso(at(10, 20)), at(10, 45)))
-    ledger.put(
-        CANCELLATIONS,
-        at(12),
-        "cli-1",
-        [CancellationLine("a-cancelled", "api_requests", "adj_1", "pending", iso(at(12)))],
-    )
+    cancel(ledger, at(12), "a-cancelled", "api_requests")
     ledger.put(
         REJECTIONS,
         at(11),
@@ -296,12 +292,7 @@ def test_a_cancel_of_another_meters_event_takes_nothing_off(ledger: LedgerBucket
     another name (`dlq cancel --identifiers FILE --event-name` given the wrong one) is not
     this event's."""
     deliver(ledger, at(10, 5), "req-1", line("n-1", "cus_a", "3", iso(at(10, 1)), at(10, 5)))
-    ledger.put(
-        CANCELLATIONS,
-        at(11),
-        "cli-1",
-        [CancellationLine("n-1", "searches", "adj_1", "pending", iso(at(11)))],
-    )
+    cancel(ledger, at(11), "n-1", "searches")
     totals = queries(ledger).reconcile("api_requests", [], at(10), at(11), 3600)
     assert totals == {("cus_a", int(at(10).timestamp())): Totals(1, Decimal(3), Decimal(3))}
 
