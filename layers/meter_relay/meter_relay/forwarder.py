@@ -165,8 +165,8 @@ class Forwarder:
         sent_from: datetime,
     ) -> Future[None] | None:
         """Start writing the delivered events to the ledger (None: no ledger, or nothing).
-        Their `delivered_at` is `sent_from`, when the invocation began, before any of its calls:
-        no earlier than Stripe received them. A Stripe error report on them comes after that,
+        Their `delivered_at` is `sent_from`, when the invocation began, before any of its calls,
+        so no later than Stripe received them. A Stripe error report on them comes after that,
         however long the calls took (their retries can take the whole timeout), so a delivery
         later than a report is one sent after it (ledger_sql: "rejected since")."""
         if self.ledger is None:
