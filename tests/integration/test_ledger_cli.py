@@ -276,9 +276,15 @@ def test_trace_says_where_each_event_is(
         "t-never": "unknown",
     }
     assert document["unknown"] == ["t-never"]
-    code, out, _ = run(capsys, "trace", "t-delivered", "t-never", "--json")
+    code, out, err = run(capsys, "trace", "t-delivered", "t-never", "--json")
     assert code == 1
     assert json.loads(out)["events"] == [events["t-delivered"], events["t-never"]]
+    assert err == ("1 of 2 events are unknown: not in the ledger (widen --since?) nor in the DLQ\n")
+    code, _, err = run(capsys, "trace", "t-never", "--no-dlq")
+    assert (code, err) == (
+        1,
+        "1 of 1 events are unknown: not in the ledger (widen --since?); the DLQ was not read\n",
+    )
     (delivered,) = events["t-delivered"]["records"]
     assert (delivered["kind"], delivered["message_id"], delivered["customer"]) == (
         "delivered",

@@ -234,11 +234,21 @@ def cmd_trace(args: argparse.Namespace) -> int:
         )
     if unknown:
         console.warn(
-            f"{len(unknown)} of {len(identifiers)} events are unknown: in neither the ledger "
-            "(widen --since?) nor the DLQ"
+            f"{len(unknown)} of {len(identifiers)} events are unknown: {_unseen(dlq_read)}"
         )
         return Exit.STAYED
     return Exit.DONE
+
+
+def _unseen(dlq_read: dict[str, Any] | None) -> str:
+    """Where an unknown event was looked for, and where it was not: a DLQ left unread, or read
+    only in part, may still hold it."""
+    ledger = "not in the ledger (widen --since?)"
+    if dlq_read is None:
+        return f"{ledger}; the DLQ was not read"
+    if dlq_read["shortfall"]:
+        return f"{ledger}, nor in the part of the DLQ read: {dlq_read['shortfall']}"
+    return f"{ledger} nor in the DLQ"
 
 
 def _read_letters(kit: Toolkit, traces: dict[str, Trace]) -> dict[str, Any]:
