@@ -12,14 +12,15 @@ import pytest
 from meter_relay.events import format_timestamp, parse_rfc3339
 from meter_relay.ledger import decompress
 from meter_relay.ledger_store import RejectionLine
-from tests.integration.dlq_helpers import METER_KEYS, forward
+from tests.integration.dlq_helpers import METER_KEYS, forward, peek, run_json
+from tests.integration.dlq_helpers import cli as cli  # the fixture
 from tests.integration.error_report_helpers import (
     Reports,
     answer,
     function_url_request,
 )
 from tests.integration.error_report_helpers import reports as reports  # the fixture
-from tests.plugins.relay import LEDGER_BUCKET, emf_sums
+from tests.plugins.relay import LEDGER_BUCKET, Relay, emf_sums
 from tests.plugins.stripe_emulator import WEBHOOK_SECRET
 
 pytestmark = pytest.mark.integration
@@ -108,3 +109,30 @@ def test_a_ledger_that_cannot_be_written_costs_the_letters_nothing(
     assert letter["attributes"]["Identifier"] == "gone-1"  # body unknown, the letter is there
     assert emf_sums(output)["LedgerGap"] == 1
     assert "ledger gap" in output
+
+
+def test_a_replay_sends_a_reported_event_whose_rejection_the_ledger_missed(
+    reports: Reports,
+    cli: Relay,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The report's letter is in the DLQ but its rejections/ object is not (the write failed:
+    a ledger gap). The ledger then holds only the delivery Stripe dropped; the letter itself
+    says Stripe dropped it, so the replay sends it again once the customer exists."""
+    monkeypatch.setenv("LEDGER_BUCKET", LEDGER_BUCKET)
+    request = rejected_through_the_forwarder(reports)
+    with reports.function(LEDGER_BUCKET=LEDGER_BUCKET, METER_KEYS=json.dumps(METER_KEYS)) as fn:
+        assert answer(fn.invoke(request))[0] == 200
+    s3 = cli.aws.client("s3")
+    (written,) = s3.list_objects_v2(Bucket=LEDGER_BUCKET, Prefix="rejections/")["Contents"]
+    s3.delete_object(Bucket=LEDGER_BUCKET, Key=written["Key"])  # as if its PUT had failed
+    reports.emulator.set_known_customers("cus_known", "cus_gone")  # the operator's fix
+
+    code, done = run_json(capsys, "dlq", "replay", "--via", "sync", "--yes")
+
+    assert code == 0
+    (outcome,) = done["outcomes"]
+    assert (outcome["action"], outcome["already_delivered"]) == ("replayed", [])
+    assert peek(cli) == {}
+    assert cli.emulator.identifiers()["gone-1"] == {"received": 2, "counted": 1}

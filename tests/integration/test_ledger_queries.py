@@ -240,7 +240,7 @@ def test_delivered_means_accepted_and_not_reported_rejected_since(ledger: Ledger
     deliver(ledger, at(12), "req-2", line("fixed", "cus_y", "1", iso(at(10)), at(12)))
 
     found = queries(ledger).delivered(["kept", "rejected", "fixed", "never"], at(10))
-    assert found == {"kept", "fixed"}
+    assert found == {"kept": at(10), "fixed": at(12)}  # each with its latest counted delivery
 
 
 def _fields(record: RejectionLine) -> dict[str, Any]:
@@ -295,6 +295,23 @@ def test_a_cancel_of_another_meters_event_takes_nothing_off(ledger: LedgerBucket
     cancel(ledger, at(11), "n-1", "searches")
     totals = queries(ledger).reconcile("api_requests", [], at(10), at(11), 3600)
     assert totals == {("cus_a", int(at(10).timestamp())): Totals(1, Decimal(3), Decimal(3))}
+
+
+def test_a_value_too_large_to_sum_fails_its_window_not_the_query(ledger: LedgerBucket) -> None:
+    """The forwarder passes on any positive integer; DECIMAL(38, 12) holds 26 digits before the
+    point. Such a value adds nothing (its window then disagrees with Stripe's) instead of
+    failing the query for every customer."""
+    deliver(
+        ledger,
+        at(10, 5),
+        "req-1",
+        line("h-1", "cus_a", "3", iso(at(10, 1)), at(10, 5)),
+        line("h-2", "cus_huge", "1" + "0" * 30, iso(at(10, 2)), at(10, 5)),
+    )
+    totals = queries(ledger).reconcile("api_requests", [], at(10), at(11), 3600)
+    hour = int(at(10).timestamp())
+    assert totals[("cus_a", hour)] == Totals(1, Decimal(3), Decimal(3))
+    assert (totals[("cus_huge", hour)].events, totals[("cus_huge", hour)].total) == (1, Decimal(0))
 
 
 def test_reconcile_takes_a_cut_window_and_chosen_customers(ledger: LedgerBucket) -> None:
@@ -522,5 +539,23 @@ def test_an_athena_query_that_outlasts_the_timeout_is_stopped() -> None:
         clock=lambda: float(next(clock)),
     )
     with pytest.raises(QueryFailed, match="did not finish in 300 s"):
+        engine.run(ledger_sql.trace(["x"], at(0), NOW))
+    assert athena.stopped == ["q-1"]
+
+
+def test_an_athena_wait_ends_within_the_callers_time_left() -> None:
+    """The replay function has 50 s, the query up to 300: its wait stops with the time the
+    function has left, so the letters are given back before Lambda ends it."""
+    clock = iter(range(0, 10_000, 10))
+    athena = StuckAthena("RUNNING")
+    engine = AthenaEngine(
+        athena,  # type: ignore[arg-type]
+        "wg",
+        "db",
+        remaining=lambda: 40.0,
+        sleep=lambda _: None,
+        clock=lambda: float(next(clock)),
+    )
+    with pytest.raises(QueryFailed, match="did not finish in 40 s"):
         engine.run(ledger_sql.trace(["x"], at(0), NOW))
     assert athena.stopped == ["q-1"]

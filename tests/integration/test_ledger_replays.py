@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from devkit.harness import load_function
+from meter_relay.events import format_timestamp
 from meter_relay.ledger_store import LedgerBucket, LedgerUnavailable
 from tests.integration.dlq_helpers import (
     ago,
@@ -43,11 +44,12 @@ def ledger(cli: Relay, monkeypatch: pytest.MonkeyPatch) -> Relay:
 
 def delivered_and_dead_lettered(relay: Relay) -> dict[str, str]:
     """Two old letters: one of an event the forwarder delivered since (the ledger has it), one
-    of an event never delivered. Their DLQ message ids by identifier."""
+    of an event never delivered (Stripe answered 429: it has not). Their DLQ message ids by
+    identifier."""
     forward(relay, [api_event("done-1", "cus_a", "2")], ["m-done"])
     return {
-        "done-1": put_letter(relay, api_event("done-1", "cus_a", "2"), "api_error", ago(**OLD)),
-        "new-1": put_letter(relay, api_event("new-1", "cus_a", "3"), "api_error", ago(**OLD)),
+        "done-1": put_letter(relay, api_event("done-1", "cus_a", "2"), "rate_limit", ago(**OLD)),
+        "new-1": put_letter(relay, api_event("new-1", "cus_a", "3"), "rate_limit", ago(**OLD)),
     }
 
 
@@ -80,6 +82,30 @@ def test_a_replay_sends_only_what_stripe_does_not_have(
     assert peek(ledger) == {}  # both letters settled
 
 
+def test_an_old_letter_whose_outcome_stripe_never_gave_is_replayed_with_a_warning(
+    ledger: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No answer, a 500, or receives spent on them: Stripe may have taken the events without
+    the ledger knowing. Past Stripe's 24 hours the ledger cannot vouch for them: warned."""
+    forward(ledger, [api_event("done-2", "cus_a", "2")], ["m-done"])
+    letters = {
+        code: put_letter(ledger, api_event(f"{code}-1", "cus_a", "1"), code, ago(**OLD))
+        for code in ("no_answer", "api_error", "http_502", "rate_limit")
+    }
+    letters["done"] = put_letter(ledger, api_event("done-2", "cus_a", "2"), "no_answer", ago(**OLD))
+    letters["recent"] = put_letter(
+        ledger, api_event("recent-1", "cus_a", "1"), "no_answer", ago(hours=2)
+    )
+
+    code, dry = run_json(capsys, "dlq", "replay", "--dry-run")
+
+    assert code == 0
+    warned = {name for name, m in letters.items() if by_message(dry["outcomes"])[m]["warnings"]}
+    assert warned == {"no_answer", "api_error", "http_502"}
+    (warning,) = by_message(dry["outcomes"])[letters["no_answer"]]["warnings"]
+    assert "leaves open whether Stripe took it" in warning
+
+
 def test_a_sync_replay_never_bills_a_delivered_event_twice(
     ledger: Relay, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -97,7 +123,7 @@ def test_what_a_sync_replay_bills_is_in_the_ledger_and_never_billed_again(
 ) -> None:
     """A sync replay reaches Stripe without the forwarder: it records what Stripe counted, so
     trace finds it, and a copy dead-lettered again is not sent past Stripe's 24 hours."""
-    put_letter(ledger, api_event("sync-1", "cus_a", "3"), "api_error", ago(**OLD), "m-sync")
+    put_letter(ledger, api_event("sync-1", "cus_a", "3"), "rate_limit", ago(**OLD), "m-sync")
 
     code, done = run_json(capsys, "dlq", "replay", "--via", "sync", "--yes")
     assert (code, done["counts"]) == (0, {"replayed": 1})
@@ -116,7 +142,7 @@ def test_what_a_sync_replay_bills_is_in_the_ledger_and_never_billed_again(
     code, out, _ = run(capsys, "trace", "sync-1", "--no-dlq")
     assert f"by a sync replay {event['request_id']} (SQS message m-sync;" in out
 
-    again = put_letter(ledger, api_event("sync-1", "cus_a", "3"), "api_error", ago(**OLD))
+    again = put_letter(ledger, api_event("sync-1", "cus_a", "3"), "rate_limit", ago(**OLD))
     code, done = run_json(capsys, "dlq", "replay", "--via", "sync", "--yes")
     assert (code, by_message(done["outcomes"])[again]["action"]) == (0, "already_delivered")
     assert ledger.emulator.identifiers()["sync-1"] == {"received": 1, "counted": 1}
@@ -189,7 +215,11 @@ def test_the_replay_function_asks_athena_and_settles_what_it_says_was_delivered(
     new = put_letter(relay, api_event("fn-new", "cus_a", "3"), "api_error", ago(**OLD))
     athena = relay.aws.client("athena")
     athena.create_work_group(Name="local-ledger", Configuration={})
-    athena_results(relay.aws, [{"identifier": "fn-done"}], ["identifier"])
+    delivered: dict[str, str | None] = {
+        "identifier": "fn-done",
+        "delivered_at": format_timestamp(ago(hours=29)),
+    }
+    athena_results(relay.aws, [delivered], ["identifier", "delivered_at"])
     env_vars = relay.env_vars()
     env_vars["DlqReplayFunction"] = {
         "STRIPE_API_BASE": relay.emulator_url,

@@ -35,7 +35,7 @@ from meter_relay.dlq.runs import Outcome, RunSummary
 from meter_relay.dlq.selection import Filters, Fix
 from meter_relay.dlq.toolkit import Toolkit
 from meter_relay.observability import logger
-from meter_relay.retry import RateLimit
+from meter_relay.retry import SETTLE_SECONDS, RateLimit
 
 DEADLINE_MARGIN_SECONDS = 5.0
 MAX_OUTCOMES = 1000  # in an answer (Lambda's 6 MB): those that stay first; every one is logged
@@ -101,7 +101,8 @@ def replay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         fix=fix,
         dry_run=bool(event.get("dry_run")),
         rate=rate,
-        ledger=kit.delivered_lookup(),
+        # an Athena wait ends with time left to give the window's letters back
+        ledger=kit.delivered_lookup(remaining=lambda: _remaining(context) - SETTLE_SECONDS),
     )
     summary = replayer.replay(filters, remaining=lambda: _remaining(context), skip=frozenset(skip))
     for outcome in summary.outcomes:

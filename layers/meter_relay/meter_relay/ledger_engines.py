@@ -161,6 +161,7 @@ class AthenaEngine:
         database: str,
         *,
         timeout: float = 300.0,
+        remaining: Callable[[], float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -168,6 +169,8 @@ class AthenaEngine:
         self.workgroup = workgroup
         self.database = database
         self.timeout = timeout
+        # a Lambda caller's time left (its own margin taken): no wait outlasts the invocation
+        self._remaining = remaining
         self._sleep = sleep
         self._clock = clock
         self.last_execution: str | None = None
@@ -191,7 +194,10 @@ class AthenaEngine:
             raise _unavailable(error) from error
 
     def _wait(self, execution: str) -> None:
-        deadline = self._clock() + self.timeout
+        limit = self.timeout
+        if self._remaining is not None:
+            limit = min(limit, self._remaining())
+        deadline = self._clock() + limit
         pause = 0.2
         while True:
             status = self.athena.get_query_execution(QueryExecutionId=execution)
@@ -201,7 +207,7 @@ class AthenaEngine:
             if self._clock() > deadline:
                 self.athena.stop_query_execution(QueryExecutionId=execution)
                 raise QueryFailed(
-                    f"Athena query {execution} did not finish in {self.timeout:.0f} s (stopped)"
+                    f"Athena query {execution} did not finish in {limit:.0f} s (stopped)"
                 )
             self._sleep(pause)
             pause = min(pause * 2, 2.0)

@@ -109,9 +109,9 @@ class Totals:
 
 class DeliveredLookup(Protocol):
     """Which identifiers Stripe has (the replays' question), for events first seen at `since`
-    or later."""
+    or later: each with its latest delivery not reported rejected since."""
 
-    def delivered(self, identifiers: Sequence[str], since: datetime) -> set[str]: ...
+    def delivered(self, identifiers: Sequence[str], since: datetime) -> dict[str, datetime]: ...
 
 
 class LedgerQueries:
@@ -144,15 +144,16 @@ class LedgerQueries:
                 )
         return found
 
-    def delivered(self, identifiers: Sequence[str], since: datetime) -> set[str]:
+    def delivered(self, identifiers: Sequence[str], since: datetime) -> dict[str, datetime]:
         """The identifiers delivered since `since` (less an hour: DELIVERED_BEFORE_SEEN) that
-        Stripe did not report rejected afterwards."""
+        Stripe did not report rejected afterwards, each with its latest such delivery."""
         start, now = since - DELIVERED_BEFORE_SEEN, self._now()
-        found: set[str] = set()
+        found: dict[str, datetime] = {}
         for batch in chunks(identifiers):
-            rows = self.engine.run(ledger_sql.delivered(batch, start, now))
-            found.update(row["identifier"] or "" for row in rows)
-        found.discard("")
+            for row in self.engine.run(ledger_sql.delivered(batch, start, now)):
+                at = parse_rfc3339(row["delivered_at"] or "")
+                if row["identifier"] and at is not None:
+                    found[row["identifier"]] = at
         return found
 
     def reconcile(

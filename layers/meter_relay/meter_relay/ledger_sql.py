@@ -200,16 +200,18 @@ WITH rejected AS (
   WHERE {rejections_written} AND r.identifier IN {identifiers}
   GROUP BY r.identifier
 )
-SELECT DISTINCT e.identifier
+SELECT e.identifier, max(e.delivered_at) AS delivered_at
 FROM {events} e LEFT JOIN rejected ON rejected.identifier = e.identifier
 WHERE {events_written} AND e.identifier IN {identifiers}
   AND (rejected.reported_at IS NULL OR e.delivered_at > rejected.reported_at)
+GROUP BY e.identifier
 ORDER BY e.identifier
 """
 
 
 def delivered(identifiers: Iterable[str], since: datetime, until: datetime) -> Query:
-    """The identifiers Stripe accepted from `since` on and did not report rejected after."""
+    """The identifiers Stripe accepted from `since` on and did not report rejected after, each
+    with its latest such delivery."""
     return _query(DELIVERED, since, until, identifiers=literals(identifiers))
 
 
@@ -252,10 +254,10 @@ windowed AS (
   WHERE event_epoch >= {start} AND event_epoch < {end}
 )
 SELECT customer, window_start, count(*) AS events,
-       sum(CAST(value AS DECIMAL(38, 12))) AS total,
-       min(CASE WHEN newest = 1 THEN CAST(value AS DECIMAL(38, 12)) END) AS last_value,
-       max(CASE WHEN newest = 1 THEN CAST(value AS DECIMAL(38, 12)) END) AS last_highest,
-       count(DISTINCT CASE WHEN newest = 1 THEN CAST(value AS DECIMAL(38, 12)) END)
+       sum(TRY_CAST(value AS DECIMAL(38, 12))) AS total,
+       min(CASE WHEN newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END) AS last_value,
+       max(CASE WHEN newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END) AS last_highest,
+       count(DISTINCT CASE WHEN newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END)
          AS last_values,
        max(delivered_at) AS last_delivered_at
 FROM windowed
@@ -278,7 +280,9 @@ def reconcile(
     delivery since Stripe last reported it rejected), not if it was cancelled after that
     delivery. A window's last value is its newest event's (by timestamp, then delivery); events
     that tie on both (one invocation's, sent in concurrent calls) give the lowest and highest
-    of their values and how many differ, since Stripe's order among them is unknown. Events of
+    of their values and how many differ, since Stripe's order among them is unknown. A value
+    beyond DECIMAL(38, 12) (26 digits before the point) adds nothing, so its window disagrees
+    with Stripe's, rather than failing every window's query. Events of
     the windows are delivered from 5 minutes before `start` (Stripe's
     future limit) until `now`: those partitions are read."""
     chosen = list(customers)

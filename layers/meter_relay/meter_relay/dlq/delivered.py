@@ -4,7 +4,7 @@ identifier after 24 hours and would count it again; the ledger does not forget."
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import datetime
 
 from meter_relay.dlq.reading import DlqMessage
@@ -15,12 +15,15 @@ ALREADY_DELIVERED = "already delivered (the ledger has it): not sent again"
 
 
 def delivered_among(
-    lookup: DeliveredLookup | None, chosen: Iterable[tuple[DlqMessage, list[str]]]
-) -> set[str]:
-    """Which of the identifiers (each with its DLQ message) Stripe has, by the ledger; none
-    without a ledger. LedgerUnavailable when the ledger could not be read."""
+    lookup: DeliveredLookup | None, chosen: Sequence[tuple[DlqMessage, list[str]]]
+) -> dict[str, set[str]]:
+    """Which of each DLQ message's identifiers Stripe has, by the ledger (message id -> those
+    identifiers); none without a ledger. A letter of Stripe's error report counts only a
+    delivery after the report's window (DlqMessage.rejected_until): its letter is the proof
+    of the rejection even when the ledger missed it. LedgerUnavailable when the ledger could
+    not be read."""
     if lookup is None:
-        return set()
+        return {}
     identifiers: list[str] = []
     since: datetime | None = None
     for message, ids in chosen:
@@ -28,5 +31,12 @@ def delivered_among(
             identifiers.extend(ids)
             since = message.earliest if since is None else min(since, message.earliest)
     if since is None:
-        return set()
-    return lookup.delivered(identifiers, since)
+        return {}
+    found = lookup.delivered(identifiers, since)
+    among: dict[str, set[str]] = {}
+    for message, ids in chosen:
+        cutoff = message.rejected_until
+        among[message.message_id] = {
+            i for i in ids if i in found and (cutoff is None or found[i] > cutoff)
+        }
+    return among

@@ -4,16 +4,44 @@ forwarder writes its own (dead_letter.DeadLetter), so every tool reads them back
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
-from meter_relay.dead_letter import DeadLetter
+from meter_relay.dead_letter import (
+    ATTR_METER_ID,
+    ATTR_REPORTED_BY,
+    ATTR_STRIPE_EVENT_ID,
+    ATTR_VALIDATION_END,
+    ATTR_VALIDATION_START,
+    DeadLetter,
+)
 from meter_relay.dlq.reading import DlqEvent, DlqMessage
 from meter_relay.events import ParsedEvent, Rejection, format_timestamp
 
+# a Stripe report's letter stays one: replays count only deliveries after its window
+REPORT_ATTRIBUTES = (
+    ATTR_STRIPE_EVENT_ID,
+    ATTR_METER_ID,
+    ATTR_VALIDATION_START,
+    ATTR_VALIDATION_END,
+    ATTR_REPORTED_BY,
+)
+
+
+def _first_seen(message: DlqMessage) -> str:
+    """The earliest its events can have reached Stripe (not the DLQ's first receive of a
+    message SQS moved): a later replay asks the ledger from there."""
+    return format_timestamp(message.earliest)
+
+
+def _kept(message: DlqMessage) -> tuple[tuple[str, str], ...]:
+    return tuple((n, message.attributes[n]) for n in REPORT_ATTRIBUTES if n in message.attributes)
+
 
 def event_letter(message: DlqMessage, event: ParsedEvent, rejection: Rejection) -> DeadLetter:
-    """One event of a DLQ message as its own letter, exactly as the forwarder writes one."""
-    first_seen = format_timestamp(message.first_seen)
-    return DeadLetter.for_event(event, rejection, message.source_message_id, first_seen)
+    """One event of a DLQ message as its own letter, exactly as the forwarder writes one (and
+    a Stripe report's letter still marked as one)."""
+    letter = DeadLetter.for_event(event, rejection, message.source_message_id, _first_seen(message))
+    return replace(letter, more=_kept(message))
 
 
 def rest_letter(message: DlqMessage, events: list[ParsedEvent], reason: Rejection) -> DeadLetter:
@@ -27,7 +55,8 @@ def rest_letter(message: DlqMessage, events: list[ParsedEvent], reason: Rejectio
         reason.code,
         reason.message,
         message.source_message_id,
-        format_timestamp(message.first_seen),
+        _first_seen(message),
+        more=_kept(message),
     )
 
 

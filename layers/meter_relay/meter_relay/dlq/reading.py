@@ -21,7 +21,9 @@ from meter_relay.dead_letter import (
     ATTR_ERROR_MESSAGE,
     ATTR_EVENT_INDEX,
     ATTR_FIRST_SEEN,
+    ATTR_REPORTED_BY,
     ATTR_SOURCE_MESSAGE_ID,
+    ATTR_VALIDATION_END,
 )
 from meter_relay.events import (
     ParsedEvent,
@@ -56,6 +58,11 @@ PASSING_CODES = frozenset(
     }
 )
 _PASSING_STATUS = re.compile(r"http_(5\d\d|409|429)")
+# reasons that leave open whether Stripe took the events: no answer, a 500 (Stripe calls its
+# outcome indeterminate), or receives spent on either. The ledger records only what Stripe
+# answered 200, so it cannot say.
+_OUTCOME_UNKNOWN_CODES = frozenset({REDRIVEN_CODE, "no_answer", "api_error"})
+_OUTCOME_UNKNOWN_STATUS = re.compile(r"http_5\d\d")
 
 
 def is_passing(code: str, error_message: str = "") -> bool:
@@ -130,6 +137,25 @@ class DlqMessage:
         maxReceiveCount receives (12 hours at the template's 120) in which some of its events
         may have been delivered."""
         return min(self.first_seen, self.sent_at)
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """Its reason leaves open whether Stripe took its events (a timeout, a 5xx, or the
+        receives SQS counted): what the ledger lacks, Stripe may still have."""
+        return (
+            self.code in _OUTCOME_UNKNOWN_CODES
+            or _OUTCOME_UNKNOWN_STATUS.fullmatch(self.code) is not None
+        )
+
+    @property
+    def rejected_until(self) -> datetime | None:
+        """A letter of Stripe's error report: Stripe dropped the delivery of its event made by
+        the end of the report's window (ValidationEnd; else by when the letter was written), so
+        only a later delivery is one Stripe has, whether or not the ledger recorded the report.
+        None for any other letter."""
+        if ATTR_REPORTED_BY not in self.attributes:
+            return None
+        return parse_rfc3339(self.attributes.get(ATTR_VALIDATION_END, "")) or self.sent_at
 
     @property
     def past_dedup_window(self) -> bool:

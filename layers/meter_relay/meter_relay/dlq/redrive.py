@@ -23,7 +23,14 @@ from collections.abc import Callable, Collection
 from meter_relay.dlq.delivered import ALREADY_DELIVERED, LEDGER_UNREADABLE, delivered_among
 from meter_relay.dlq.reading import DlqMessage
 from meter_relay.dlq.resend import UsageQueue
-from meter_relay.dlq.runs import PAST_DEDUP_WINDOW, Action, Outcome, Pass, Progress, RunSummary
+from meter_relay.dlq.runs import (
+    Action,
+    Outcome,
+    Pass,
+    Progress,
+    RunSummary,
+    past_dedup_warning,
+)
 from meter_relay.dlq.scan import DeadLetterReader
 from meter_relay.dlq.selection import Filters
 from meter_relay.ledger_queries import DeliveredLookup
@@ -78,7 +85,7 @@ class Redriver:
         those whose copy SQS confirmed)."""
         outcomes = {m.message_id: Outcome(m.message_id, Action.KEPT) for m in messages}
         try:
-            delivered = delivered_among(
+            delivered_of = delivered_among(
                 self.ledger,
                 [(m, [e.identifier for e in m.events if e.identifier]) for m in messages],
             )
@@ -92,6 +99,7 @@ class Redriver:
         settled: list[DlqMessage] = []  # every event of it is at Stripe: deleted, not sent
         for message in messages:
             outcome = outcomes[message.message_id]
+            delivered = delivered_of.get(message.message_id, set())
             outcome.already_delivered = [
                 e.identifier for e in message.events if e.identifier and e.identifier in delivered
             ]
@@ -108,8 +116,9 @@ class Redriver:
                 for e in message.events
                 if e.identifier and e.identifier not in delivered
             ]
-            if message.past_dedup_window and self.ledger is None:  # else the ledger protects it
-                outcome.warnings.append(PAST_DEDUP_WINDOW)
+            warning = past_dedup_warning(message, has_ledger=self.ledger is not None)
+            if warning:
+                outcome.warnings.append(warning)
             movable.append((message, body))
         if self.dry_run:
             for message, _ in movable:

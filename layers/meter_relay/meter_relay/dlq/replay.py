@@ -32,6 +32,7 @@ from meter_relay.dlq.runs import (
     Pass,
     Progress,
     RunSummary,
+    past_dedup_warning,
 )
 from meter_relay.dlq.scan import DeadLetterReader
 from meter_relay.dlq.selection import Filters, Fix
@@ -187,6 +188,13 @@ class SyncResend:
                 if sent.counted:
                     sent.unrecorded = str(error)
 
+    def _call(
+        self, payload: dict[str, Any], tried: list[StripeAnswer], timeout: float
+    ) -> StripeAnswer:
+        answer = self.api.create_meter_event(payload, timeout)
+        tried.append(answer)
+        return answer
+
     def _send_events(
         self, events: list[ParsedEvent], remaining: Callable[[], float] | None
     ) -> Sent:
@@ -194,10 +202,13 @@ class SyncResend:
         for position, parsed in enumerate(events):
             if parsed.event is None:
                 continue  # planning keeps only events that can be sent
-            call = functools.partial(self.api.create_meter_event, parsed.event.to_stripe())
+            tried: list[StripeAnswer] = []
+            call = functools.partial(self._call, parsed.event.to_stripe(), tried)
             answer = with_retries(
                 call, policy=self.policy, sleep=self.sleep, jitter=self.jitter, remaining=remaining
             )
+            if answer is None and tried and _outcome_unknown(tried[-1]):
+                answer = tried[-1]  # it went out, and no word came back: its letter says so
             if answer is None:
                 sent.rest = events[position:]
                 break
@@ -328,17 +339,21 @@ class Replayer:
         chosen = [
             (plan.message, [e.identifier for e in plan.ready if e.identifier]) for plan in plans
         ]
-        delivered = delivered_among(self.ledger, chosen)
+        delivered_of = delivered_among(self.ledger, chosen)
         settled = []
         for plan in plans:
-            if self.ledger is not None:  # the ledger, not Stripe's 24 hours, protects them
-                warnings = plan.outcome.warnings
-                warnings[:] = [w for w in warnings if w != PAST_DEDUP_WINDOW]
+            delivered = delivered_of.get(plan.message.message_id, set())
             had = bool(plan.ready)
             plan.outcome.already_delivered = [
                 e.identifier for e in plan.ready if e.identifier in delivered and e.identifier
             ]
             plan.ready = [e for e in plan.ready if e.identifier not in delivered]
+            if self.ledger is not None:  # the ledger, not Stripe's 24 hours, protects them
+                warnings = plan.outcome.warnings
+                warnings[:] = [w for w in warnings if w != PAST_DEDUP_WINDOW]
+                warning = past_dedup_warning(plan.message, has_ledger=True)
+                if warning and plan.ready:  # unless Stripe may have them without answering
+                    warnings.append(warning)
             plan.outcome.identifiers = [e.identifier for e in plan.ready if e.identifier]
             if had and not plan.ready:
                 settled.append(plan)
@@ -421,3 +436,9 @@ def _rest_reason(message: DlqMessage, failure: StripeAnswer | None) -> Rejection
     if failure is not None and failure.kind in (Kind.TRANSIENT, Kind.RATE_LIMITED):
         return Rejection(answer_code(failure), f"{SYNC_REPLAY_PREFIX}{failure.error}")
     return own_reason(message)
+
+
+def _outcome_unknown(answer: StripeAnswer) -> bool:
+    """No answer, or a 5xx: Stripe may have counted the event (it calls a 500's outcome
+    indeterminate), so a letter must not say it was never sent."""
+    return answer.status == 0 or answer.status >= 500

@@ -22,6 +22,22 @@ PAST_DEDUP_WINDOW = (
     "first seen more than 24 hours ago: Stripe's deduplication no longer protects it, so an "
     "event Stripe already counted would be counted again"
 )
+# with a ledger: it has what Stripe answered 200, not what a call without an answer delivered
+OUTCOME_UNKNOWN_PAST_DEDUP = (
+    "first seen more than 24 hours ago, for a reason that leaves open whether Stripe took it "
+    "(no answer, a 5xx, maxReceiveCount): the ledger has only what Stripe answered, so an "
+    "event Stripe took without answering would be counted again; reconcile its hours first"
+)
+
+
+def past_dedup_warning(message: DlqMessage, has_ledger: bool) -> str | None:
+    """The warning a message sent again past Stripe's 24 hours deserves, if any: none when the
+    ledger answers for it (it knows every event Stripe answered 200)."""
+    if not message.past_dedup_window:
+        return None
+    if not has_ledger:
+        return PAST_DEDUP_WINDOW
+    return OUTCOME_UNKNOWN_PAST_DEDUP if message.outcome_unknown else None
 
 
 _UNREACHABLE = frozenset({"aws_error", "no_answer"})

@@ -22,6 +22,8 @@ from meter_relay.secret_key import read_secret_key
 from meter_relay.stripe_client import StripeApi, StripeHttp
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_ssm import SSMClient
@@ -65,9 +67,12 @@ class Toolkit:
         config = self.config
         return "athena" if config.ledger_workgroup and config.ledger_database else "duckdb"
 
-    def ledger_engine(self, choice: str | None = None) -> Engine:
+    def ledger_engine(
+        self, choice: str | None = None, remaining: Callable[[], float] | None = None
+    ) -> Engine:
         """The engine that queries the ledger: `choice`, else the default; a ConfigError
-        when what it needs is not known."""
+        when what it needs is not known. `remaining`: a function's time left, which bounds
+        an Athena query's wait."""
         choice = choice or self.default_engine()
         ledger = self.ledger()
         if ledger is None:
@@ -82,11 +87,15 @@ class Toolkit:
                 "--engine duckdb"
             )
         athena = self.session.client("athena", config=AWS_CLIENT_CONFIG)
-        return AthenaEngine(athena, workgroup, database)
+        return AthenaEngine(athena, workgroup, database, remaining=remaining)
 
-    def delivered_lookup(self, choice: str | None = None) -> LedgerQueries | None:
+    def delivered_lookup(
+        self, choice: str | None = None, remaining: Callable[[], float] | None = None
+    ) -> LedgerQueries | None:
         """What replays consult (None: no ledger, nothing to consult)."""
-        return LedgerQueries(self.ledger_engine(choice)) if self.config.ledger_bucket else None
+        if not self.config.ledger_bucket:
+            return None
+        return LedgerQueries(self.ledger_engine(choice, remaining))
 
     def reader(self) -> DeadLetterReader:
         return DeadLetterReader(self.sqs, self.config.need("DEAD_LETTER_QUEUE_URL"), self.rules)

@@ -7,21 +7,51 @@ import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from meter_relay.dead_letter import (
+    ATTR_REPORTED_BY,
+    ATTR_STRIPE_EVENT_ID,
+    ATTR_VALIDATION_END,
+    DeadLetter,
+)
 from meter_relay.dlq.delivered import delivered_among
-from meter_relay.dlq.reading import read_message
+from meter_relay.dlq.letters import remainder_letter
+from meter_relay.dlq.reading import DlqMessage, read_message
+from meter_relay.error_reports import REPORTED_BY_STRIPE
+from meter_relay.events import format_timestamp
 from tests.fakes import NOW, sqs_message
 from tests.unit.relay.dlq.builders import RULES, api_event, dlq_message
 
 
 class Lookup:
-    """The ledger, as far as asked: every identifier delivered; the `since` it was asked from."""
+    """The ledger, as far as asked: every identifier delivered (at `at`, not reported rejected
+    since); the `since` it was asked from."""
 
-    def __init__(self) -> None:
+    def __init__(self, at: datetime = NOW) -> None:
         self.since: list[datetime] = []
+        self.at = at
 
-    def delivered(self, identifiers: Sequence[str], since: datetime) -> set[str]:
+    def delivered(self, identifiers: Sequence[str], since: datetime) -> dict[str, datetime]:
         self.since.append(since)
-        return set(identifiers)
+        return dict.fromkeys(identifiers, self.at)
+
+
+def report_letter(validation_end: datetime | None) -> DlqMessage:
+    """The letter of an event Stripe's error report named, as the error-reports function
+    writes it (read back from the DLQ half an hour after the window)."""
+    more = [(ATTR_REPORTED_BY, REPORTED_BY_STRIPE), (ATTR_STRIPE_EVENT_ID, "evt_1")]
+    if validation_end is not None:
+        more.append((ATTR_VALIDATION_END, format_timestamp(validation_end)))
+    letter = DeadLetter(
+        json.dumps(api_event("4", identifier="gone-1")),
+        "meter_event_customer_not_found",
+        "no such customer",
+        "",
+        format_timestamp(NOW - timedelta(hours=2)),
+        identifier="gone-1",
+        more=tuple(more),
+    )
+    sent = NOW - timedelta(minutes=30)
+    return read_message(sqs_message(letter.body, "report", letter.attributes(), sent=sent), RULES)
 
 
 def test_a_message_sqs_moved_is_asked_about_from_when_it_was_sent() -> None:
@@ -32,7 +62,7 @@ def test_a_message_sqs_moved_is_asked_about_from_when_it_was_sent() -> None:
     moved = read_message(sqs_message(body, "moved", sent=sent, first_receive=NOW), RULES)
     lookup = Lookup()
 
-    assert delivered_among(lookup, [(moved, ["env-1"])]) == {"env-1"}
+    assert delivered_among(lookup, [(moved, ["env-1"])]) == {"moved": {"env-1"}}
     assert lookup.since == [sent]
     assert moved.past_dedup_window  # sent 30 hours ago, whatever its first receive says
 
@@ -49,4 +79,53 @@ def test_a_letter_is_asked_about_from_when_the_forwarder_first_saw_its_message()
 
 
 def test_without_a_ledger_nothing_is_delivered() -> None:
-    assert delivered_among(None, [(dlq_message(), ["m-0"])]) == set()
+    assert delivered_among(None, [(dlq_message(), ["m-0"])]) == {}
+
+
+def test_a_stripe_report_letter_counts_only_a_delivery_after_the_report_window() -> None:
+    """The ledger may miss the report (its write failed): the delivery Stripe rejected then
+    reads as delivered. The letter itself says it was rejected by the window's end."""
+    end = NOW - timedelta(hours=1)
+    letter = report_letter(end)
+    assert letter.rejected_until == end
+    before, after = Lookup(at=end - timedelta(minutes=5)), Lookup(at=end + timedelta(minutes=5))
+
+    assert delivered_among(before, [(letter, ["gone-1"])]) == {"report": set()}
+    assert delivered_among(after, [(letter, ["gone-1"])]) == {"report": {"gone-1"}}  # a replay
+
+
+def test_a_report_letter_without_its_window_counts_deliveries_after_it_was_written() -> None:
+    letter = report_letter(None)
+    assert letter.rejected_until == NOW - timedelta(minutes=30)
+    assert delivered_among(Lookup(at=NOW - timedelta(hours=1)), [(letter, ["gone-1"])]) == {
+        "report": set()
+    }
+    assert dlq_message().rejected_until is None  # the forwarder's own letter
+
+
+def test_letters_written_again_keep_the_report_and_the_earliest_sighting() -> None:
+    """What a replay or a discard writes back: still a report's letter (else a later replay
+    takes the rejected delivery for Stripe's), and first seen when the message was sent, not
+    when the DLQ first gave a moved message out (else the ledger is asked too late)."""
+    end = NOW - timedelta(hours=1)
+    report = report_letter(end)
+    (event,) = report.events
+    rewritten = remainder_letter(report, [event])
+    again = read_message(sqs_message(rewritten.body, "again", rewritten.attributes()), RULES)
+    assert again.rejected_until == end
+    assert again.attributes[ATTR_STRIPE_EVENT_ID] == "evt_1"
+
+    sent = NOW - timedelta(hours=30)
+    body = json.dumps({"events": [api_event("1", identifier=f"env-{i}") for i in range(2)]})
+    moved = read_message(sqs_message(body, "moved", sent=sent, first_receive=NOW), RULES)
+    for rest in (moved.events[:1], moved.events):
+        letter = remainder_letter(moved, rest)
+        read = read_message(sqs_message(letter.body, "rest", letter.attributes()), RULES)
+        assert read.earliest == sent
+        assert read.rejected_until is None
+
+
+def test_the_reasons_that_leave_open_whether_stripe_took_the_events() -> None:
+    unknown = ["no_answer", "api_error", "http_500", "http_503", "max_receive_count_exceeded"]
+    known = ["rate_limit", "http_429", "http_409", "payload_invalid_value", "no_meter"]
+    assert [c for c in unknown + known if dlq_message(code=c).outcome_unknown] == unknown

@@ -375,6 +375,28 @@ def test_no_retry_starts_when_its_wait_would_pass_the_deadline() -> None:
     assert sqs.names() == ["receive", "receive", "release"]  # left as it was
 
 
+def test_an_event_sent_without_an_answer_before_the_deadline_is_not_called_unsent() -> None:
+    """The call went out and timed out, and no time is left to retry: Stripe may have it. Its
+    letter says no_answer (a reason a later replay warns about past 24 hours), not the
+    message's old reason with "not sent"."""
+    clock = FakeClock()
+    deadline = clock.now + 8.0
+    silent = StripeAnswer(Kind.TRANSIENT, 0, None, "read timed out")
+    api = SlowApi([silent, answer(200)], clock, seconds=5.0)
+    sqs = StubSqs([[sqs_message(json.dumps(api_event("1")), MID, sent=datetime.now(UTC))]])
+    resend = SyncResend(api, sleep=clock.sleep, jitter=lambda low, high: 0.0, senders=1)
+    summary = Replayer(reader(sqs), resend).replay(
+        Filters(), remaining=lambda: deadline - clock.now
+    )
+
+    assert api.timeouts == [3.0]  # one attempt: 8 s less the 5 kept back for the DLQ
+    (outcome,) = summary.outcomes
+    assert [e["code"] for e in outcome.kept_events] == ["no_answer"]
+    assert all("not sent" not in e["detail"] for e in outcome.kept_events)
+    (kept,) = sends(sqs)
+    assert kept["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == "no_answer"
+
+
 # ----- a whole queue -------------------------------------------------------------------------
 
 
