@@ -608,6 +608,18 @@ def test_cancel_identifiers_inside_and_outside_24_hours(
     assert code == 0
     assert [json.loads(line)["status"] for line in out.splitlines()[:2]] == ["would_cancel"] * 2
     assert cli.emulator.requests(endpoint="adjustments") == []
+    # a run in parts: --max takes the first, --skip the audit of what was done
+    code, part = run_json(capsys, *cancel, "--dry-run", "--max", "1")
+    assert (code, [a["identifier"] for a in part["audit"]], part["complete"]) == (0, ["c-1"], False)
+    done = tmp_path / "done.txt"
+    done.write_text("c-1\n")
+    code, rest = run_json(capsys, *cancel, "--dry-run", "--skip", str(done))
+    assert (code, [a["identifier"] for a in rest["audit"]], rest["complete"]) == (0, ["c-2"], True)
+    code, _, err = run(capsys, *cancel, "--dry-run", "--customer", "cus_a")
+    assert (code, err) == (
+        2,
+        "meter-relay: --customer chooses letters in the DLQ: not with --identifiers\n",
+    )
 
     code, out, _ = run(capsys, *cancel, "--yes", "--audit", str(audit))
     assert code == 0

@@ -231,6 +231,19 @@ def test_reconcile_says_when_stripe_cannot_be_reached(
     assert len(err.splitlines()) == 1
 
 
+def test_reconcile_says_a_refused_key_is_the_setups_fault(
+    ledger: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stripe answered, and refused the key (revoked, or another account's): exit 2, not
+    "could not be reached" (3), which would send the operator to wait and retry."""
+    forward(ledger, [usage("k-1", "cus_a", "2", 5)], ["m-k"])
+    ledger.emulator.configure(accepted_keys=["sk_test_another_accounts"])  # ours is revoked
+    code, out, err = run(capsys, "reconcile", "--event-name", "api_requests", "--since", iso(HOUR))
+    assert (code, out) == (2, "")
+    assert err.startswith("meter-relay: Stripe: ")
+    assert "401" in err or "Invalid API Key" in err
+
+
 # ----- trace -------------------------------------------------------------------------------------
 @pytest.fixture
 def reports_table(ledger: Relay, monkeypatch: pytest.MonkeyPatch) -> str:

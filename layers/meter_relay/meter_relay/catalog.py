@@ -35,7 +35,11 @@ MAX_PAGES = 100  # 10,000 meters: far more than any account has; a bound, not a 
 
 class CatalogError(Exception):
     """The meters could not be read (Stripe refused, or the network); the message names no
-    secret."""
+    secret. `status` is Stripe's HTTP status, 0 when no answer came."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,7 @@ def read_meters(api: StripeApi, timeout: float) -> MeterCatalog:
             params["starting_after"] = after
         answer = api.list_meters(params, timeout)
         if answer.kind is not Kind.OK or answer.body is None:
-            raise CatalogError(f"Stripe did not list the meters: {answer.error}")
+            raise CatalogError(f"Stripe did not list the meters: {answer.error}", answer.status)
         page = answer.body.get("data")
         if not isinstance(page, list):
             raise CatalogError("Stripe answered the meter list with an unexpected object")

@@ -56,6 +56,13 @@ class Exit(IntEnum):
     INTERRUPTED = 130
 
 
+def stripe_exit(status: int) -> Exit:
+    """A Stripe call's failure as an exit status: no answer, 429 or 5xx after the retries is
+    Stripe out of reach; any other refusal (a revoked or wrong key, 401/403; a bad request) is
+    the setup's."""
+    return Exit.UNREACHABLE if status in (0, 429) or status >= 500 else Exit.USAGE
+
+
 class CliError(Exception):
     """A problem the operator can fix (a missing setting, a bad file): one clear line."""
 

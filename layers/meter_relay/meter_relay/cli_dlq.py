@@ -397,16 +397,25 @@ def cmd_discard(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     kit = toolkit(args)
     scanned_all = True
+    skip = _skipped(args.skip) if args.skip else []
     if args.identifiers:
         if len(args.event_names or []) != 1:
             raise CliError("--identifiers needs exactly one --event-name")
+        chosen_in_dlq = [f for f in ("code", "customer", "since", "until") if getattr(args, f)]
+        if chosen_in_dlq:
+            raise CliError(
+                f"--{chosen_in_dlq[0]} chooses letters in the DLQ: not with --identifiers"
+            )
         try:
             targets = targets_from_file(args.identifiers, args.event_names[0])
         except OSError as error:
             raise CliError(f"cannot read {args.identifiers}: {error.strerror}") from None
+        done = set(skip)
+        targets = [t for t in targets if t.identifier not in done]
+        if args.max is not None and len(targets) > args.max:
+            targets, scanned_all = targets[: args.max], False
     else:
         need(kit, DLQ)
-        skip = _skipped(args.skip) if args.skip else []
         targets, scanned_all = targets_from_dlq(kit.reader(), _filters(args), skip=skip)
     api = None
     if not args.dry_run:
@@ -542,9 +551,9 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run(parser: argparse.ArgumentParser, *, asks: bool) -> None:
+def _add_run(parser: argparse.ArgumentParser, *, asks: bool, rate_of: str = "messages") -> None:
     parser.add_argument("--dry-run", action="store_true", help="show what would happen")
-    parser.add_argument("--rate", type=_positive, help="at most this many messages per second")
+    parser.add_argument("--rate", type=_positive, help=f"at most this many {rate_of} per second")
     if asks:
         parser.add_argument("--yes", action="store_true", help="do not ask (needed off a terminal)")
 
@@ -570,7 +579,10 @@ def add_commands(dlq: argparse.ArgumentParser, global_options: argparse.Argument
     _add_settings(redrive, queue=True)
     _add_filters(redrive)
     redrive.add_argument(
-        "--all", action="store_true", help="every reason, not only passing ones (see --help)"
+        "--all",
+        action="store_true",
+        help="every reason, not only passing ones (Stripe's load or time: no_answer, 5xx, 429, "
+        "409, api_error, rate limits, lock_timeout, max_receive_count_exceeded)",
     )
     _add_run(redrive, asks=False)
     add_engine(redrive)
@@ -594,7 +606,7 @@ def add_commands(dlq: argparse.ArgumentParser, global_options: argparse.Argument
     _add_settings(cancel_cmd, stripe=True)
     _add_filters(cancel_cmd)
     cancel_cmd.add_argument("--identifiers", metavar="FILE", help="one identifier per line")
-    _add_run(cancel_cmd, asks=True)
+    _add_run(cancel_cmd, asks=True, rate_of="cancels (events)")
     cancel_cmd.add_argument("--audit", metavar="FILE", help="append the audit lines (JSON) here")
     cancel_cmd.add_argument(
         "--skip",

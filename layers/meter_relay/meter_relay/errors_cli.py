@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from botocore.exceptions import BotoCoreError, ClientError
 
 from meter_relay import console
-from meter_relay.cli import CliError, Exit, aws_failure, need, toolkit
+from meter_relay.cli import CliError, Exit, aws_failure, need, stripe_exit, toolkit
 from meter_relay.cli_dlq import _add_settings
 from meter_relay.config import AWS_CLIENT_CONFIG
 from meter_relay.dead_letter import DeadLetterQueue
@@ -107,10 +107,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     try:
         summary = pull(events, processor, since, until)
     except FetchFailed as error:
-        unreachable = error.status in (0, 401, 403, 429) or error.status >= 500
         raise CliError(
             f"Stripe: {error}; what was pulled before it is kept (run the same pull again)",
-            Exit.UNREACHABLE if unreachable else Exit.USAGE,
+            stripe_exit(error.status),
         ) from None
     except LettersNotSent as error:
         raise CliError(

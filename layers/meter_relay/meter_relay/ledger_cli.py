@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from meter_relay import console
-from meter_relay.cli import CliError, Exit, need, toolkit
+from meter_relay.cli import CliError, Exit, need, stripe_exit, toolkit
 from meter_relay.cli_dlq import _add_settings, add_engine
 from meter_relay.dlq.scan import WhenFull
 from meter_relay.dlq.toolkit import Toolkit
@@ -340,10 +340,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         finally:
             progress.close()
     except StripeFailed as error:
-        unreachable = error.status in (0, 401, 403, 429) or error.status >= 500
-        raise CliError(
-            f"Stripe: {error}", Exit.UNREACHABLE if unreachable else Exit.USAGE
-        ) from None
+        raise CliError(f"Stripe: {error}", stripe_exit(error.status)) from None
     _report(args, result, until, end)
     return Exit.STAYED if result.mismatches else Exit.DONE
 

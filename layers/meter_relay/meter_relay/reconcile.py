@@ -154,7 +154,7 @@ class MeterSummaries:
             try:
                 catalog = read_meters(self.api, self.timeout)
             except CatalogError as error:
-                raise StripeFailed(str(error)) from None
+                raise StripeFailed(str(error), error.status) from None
             found = catalog.get(event_name)
             if found is None:
                 raise StripeFailed(f"no meter for event_name {event_name!r} in the account", 404)
