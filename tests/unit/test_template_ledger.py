@@ -22,8 +22,17 @@ TABLE_IDS = {
 }
 
 
+STACK_UUID = "51af3dc0-da77-11e4-872e-1234567db123"
+
+
 class Stack(Deployed):
-    """Deployed, with the two functions the Glue database's name is made of."""
+    """Deployed, with the functions the Glue database's name is made of, and a stack id."""
+
+    def __init__(self, stack: str, **parameters: str) -> None:
+        super().__init__(stack, **parameters)
+        self.values["AWS::StackId"] = (
+            f"arn:aws:cloudformation:eu-west-1:111122223333:stack/{stack}/{STACK_UUID}"
+        )
 
     def resolve(self, node: Any) -> Any:
         if isinstance(node, dict) and len(node) == 1:
@@ -32,7 +41,9 @@ class Stack(Deployed):
                 return str(self.resolve(arg[1])).split(arg[0])
             if key == "Fn::Join":
                 items = self.resolve(arg[1])
-                return arg[0].join(str(item) for item in items)
+                return arg[0].join(str(self.resolve(item)) for item in items)
+            if key == "Fn::Select":
+                return self.resolve(arg[1])[int(arg[0])]
         return super().resolve(node)
 
     def properties(self, logical_id: str) -> dict[str, Any]:
@@ -101,9 +112,14 @@ def test_partitions_are_projected_from_the_keys_the_writers_use(production: Stac
         assert (parameters["compressionType"], SUFFIX) == ("zstd", ".jsonl.zst")
 
 
-def test_the_database_is_named_after_the_stack_as_athena_names_go(production: Stack) -> None:
-    database = production.properties("LedgerDatabase")["DatabaseInput"]["Name"]
-    assert database == "meter_relay_production_eu"  # no hyphen: Athena's names have none
+def test_the_database_is_named_as_glue_keeps_it_whatever_the_stacks_case() -> None:
+    """Glue folds a database's name to lowercase, and IAM compares ARNs case-sensitively: a
+    name made of `MeterRelayProd` would be granted under a name Glue does not have."""
+    stack = Stack("MeterRelay-Prod")
+    database = stack.properties("LedgerDatabase")["DatabaseInput"]["Name"]
+    assert database == "meter_relay_51af3dc0_da77_11e4_872e_1234567db123"
+    assert database == database.lower()  # no hyphen either: Athena's names have none
+    # the policies name it by Ref (below): the name as given, which is the name Glue keeps
 
 
 # ----- the workgroup -----------------------------------------------------------------------------
