@@ -19,7 +19,13 @@ from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
 from devkit.harness import load_template
 from meter_relay.dead_letter import DeadLetterQueue
-from meter_relay.error_reports import ReportProcessor, StripeEvents, TimeBudget, pull
+from meter_relay.error_reports import (
+    EventUnavailable,
+    ReportProcessor,
+    StripeEvents,
+    TimeBudget,
+    pull,
+)
 from meter_relay.stripe_client import StripeApi, StripeHttp
 from meter_relay.webhook_signature import verify_signature
 from tests.integration.error_report_helpers import (
@@ -321,7 +327,8 @@ def test_a_report_stripe_no_longer_keeps_is_acknowledged_never_retried_forever(
     reports: Reports, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Stripe keeps events 30 days: a delivery retried past that (a finalized period) gets
-    Stripe's 404; it is acknowledged, counted and logged, and a redelivery is a duplicate."""
+    Stripe's 404; it is acknowledged, counted and logged each time, and never remembered
+    (a 404 may also be the wrong account's key: errors pull must redo it once fixed)."""
     (received,) = reports.pushed(usage("too-late", value="0"))
     reports.emulator.advance_clock(31 * 86_400)
     capfd.readouterr()
@@ -334,9 +341,10 @@ def test_a_report_stripe_no_longer_keeps_is_acknowledged_never_retried_forever(
     assert first[1]["status"] == "unavailable"
     assert "resource_missing" in first[1]["reason"]
     assert again[0] == 200
-    assert again[1]["status"] == "duplicate"
+    assert again[1]["status"] == "unavailable"  # acknowledged again: Stripe stops retrying
     assert reports.letters() == []
-    assert emf_sums(capfd.readouterr().out)["ErrorReportsUnavailable"] == 1
+    assert reports.remembered() == []
+    assert emf_sums(capfd.readouterr().out)["ErrorReportsUnavailable"] == 2  # each delivery
 
 
 def test_the_samples_run_through_the_function(reports: Reports) -> None:
@@ -373,6 +381,34 @@ def puller(reports: Reports) -> tuple[StripeEvents, ReportProcessor]:
         DynamoDBPersistenceLayer(table_name=TABLE, boto3_session=session),
     )
     return events, processor
+
+
+class KeyOfAnotherAccount(StripeEvents):
+    """Stripe answers 404 for an event of another account than the key's."""
+
+    def fetch(self, event_id: str) -> dict[str, Any]:
+        raise EventUnavailable(f"HTTP 404 resource_missing: No such event: '{event_id}'")
+
+
+def test_a_report_stripe_would_not_show_is_written_by_a_pull_once_the_key_is_fixed(
+    reports: Reports,
+) -> None:
+    """The function ran with the wrong account's key: Stripe's 404, acknowledged. The report is
+    not remembered, so the pull the alarm asks for, with the right key, writes its letters."""
+    since = datetime.now(UTC) - timedelta(hours=1)
+    (report,) = reports.reject(usage("hidden", name="nobody_meters_this"))
+    events, processor = puller(reports)
+    wrong = ReportProcessor(
+        KeyOfAnotherAccount(events._api, 10.0),
+        processor.dead_letters,
+        DynamoDBPersistenceLayer(table_name=TABLE, boto3_session=boto3.session.Session()),
+    )
+    assert wrong.process(report["id"], TimeBudget(60)).status == "unavailable"
+
+    fixed = pull(events, processor, since)
+
+    assert [(o.event_id, o.status) for o in fixed.outcomes] == [(report["id"], "processed")]
+    assert codes_and_identifiers(reports.letters()) == {"hidden": "no_meter"}
 
 
 def test_errors_pull_finds_the_same_events_and_writes_nothing_twice(reports: Reports) -> None:

@@ -496,7 +496,12 @@ class ReportProcessor:
         def time_left() -> float:
             return context.get_remaining_time_in_millis() / 1000 - 1.0
 
-        result = self._once(event_id=event_id, fetched=fetched, time_left=time_left)
+        try:
+            result = self._once(event_id=event_id, fetched=fetched, time_left=time_left)
+        except EventUnavailable as unavailable:
+            # not remembered (the claim is released): a 404 may be a key of another account
+            # rather than an event past Stripe's 30 days, and a pull after the fix must redo it
+            return Outcome(event_id, UNAVAILABLE, reason=str(unavailable))
         return Outcome.from_json(result)
 
     def _process(
@@ -506,11 +511,8 @@ class ReportProcessor:
         fetched: Mapping[str, Any] | None,
         time_left: Callable[[], float],
     ) -> dict[str, Any]:
-        try:
-            event = fetched if fetched is not None and "data" in fetched else None
-            event = event or self.events.fetch(event_id)
-        except EventUnavailable as unavailable:
-            return Outcome(event_id, UNAVAILABLE, reason=str(unavailable)).to_json()
+        event = fetched if fetched is not None and "data" in fetched else None
+        event = event or self.events.fetch(event_id)  # EventUnavailable: see process()
         report = ErrorReport.from_event({**event, "id": event_id})
         letters = report_letters(report, self.bodies)
         unsent = self.dead_letters.send(letters, time_left)
