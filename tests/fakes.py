@@ -26,6 +26,8 @@ from meter_relay.stripe_client import Kind, StripeAnswer
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
+MAX_SQS_ATTRIBUTES = 10  # message attributes SQS takes a message (moto does not check)
+
 
 def millis(moment: datetime) -> str:
     return str(int(moment.timestamp() * 1000))
@@ -239,6 +241,7 @@ class FakeSqs:
             self.calls[name] = self.calls.get(name, 0) + 1
 
     def _put(self, url: str, body: str, attributes: dict[str, Any]) -> str:
+        assert len(attributes) <= MAX_SQS_ATTRIBUTES, sorted(attributes)  # as SQS refuses
         queue = self.queues[url]
         message_id = f"fake-{next(self._ids):08d}"
         queue.messages[message_id] = _Message(message_id, body, attributes, int(time.time() * 1000))
@@ -369,6 +372,8 @@ class StubSqs:
         return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
 
     def send_message(self, **kwargs: Any) -> dict[str, Any]:
+        attributes = kwargs.get("MessageAttributes") or {}
+        assert len(attributes) <= MAX_SQS_ATTRIBUTES, sorted(attributes)  # as SQS refuses
         if self.fail_send:
             raise ClientError({"Error": {"Code": "InternalError"}}, "SendMessage")
         if kwargs["QueueUrl"] == self.fail_send_to:

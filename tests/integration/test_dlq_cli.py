@@ -615,6 +615,15 @@ def test_cancel_identifiers_inside_and_outside_24_hours(
     done.write_text("c-1\n")
     code, rest = run_json(capsys, *cancel, "--dry-run", "--skip", str(done))
     assert (code, [a["identifier"] for a in rest["audit"]], rest["complete"]) == (0, ["c-2"], True)
+    # an audit's failed cancel (no final word from Stripe) is not done: the next run retries it
+    done.write_text(
+        json.dumps({"identifier": "c-1", "event_name": "api_requests", "status": "failed"})
+        + "\n"
+        + json.dumps({"identifier": "c-2", "event_name": "api_requests", "status": "pending"})
+        + "\n"
+    )
+    code, rest = run_json(capsys, *cancel, "--dry-run", "--skip", str(done))
+    assert (code, [a["identifier"] for a in rest["audit"]]) == (0, ["c-1"])
     code, _, err = run(capsys, *cancel, "--dry-run", "--customer", "cus_a")
     assert (code, err) == (
         2,

@@ -497,10 +497,20 @@ def _cancel_preview(targets: list[CancelTarget]) -> list[str]:
 
 
 def _skipped(path: str) -> list[str]:
-    """Identifiers handled already: one a line, or the JSON lines of an --audit file."""
+    """Identifiers handled already: one a line, or the JSON lines of an --audit file whose
+    status is Stripe's last word (not `failed`, nor a dry run's `would_cancel`: those are
+    cancelled on the next run)."""
     try:
         lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-        return [str(json.loads(x)["identifier"]) if x.startswith("{") else x for x in lines]
+        skipped = []
+        for text in lines:
+            if not text.startswith("{"):
+                skipped.append(text)
+                continue
+            line = json.loads(text)
+            if AuditStatus(line.get("status", AuditStatus.PENDING)).settled:
+                skipped.append(str(line["identifier"]))
+        return skipped
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CliError(f"cannot read the identifiers to skip from {path}: {error}") from None
 

@@ -30,7 +30,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from meter_relay.config import ToolsConfig
 from meter_relay.dlq.cancel import AuditLine, CancelTarget, cancel, record, targets_from_dlq
-from meter_relay.dlq.replay import OUT_OF_TIME, Replayer, Resend
+from meter_relay.dlq.replay import OUT_OF_TIME, UNANSWERED_IN_TIME, Replayer, Resend
 from meter_relay.dlq.runs import Outcome, RunSummary
 from meter_relay.dlq.selection import Filters, Fix
 from meter_relay.dlq.toolkit import Toolkit
@@ -122,7 +122,7 @@ def _left_as_it_was(outcome: Outcome) -> bool:
     would handle the same way (not one the time ran out on: that one the next call sends)."""
     if not (outcome.action.stays or outcome.action.value.startswith("would_")):
         return False
-    return not any(e["detail"] == OUT_OF_TIME for e in outcome.kept_events)
+    return not any(e["detail"] in (OUT_OF_TIME, UNANSWERED_IN_TIME) for e in outcome.kept_events)
 
 
 def _answer(summary: RunSummary) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def _cancel_next(
 ) -> dict[str, Any]:
     """What is left, and the input of the call that continues: nothing handled here (audited)
     is cancelled again."""
-    done = {(line.identifier, line.event_name) for line in audit}
+    done = {(line.identifier, line.event_name) for line in audit if line.status.settled}
     left = [t for t in targets if (t.identifier, t.event_name) not in done]
     options: dict[str, Any] = {k: event[k] for k in ("dry_run", "rate") if k in event}
     following: dict[str, Any]
@@ -191,7 +191,8 @@ def _cancel_next(
         ids = [t.identifier for t in left]
         following = {"identifiers": ids, "event_name": event["event_name"], **options}
     else:
-        handled = list(dict.fromkeys([*skip, *(line.identifier for line in audit)]))
+        settled = (line.identifier for line in audit if line.status.settled)
+        handled = list(dict.fromkeys([*skip, *settled]))
         following = {"filters": event.get("filters") or {}, "skip": handled, **options}
     return {
         "remaining": [{"identifier": t.identifier, "event_name": t.event_name} for t in left],

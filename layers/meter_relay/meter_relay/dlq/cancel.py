@@ -56,6 +56,11 @@ class AuditStatus(StrEnum):
     def bad(self) -> bool:
         return self in (AuditStatus.REFUSED, AuditStatus.FAILED, AuditStatus.PAST_CANCEL_WINDOW)
 
+    @property
+    def settled(self) -> bool:
+        """Stripe gave its last word: a run that continues does not cancel it again."""
+        return self not in (AuditStatus.FAILED, AuditStatus.WOULD_CANCEL)
+
 
 @dataclass(frozen=True)
 class CancelTarget:

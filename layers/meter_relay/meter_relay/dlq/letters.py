@@ -7,24 +7,17 @@ import json
 from dataclasses import replace
 
 from meter_relay.dead_letter import (
-    ATTR_METER_ID,
     ATTR_REPORTED_BY,
-    ATTR_STRIPE_EVENT_ID,
     ATTR_VALIDATION_END,
-    ATTR_VALIDATION_START,
     DeadLetter,
 )
 from meter_relay.dlq.reading import DlqEvent, DlqMessage
 from meter_relay.events import ParsedEvent, Rejection, format_timestamp
 
-# a Stripe report's letter stays one: replays count only deliveries after its window
-REPORT_ATTRIBUTES = (
-    ATTR_STRIPE_EVENT_ID,
-    ATTR_METER_ID,
-    ATTR_VALIDATION_START,
-    ATTR_VALIDATION_END,
-    ATTR_REPORTED_BY,
-)
+# a Stripe report's letter stays one: replays count only deliveries after its window. Only
+# what they read is kept: with the one-event letter's own attributes (EventIndex, ErrorParam)
+# the report's five would pass SQS's limit of 10 attributes a message.
+REPORT_ATTRIBUTES = (ATTR_VALIDATION_END, ATTR_REPORTED_BY)
 
 
 def _first_seen(message: DlqMessage) -> str:
@@ -40,8 +33,14 @@ def _kept(message: DlqMessage) -> tuple[tuple[str, str], ...]:
 def event_letter(message: DlqMessage, event: ParsedEvent, rejection: Rejection) -> DeadLetter:
     """One event of a DLQ message as its own letter, exactly as the forwarder writes one (and
     a Stripe report's letter still marked as one)."""
-    letter = DeadLetter.for_event(event, rejection, message.source_message_id, _first_seen(message))
+    letter = DeadLetter.for_event(event, rejection, _source(message), _first_seen(message))
     return replace(letter, more=_kept(message))
+
+
+def _source(message: DlqMessage) -> str:
+    """The usage-queue message it came from; none for a report's letter (its identifier is
+    Stripe's sample's, written in its body; the DLQ message id would only take an attribute)."""
+    return "" if ATTR_REPORTED_BY in message.attributes else message.source_message_id
 
 
 def rest_letter(message: DlqMessage, events: list[ParsedEvent], reason: Rejection) -> DeadLetter:
@@ -54,7 +53,7 @@ def rest_letter(message: DlqMessage, events: list[ParsedEvent], reason: Rejectio
         json.dumps(body),
         reason.code,
         reason.message,
-        message.source_message_id,
+        _source(message),
         _first_seen(message),
         more=_kept(message),
     )

@@ -44,6 +44,9 @@ from meter_relay.stripe_client import Kind, StripeAnswer
 
 TOO_OLD = " (outside Stripe's 35-day window: not sent)"
 OUT_OF_TIME = "not sent before the deadline: the next run sends it"
+UNANSWERED_IN_TIME = (
+    "sent, but no answer came before the deadline (Stripe may have it): the next run sends it again"
+)
 SYNC_SENDERS = 4  # messages sent through the synchronous endpoint at once
 NOT_RECORDED = (
     "Stripe counted these events, but the delivery ledger could not record them: trace does "
@@ -76,6 +79,7 @@ class Sent:
     refused: list[tuple[ParsedEvent, StripeAnswer]] = field(default_factory=list)
     rest: list[ParsedEvent] = field(default_factory=list)  # not sent: from where it stopped
     failure: StripeAnswer | None = None  # what stopped it (None: the time ran out)
+    unanswered: bool = False  # the time ran out after `failure`, a call with no final word
     error: str | None = None  # the destination could not be written to: nothing went
     unrecorded: str | None = None  # why the delivery ledger lacks the counted events
 
@@ -208,7 +212,10 @@ class SyncResend:
                 call, policy=self.policy, sleep=self.sleep, jitter=self.jitter, remaining=remaining
             )
             if answer is None and tried and _outcome_unknown(tried[-1]):
-                answer = tried[-1]  # it went out, and no word came back: its letter says so
+                # it went out, and no word came back before the time ran out: its letter says
+                # so (a later replay past 24 hours warns), and the next run sends it again
+                sent.rest, sent.failure, sent.unanswered = events[position:], tried[-1], True
+                break
             if answer is None:
                 sent.rest = events[position:]
                 break
@@ -382,9 +389,12 @@ class Replayer:
         if sent.unrecorded is not None:
             outcome.warnings.append(f"{NOT_RECORDED} ({sent.unrecorded})")
         if sent.rest:
-            settlement.stopped = sent.failure is None
+            settlement.stopped = sent.failure is None or sent.unanswered
             reason = _rest_reason(message, sent.failure)
-            said = (answer_code(sent.failure), sent.failure.error) if sent.failure else None
+            said = None
+            if sent.failure is not None:
+                detail = UNANSWERED_IN_TIME if sent.unanswered else sent.failure.error
+                said = (answer_code(sent.failure), detail)
             for event in sent.rest:
                 outcome.keep(event, *(said or (message.code, OUT_OF_TIME)))
             if not (sent.counted or settlement.letters or reason.code != message.code):

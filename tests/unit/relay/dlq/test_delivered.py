@@ -14,11 +14,11 @@ from meter_relay.dead_letter import (
     DeadLetter,
 )
 from meter_relay.dlq.delivered import delivered_among
-from meter_relay.dlq.letters import remainder_letter
+from meter_relay.dlq.letters import remainder_letter, rest_letter
 from meter_relay.dlq.reading import DlqMessage, read_message
 from meter_relay.error_reports import REPORTED_BY_STRIPE
-from meter_relay.events import format_timestamp
-from tests.fakes import NOW, sqs_message
+from meter_relay.events import Rejection, format_timestamp
+from tests.fakes import MAX_SQS_ATTRIBUTES, NOW, sqs_message
 from tests.unit.relay.dlq.builders import RULES, api_event, dlq_message
 
 
@@ -113,7 +113,10 @@ def test_letters_written_again_keep_the_report_and_the_earliest_sighting() -> No
     rewritten = remainder_letter(report, [event])
     again = read_message(sqs_message(rewritten.body, "again", rewritten.attributes()), RULES)
     assert again.rejected_until == end
-    assert again.attributes[ATTR_STRIPE_EVENT_ID] == "evt_1"
+    assert again.events[0].identifier == "gone-1"
+    # SQS takes 10 attributes a message: with the refusal's param and the event's index too
+    refused = rest_letter(report, [event.parsed], Rejection("payload_invalid_value", "x", "value"))
+    assert len(refused.attributes()) <= MAX_SQS_ATTRIBUTES
 
     sent = NOW - timedelta(hours=30)
     body = json.dumps({"events": [api_event("1", identifier=f"env-{i}") for i in range(2)]})

@@ -20,7 +20,7 @@ from meter_relay.dead_letter import (
 )
 from meter_relay.dlq.letters import event_letter, rest_letter
 from meter_relay.dlq.reading import REDRIVEN_CODE, DlqMessage, read_message
-from meter_relay.dlq.replay import QueueResend, Replayer, SyncResend
+from meter_relay.dlq.replay import UNANSWERED_IN_TIME, QueueResend, Replayer, SyncResend
 from meter_relay.dlq.resend import UsageQueue
 from meter_relay.dlq.runs import Action, Outcome, RunSummary, Stop
 from meter_relay.dlq.selection import Filters, Fix
@@ -390,9 +390,11 @@ def test_an_event_sent_without_an_answer_before_the_deadline_is_not_called_unsen
     )
 
     assert api.timeouts == [3.0]  # one attempt: 8 s less the 5 kept back for the DLQ
+    assert summary.stopped is Stop.TIME  # the next run (the function's next call) sends it
     (outcome,) = summary.outcomes
-    assert [e["code"] for e in outcome.kept_events] == ["no_answer"]
-    assert all("not sent" not in e["detail"] for e in outcome.kept_events)
+    assert [(e["code"], e["detail"]) for e in outcome.kept_events] == [
+        ("no_answer", UNANSWERED_IN_TIME)
+    ]
     (kept,) = sends(sqs)
     assert kept["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == "no_answer"
 
