@@ -259,6 +259,30 @@ def test_events_that_could_not_be_processed_reach_a_person_with_the_way_back(
     assert undelivered["AlarmActions"] == undelivered["OKActions"] == ["<AlarmTopic>"]
 
 
+def test_a_function_that_keeps_failing_on_the_webhook_route_reaches_a_person(
+    by_webhook: Deployed,
+) -> None:
+    """The webhook route has no queue that would fill: Stripe retries, then drops the report.
+    Failures and refused webhooks (a rolled signing secret) page, three in an hour."""
+    failing = alarm(by_webhook, "production-error-reports-failing")
+    queries = {m["Id"]: m for m in failing["Metrics"]}
+    assert queries["failing"]["Expression"] == "FILL(failed, 0) + FILL(refused, 0)"
+    for metric_id, name in (("failed", "ErrorReportsFailed"), ("refused", "WebhooksRefused")):
+        stat = queries[metric_id]["MetricStat"]
+        assert stat["Metric"] == {
+            "Namespace": "MeterRelay",
+            "MetricName": name,
+            "Dimensions": [{"Name": "service", "Value": "production"}],
+        }
+        assert (stat["Period"], stat["Stat"]) == (3600, "Sum")
+    assert (failing["ComparisonOperator"], failing["Threshold"]) == (
+        "GreaterThanOrEqualToThreshold",
+        3,
+    )
+    assert failing["AlarmActions"] == failing["OKActions"] == ["<AlarmTopic>"]
+    assert "errors pull --since" in failing["AlarmDescription"]
+
+
 def test_an_existing_topic_gets_these_alarms_too() -> None:
     pager = "arn:aws:sns:eu-west-1:111122223333:pager"
     stack = Deployed(
@@ -274,9 +298,11 @@ def test_the_metrics_the_alarm_watches_are_ones_the_function_emits(
     source = (ROOT / "layers/meter_relay/meter_relay/error_reports_function.py").read_text()
     emitted = set(re.findall(r'add_metric\(\s*"(\w+)"', source))
     emitted |= set(re.findall(r'single_metric\(\s*name="(\w+)"', source))
-    rejected = alarm(by_webhook, "production-stripe-rejected-events")
     watched = {
-        m["MetricStat"]["Metric"]["MetricName"] for m in rejected["Metrics"] if "MetricStat" in m
+        m["MetricStat"]["Metric"]["MetricName"]
+        for name in ("production-stripe-rejected-events", "production-error-reports-failing")
+        for m in alarm(by_webhook, name)["Metrics"]
+        if "MetricStat" in m
     }
     assert watched <= emitted
     assert "StripeRejectedEventsByCode" in emitted
