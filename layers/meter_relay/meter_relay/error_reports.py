@@ -158,11 +158,11 @@ class SampleError:
 
 
 def _identifier(request: Any) -> str | None:
-    """`request.identifier`, as every SDK since 2024-10 types it; `id` or `idempotency_key`
-    as an older docs example shows (its `id` was empty)."""
+    """`request.identifier`, as every SDK since 2024-10 types it; else `idempotency_key`, then
+    `id`, as an older docs example shows (its `id`, empty there, names Stripe's request)."""
     if not isinstance(request, dict):
         return None
-    for name in ("identifier", "id", "idempotency_key"):
+    for name in ("identifier", "idempotency_key", "id"):
         found = _text(request.get(name))
         if found is not None:
             return found

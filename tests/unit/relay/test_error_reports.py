@@ -188,12 +188,13 @@ def test_no_meter_found_has_no_meter_whether_related_object_is_empty_or_null(
     [
         ({"identifier": "idf"}, "idf"),
         ({"id": "", "idempotency_key": "37c741d8"}, "37c741d8"),  # an older docs example
+        ({"id": "req_1", "idempotency_key": "37c741d8"}, "37c741d8"),  # id: Stripe's request
         ({"id": "req-id"}, "req-id"),
         ({}, None),
         (None, None),
     ],
 )
-def test_the_identifier_falls_back_to_id_then_idempotency_key(
+def test_the_identifier_falls_back_to_idempotency_key_then_id(
     request_: Any, identifier: str | None
 ) -> None:
     report = ErrorReport.from_event(no_meter_event({}, request_))
