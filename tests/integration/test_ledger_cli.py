@@ -244,6 +244,24 @@ def test_reconcile_says_a_refused_key_is_the_setups_fault(
     assert "401" in err or "Invalid API Key" in err
 
 
+def test_reconcile_says_a_meter_of_another_event_name_is_the_callers_mistake(
+    ledger: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = ledger.emulator.create_meter("searches_other")
+    code, out, err = run(
+        capsys,
+        "reconcile",
+        "--event-name",
+        "api_requests",
+        "--meter-id",
+        other["id"],
+        "--since",
+        iso(HOUR),
+    )
+    assert (code, out) == (2, "")
+    assert f"meter {other['id']} is for event_name 'searches_other'" in err
+
+
 # ----- trace -------------------------------------------------------------------------------------
 @pytest.fixture
 def reports_table(ledger: Relay, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -162,10 +162,13 @@ class MeterSummaries:
         meter = self._get(f"/v1/billing/meters/{quote(meter_id, safe='')}", {})
         formula = str((meter.get("default_aggregation") or {}).get("formula", "sum"))
         name = str(meter.get("event_name", event_name))
+        # Stripe answered: the question does not fit the meter (400: the caller's to fix)
         if name != event_name:
-            raise StripeFailed(f"meter {meter_id} is for event_name {name!r}, not {event_name!r}")
+            raise StripeFailed(
+                f"meter {meter_id} is for event_name {name!r}, not {event_name!r}", 400
+            )
         if formula not in FORMULAS:
-            raise StripeFailed(f"meter {meter_id} aggregates by {formula!r}, not {FORMULAS}")
+            raise StripeFailed(f"meter {meter_id} aggregates by {formula!r}, not {FORMULAS}", 400)
         return MeterInfo(meter_id, name, formula)
 
     def summaries(
