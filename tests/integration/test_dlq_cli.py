@@ -670,6 +670,31 @@ def test_cancel_identifiers_inside_and_outside_24_hours(
     assert "--identifiers needs exactly one --event-name" in err
 
 
+def test_a_cancel_stripe_keeps_failing_exits_3_and_the_next_run_cancels_it_once(
+    cli: Relay, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """503 after the retries: exit 3, the audit says failed. The run continued with --skip of
+    that audit cancels it (a failed cancel is not done), and exactly once."""
+    forward(cli, [api_event("f-1"), api_event("f-2")], ["f1", "f2"])
+    identifiers = tmp_path / "ids.txt"
+    identifiers.write_text("f-1\nf-2\n")
+    audit = tmp_path / "audit.jsonl"
+    cancel = ["dlq", "cancel", "--identifiers", str(identifiers), "--event-name", "api_requests"]
+    cli.emulator.set_faults("adjustments", error_rate=1.0, error_statuses=[503])
+
+    code, failed = run_json(capsys, *cancel, "--yes", "--max", "1", "--audit", str(audit))
+
+    assert (code, failed["counts"], failed["complete"]) == (3, {"failed": 1}, False)
+    assert cli.emulator.events(identifier="f-1")[0]["status"] == "counted"
+    cli.emulator.configure(clear_faults=True)
+    code, done = run_json(capsys, *cancel, "--yes", "--skip", str(audit), "--audit", str(audit))
+    assert (code, [a["identifier"] for a in done["audit"]]) == (0, ["f-1", "f-2"])
+    assert {e["identifier"]: e["status"] for e in cli.emulator.events()} == {
+        "f-1": "cancelled",
+        "f-2": "cancelled",
+    }
+
+
 def test_cancel_events_of_dlq_messages_chosen_by_filters(
     cli: Relay, capsys: pytest.CaptureFixture[str]
 ) -> None:

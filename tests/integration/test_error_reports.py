@@ -15,11 +15,15 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+)
 
 from devkit.harness import load_template
 from meter_relay.dead_letter import DeadLetterQueue
 from meter_relay.error_reports import (
+    IDEMPOTENCY_KEY_PREFIX,
     EventUnavailable,
     ReportProcessor,
     StripeEvents,
@@ -296,6 +300,46 @@ def test_stripe_unreachable_fails_the_eventbridge_run_and_answers_5xx_then_a_ret
     assert retried.ok
     assert retried.result["status"] == "processed"
     assert codes_and_identifiers(reports.letters()) == {"later": "meter_event_invalid_value"}
+
+
+def test_a_dlq_that_refuses_the_letters_fails_the_delivery_and_a_retry_writes_them(
+    reports: Reports, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The report is fetched but SQS refuses its letters: 500, nothing remembered (Stripe
+    delivers it again), counted as ErrorReportsFailed; the retry, SQS back, writes them once."""
+    (received,) = reports.pushed(usage("refused-letters", value="0"))
+    gone = f"{reports.relay.dlq_url}-deleted"
+    capfd.readouterr()
+    with reports.function(DEAD_LETTER_QUEUE_URL=gone) as function:
+        status, _ = answer(function.invoke(function_url_request(received)))
+    assert status == 500
+    assert reports.remembered() == []
+    assert emf_sums(capfd.readouterr().out)["ErrorReportsFailed"] == 1
+    assert reports.letters() == []
+
+    with reports.function() as function:
+        status, outcome = answer(function.invoke(function_url_request(received)))
+    assert (status, outcome["status"]) == (200, "processed")
+    assert codes_and_identifiers(reports.letters()) == {
+        "refused-letters": "meter_event_invalid_value"
+    }
+
+
+def test_a_report_held_by_another_delivery_is_409_and_busy_for_a_pull(reports: Reports) -> None:
+    """Two deliveries of one report at once (EventBridge and a webhook, or a pull): the one
+    that finds it claimed answers 409 (Stripe retries), and a pull counts it busy."""
+    (received,) = reports.pushed(usage("held", value="0"))
+    event_id = json.loads(received.body)["id"]
+    since = datetime.now(UTC) - timedelta(hours=1)
+    events, processor = puller(reports)
+    claim = DynamoDBPersistenceLayer(table_name=TABLE, boto3_session=boto3.session.Session())
+    claim.configure(IdempotencyConfig(), key_prefix=IDEMPOTENCY_KEY_PREFIX)
+    claim.save_inprogress(data=event_id, remaining_time_in_millis=600_000)  # another run's
+    with reports.function() as function:
+        status, _ = answer(function.invoke(function_url_request(received)))
+    assert status == 409
+    assert pull(events, processor, since).busy == [event_id]
+    assert reports.letters() == []
 
 
 def test_a_request_stripe_calls_bad_is_retried_never_acknowledged_unread(

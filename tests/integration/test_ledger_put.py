@@ -216,6 +216,12 @@ def test_a_put_signed_with_another_key_is_refused_and_made_by_put_object(
     with pytest.raises(Exception, match="was not written"):
         future.result(timeout=30)
     assert not writer.signed
+    # the signed PUT once, then PutObject (botocore's, its retries): each refused the same way
+    received: list[tuple[str, Any, bytes]] = checking.received  # type: ignore[attr-defined]
+    agents = [headers.get("User-Agent", "") for _, headers, _ in received]
+    assert agents[0].startswith("python-urllib3/")
+    assert len(agents) > 1
+    assert all(a.startswith("Boto3/") for a in agents[1:])
 
 
 class _Refusing(BaseHTTPRequestHandler):

@@ -200,6 +200,7 @@ def test_a_ledger_that_cannot_be_read_keeps_every_message(
     monkeypatch.setenv("LEDGER_BUCKET", "no-such-ledger")
     code, done = run_json(capsys, "dlq", "replay", "--yes")
     assert code == 3  # AWS could not be read: nothing sent
+    assert len(done["outcomes"]) == 2
     for outcome in done["outcomes"]:
         assert outcome["action"] == "kept"
         assert outcome["detail"].startswith("kept whole: the ledger: s3://no-such-ledger")

@@ -131,7 +131,8 @@ def test_the_workgroup_keeps_its_results_a_week_in_the_ledgers_bucket(production
     results = configuration["ResultConfiguration"]
     assert results["OutputLocation"] == "s3://<LedgerBucket>/athena-results/"
     assert results["EncryptionConfiguration"] == {"EncryptionOption": "SSE_S3"}
-    assert 0 < int(configuration["BytesScannedCutoffPerQuery"]) <= 1024**4
+    assert 10 * 1024**2 <= int(configuration["BytesScannedCutoffPerQuery"]) <= 1024**4  # Athena's
+    # minimum is 10 MB
     rules = production.properties("LedgerBucket")["LifecycleConfiguration"]["Rules"]
     (expiry,) = [rule for rule in rules if rule.get("Prefix") == "athena-results/"]
     assert int(expiry["ExpirationInDays"]) <= 7

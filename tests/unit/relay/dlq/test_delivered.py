@@ -23,16 +23,17 @@ from tests.unit.relay.dlq.builders import RULES, api_event, dlq_message
 
 
 class Lookup:
-    """The ledger, as far as asked: every identifier delivered (at `at`, not reported rejected
-    since); the `since` it was asked from."""
+    """The ledger, as far as asked: the identifiers it knows (all, by default) delivered at
+    `at` and not reported rejected since; the `since` it was asked from."""
 
-    def __init__(self, at: datetime = NOW) -> None:
+    def __init__(self, at: datetime = NOW, known: set[str] | None = None) -> None:
         self.since: list[datetime] = []
         self.at = at
+        self.known = known  # None: every identifier asked about
 
     def delivered(self, identifiers: Sequence[str], since: datetime) -> dict[str, datetime]:
         self.since.append(since)
-        return dict.fromkeys(identifiers, self.at)
+        return {i: self.at for i in identifiers if self.known is None or i in self.known}
 
 
 def report_letter(validation_end: datetime | None) -> DlqMessage:
@@ -64,6 +65,7 @@ def test_a_message_sqs_moved_is_asked_about_from_when_it_was_sent() -> None:
 
     assert delivered_among(lookup, [(moved, ["env-1"])]) == {"moved": {"env-1"}}
     assert lookup.since == [sent]
+    assert delivered_among(Lookup(known=set()), [(moved, ["env-1"])]) == {"moved": set()}
     assert moved.past_dedup_window  # sent 30 hours ago, whatever its first receive says
 
 

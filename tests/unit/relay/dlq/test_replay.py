@@ -193,6 +193,24 @@ def test_nothing_leaves_the_dlq_when_a_letter_cannot_be_written() -> None:
     assert sqs.released() == [f"rh-{MID}"]  # given back whole, to be replayed again
 
 
+def test_a_message_sqs_would_not_delete_is_given_back_and_says_what_went() -> None:
+    """Stripe counted two events and their letters are in, but the original could not be
+    deleted: it is given back (a later run finds them delivered by identifier), and the
+    outcome says what was sent."""
+    sqs = StubSqs([[sqs_message(json.dumps(mixed_envelope()), MID, sent=recent(hours=2))]])
+    sqs.fail_delete = True
+    api = StubApi([answer(200), answer(200)])
+    (outcome,) = sync_replayer(sqs, api).replay(Filters()).outcomes
+
+    assert (outcome.action, outcome.code) == (Action.KEPT, "aws_error")
+    assert outcome.detail.startswith(
+        "2 events were sent via sync; kept whole: NotDeleted: ClientError: An error occurred "
+        "(InternalError)"
+    )
+    assert api.sent == [f"{MID}-0", f"{MID}-2"]
+    assert sqs.released() == [f"rh-{MID}"]
+
+
 def test_nothing_leaves_the_dlq_when_the_usage_queue_refuses_the_resend() -> None:
     sqs = StubSqs([[sqs_message(json.dumps(api_event("5")), MID, sent=recent(hours=1))]])
     sqs.fail_send_to = USAGE_URL
