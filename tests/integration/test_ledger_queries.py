@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
 from meter_relay import ledger_sql
 from meter_relay.events import MeterEvent, MeterKeys, ValidationRules
@@ -26,7 +27,12 @@ from meter_relay.ledger import (
 from meter_relay.ledger_engines import AthenaEngine, DuckDbEngine, QueryFailed
 from meter_relay.ledger_queries import LedgerQueries, Totals
 from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS
-from meter_relay.ledger_store import CancellationLine, LedgerBucket, RejectionLine
+from meter_relay.ledger_store import (
+    CancellationLine,
+    LedgerBucket,
+    LedgerUnavailable,
+    RejectionLine,
+)
 from tests.plugins.aws import AwsEnv
 
 pytestmark = pytest.mark.integration
@@ -559,3 +565,41 @@ def test_an_athena_wait_ends_within_the_callers_time_left() -> None:
     with pytest.raises(QueryFailed, match="did not finish in 40 s"):
         engine.run(ledger_sql.trace(["x"], at(0), NOW))
     assert athena.stopped == ["q-1"]
+
+
+class PagedAthena(StuckAthena):
+    """A finished query whose results come in two pages (Athena gives 1,000 rows a page), the
+    column names as the first page's first row only; or an Athena that refuses to start."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        super().__init__("SUCCEEDED")
+        self.refuse = refuse
+
+    def start_query_execution(self, **_: Any) -> dict[str, Any]:
+        if self.refuse:
+            error = {"Error": {"Code": self.refuse, "Message": "Rate exceeded"}}
+            raise ClientError(error, "StartQueryExecution")  # type: ignore[arg-type]
+        return {"QueryExecutionId": "q-1"}
+
+    def get_paginator(self, _: str) -> Any:
+        def page(*values: str) -> dict[str, Any]:
+            rows = [{"Data": [{"VarCharValue": v}]} for v in values]
+            info = [{"Name": "identifier", "Type": "varchar"}]
+            return {"ResultSet": {"Rows": rows, "ResultSetMetadata": {"ColumnInfo": info}}}
+
+        class Pages:
+            def paginate(self, **_: Any) -> list[dict[str, Any]]:
+                return [page("identifier", "a-1", "a-2"), page("a-3")]
+
+        return Pages()
+
+
+def test_every_page_of_athenas_answer_is_read_and_its_refusal_is_said() -> None:
+    engine = AthenaEngine(PagedAthena(), "wg", "db", sleep=lambda _: None)  # type: ignore[arg-type]
+    rows = engine.run(ledger_sql.trace(["x"], at(0), NOW))
+    assert [row["identifier"] for row in rows] == ["a-1", "a-2", "a-3"]
+
+    throttled = PagedAthena(refuse="TooManyRequestsException")
+    refused = AthenaEngine(throttled, "wg", "db", sleep=lambda _: None)  # type: ignore[arg-type]
+    with pytest.raises(LedgerUnavailable, match="Athena: StartQueryExecution: TooManyRequests"):
+        refused.run(ledger_sql.trace(["x"], at(0), NOW))

@@ -128,3 +128,37 @@ def test_a_body_without_events_is_skipped_and_a_day_old_one_warned() -> None:
     junk, old = summary.outcomes
     assert (junk.action, old.action) == (Action.SKIPPED, Action.REDRIVEN)
     assert old.warnings[0].startswith("first seen more than 24 hours ago")
+
+
+class RefusingEntries:
+    """SendMessageBatch as SQS answers when it refuses some entries (a 200 with Failed):
+    each body in `refuse` is refused that many times, then taken."""
+
+    def __init__(self, refuse: dict[str, int]) -> None:
+        self.refuse = dict(refuse)
+        self.taken: list[str] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        failed, successful = [], []
+        for entry in Entries:
+            body = entry["MessageBody"]
+            if self.refuse.get(body, 0) > 0:
+                self.refuse[body] -= 1
+                failed.append({"Id": entry["Id"], "Code": "InternalError", "Message": "busy"})
+            else:
+                self.taken.append(body)
+                successful.append({"Id": entry["Id"], "MessageId": f"m-{len(self.taken)}"})
+        return {"Successful": successful, "Failed": failed}
+
+
+def test_entries_sqs_refuses_are_sent_again_and_only_those_that_never_go_fail() -> None:
+    """A partial batch failure names entries by Id: the error of each must land on its own
+    body (a wrong mapping would delete a DLQ message whose copy SQS never took)."""
+    bodies = [f"body-{n}" for n in range(12)]  # two batches
+    sqs = RefusingEntries({"body-3": 1, "body-10": 99})
+    errors = UsageQueue(as_sqs(sqs), USAGE_URL).send(bodies)
+
+    assert [n for n, error in enumerate(errors) if error is not None] == [10]
+    assert errors[10] == "InternalError: busy"
+    assert sorted(sqs.taken) == sorted(b for b in bodies if b != "body-10")
+    assert sqs.taken.count("body-3") == 1  # refused once, then sent once
