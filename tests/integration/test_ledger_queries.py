@@ -533,36 +533,28 @@ def test_a_failed_athena_query_says_why() -> None:
         engine.run(ledger_sql.trace(["x"], at(0), NOW))
 
 
-def test_an_athena_query_that_outlasts_the_timeout_is_stopped() -> None:
-    clock = iter(range(0, 10_000, 100))
-    athena = StuckAthena("RUNNING")
-    engine = AthenaEngine(
-        athena,  # type: ignore[arg-type]
-        "wg",
-        "db",
-        timeout=300,
-        sleep=lambda _: None,
-        clock=lambda: float(next(clock)),
-    )
-    with pytest.raises(QueryFailed, match="did not finish in 300 s"):
-        engine.run(ledger_sql.trace(["x"], at(0), NOW))
-    assert athena.stopped == ["q-1"]
-
-
-def test_an_athena_wait_ends_within_the_callers_time_left() -> None:
-    """The replay function has 50 s, the query up to 300: its wait stops with the time the
-    function has left, so the letters are given back before Lambda ends it."""
+@pytest.mark.parametrize(
+    ("limits", "said"),
+    [
+        ({"timeout": 300}, "did not finish in 300 s"),
+        # the replay function has 50 s, the query up to 300: its wait stops with the time the
+        # function has left, so the letters are given back before Lambda ends it
+        ({"remaining": lambda: 40.0}, "did not finish in 40 s"),
+    ],
+    ids=["its-timeout", "the-callers-time-left"],
+)
+def test_an_athena_query_that_outlasts_its_wait_is_stopped(limits: Any, said: str) -> None:
     clock = iter(range(0, 10_000, 10))
     athena = StuckAthena("RUNNING")
     engine = AthenaEngine(
         athena,  # type: ignore[arg-type]
         "wg",
         "db",
-        remaining=lambda: 40.0,
         sleep=lambda _: None,
         clock=lambda: float(next(clock)),
+        **limits,
     )
-    with pytest.raises(QueryFailed, match="did not finish in 40 s"):
+    with pytest.raises(QueryFailed, match=said):
         engine.run(ledger_sql.trace(["x"], at(0), NOW))
     assert athena.stopped == ["q-1"]
 
