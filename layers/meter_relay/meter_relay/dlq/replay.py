@@ -391,12 +391,14 @@ class Replayer:
         if sent.rest:
             settlement.stopped = sent.failure is None or sent.unanswered
             reason = _rest_reason(message, sent.failure)
-            said = None
-            if sent.failure is not None:
-                detail = UNANSWERED_IN_TIME if sent.unanswered else sent.failure.error
-                said = (answer_code(sent.failure), detail)
-            for event in sent.rest:
-                outcome.keep(event, *(said or (message.code, OUT_OF_TIME)))
+            for n, event in enumerate(sent.rest):
+                if sent.failure is None:
+                    outcome.keep(event, message.code, OUT_OF_TIME)
+                elif not sent.unanswered:
+                    outcome.keep(event, answer_code(sent.failure), sent.failure.error)
+                else:  # the first went out unanswered; those after it were not sent
+                    detail = OUT_OF_TIME if n else UNANSWERED_IN_TIME
+                    outcome.keep(event, answer_code(sent.failure), detail)
             if not (sent.counted or settlement.letters or reason.code != message.code):
                 outcome.describe()
                 return _Settlement(plan, stopped=settlement.stopped)  # it stays as it is

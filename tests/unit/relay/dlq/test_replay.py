@@ -20,7 +20,13 @@ from meter_relay.dead_letter import (
 )
 from meter_relay.dlq.letters import event_letter, rest_letter
 from meter_relay.dlq.reading import REDRIVEN_CODE, DlqMessage, read_message
-from meter_relay.dlq.replay import UNANSWERED_IN_TIME, QueueResend, Replayer, SyncResend
+from meter_relay.dlq.replay import (
+    OUT_OF_TIME,
+    UNANSWERED_IN_TIME,
+    QueueResend,
+    Replayer,
+    SyncResend,
+)
 from meter_relay.dlq.resend import UsageQueue
 from meter_relay.dlq.runs import Action, Outcome, RunSummary, Stop
 from meter_relay.dlq.selection import Filters, Fix
@@ -401,7 +407,7 @@ def test_an_event_sent_without_an_answer_before_the_deadline_is_not_called_unsen
     deadline = clock.now + 8.0
     silent = StripeAnswer(Kind.TRANSIENT, 0, None, "read timed out")
     api = SlowApi([silent, answer(200)], clock, seconds=5.0)
-    sqs = StubSqs([[sqs_message(json.dumps(api_event("1")), MID, sent=datetime.now(UTC))]])
+    sqs = StubSqs([[sqs_message(json.dumps(three_events()), MID, sent=datetime.now(UTC))]])
     resend = SyncResend(api, sleep=clock.sleep, jitter=lambda low, high: 0.0, senders=1)
     summary = Replayer(reader(sqs), resend).replay(
         Filters(), remaining=lambda: deadline - clock.now
@@ -411,7 +417,9 @@ def test_an_event_sent_without_an_answer_before_the_deadline_is_not_called_unsen
     assert summary.stopped is Stop.TIME  # the next run (the function's next call) sends it
     (outcome,) = summary.outcomes
     assert [(e["code"], e["detail"]) for e in outcome.kept_events] == [
-        ("no_answer", UNANSWERED_IN_TIME)
+        ("no_answer", UNANSWERED_IN_TIME),  # the one that went out
+        ("no_answer", OUT_OF_TIME),  # those after it never did
+        ("no_answer", OUT_OF_TIME),
     ]
     (kept,) = sends(sqs)
     assert kept["MessageAttributes"][ATTR_ERROR_CODE]["StringValue"] == "no_answer"
