@@ -62,7 +62,7 @@ _PASSING_STATUS = re.compile(r"http_(5\d\d|409|429)")
 # outcome indeterminate), or receives spent on either. The ledger records only what Stripe
 # answered 200, so it cannot say.
 _OUTCOME_UNKNOWN_CODES = frozenset({REDRIVEN_CODE, "no_answer", "api_error"})
-_OUTCOME_UNKNOWN_STATUS = re.compile(r"http_5\d\d")
+HTTP_5XX = re.compile(r"http_5\d\d")  # a letter's code for Stripe's 5xx
 
 
 def is_passing(code: str, error_message: str = "") -> bool:
@@ -142,10 +142,7 @@ class DlqMessage:
     def outcome_unknown(self) -> bool:
         """Its reason leaves open whether Stripe took its events (a timeout, a 5xx, or the
         receives SQS counted): what the ledger lacks, Stripe may still have."""
-        return (
-            self.code in _OUTCOME_UNKNOWN_CODES
-            or _OUTCOME_UNKNOWN_STATUS.fullmatch(self.code) is not None
-        )
+        return self.code in _OUTCOME_UNKNOWN_CODES or HTTP_5XX.fullmatch(self.code) is not None
 
     @property
     def rejected_until(self) -> datetime | None:

@@ -4,7 +4,6 @@ its selection left by reason, and how much of the queue it saw."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Generator
 from contextlib import closing
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from meter_relay.dlq.reading import DlqMessage
+from meter_relay.dlq.reading import HTTP_5XX, DlqMessage
 from meter_relay.dlq.scan import DeadLetterReader, ScanStats, WhenFull
 from meter_relay.dlq.selection import Filters
 from meter_relay.events import ParsedEvent
@@ -41,7 +40,6 @@ def past_dedup_warning(message: DlqMessage, has_ledger: bool) -> str | None:
 
 
 _UNREACHABLE = frozenset({"aws_error", "no_answer"})
-_FAILING = re.compile(r"http_5\d\d")
 
 
 class Action(StrEnum):
@@ -144,7 +142,7 @@ class RunSummary:
         """Something stayed because AWS or Stripe could not be reached (or kept failing)."""
         codes = {o.code for o in self.outcomes if o.action.stays}
         codes.update(e["code"] for o in self.outcomes for e in o.kept_events)
-        return any(code in _UNREACHABLE or _FAILING.fullmatch(code or "") for code in codes)
+        return any(code in _UNREACHABLE or HTTP_5XX.fullmatch(code or "") for code in codes)
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(o.action.value for o in self.outcomes))
