@@ -27,6 +27,26 @@ from meter_relay.stripe_client import Kind, StripeAnswer
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 MAX_SQS_ATTRIBUTES = 10  # message attributes SQS takes a message (moto does not check)
+MAX_SQS_MESSAGE_BYTES = 256 * 1024  # a queue at SQS's classic limit (moto's default is 1 MiB)
+
+
+def sqs_size(body: str, attributes: dict[str, Any]) -> int:
+    """A message's size as SQS counts it: its body, and each attribute's name, type and value."""
+    return len(body.encode()) + sum(
+        len(name) + len(value["DataType"]) + len(value.get("StringValue", "").encode())
+        for name, value in attributes.items()
+    )
+
+
+def refuse_too_long(entries: list[dict[str, Any]]) -> None:
+    """What SQS answers a call with a message over the queue's limit: the whole call fails."""
+    for entry in entries:
+        size = sqs_size(entry["MessageBody"], entry.get("MessageAttributes") or {})
+        if size > MAX_SQS_MESSAGE_BYTES:
+            message = f"Message must be shorter than {MAX_SQS_MESSAGE_BYTES} bytes ({size})."
+            raise ClientError(
+                {"Error": {"Code": "InvalidParameterValue", "Message": message}}, "SendMessageBatch"
+            )
 
 
 def millis(moment: datetime) -> str:
@@ -215,12 +235,14 @@ class FakeSqs:
         self, QueueUrl: str, MessageBody: str, MessageAttributes: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         self._call("SendMessage")
+        refuse_too_long([{"MessageBody": MessageBody, "MessageAttributes": MessageAttributes}])
         with self._lock:
             return {"MessageId": self._put(QueueUrl, MessageBody, MessageAttributes or {})}
 
     def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         self._call("SendMessageBatch")
         assert len(Entries) <= 10
+        refuse_too_long(Entries)
         with self._lock:
             successful = [
                 {
@@ -374,6 +396,7 @@ class StubSqs:
     def send_message(self, **kwargs: Any) -> dict[str, Any]:
         attributes = kwargs.get("MessageAttributes") or {}
         assert len(attributes) <= MAX_SQS_ATTRIBUTES, sorted(attributes)  # as SQS refuses
+        refuse_too_long([kwargs])
         if self.fail_send:
             raise ClientError({"Error": {"Code": "InternalError"}}, "SendMessage")
         if kwargs["QueueUrl"] == self.fail_send_to:
@@ -387,6 +410,7 @@ class StubSqs:
     def send_message_batch(self, QueueUrl: str, Entries: list[Any]) -> dict[str, Any]:
         """Recorded as one "send" per entry, in order, as send_message records it."""
         assert len(Entries) <= 10
+        refuse_too_long(Entries)
         self.send_batches += 1
         successful = []
         for entry in Entries:

@@ -446,6 +446,27 @@ def test_a_redriven_message_replays_with_its_original_send_time(
     assert (body["identifier"], body["timestamp"]) == (f"{first['MessageId']}-0", sent_text)
 
 
+def test_an_envelope_that_outgrows_sqs_when_written_back_replays_as_several_messages(
+    cli: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A producer's envelope of 6,000 events, about 600 KB, which SQS took: written back with
+    each event's identifier and timestamp it would pass SQS's 1 MiB. It goes back as several
+    messages, none over 256 KiB, and the forwarder delivers every event once."""
+    body = json.dumps({"events": [api_event(None) for _ in range(6000)]})
+    assert 500_000 < len(body) < 1024 * 1024
+    message_id = put_redriven(cli, body)
+
+    code, result = run_json(capsys, "dlq", "replay")
+    assert (code, result["counts"]) == (0, {"replayed": 1})
+    assert peek(cli) == {}
+    replayed = take_usage_queue(cli)
+    assert len(replayed) > 2
+    assert max(len(m["Body"].encode()) for m in replayed) <= 256 * 1024
+    forward(cli, [m["Body"] for m in replayed], [m["MessageId"] for m in replayed])
+    expected = {f"{message_id}-{i}": {"received": 1, "counted": 1} for i in range(6000)}
+    assert cli.emulator.identifiers() == expected
+
+
 # ----- replay through the synchronous endpoint --------------------------------------------
 
 

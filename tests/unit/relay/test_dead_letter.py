@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meter_relay.dead_letter import (
     ATTR_ERROR_CODE,
@@ -23,6 +27,7 @@ from meter_relay.dead_letter import (
     DeadLetterQueue,
     _batches,
 )
+from meter_relay.sqs_batches import envelopes
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -260,3 +265,30 @@ def test_no_time_left_sends_nothing() -> None:
     letters = [letter(f'{{"n": {i}}}') for i in range(5)]
     assert queue.send(letters, time_left=lambda: -1.0) == letters
     assert sqs.sent == []
+
+
+# ----- envelopes: events written back as messages SQS takes -------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.integers(min_value=1, max_value=120), min_size=1, max_size=60),
+    room=st.integers(min_value=40, max_value=800),
+)
+def test_envelopes_keep_every_event_once_in_order_within_the_room(
+    texts: list[int], room: int
+) -> None:
+    """Each run's body is its one event's text, or an envelope of at most `room` bytes (one
+    event larger than that goes alone); together, the runs are the events in order."""
+    events = [{"n": n, "pad": "é" * size} for n, size in enumerate(texts)]
+    runs = list(envelopes(events, json.dumps, room))
+    assert [e for run, _ in runs for e in run] == events
+    for run, body in runs:
+        if len(run) == 1:
+            assert body == json.dumps(run[0])
+        else:
+            assert len(body.encode()) <= room
+            assert json.loads(body) == {"events": run}
+    for (run, _), (after, _) in itertools.pairwise(runs):  # none could take the next's first
+        joined = '{"events":[' + ",".join(json.dumps(e) for e in [*run, after[0]]) + "]}"
+        assert len(joined.encode()) > room

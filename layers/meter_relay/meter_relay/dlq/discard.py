@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from meter_relay.dead_letter import DeadLetter
-from meter_relay.dlq.letters import remainder_letter
+from meter_relay.dlq.letters import remainder_letters
 from meter_relay.dlq.reading import DlqEvent, DlqMessage
 from meter_relay.dlq.runs import Action, Outcome, Pass, Progress, RunSummary
 from meter_relay.dlq.scan import DeadLetterReader
@@ -77,16 +77,15 @@ class Discarder:
             outcomes[message.message_id] = outcome
         if self.dry_run:
             return list(outcomes.values())
-        remainders: dict[str, DeadLetter] = {
-            m.message_id: remainder_letter(m, _rest(m, chosen[m.message_id]))
+        remainders: dict[str, list[DeadLetter]] = {
+            m.message_id: remainder_letters(m, _rest(m, chosen[m.message_id]))
             for m in messages
             if len(chosen[m.message_id]) < len(m.events)
         }
-        unsent = set(self.reader.put_letters(list(remainders.values())))
+        unsent = set(self.reader.put_letters([x for kept in remainders.values() for x in kept]))
         deletable = []
         for message in messages:
-            letter = remainders.get(message.message_id)
-            if letter is not None and letter in unsent:
+            if any(letter in unsent for letter in remainders.get(message.message_id, ())):
                 outcomes[message.message_id].stays_whole(
                     "aws_error", "LettersNotSent: the events it keeps could not be put in"
                 )

@@ -3,7 +3,6 @@ forwarder writes its own (dead_letter.DeadLetter), so every tool reads them back
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 from meter_relay.dead_letter import (
@@ -13,6 +12,7 @@ from meter_relay.dead_letter import (
 )
 from meter_relay.dlq.reading import DlqEvent, DlqMessage
 from meter_relay.events import ParsedEvent, Rejection, format_timestamp
+from meter_relay.sqs_batches import MAX_MESSAGE_BYTES, envelopes
 
 # a Stripe report's letter stays one: replays count only deliveries after its window. Only
 # what they read is kept: with the one-event letter's own attributes (EventIndex, ErrorParam)
@@ -43,20 +43,22 @@ def _source(message: DlqMessage) -> str:
     return "" if ATTR_REPORTED_BY in message.attributes else message.source_message_id
 
 
-def rest_letter(message: DlqMessage, events: list[ParsedEvent], reason: Rejection) -> DeadLetter:
+def rest_letters(
+    message: DlqMessage, events: list[ParsedEvent], reason: Rejection
+) -> list[DeadLetter]:
     """Events of a message kept together (not sent yet), with `reason`: one event is a letter
-    of its own; several are an envelope, each event with its identity written in."""
+    of its own; several are an envelope, each event with its identity written in, split into
+    as many letters as SQS needs (written in, a message's events can outgrow its limit)."""
     if len(events) == 1:
-        return event_letter(message, events[0], reason)
-    body = {"events": [json.loads(e.dead_letter_body()) for e in events]}
-    return DeadLetter(
-        json.dumps(body),
-        reason.code,
-        reason.message,
-        _source(message),
-        _first_seen(message),
-        more=_kept(message),
+        return [event_letter(message, events[0], reason)]
+    frame = DeadLetter(
+        "", reason.code, reason.message, _source(message), _first_seen(message), more=_kept(message)
     )
+    room = MAX_MESSAGE_BYTES - frame.size()
+    return [
+        event_letter(message, run[0], reason) if len(run) == 1 else replace(frame, body=body)
+        for run, body in envelopes(events, ParsedEvent.dead_letter_body, room)
+    ]
 
 
 def own_reason(message: DlqMessage) -> Rejection:
@@ -64,6 +66,6 @@ def own_reason(message: DlqMessage) -> Rejection:
     return Rejection(message.code, message.error_message)
 
 
-def remainder_letter(message: DlqMessage, rest: list[DlqEvent]) -> DeadLetter:
+def remainder_letters(message: DlqMessage, rest: list[DlqEvent]) -> list[DeadLetter]:
     """The events of a message an operation leaves (not chosen), with the message's reason."""
-    return rest_letter(message, [e.parsed for e in rest], own_reason(message))
+    return rest_letters(message, [e.parsed for e in rest], own_reason(message))

@@ -9,7 +9,6 @@ what stays goes into the DLQ as letters, and only then does the message leave it
 from __future__ import annotations
 
 import functools
-import json
 import random
 import time
 from collections.abc import Callable
@@ -17,12 +16,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from meter_relay.config import RetryPolicy
 from meter_relay.dead_letter import DeadLetter
 from meter_relay.dlq.delivered import ALREADY_DELIVERED, LEDGER_UNREADABLE, delivered_among
-from meter_relay.dlq.letters import event_letter, own_reason, rest_letter
+from meter_relay.dlq.letters import event_letter, own_reason, rest_letters
 from meter_relay.dlq.reading import SYNC_REPLAY_PREFIX, DlqMessage
 from meter_relay.dlq.resend import UsageQueue
 from meter_relay.dlq.runs import (
@@ -40,6 +39,7 @@ from meter_relay.events import ErrorCode, MeterEvent, ParsedEvent, Rejection, no
 from meter_relay.ledger_queries import DeliveredLookup
 from meter_relay.ledger_store import LedgerUnavailable
 from meter_relay.retry import TOOLS_RETRY, Jitter, RateLimit, answer_code, with_retries
+from meter_relay.sqs_batches import envelopes
 from meter_relay.stripe_client import Kind, StripeAnswer
 
 TOO_OLD = " (outside Stripe's 35-day window: not sent)"
@@ -47,6 +47,7 @@ OUT_OF_TIME = "not sent before the deadline: the next run sends it"
 UNANSWERED_IN_TIME = (
     "sent, but no answer came before the deadline (Stripe may have it): the next run sends it again"
 )
+NOT_QUEUED = "not put back on the usage queue (the next run sends it)"
 SYNC_SENDERS = 4  # messages sent through the synchronous endpoint at once
 NOT_RECORDED = (
     "Stripe counted these events, but the delivery ledger could not record them: trace does "
@@ -79,6 +80,7 @@ class Sent:
     refused: list[tuple[ParsedEvent, StripeAnswer]] = field(default_factory=list)
     rest: list[ParsedEvent] = field(default_factory=list)  # not sent: from where it stopped
     failure: StripeAnswer | None = None  # what stopped it (None: the time ran out)
+    rest_error: str | None = None  # the rest could not be put on the queue (SQS's answer)
     unanswered: bool = False  # the time ran out after `failure`, a call with no final word
     error: str | None = None  # the destination could not be written to: nothing went
     unrecorded: str | None = None  # why the delivery ledger lacks the counted events
@@ -98,7 +100,8 @@ class Resend(Protocol):
 
 
 class QueueResend:
-    """Back to the usage queue: one message per plan, its events with identity written in."""
+    """Back to the usage queue: a message per plan, its events with identity written in (and
+    several where that outgrows what SQS takes)."""
 
     via = "queue"
 
@@ -111,15 +114,37 @@ class QueueResend:
         remaining: Callable[[], float] | None,
         keep_hidden: Callable[[], None],
     ) -> list[Sent]:
-        bodies = []
+        bodies: list[str] = []
+        runs: list[list[tuple[list[ParsedEvent], int]]] = []  # per plan: its events, their body
         for plan in plans:
-            events = [e.event.to_stripe() for e in plan.ready if e.event is not None]
-            bodies.append(json.dumps(events[0] if len(events) == 1 else {"events": events}))
+            sendable = [e for e in plan.ready if e.event is not None]
+            runs.append([])
+            for run, body in envelopes(sendable, _resent_text):
+                runs[-1].append((run, len(bodies)))
+                bodies.append(body)
         errors = self.queue.send(bodies)
         return [
-            Sent(counted=plan.ready) if error is None else Sent(error=error)
-            for plan, error in zip(plans, errors, strict=True)
+            _queued(plan, plan_runs, errors) for plan, plan_runs in zip(plans, runs, strict=True)
         ]
+
+
+def _resent_text(event: ParsedEvent) -> str:
+    return cast("MeterEvent", event.event).stripe_text()
+
+
+def _queued(
+    plan: Plan, runs: list[tuple[list[ParsedEvent], int]], errors: list[str | None]
+) -> Sent:
+    """What the queue took of a plan's messages: all, none (its error), or the first events
+    of some (the others, not sent, stay as they were)."""
+    failed = [errors[body] for _, body in runs if errors[body] is not None]
+    if not failed:
+        return Sent(counted=plan.ready)
+    taken = [e for run, body in runs if errors[body] is None for e in run]
+    if not taken:
+        return Sent(error=failed[0])
+    rest = [e for run, body in runs if errors[body] is not None for e in run]
+    return Sent(counted=taken, rest=rest, rest_error=failed[0])
 
 
 # what Stripe counted through a sync replay, each event with the SQS message it came from, and
@@ -389,10 +414,14 @@ class Replayer:
         if sent.unrecorded is not None:
             outcome.warnings.append(f"{NOT_RECORDED} ({sent.unrecorded})")
         if sent.rest:
-            settlement.stopped = sent.failure is None or sent.unanswered
+            settlement.stopped = sent.rest_error is None and (
+                sent.failure is None or sent.unanswered
+            )
             reason = _rest_reason(message, sent.failure)
             for n, event in enumerate(sent.rest):
-                if sent.failure is None:
+                if sent.rest_error is not None:
+                    outcome.keep(event, message.code, f"{NOT_QUEUED}: {sent.rest_error}")
+                elif sent.failure is None:
                     outcome.keep(event, message.code, OUT_OF_TIME)
                 elif not sent.unanswered:
                     outcome.keep(event, answer_code(sent.failure), sent.failure.error)
@@ -402,7 +431,7 @@ class Replayer:
             if not (sent.counted or settlement.letters or reason.code != message.code):
                 outcome.describe()
                 return _Settlement(plan, stopped=settlement.stopped)  # it stays as it is
-            settlement.letters.append(rest_letter(message, sent.rest, reason))
+            settlement.letters.extend(rest_letters(message, sent.rest, reason))
         if not settlement.letters:
             outcome.action = Action.REPLAYED
         elif sent.counted:

@@ -14,7 +14,7 @@ from meter_relay.dead_letter import (
     DeadLetter,
 )
 from meter_relay.dlq.delivered import delivered_among
-from meter_relay.dlq.letters import remainder_letter, rest_letter
+from meter_relay.dlq.letters import remainder_letters, rest_letters
 from meter_relay.dlq.reading import DlqMessage, read_message
 from meter_relay.error_reports import REPORTED_BY_STRIPE
 from meter_relay.events import Rejection, format_timestamp
@@ -112,19 +112,21 @@ def test_letters_written_again_keep_the_report_and_the_earliest_sighting() -> No
     end = NOW - timedelta(hours=1)
     report = report_letter(end)
     (event,) = report.events
-    rewritten = remainder_letter(report, [event])
+    (rewritten,) = remainder_letters(report, [event])
     again = read_message(sqs_message(rewritten.body, "again", rewritten.attributes()), RULES)
     assert again.rejected_until == end
     assert again.events[0].identifier == "gone-1"
     # SQS takes 10 attributes a message: with the refusal's param and the event's index too
-    refused = rest_letter(report, [event.parsed], Rejection("payload_invalid_value", "x", "value"))
+    (refused,) = rest_letters(
+        report, [event.parsed], Rejection("payload_invalid_value", "x", "value")
+    )
     assert len(refused.attributes()) <= MAX_SQS_ATTRIBUTES
 
     sent = NOW - timedelta(hours=30)
     body = json.dumps({"events": [api_event("1", identifier=f"env-{i}") for i in range(2)]})
     moved = read_message(sqs_message(body, "moved", sent=sent, first_receive=NOW), RULES)
     for rest in (moved.events[:1], moved.events):
-        letter = remainder_letter(moved, rest)
+        (letter,) = remainder_letters(moved, rest)
         read = read_message(sqs_message(letter.body, "rest", letter.attributes()), RULES)
         assert read.earliest == sent
         assert read.rejected_until is None

@@ -67,6 +67,24 @@ def test_exactly_the_chosen_events_of_a_mixed_envelope_are_discarded() -> None:
     assert letter.source_message_id == source
 
 
+def test_what_a_discard_keeps_of_a_large_envelope_goes_back_as_several_letters() -> None:
+    """Written with their identity in, the events kept of a message SQS took may not fit in
+    one letter: they are kept in several, each within SQS's limit, every event once."""
+    sqs = FakeSqs()
+    sqs.create_queue(DLQ_URL)
+    customers = ["cus_a"] + ["cus_b"] * 2500
+    envelope = {"events": [api_event("1", customer) for customer in customers]}
+    source = sqs.put(DLQ_URL, json.dumps(envelope))
+    summary = Discarder(reader(sqs), io.StringIO()).discard(Filters(customers={"cus_a"}))
+    assert [o.action for o in summary.outcomes] == [Action.PARTLY_DISCARDED]
+    kept = list(sqs.queues[DLQ_URL].messages.values())
+    assert len(kept) > 1
+    letters = [read_message(sqs_message(x.body, x.message_id, x.attributes), RULES) for x in kept]
+    assert sorted(str(e.identifier) for x in letters for e in x.events) == sorted(
+        f"{source}-{i}" for i in range(1, 2501)
+    )
+
+
 def test_a_dry_run_needs_no_file_and_deletes_nothing() -> None:
     sqs = StubSqs([[sqs_message(json.dumps(api_event("1")), MID)]])
     summary = Discarder(reader(sqs), None, dry_run=True).discard(Filters())

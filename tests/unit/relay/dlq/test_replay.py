@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from meter_relay.dead_letter import (
     ATTR_ERROR_CODE,
@@ -18,9 +19,10 @@ from meter_relay.dead_letter import (
     ATTR_IDENTIFIER,
     ATTR_SOURCE_MESSAGE_ID,
 )
-from meter_relay.dlq.letters import event_letter, rest_letter
+from meter_relay.dlq.letters import event_letter, rest_letters
 from meter_relay.dlq.reading import REDRIVEN_CODE, DlqMessage, read_message
 from meter_relay.dlq.replay import (
+    NOT_QUEUED,
     OUT_OF_TIME,
     UNANSWERED_IN_TIME,
     QueueResend,
@@ -34,6 +36,7 @@ from meter_relay.events import Rejection, format_timestamp
 from meter_relay.retry import TOOLS_RETRY
 from meter_relay.stripe_client import Kind, StripeAnswer
 from tests.fakes import (
+    MAX_SQS_MESSAGE_BYTES,
     FakeClock,
     FakeSqs,
     SlowApi,
@@ -43,6 +46,7 @@ from tests.fakes import (
     api_messages,
     sends,
     sqs_message,
+    sqs_size,
 )
 from tests.unit.relay.dlq.builders import (
     DLQ_URL,
@@ -107,7 +111,7 @@ def test_a_rest_of_several_events_is_one_message_with_identifiers_and_timestamps
     message, events = planned(
         {"events": [api_event("1"), api_event("2"), api_event("3", timestamp="x")]}, sent_at
     )
-    letter = rest_letter(message, events[1:], Rejection("http_503", "HTTP 503"))
+    (letter,) = rest_letters(message, events[1:], Rejection("http_503", "HTTP 503"))
     kept = json.loads(letter.body)["events"]
     assert [(e["identifier"], e["timestamp"]) for e in kept] == [
         (f"{MID}-1", format_timestamp(sent_at)),
@@ -119,6 +123,75 @@ def test_a_rest_of_several_events_is_one_message_with_identifiers_and_timestamps
         "http_503",
         [f"{MID}-1", f"{MID}-2"],
     )
+
+
+def large_envelope(count: int = 2500) -> str:
+    """An envelope SQS took (about 180 KB) whose events, their identity written in for a
+    replay, outgrow one message (about 340 KB)."""
+    body = json.dumps({"events": [api_event(str(i + 1)) for i in range(count)]})
+    assert len(body) < MAX_SQS_MESSAGE_BYTES
+    return body
+
+
+def test_a_rest_too_large_for_one_letter_is_kept_in_several() -> None:
+    message = read_message(sqs_message(large_envelope(), MID, sent=recent(hours=1)), RULES)
+    events = [e.parsed for e in message.events]
+    letters = rest_letters(message, events, Rejection("http_503", "HTTP 503"))
+    assert len(letters) > 1
+    assert all(sqs_size(x.body, dict(x.attributes())) <= MAX_SQS_MESSAGE_BYTES for x in letters)
+    read = [read_message(sqs_message(x.body, "copy", x.attributes()), RULES) for x in letters]
+    assert {r.code for r in read} == {"http_503"}
+    assert [e.identifier for r in read for e in r.events] == [e.identifier for e in events]
+
+
+def test_a_queue_replay_that_outgrows_one_message_sends_several() -> None:
+    """Each event written with its identifier and timestamp, a message SQS took can be too
+    large to put back whole: it goes as several, none over SQS's limit, every event once."""
+    sqs = StubSqs([[sqs_message(large_envelope(), MID, sent=recent(hours=1))]])
+    (outcome,) = queue_replayer(sqs).replay(Filters()).outcomes
+
+    assert (outcome.action, outcome.kept_events) == (Action.REPLAYED, [])
+    resent = [json.loads(kwargs["MessageBody"])["events"] for kwargs in sends(sqs)]
+    assert len(resent) > 1
+    assert [e["identifier"] for body in resent for e in body] == [f"{MID}-{i}" for i in range(2500)]
+    assert sqs.names()[-1] == "delete"
+
+
+class RefusingSqs(StubSqs):
+    """Refuses every resend that carries `refused` (an identifier): SQS's answer, each time."""
+
+    def __init__(self, batches: list[list[dict[str, Any]]], refused: str) -> None:
+        super().__init__(batches)
+        self.refused = refused
+
+    def send_message(self, **kwargs: Any) -> dict[str, Any]:
+        if kwargs["QueueUrl"] == USAGE_URL and f'"{self.refused}"' in kwargs["MessageBody"]:
+            raise ClientError({"Error": {"Code": "KmsThrottled"}}, "SendMessageBatch")
+        return super().send_message(**kwargs)
+
+
+def test_the_events_the_queue_refused_of_a_message_sent_in_several_stay() -> None:
+    """Of a message sent as several, those SQS took are replayed; the others stay, with the
+    message's own reason, and the run goes on."""
+    sqs = RefusingSqs([[sqs_message(large_envelope(), MID, sent=recent(hours=1))]], f"{MID}-2499")
+    summary = queue_replayer(sqs).replay(Filters())
+    (outcome,) = summary.outcomes
+
+    taken = [
+        e["identifier"] for x in sends(sqs)[:-1] for e in json.loads(x["MessageBody"])["events"]
+    ]
+    assert (outcome.action, outcome.identifiers) == (Action.PARTLY_REPLAYED, taken)
+    kept = [e["identifier"] for e in outcome.kept_events]
+    assert taken + kept == [f"{MID}-{i}" for i in range(2500)]
+    assert {e["code"] for e in outcome.kept_events} == {"max_receive_count_exceeded"}
+    assert outcome.kept_events[0]["detail"].startswith(f"{NOT_QUEUED}: ClientError")
+    (letter,) = [x for x in sends(sqs) if x["QueueUrl"] == DLQ_URL]
+    again = read_message(
+        sqs_message(letter["MessageBody"], "copy", letter["MessageAttributes"]), RULES
+    )
+    assert [e.identifier for e in again.events] == kept
+    assert summary.stopped is None
+    assert sqs.names()[-1] == "delete"
 
 
 # ----- valid events of a message go, the others stay, each as its own letter ---------------
