@@ -293,6 +293,49 @@ def test_reconcile_counts_as_stripe_does_per_customer_and_hour(ledger: LedgerBuc
     assert totals[("cus_b", hour + 3600)].last_delivered_at == at(11, 51)
 
 
+def test_an_identifier_counts_again_24_hours_after_stripe_last_counted_it(
+    ledger: LedgerBucket,
+) -> None:
+    """Stripe deduplicates an identifier for 24 hours: a producer's resend (no timestamp of its
+    own, stamped with its new send) an hour later is dropped, one 25 hours later counted."""
+    deliver(ledger, at(1, 1), "req-1", line("r-1", "cus_a", "3", iso(at(1)), at(1, 1)))
+    deliver(ledger, at(2, 1), "req-2", line("r-1", "cus_a", "3", iso(at(2)), at(2, 1)))
+    later = at(26)
+    deliver(ledger, later, "req-3", line("r-1", "cus_a", "3", iso(at(26)), later))
+    two_days = LedgerQueries(DuckDbEngine(ledger), clock=lambda: NOW + timedelta(days=1))
+    totals = two_days.reconcile("api_requests", [], at(0), at(48), 3600)
+    hour = int(at(0).timestamp())
+    assert totals == {
+        ("cus_a", hour + 3600): Totals(1, Decimal(3), Decimal(3)),
+        ("cus_a", hour + 2 * 3600): Totals(0, Decimal(0), Decimal(0)),  # the dropped resend
+        ("cus_a", hour + 26 * 3600): Totals(1, Decimal(3), Decimal(3)),
+    }
+
+
+def test_a_customer_whose_every_event_was_cancelled_is_still_one_to_compare(
+    ledger: LedgerBucket,
+) -> None:
+    """Stripe may still count a cancelled event (its adjustment pending, or failed): the
+    customer's window is there, counting nothing, with when it was cancelled."""
+    deliver(
+        ledger,
+        at(10, 5),
+        "req-1",
+        line("c-1", "cus_a", "3", iso(at(10, 1)), at(10, 5)),
+        line("c-2", "cus_c", "7", iso(at(10, 2)), at(10, 5)),
+    )
+    cancel(ledger, at(10, 40), "c-2", "api_requests")
+    totals = queries(ledger).reconcile("api_requests", [], at(10), at(11), 3600)
+    hour = int(at(10).timestamp())
+    assert totals == {
+        ("cus_a", hour): Totals(1, Decimal(3), Decimal(3)),
+        ("cus_c", hour): Totals(0, Decimal(0), Decimal(0)),
+    }
+    assert totals[("cus_c", hour)].last_cancelled_at == at(10, 40)
+    assert totals[("cus_c", hour)].last_delivered_at is None  # it counts no delivery
+    assert totals[("cus_a", hour)].last_cancelled_at is None
+
+
 def test_a_cancel_of_another_meters_event_takes_nothing_off(ledger: LedgerBucket) -> None:
     """Stripe cancels an event by its event_name and identifier: a cancel recorded under
     another name (`dlq cancel --identifiers FILE --event-name` given the wrong one) is not

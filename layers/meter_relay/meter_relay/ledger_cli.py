@@ -390,13 +390,15 @@ def _report(
             console.line(said)
     if result.unsettled:
         console.warn(
-            f"{len(result.unsettled)} customer-windows disagree but hold events delivered in "
-            f"the last {args.settle_minutes:g} minutes, which Stripe's summaries may not have "
+            f"{len(result.unsettled)} customer-windows disagree but hold events delivered or "
+            f"cancelled in the last {args.settle_minutes:g} minutes, which Stripe's summaries "
+            "may not show "
             "yet: not called mismatches; run again later"
             + ("" if args.output == "json" else ": " + _unsettled(result))
         )
     if not args.customer:
         console.warn(
-            "customers compared: those the ledger has in these windows; name others with "
+            "customers compared: those the ledger has events of in these windows (counted or "
+            "cancelled); name others with "
             "--customer (usage at Stripe for a customer the relay never sent is seen only then)"
         )

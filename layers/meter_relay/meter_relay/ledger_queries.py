@@ -79,6 +79,13 @@ class Totals:
     # its latest delivery (an old-stamped event's, a backlog's, can be minutes ago): not part
     # of the totals' value, which is what Stripe is compared with
     last_delivered_at: datetime | None = field(default=None, compare=False)
+    # its latest cancel of an event it would count else (Stripe applies them after a while)
+    last_cancelled_at: datetime | None = field(default=None, compare=False)
+
+    @property
+    def last_change(self) -> datetime | None:
+        """When the ledger last changed what it counts here: a delivery, or a cancel."""
+        return max(filter(None, (self.last_delivered_at, self.last_cancelled_at)), default=None)
 
     def by(self, formula: str) -> Decimal:
         if formula == "count":
@@ -165,7 +172,8 @@ class LedgerQueries:
         step: int,
     ) -> dict[tuple[str, int], Totals]:
         """(customer, window start in epoch seconds) -> the window's totals, for the windows
-        of `step` seconds between start and end that hold counted events."""
+        of `step` seconds between start and end that hold delivered events (counted or not:
+        a customer whose events were all cancelled is still one to compare)."""
         query = ledger_sql.reconcile(event_name, customers, start, end, step, now=self._now())
         totals: dict[tuple[str, int], Totals] = {}
         for row in self.engine.run(query):
@@ -178,5 +186,6 @@ class LedgerQueries:
                 last_highest=Decimal(row["last_highest"] or "0") if tied > 1 else None,
                 last_values=max(tied, 1),
                 last_delivered_at=parse_rfc3339(row.get("last_delivered_at") or ""),
+                last_cancelled_at=parse_rfc3339(row.get("last_cancelled_at") or ""),
             )
         return totals

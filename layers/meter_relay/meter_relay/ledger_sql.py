@@ -24,6 +24,8 @@ from datetime import UTC, datetime, timedelta
 # Stripe takes a timestamp up to 5 minutes ahead: an event of a window may be delivered (and
 # recorded) that much before the window starts.
 FUTURE_LIMIT = timedelta(minutes=5)
+# Stripe counts an identifier again once 24 hours have passed since it last counted it
+STRIPE_DEDUP = timedelta(hours=24)
 
 STRING, STRING_MAP = "string", "map<string,string>"  # Glue's names; DuckDB's in ledger_engines
 STRING_ARRAY = "array<string>"
@@ -224,42 +226,75 @@ WITH rejected AS (
   WHERE {rejections_written}
   GROUP BY r.identifier
 ),
+cancelled AS (
+  SELECT c.identifier, c.event_name, max(c.cancelled_at) AS cancelled_at
+  FROM {cancellations} c
+  WHERE {cancellations_written}
+  GROUP BY c.identifier, c.event_name
+),
 deliveries AS (
   SELECT e.identifier, e.event_name, e.customer, e.value, e."timestamp", e.delivered_at,
-         row_number() OVER (PARTITION BY e.identifier ORDER BY e.delivered_at, e.request_id)
-           AS delivery
+         to_unixtime(from_iso8601_timestamp(upper(e.delivered_at))) AS delivered_epoch,
+         rejected.reported_at IS NULL OR e.delivered_at > rejected.reported_at AS accepted,
+         row_number() OVER (
+           PARTITION BY e.identifier, e.delivered_at ORDER BY e.request_id
+         ) AS twin
   FROM {events} e LEFT JOIN rejected ON rejected.identifier = e.identifier
   WHERE {events_written}
-    AND (rejected.reported_at IS NULL OR e.delivered_at > rejected.reported_at)
+),
+count1 AS (
+  SELECT d.*, min(d.delivered_epoch) OVER (PARTITION BY d.identifier, d.accepted) AS counted1
+  FROM deliveries d
+),
+count2 AS (
+  SELECT c.*,
+         min(CASE WHEN c.delivered_epoch >= c.counted1 + {dedup} THEN c.delivered_epoch END)
+           OVER (PARTITION BY c.identifier, c.accepted) AS counted2
+  FROM count1 c
+),
+count3 AS (
+  SELECT c.*,
+         min(CASE WHEN c.delivered_epoch >= c.counted2 + {dedup} THEN c.delivered_epoch END)
+           OVER (PARTITION BY c.identifier, c.accepted) AS counted3
+  FROM count2 c
+),
+stripes AS (
+  SELECT o.customer, o.value, o.delivered_at,
+         to_unixtime(from_iso8601_timestamp(upper(o."timestamp"))) AS event_epoch,
+         o.accepted AND o.twin = 1
+           AND o.delivered_epoch IN (o.counted1, o.counted2, o.counted3) AS stripe_counted,
+         cancelled.cancelled_at
+  FROM count3 o LEFT JOIN cancelled
+    ON cancelled.identifier = o.identifier AND cancelled.event_name = o.event_name
+  WHERE o.event_name = {event_name}{customers}
 ),
 counted AS (
-  SELECT d.customer, d.value, d.delivered_at,
-         to_unixtime(from_iso8601_timestamp(upper(d."timestamp"))) AS event_epoch
-  FROM deliveries d
-  WHERE d.delivery = 1 AND d.event_name = {event_name}{customers}
-    AND NOT EXISTS (
-      SELECT 1 FROM {cancellations} c
-      WHERE {cancellations_written} AND c.identifier = d.identifier
-        AND c.event_name = d.event_name AND c.cancelled_at > d.delivered_at
-    )
+  SELECT customer, value, delivered_at, event_epoch,
+         stripe_counted AND (cancelled_at IS NULL OR cancelled_at <= delivered_at) AS counts,
+         CASE WHEN stripe_counted AND cancelled_at > delivered_at THEN cancelled_at END
+           AS cancelled_at
+  FROM stripes
 ),
 windowed AS (
-  SELECT customer, value, delivered_at,
+  SELECT customer, value, delivered_at, counts, cancelled_at,
          CAST(floor(event_epoch / {step}) AS BIGINT) * {step} AS window_start,
          rank() OVER (
            PARTITION BY customer, CAST(floor(event_epoch / {step}) AS BIGINT)
-           ORDER BY event_epoch DESC, delivered_at DESC
+           ORDER BY CASE WHEN counts THEN 0 ELSE 1 END, event_epoch DESC, delivered_at DESC
          ) AS newest
   FROM counted
   WHERE event_epoch >= {start} AND event_epoch < {end}
 )
-SELECT customer, window_start, count(*) AS events,
-       sum(TRY_CAST(value AS DECIMAL(38, 12))) AS total,
-       min(CASE WHEN newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END) AS last_value,
-       max(CASE WHEN newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END) AS last_highest,
-       count(DISTINCT CASE WHEN newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END)
+SELECT customer, window_start, count(CASE WHEN counts THEN 1 END) AS events,
+       sum(CASE WHEN counts THEN TRY_CAST(value AS DECIMAL(38, 12)) END) AS total,
+       min(CASE WHEN counts AND newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END)
+         AS last_value,
+       max(CASE WHEN counts AND newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END)
+         AS last_highest,
+       count(DISTINCT CASE WHEN counts AND newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END)
          AS last_values,
-       max(delivered_at) AS last_delivered_at
+       max(CASE WHEN counts THEN delivered_at END) AS last_delivered_at,
+       max(cancelled_at) AS last_cancelled_at
 FROM windowed
 GROUP BY customer, window_start
 ORDER BY customer, window_start
@@ -276,23 +311,29 @@ def reconcile(
     now: datetime,
 ) -> Query:
     """Per customer and window of `step` seconds (by event timestamp, in [start, end)): the
-    events Stripe counts as the ledger knows them. An identifier counts once (its first
-    delivery since Stripe last reported it rejected), not if it was cancelled after that
-    delivery. A window's last value is its newest event's (by timestamp, then delivery); events
-    that tie on both (one invocation's, sent in concurrent calls) give the lowest and highest
-    of their values and how many differ, since Stripe's order among them is unknown. A value
-    beyond DECIMAL(38, 12) (26 digits before the point) adds nothing, so its window disagrees
-    with Stripe's, rather than failing every window's query. Events of
-    the windows are delivered from 5 minutes before `start` (Stripe's
-    future limit) until `now`: those partitions are read."""
+    events Stripe counts as the ledger knows them, with a row also where none counts (a
+    customer whose events were all cancelled is one to compare).
+
+    An identifier counts at its first delivery since Stripe last reported it rejected, and
+    again, as at Stripe, at its first delivery 24 hours or more after the one counted before
+    (up to three counts in the deliveries read: a fourth needs resends over more than 72
+    hours); not if it was cancelled after that delivery (`last_cancelled_at`: the latest such
+    cancel). A window's last value is its newest event's (by timestamp, then delivery);
+    events that tie on both (one invocation's, sent in concurrent calls) give the lowest and
+    highest of their values and how many differ, since Stripe's order among them is unknown.
+    A value beyond DECIMAL(38, 12) (26 digits before the point) adds nothing, so its window
+    disagrees with Stripe's, rather than failing every window's query. Events of the windows
+    are delivered from 5 minutes before `start` (Stripe's future limit) until `now`: those
+    partitions are read."""
     chosen = list(customers)
     return _query(
         RECONCILE,
         start - FUTURE_LIMIT,
         now,
         event_name=literal(event_name),
-        customers=f" AND d.customer IN {literals(chosen)}" if chosen else "",
+        customers=f" AND o.customer IN {literals(chosen)}" if chosen else "",
         step=literal(step),
+        dedup=literal(int(STRIPE_DEDUP.total_seconds())),
         start=literal(int(start.timestamp())),
         end=literal(int(end.timestamp())),
     )

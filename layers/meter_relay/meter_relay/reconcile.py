@@ -233,12 +233,14 @@ def reconcile(
     delivered_until: datetime | None = None,
 ) -> Reconciliation:
     """Every (customer, window) where the ledger and Stripe disagree. The customers are those
-    given, else those the ledger has in the windows. `delivered_until`: a disagreeing window
-    whose events the ledger has delivered since may not be in Stripe's summaries yet (they
-    lag the stream): it is noted unsettled, not a mismatch."""
+    given (each once), else those the ledger has delivered events of in the windows, counted
+    or cancelled. `delivered_until`: a disagreeing window whose events the ledger has
+    delivered or cancelled since may not be in Stripe's summaries yet (they lag the stream):
+    it is noted unsettled, not a mismatch."""
     step = WINDOWS[grouping]
     span = windows(since, until, step)
-    result = Reconciliation(meter, span, list(customers), until)
+    customers = list(dict.fromkeys(customers))  # a customer named twice is compared once
+    result = Reconciliation(meter, span, customers, until)
     if not span:
         return result
     start = datetime.fromtimestamp(span[0].start, UTC)
@@ -270,7 +272,7 @@ def reconcile(
             result.compared += 1
             if totals.agrees(meter.formula, theirs):
                 continue
-            last = totals.last_delivered_at
+            last = totals.last_change
             if last is not None and delivered_until is not None and last > delivered_until:
                 result.unsettled.append((customer, window))
                 continue

@@ -228,3 +228,42 @@ def test_a_window_delivered_too_recently_for_stripes_summaries_is_unsettled(
     assert bool(result.unsettled) is unsettled
     assert bool(result.mismatches) is mismatch
     assert result.compared == 1
+
+
+def test_a_window_cancelled_too_recently_for_stripes_summaries_is_unsettled() -> None:
+    """Stripe applies a cancel after a while: a window whose event was cancelled a minute ago
+    (Stripe still counting it) is not called a mismatch yet; an hour later it is."""
+    now = T + timedelta(hours=5)
+    for cancelled, unsettled in (
+        (now - timedelta(minutes=1), True),
+        (now - timedelta(hours=1), False),
+    ):
+        totals = Totals(
+            0, Decimal(0), Decimal(0), last_delivered_at=None, last_cancelled_at=cancelled
+        )
+        result = reconcile(
+            FakeLedger({("cus_c", E): totals}),  # type: ignore[arg-type]
+            MeterSummaries(FakeStripe([summary(E, 7)])),  # type: ignore[arg-type]
+            MeterInfo("mtr_1", "api", "sum"),
+            since=T,
+            until=T + timedelta(hours=1),
+            grouping="hour",
+            delivered_until=now - timedelta(minutes=5),
+        )
+        assert result.customers == ["cus_c"]  # every event of it cancelled: still compared
+        assert (bool(result.unsettled), len(result.mismatches)) == (unsettled, 1 - unsettled)
+
+
+def test_a_customer_named_twice_is_compared_once() -> None:
+    stripe = FakeStripe([summary(E, 5)])
+    result = reconcile(
+        FakeLedger({("cus_a", E): Totals(1, Decimal(8), Decimal(8))}),  # type: ignore[arg-type]
+        MeterSummaries(stripe),  # type: ignore[arg-type]
+        MeterInfo("mtr_1", "api", "sum"),
+        since=T,
+        until=T + timedelta(hours=1),
+        grouping="hour",
+        customers=["cus_a", "cus_a"],
+    )
+    assert (result.customers, result.compared, len(result.mismatches)) == (["cus_a"], 1, 1)
+    assert len(stripe.asked) == 1
