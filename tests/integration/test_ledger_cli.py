@@ -362,6 +362,13 @@ def test_trace_needs_identifiers_and_the_ledger(
     )
     code, _, err = run(capsys, "trace", "--file", "/no/such/file")
     assert (code, err) == (2, "meter-relay: cannot read /no/such/file: No such file or directory\n")
+    # reversed, every event would be "unknown": the caller's to fix, not a finding
+    times = ("--since", "2026-12-02T00:00:00Z", "--until", "2026-12-01T00:00:00Z")
+    code, out, err = run(capsys, "trace", "x", *times)
+    assert (code, out) == (2, "")
+    assert (
+        err == "meter-relay: --until 2026-12-01T00:00:00Z is before --since 2026-12-02T00:00:00Z\n"
+    )
     monkeypatch.setenv("LEDGER_BUCKET", "no-such-ledger")
     code, _, err = run(capsys, "trace", "x")
     assert code == 3  # AWS said the bucket is not there: one line

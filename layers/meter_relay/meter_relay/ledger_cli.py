@@ -199,6 +199,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     since = _moment(args.since, "--since", now - timedelta(days=TRACE_DAYS))
     until = _moment(args.until, "--until", now)
+    if until < since:
+        given = args.until or format_timestamp(until), args.since or format_timestamp(since)
+        raise CliError(f"--until {given[0]} is before --since {given[1]}")
     kit = _kit(args)
     engine = kit.ledger_engine(args.engine)
     found = LedgerQueries(engine).trace(identifiers, since, until)
