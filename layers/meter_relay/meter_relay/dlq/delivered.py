@@ -4,11 +4,13 @@ identifier after 24 hours and would count it again; the ledger does not forget."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from meter_relay.dlq.reading import DlqMessage
+from meter_relay.events import parse_rfc3339
 from meter_relay.ledger_queries import DeliveredLookup
+from meter_relay.ledger_sql import STRIPE_DEDUP
 
 LEDGER_UNREADABLE = "aws_error"  # the code of a message kept because the ledger could not be read
 ALREADY_DELIVERED = "already delivered (the ledger has it): not sent again"
@@ -29,7 +31,8 @@ def delivered_among(
     for message, ids in chosen:
         if ids:
             identifiers.extend(ids)
-            since = message.earliest if since is None else min(since, message.earliest)
+            asked = asked_from(message, ids)
+            since = asked if since is None else min(since, asked)
     if since is None:
         return {}
     found = lookup.delivered(identifiers, since)
@@ -40,3 +43,20 @@ def delivered_among(
             i for i in ids if i in found and (cutoff is None or found[i] > cutoff)
         }
     return among
+
+
+def asked_from(message: DlqMessage, ids: Collection[str]) -> datetime:
+    """From when the ledger is asked about a message's events: when the message was first
+    seen, or, for an event stamped earlier (a producer's resend, in another message, of what
+    it sent before), from its timestamp (the lookup reads from an hour before, which covers
+    Stripe's 5 minutes ahead): Stripe has the event if that delivery came within its 24 hours
+    before. Never further back: a delivery before those 24 hours Stripe would have counted
+    again, had the resend gone through."""
+    seen = message.earliest
+    stamps = (
+        parse_rfc3339(e.parsed.event.timestamp)
+        for e in message.events
+        if e.parsed.event is not None and e.identifier in ids
+    )
+    oldest = min((stamp for stamp in stamps if stamp is not None), default=seen)
+    return max(seen - STRIPE_DEDUP, min(seen, oldest))

@@ -19,7 +19,7 @@ from meter_relay.dlq.reading import DlqMessage, read_message
 from meter_relay.error_reports import REPORTED_BY_STRIPE
 from meter_relay.events import Rejection, format_timestamp
 from tests.fakes import MAX_SQS_ATTRIBUTES, NOW, sqs_message
-from tests.unit.relay.dlq.builders import RULES, api_event, dlq_message
+from tests.unit.relay.dlq.builders import RULES, api_event, dlq_message, recent
 
 
 class Lookup:
@@ -78,6 +78,23 @@ def test_a_letter_is_asked_about_from_when_the_forwarder_first_saw_its_message()
     delivered_among(lookup, [(letter, ["letter-0"]), (older, ["older-0"])])
 
     assert lookup.since == [seen - timedelta(hours=2)]
+
+
+def test_an_event_stamped_before_its_message_is_asked_about_from_its_timestamp() -> None:
+    """A producer's resend, in a new message, of an event it sent (and the relay delivered)
+    hours before: Stripe has it while within its 24 hours, so the ledger is asked from the
+    event's timestamp, but never more than 24 hours before the message was first seen."""
+    seen = recent(hours=30)  # judged by the real clock, as a replay judges it
+    for stamped, asked in (
+        (seen - timedelta(hours=3), seen - timedelta(hours=3)),
+        (seen - timedelta(days=3), seen - timedelta(hours=24)),  # Stripe would count it again
+        (seen + timedelta(minutes=2), seen),
+    ):
+        event = api_event("1", identifier="resent-1", timestamp=format_timestamp(stamped))
+        message = read_message(sqs_message(json.dumps(event), "resend", sent=seen), RULES)
+        lookup = Lookup()
+        assert delivered_among(lookup, [(message, ["resent-1"])]) == {"resend": {"resent-1"}}
+        assert lookup.since == [asked]
 
 
 def test_without_a_ledger_nothing_is_delivered() -> None:
