@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
+import math
 import re
 import secrets
 import threading
@@ -730,12 +731,17 @@ class EmulatorState:
     ) -> list[tuple[float, str]]:
         """(event timestamp, value) of the meter's counted events for customer with a
         timestamp in [start, end), in arrival order: no duplicate, no cancelled event, none
-        rejected asynchronously."""
+        rejected asynchronously. A meter has the events received while it was active (from
+        its creation to its deactivation): a meter made for the event name of one deactivated
+        before it has none of the older one's."""
         self.drain()
         name, customer_key, value_key = meter.event_name, meter.customer_key, meter.value_key
+        until = math.inf if meter.deactivated_at is None else meter.deactivated_at
         rows: list[tuple[float, str]] = []
         with self._lock:
             for batch in self._batches:
+                if not meter.created <= batch.received_at < until:
+                    continue
                 names, payloads, timestamps = batch.names, batch.payloads, batch.timestamps
                 for index, status in enumerate(batch.statuses):
                     if (

@@ -283,6 +283,24 @@ def test_duplicate_active_event_names_are_refused(state: EmulatorState) -> None:
     assert created.status == "active"  # the inactive one does not block its name
 
 
+def test_a_meter_has_the_events_received_while_it_was_active(state: EmulatorState) -> None:
+    """A meter replaced by a new one for its event name keeps what it counted; the new one
+    counts from its creation on, not the older meter's events (the same window, asked of each,
+    gives each its own)."""
+    hour = int(state.clock.now()) // 3600 * 3600 - 3600
+    stream(state, event("before", value="2"), at=float(hour + 60))
+    state.clock.advance(5)
+    state.set_meter_status("mtr_api", active=False)
+    state.clock.advance(5)
+    spec = {"display_name": "v2", "event_name": "api_requests"}
+    replacement = state.create_meter({**spec, "default_aggregation": {"formula": "sum"}})
+    stream(state, event("after", value="7"), at=float(hour + 120))
+    query = SummaryQuery("cus_1", hour, hour + 3600, None)
+    [old] = state.summaries(state.get_meter("mtr_api"), query)
+    [new] = state.summaries(replacement, query)
+    assert (old["aggregated_value"], new["aggregated_value"]) == (2.0, 7.0)
+
+
 def test_sessions_expire_after_their_ttl(state: EmulatorState) -> None:
     state.settings.session_ttl = 60
     session = state.create_session()
