@@ -102,6 +102,11 @@ class MeterCatalog:
 
 def read_meters(api: StripeApi, timeout: float) -> MeterCatalog:
     """Every meter of the account, active and inactive, page after page."""
+    return MeterCatalog.from_stripe(list_meters(api, timeout))
+
+
+def list_meters(api: StripeApi, timeout: float) -> list[dict[str, Any]]:
+    """Every `billing.meter` object of the account, page after page."""
     meters: list[dict[str, Any]] = []
     after: str | None = None
     for _ in range(MAX_PAGES):
@@ -116,7 +121,7 @@ def read_meters(api: StripeApi, timeout: float) -> MeterCatalog:
             raise CatalogError("Stripe answered the meter list with an unexpected object")
         meters.extend(item for item in page if isinstance(item, dict))
         if not answer.body.get("has_more") or not page:
-            return MeterCatalog.from_stripe(meters)
+            return meters
         after = str(page[-1].get("id"))
     raise CatalogError(f"more than {MAX_PAGES} pages of meters")
 

@@ -356,6 +356,8 @@ def _report(
     args: argparse.Namespace, result: Reconciliation, until: datetime, end: datetime
 ) -> None:
     left_out = end < until
+    for note in result.notes:
+        console.warn(note)
     if args.output == "json":
         document = result.to_json()
         document.update(settle_minutes=args.settle_minutes, window=args.window)

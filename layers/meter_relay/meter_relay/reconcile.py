@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
-from meter_relay.catalog import CatalogError, read_meters
+from meter_relay.catalog import CatalogError, MeterCatalog, list_meters
 from meter_relay.ledger_queries import LedgerQueries, Totals
 from meter_relay.retry import with_retries
 from meter_relay.stripe_client import Kind, StripeAnswer, StripeApi
@@ -44,6 +44,8 @@ class MeterInfo:
     id: str
     event_name: str
     formula: str
+    created: int | None = None  # epoch seconds: it counts only the events received since
+    others: tuple[str, ...] = ()  # the account's other meters for its event name
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class Reconciliation:
     # pairs that disagree while the ledger holds events delivered too recently for Stripe's
     # summaries (an old-stamped event: a backlog, a replay): not called mismatches yet
     unsettled: list[tuple[str, Window]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the reader needs to read the rest
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,6 +131,7 @@ class Reconciliation:
             "compared": self.compared,
             "mismatches": [m.to_json() for m in self.mismatches],
             "unsettled": [{"customer": who, **window.to_json()} for who, window in self.unsettled],
+            "notes": self.notes,
         }
 
 
@@ -150,15 +154,21 @@ class MeterSummaries:
 
     def meter(self, event_name: str, meter_id: str | None = None) -> MeterInfo:
         """The meter of `event_name` (its active one), or the one named, with its formula."""
+        others: tuple[str, ...] = ()
         if meter_id is None:
             try:
-                catalog = read_meters(self.api, self.timeout)
+                meters = list_meters(self.api, self.timeout)
             except CatalogError as error:
                 raise StripeFailed(str(error), error.status) from None
-            found = catalog.get(event_name)
+            found = MeterCatalog.from_stripe(meters).get(event_name)
             if found is None:
                 raise StripeFailed(f"no meter for event_name {event_name!r} in the account", 404)
             meter_id = found.meter_id
+            others = tuple(
+                str(m.get("id"))
+                for m in meters
+                if m.get("event_name") == event_name and m.get("id") != meter_id
+            )
         meter = self._get(f"/v1/billing/meters/{quote(meter_id, safe='')}", {})
         formula = str((meter.get("default_aggregation") or {}).get("formula", "sum"))
         name = str(meter.get("event_name", event_name))
@@ -169,7 +179,9 @@ class MeterSummaries:
             )
         if formula not in FORMULAS:
             raise StripeFailed(f"meter {meter_id} aggregates by {formula!r}, not {FORMULAS}", 400)
-        return MeterInfo(meter_id, name, formula)
+        created = meter.get("created")
+        created = created if isinstance(created, int) else None
+        return MeterInfo(meter_id, name, formula, created, others)
 
     def summaries(
         self, meter: MeterInfo, customer: str, span: Sequence[Window], grouping: str
@@ -243,6 +255,14 @@ def reconcile(
     result = Reconciliation(meter, span, customers, until)
     if not span:
         return result
+    if meter.others and meter.created is not None and meter.created > span[0].start:
+        result.notes.append(
+            f"meter {meter.id} was created {_iso(meter.created)}, after the first window began, "
+            f"and the account has other meters for {meter.event_name} "
+            f"({', '.join(meter.others)}): Stripe counts on a meter only the events it received "
+            "since its creation, so a window before shows Stripe lower by what those counted "
+            "(--meter-id asks one of them)"
+        )
     start = datetime.fromtimestamp(span[0].start, UTC)
     end = datetime.fromtimestamp(span[-1].end, UTC)
     counted = ledger.reconcile(meter.event_name, customers, start, end, step)

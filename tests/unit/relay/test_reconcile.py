@@ -267,3 +267,49 @@ def test_a_customer_named_twice_is_compared_once() -> None:
     )
     assert (result.customers, result.compared, len(result.mismatches)) == (["cus_a"], 1, 1)
     assert len(stripe.asked) == 1
+
+
+class ReplacedMeterStripe(FakeStripe):
+    """An account whose meter for `api` was replaced: mtr_old deactivated, mtr_1 created at
+    `created`."""
+
+    def __init__(self, created: int) -> None:
+        super().__init__([])
+        self.created = created
+
+    def list_meters(self, params: dict[str, Any], timeout: float) -> StripeAnswer:
+        meters = [
+            {"id": "mtr_old", "event_name": "api", "status": "inactive"},
+            {"id": "mtr_1", "event_name": "api", "status": "active"},
+        ]
+        return StripeAnswer(Kind.OK, 200, body={"data": meters, "has_more": False})
+
+    def get(self, path: str, params: dict[str, Any], timeout: float) -> StripeAnswer:
+        answer = super().get(path, params, timeout)
+        if path.endswith("mtr_1") and answer.body is not None:
+            answer.body["created"] = self.created
+        return answer
+
+
+@pytest.mark.parametrize(("created", "noted"), [(E + 1800, True), (E - 60, False)])
+def test_a_meter_made_after_the_first_window_began_is_said_to_count_only_since(
+    created: int, noted: bool
+) -> None:
+    """Stripe counts on a meter only what it received since its creation: a window before a
+    replacement meter shows Stripe lower by what the old one counted, which the output says."""
+    stripe = MeterSummaries(ReplacedMeterStripe(created))  # type: ignore[arg-type]
+    meter = stripe.meter("api")
+    assert (meter.id, meter.created, meter.others) == ("mtr_1", created, ("mtr_old",))
+    result = reconcile(
+        FakeLedger({}),  # type: ignore[arg-type]
+        stripe,
+        meter,
+        since=T,
+        until=T + timedelta(hours=2),
+        grouping="hour",
+    )
+    assert bool(result.notes) is noted
+    if noted:
+        assert "other meters for api (mtr_old)" in result.notes[0]
+        assert "--meter-id" in result.notes[0]
+        assert result.to_json()["notes"] == result.notes
