@@ -53,6 +53,7 @@ class Exit(IntEnum):
     STAYED = 1  # something stayed in the DLQ, failed, or was not seen
     USAGE = 2  # usage or configuration; also: not confirmed
     UNREACHABLE = 3  # AWS or Stripe could not be reached
+    INTERNAL = 4  # a defect of meter-relay's own: never a finding (1) a script acts on
     INTERRUPTED = 130
 
 
@@ -195,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog=(
             "exit status: 0 done; 1 something stayed, failed, or was not seen; 2 usage or "
-            "configuration (also: not confirmed); 3 AWS or Stripe unreachable"
+            "configuration (also: not confirmed); 3 AWS or Stripe unreachable; 4 an internal "
+            "error"
         ),
         parents=[_global_options(top=True)],
     )
@@ -241,5 +243,5 @@ def _failure(error: Exception) -> CliError:
         return CliError(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
     return CliError(
         f"internal error: {type(error).__name__}: {error} (run again with --debug and report it)",
-        Exit.STAYED,
+        Exit.INTERNAL,
     )
