@@ -306,7 +306,11 @@ def error_param(answer: StripeAnswer) -> str | None:
 
 def _about_the_events(answer: StripeAnswer) -> bool:
     """A 400 is the events' fault unless Stripe names a parameter outside them (a header, a
-    field of the request itself)."""
+    field of the request itself), or it is not Stripe's answer at all (a proxy's or a
+    firewall's page: no `{"error": {"code": ...}}`), which says nothing of the events."""
+    error = (answer.body or {}).get("error")
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        return False
     param = error_param(answer)
     return param is None or param == "events" or param.startswith("events[")
 
@@ -333,8 +337,9 @@ class MeterEventStream:
 
     @staticmethod
     def blame(answer: StripeAnswer) -> StripeAnswer:
-        """A 400 that names a parameter outside the events is the request's fault, not theirs:
-        splitting the call would dead-letter every event, so it is a failure to retry later."""
+        """A 400 that names a parameter outside the events, or that is not Stripe's, is the
+        request's fault, not theirs: splitting the call would dead-letter every event, so it
+        is a failure to retry later."""
         if answer.kind is Kind.REJECTED and not _about_the_events(answer):
             return replace(answer, kind=Kind.FAILED)
         return answer

@@ -209,6 +209,23 @@ def test_the_stream_blames_the_events_only_for_their_own_parameters(
     assert stream.send("token", [], 1.0).kind is kind
 
 
+@pytest.mark.parametrize(
+    "body",
+    [None, {"error": "flat"}, {"error": {"code": 42}}, {"message": "blocked by policy"}],
+    ids=["not JSON (a proxy's page)", "flat", "code not text", "no error"],
+)
+def test_a_400_that_is_not_stripes_answer_is_retried_not_blamed_on_the_events(
+    body: dict[str, Any] | None,
+) -> None:
+    """A proxy or firewall between the forwarder and Stripe refusing the call says nothing of
+    the events: split, every one would be dead-lettered as http_400."""
+    refused = StripeAnswer(Kind.REJECTED, 400, None, "Bad Request", body=body)
+    run, stream, _ = delivery(lambda token, events: refused)
+    report = run.deliver([event(f"e{i}") for i in range(10)], plenty)
+    assert (report.rejected, report.retry) == ({}, set(range(10)))
+    assert len(stream.calls) == 1
+
+
 def test_an_expired_session_is_replaced_and_the_call_sent_again() -> None:
     def answer(token: str, events: Sequence[MeterEvent]) -> StripeAnswer:
         if token == "token_1":
