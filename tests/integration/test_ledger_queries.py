@@ -312,6 +312,25 @@ def test_an_identifier_counts_again_24_hours_after_stripe_last_counted_it(
     }
 
 
+def test_a_cancel_takes_off_only_the_count_it_came_within_24_hours_of(
+    ledger: LedgerBucket,
+) -> None:
+    """Stripe cancels an event only within 24 hours of receiving it: of an identifier counted
+    twice, 25 hours apart, a cancel after the second takes off the second alone."""
+    deliver(ledger, at(1, 1), "req-1", line("r-1", "cus_a", "3", iso(at(1)), at(1, 1)))
+    deliver(ledger, at(26, 1), "req-2", line("r-1", "cus_a", "3", iso(at(26)), at(26, 1)))
+    cancel(ledger, at(27), "r-1", "api_requests")
+    two_days = LedgerQueries(DuckDbEngine(ledger), clock=lambda: NOW + timedelta(days=1))
+    totals = two_days.reconcile("api_requests", [], at(0), at(48), 3600)
+    hour = int(at(0).timestamp())
+    assert totals == {
+        ("cus_a", hour + 3600): Totals(1, Decimal(3), Decimal(3)),
+        ("cus_a", hour + 26 * 3600): Totals(0, Decimal(0), Decimal(0)),
+    }
+    assert totals[("cus_a", hour + 26 * 3600)].last_cancelled_at == at(27)
+    assert totals[("cus_a", hour + 3600)].last_cancelled_at is None
+
+
 def test_a_customer_whose_every_event_was_cancelled_is_still_one_to_compare(
     ledger: LedgerBucket,
 ) -> None:

@@ -404,6 +404,6 @@ def _report(
     if not args.customer:
         console.warn(
             "customers compared: those the ledger has events of in these windows (counted or "
-            "cancelled); name others with "
+            "not); name others with "
             "--customer (usage at Stripe for a customer the relay never sent is seen only then)"
         )

@@ -226,11 +226,11 @@ WITH rejected AS (
   WHERE {rejections_written}
   GROUP BY r.identifier
 ),
-cancelled AS (
-  SELECT c.identifier, c.event_name, max(c.cancelled_at) AS cancelled_at
+cancels AS (
+  SELECT c.identifier, c.event_name, c.cancelled_at,
+         to_unixtime(from_iso8601_timestamp(upper(c.cancelled_at))) AS cancelled_epoch
   FROM {cancellations} c
   WHERE {cancellations_written}
-  GROUP BY c.identifier, c.event_name
 ),
 deliveries AS (
   SELECT e.identifier, e.event_name, e.customer, e.value, e."timestamp", e.delivered_at,
@@ -259,20 +259,22 @@ count3 AS (
   FROM count2 c
 ),
 stripes AS (
-  SELECT o.customer, o.value, o.delivered_at,
-         to_unixtime(from_iso8601_timestamp(upper(o."timestamp"))) AS event_epoch,
+  SELECT o.customer, o.value, o.delivered_at, o."timestamp",
          o.accepted AND o.twin = 1
            AND o.delivered_epoch IN (o.counted1, o.counted2, o.counted3) AS stripe_counted,
-         cancelled.cancelled_at
-  FROM count3 o LEFT JOIN cancelled
-    ON cancelled.identifier = o.identifier AND cancelled.event_name = o.event_name
+         max(x.cancelled_at) AS cancelled_at
+  FROM count3 o LEFT JOIN cancels x
+    ON x.identifier = o.identifier AND x.event_name = o.event_name
+      AND x.cancelled_at > o.delivered_at AND x.cancelled_epoch <= o.delivered_epoch + {dedup}
   WHERE o.event_name = {event_name}{customers}
+  GROUP BY o.identifier, o.delivered_at, o.twin, o.customer, o.value, o."timestamp",
+           o.accepted, o.delivered_epoch, o.counted1, o.counted2, o.counted3
 ),
 counted AS (
-  SELECT customer, value, delivered_at, event_epoch,
-         stripe_counted AND (cancelled_at IS NULL OR cancelled_at <= delivered_at) AS counts,
-         CASE WHEN stripe_counted AND cancelled_at > delivered_at THEN cancelled_at END
-           AS cancelled_at
+  SELECT customer, value, delivered_at,
+         to_unixtime(from_iso8601_timestamp(upper("timestamp"))) AS event_epoch,
+         stripe_counted AND cancelled_at IS NULL AS counts,
+         CASE WHEN stripe_counted THEN cancelled_at END AS cancelled_at
   FROM stripes
 ),
 windowed AS (
@@ -315,16 +317,17 @@ def reconcile(
     customer whose events were all cancelled is one to compare).
 
     An identifier counts at its first delivery since Stripe last reported it rejected, and
-    again, as at Stripe, at its first delivery 24 hours or more after the one counted before
-    (up to three counts in the deliveries read: a fourth needs resends over more than 72
-    hours); not if it was cancelled after that delivery (`last_cancelled_at`: the latest such
-    cancel). A window's last value is its newest event's (by timestamp, then delivery);
-    events that tie on both (one invocation's, sent in concurrent calls) give the lowest and
-    highest of their values and how many differ, since Stripe's order among them is unknown.
-    A value beyond DECIMAL(38, 12) (26 digits before the point) adds nothing, so its window
-    disagrees with Stripe's, rather than failing every window's query. Events of the windows
-    are delivered from 5 minutes before `start` (Stripe's future limit) until `now`: those
-    partitions are read."""
+    again, as at Stripe, at its first delivery 24 hours or more after the one counted before (up
+    to three counts in the deliveries read: a fourth needs resends over more than 72 hours); not
+    if it was cancelled within 24 hours after that delivery (Stripe cancels an event only so
+    long after receiving it: a cancel of the second count leaves the first; `last_cancelled_at`:
+    the latest such cancel). A window's last value is its newest event's (by timestamp, then
+    delivery); events that tie on both (one invocation's, sent in concurrent calls) give the
+    lowest and highest of their values and how many differ, since Stripe's order among them is
+    unknown. A value beyond DECIMAL(38, 12) (26 digits before the point) adds nothing, so its
+    window disagrees with Stripe's, rather than failing every window's query. Events of the
+    windows are delivered from 5 minutes before `start` (Stripe's future limit) until `now`:
+    those partitions are read."""
     chosen = list(customers)
     return _query(
         RECONCILE,
