@@ -63,6 +63,17 @@ class Meter:
     updated: int = 0
     deactivated_at: int | None = None
     event_time_window: str | None = None
+    # when it counts events (by their arrival): from its creation (a meter given at start-up,
+    # one the account had: always), not while inactive
+    active_from: float = -math.inf
+    inactive_since: float | None = None
+    inactive_spans: list[tuple[float, float]] = field(default_factory=list)
+
+    def counts_received_at(self, at: float) -> bool:
+        """Whether an event that arrived at `at` is one of this meter's."""
+        if at < self.active_from or (self.inactive_since is not None and at >= self.inactive_since):
+            return False
+        return not any(start <= at < end for start, end in self.inactive_spans)
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -240,7 +251,7 @@ class EmulatorState:
             if meters:
                 self._meters.clear()
                 for spec in self._initial_meters:
-                    self._add_meter(spec)
+                    self._add_meter(spec, at_start=True)
 
     # ----- meters --------------------------------------------------------------------------
     def load_meters(self, specs: list[dict[str, Any]]) -> list[Meter]:
@@ -249,14 +260,16 @@ class EmulatorState:
             meters = []
             for index, spec in enumerate(specs):
                 try:
-                    meters.append(self._add_meter(spec))
+                    meters.append(self._add_meter(spec, at_start=True))
                 except ApiError as error:
                     error.message = f"meters[{index}]: {error.message}"
                     raise
             self._initial_meters.extend(specs)
             return meters
 
-    def _add_meter(self, spec: dict[str, Any]) -> Meter:
+    def _add_meter(self, spec: dict[str, Any], *, at_start: bool = False) -> Meter:
+        """A meter from its spec; `at_start`: one the account had before (it counts events
+        whenever they arrived, as the emulator's clock may be set back)."""
         event_name = spec.get("event_name")
         if not isinstance(event_name, str) or not event_name:
             raise ApiError(400, "parameter_missing", "Missing event_name.", param="event_name")
@@ -276,7 +289,8 @@ class EmulatorState:
                     f"An active meter with event_name {event_name!r} already exists.",
                     param="event_name",
                 )
-        now = int(self.clock.now())
+        moment = self.clock.now()
+        now = int(moment)
         status = spec.get("status", "active")
         meter = Meter(
             id=spec.get("id") or self._new_id("mtr"),
@@ -292,6 +306,8 @@ class EmulatorState:
             updated=now,
             deactivated_at=now if status == "inactive" else None,
             event_time_window=spec.get("event_time_window"),
+            active_from=-math.inf if at_start else moment,
+            inactive_since=moment if status == "inactive" else None,
         )
         self._meters[meter.id] = meter
         return meter
@@ -324,10 +340,15 @@ class EmulatorState:
         meter = self.get_meter(meter_id)
         self.drain()
         with self._lock:
+            moment = self.clock.now()
             if active and meter.status != "active":
                 meter.status, meter.deactivated_at = "active", None
+                if meter.inactive_since is not None:
+                    meter.inactive_spans.append((meter.inactive_since, moment))
+                meter.inactive_since = None
             elif not active and meter.status == "active":
-                meter.status, meter.deactivated_at = "inactive", int(self.clock.now())
+                meter.status, meter.deactivated_at = "inactive", int(moment)
+                meter.inactive_since = moment
             meter.updated = int(self.clock.now())
         return meter
 
@@ -731,16 +752,15 @@ class EmulatorState:
     ) -> list[tuple[float, str]]:
         """(event timestamp, value) of the meter's counted events for customer with a
         timestamp in [start, end), in arrival order: no duplicate, no cancelled event, none
-        rejected asynchronously. A meter has the events received while it was active (from
-        its creation to its deactivation): a meter made for the event name of one deactivated
-        before it has none of the older one's."""
+        rejected asynchronously. A meter has the events received while it was active
+        (Meter.counts_received_at): a meter made for the event name of one deactivated before it
+        has none of the older one's."""
         self.drain()
         name, customer_key, value_key = meter.event_name, meter.customer_key, meter.value_key
-        until = math.inf if meter.deactivated_at is None else meter.deactivated_at
         rows: list[tuple[float, str]] = []
         with self._lock:
             for batch in self._batches:
-                if not meter.created <= batch.received_at < until:
+                if not meter.counts_received_at(batch.received_at):
                     continue
                 names, payloads, timestamps = batch.names, batch.payloads, batch.timestamps
                 for index, status in enumerate(batch.statuses):

@@ -300,6 +300,24 @@ def test_a_meter_has_the_events_received_while_it_was_active(state: EmulatorStat
     [new] = state.summaries(replacement, query)
     assert (old["aggregated_value"], new["aggregated_value"]) == (2.0, 7.0)
 
+    # the old one made active again counts from then on, not what went to the other meanwhile
+    state.set_meter_status(replacement.id, active=False)
+    state.set_meter_status("mtr_api", active=True)
+    stream(state, event("again", value="20"), at=float(hour + 180))
+    [old] = state.summaries(state.get_meter("mtr_api"), query)
+    [new] = state.summaries(replacement, query)
+    assert (old["aggregated_value"], new["aggregated_value"]) == (22.0, 7.0)
+
+
+def test_a_meter_given_at_start_counts_events_whenever_they_arrive(state: EmulatorState) -> None:
+    """One the account had before: a clock set back (a test's fixed date) loses nothing."""
+    state.clock.set(state.clock.now() - 30 * 86400)
+    hour = int(state.clock.now()) // 3600 * 3600 - 3600
+    stream(state, event("early", value="4"), at=float(hour + 60))
+    query = SummaryQuery("cus_1", hour, hour + 3600, None)
+    [summary] = state.summaries(state.get_meter("mtr_api"), query)
+    assert summary["aggregated_value"] == 4.0
+
 
 def test_sessions_expire_after_their_ttl(state: EmulatorState) -> None:
     state.settings.session_ttl = 60
