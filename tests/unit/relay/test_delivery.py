@@ -151,6 +151,36 @@ def test_a_rate_limit_waits_for_retry_after_plus_jitter() -> None:
     assert report.calls.retried_calls == 1
 
 
+def test_a_rate_limit_without_retry_after_backs_off_then_succeeds() -> None:
+    answers = iter([error(429, "account_rate_limit_exceeded"), OK])
+    run, _, sleeps = delivery(lambda token, events: next(answers))
+    report = run.deliver([event("a")], plenty)
+    assert report.delivered == {0}
+    assert len(sleeps) == 1
+    assert 0 < sleeps[0] <= 5.0  # backoff, capped: no Retry-After to wait for
+    assert report.calls.rate_limited_calls == 1
+
+
+def test_a_409_on_the_stream_is_retried_as_passing() -> None:
+    """Stripe's 409 (concurrent requests for one customer and meter) says: try again."""
+    answers = iter([StripeAnswer(Kind.TRANSIENT, 409, "too_many_concurrent_requests"), OK])
+    run, stream, _ = delivery(lambda token, events: next(answers))
+    report = run.deliver([event("a"), event("b")], plenty)
+    assert (report.delivered, report.rejected, report.retry) == ({0, 1}, {}, set())
+    assert len(stream.calls) == 2
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_a_403_or_404_on_the_stream_returns_the_events_unsplit(status: int) -> None:
+    """A key without the permission, a wrong base URL: the setup's fault, not the events'.
+    They go back to SQS (retried there, then SQS's own DLQ), none dead-lettered here."""
+    refused = StripeAnswer(Kind.FAILED, status, "resource_missing", body={"error": {}})
+    run, stream, _ = delivery(lambda token, events: refused)
+    report = run.deliver([event(f"e{i}") for i in range(5)], plenty)
+    assert (report.delivered, report.rejected, report.retry) == (set(), {}, set(range(5)))
+    assert len(stream.calls) == 1
+
+
 def test_server_errors_are_retried_with_growing_backoff_then_given_up() -> None:
     run, stream, sleeps = delivery(lambda token, events: error(503, "unavailable"))
     report = run.deliver([event("a"), event("b")], plenty)
