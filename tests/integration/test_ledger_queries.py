@@ -25,7 +25,7 @@ from meter_relay.ledger import (
     object_key,
 )
 from meter_relay.ledger_engines import AthenaEngine, DuckDbEngine, QueryFailed
-from meter_relay.ledger_queries import LedgerQueries, Totals
+from meter_relay.ledger_queries import LedgerQueries, Totals, chunks
 from meter_relay.ledger_sql import CANCELLATIONS, EVENTS, REJECTIONS
 from meter_relay.ledger_store import (
     CancellationLine,
@@ -161,6 +161,31 @@ def test_trace_reads_only_the_days_asked_for(ledger: LedgerBucket) -> None:
     found = LedgerQueries(engine).trace(["ev-old"], NOW, NOW + timedelta(hours=2))
     assert found == {}
     assert engine.objects_read == 0  # the day before was not even fetched
+
+
+def test_a_trace_of_thousands_asks_few_queries_each_within_athenas_limit() -> None:
+    """Each query reads every hour of its window: as few as Athena's 256 KB of text allow,
+    the longest identifiers included."""
+    longest = [f"{n:05d}'" + "x" * 94 for n in range(5000)]  # 100 characters, a quote in each
+    batches = list(chunks(longest))
+    assert [i for batch in batches for i in batch] == longest  # each once, in order
+    texts = [ledger_sql.trace(batch, at(0), NOW).text for batch in batches]
+    assert max(len(text.encode()) for text in texts) < 256 * 1024
+    assert len(batches) == 7  # 80,000 bytes of literals a query: 761 of these
+    usual = [f"{n:08d}-1b2c-4d5e-8f90-123456789abc-0" for n in range(5000)]  # a message id's
+    assert len(list(chunks(usual))) == 3  # was 10, at 500 a query
+
+
+def test_a_trace_in_several_queries_fetches_each_object_once(ledger: LedgerBucket) -> None:
+    for hour in (10, 11):
+        recorded = line("ev", "cus_a", "1", iso(at(hour)), at(hour), request=f"req-{hour}")
+        deliver(ledger, at(hour), f"req-{hour}", recorded)
+    engine = DuckDbEngine(ledger)
+    identifiers = ["ev"] + [f"other-{n:06d}" for n in range(9000)]  # 6 queries
+    assert len(list(chunks(identifiers))) > 1
+    found = LedgerQueries(engine).trace(identifiers, at(0), NOW)
+    assert [r.reference for r in found["ev"]] == ["req-10", "req-11"]
+    assert engine.objects_read == 2
 
 
 def test_a_query_reads_the_hours_it_names_not_only_the_days(ledger: LedgerBucket) -> None:

@@ -90,7 +90,12 @@ class DuckDbEngine:
 
     def __init__(self, ledger: LedgerBucket) -> None:
         self.ledger = ledger
-        self.objects_read = 0  # by the last query
+        self.objects_read = 0  # fetched from S3, over every query
+        # objects fetched stay for the engine's life (a command's run): a trace of thousands of
+        # identifiers asks in several queries over the same hours, each fetched once. An
+        # object is never changed once written (a report's rewrite holds the same lines).
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+        self._fetched: set[str] = set()
 
     def run(self, query: Query) -> list[Row]:
         try:
@@ -100,24 +105,28 @@ class DuckDbEngine:
                 "DuckDB is not installed: `pip install 'meter-relay[local]'`, or use "
                 "--engine athena"
             ) from None
-        with tempfile.TemporaryDirectory(prefix="meter-relay-ledger-") as folder:
-            tables = {table.name: self._fetch(table, query, Path(folder)) for table in TABLES}
-            try:
-                with duckdb.connect(":memory:") as connection:
-                    for macro in DUCKDB_MACROS:
-                        connection.execute(macro)
-                    cursor = connection.execute(query.render(tables))
-                    names = [column[0] for column in cursor.description or []]
-                    rows = cursor.fetchall()
-            except duckdb.Error as error:
-                raise QueryFailed(f"DuckDB: {error}") from None
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="meter-relay-ledger-")
+        folder = Path(self._folder.name)
+        tables = {table.name: self._fetch(table, query, folder) for table in TABLES}
+        try:
+            with duckdb.connect(":memory:") as connection:
+                for macro in DUCKDB_MACROS:
+                    connection.execute(macro)
+                cursor = connection.execute(query.render(tables))
+                names = [column[0] for column in cursor.description or []]
+                rows = cursor.fetchall()
+        except duckdb.Error as error:
+            raise QueryFailed(f"DuckDB: {error}") from None
         return [
             {name: _text(value) for name, value in zip(names, row, strict=True)} for row in rows
         ]
 
     def _fetch(self, table: Table, query: Query, folder: Path) -> str:
-        """The table's objects in the query's partitions, written under `folder`, and how DuckDB
-        reads them (an empty relation of the table's columns when there are none)."""
+        """The table's objects in the query's partitions, written under `folder` (those not
+        fetched before), and how DuckDB reads them (an empty relation of the table's columns
+        when there are none; objects of other partitions there are left out by the query's
+        own conditions on `dt` and `hour`)."""
         keys = list(self.ledger.keys(table, query.since, query.until))
         base = folder / table.name
 
@@ -127,8 +136,10 @@ class DuckDbEngine:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(without_lone_surrogates(data))
 
-        self.ledger.fetch(keys, write)
-        self.objects_read += len(keys)
+        new = [key for key in keys if key not in self._fetched]
+        self.ledger.fetch(new, write)
+        self._fetched.update(new)
+        self.objects_read += len(new)
         columns = ", ".join(f"\"{name}\": '{_DUCKDB_TYPES[kind]}'" for name, kind in table.columns)
         if not keys:
             empty = ", ".join(

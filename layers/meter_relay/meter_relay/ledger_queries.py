@@ -13,20 +13,27 @@ from meter_relay import ledger_sql
 from meter_relay.events import parse_rfc3339
 from meter_relay.ledger_engines import Engine
 
-CHUNK = 500  # identifiers per query: Athena takes a query text of at most 256 KB
+# The identifiers of one query, as SQL text: Athena takes a query text of at most 256 KB,
+# and TRACE names them three times (once per table)
+LITERALS_BYTES = 80_000
 # How long before a DLQ letter was first seen its events may have been delivered: the
 # forwarder's letter carries the time it received the message, the error-report function's
 # the start of Stripe's validation window; both follow the delivery, or come with it.
 DELIVERED_BEFORE_SEEN = timedelta(hours=1)
 
 
-def chunks(values: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
+def chunks(values: Iterable[str], budget: int = LITERALS_BYTES) -> Iterator[list[str]]:
+    """The values, each once, in groups whose SQL literals (`'v', `) take at most `budget`
+    bytes: as few queries as Athena's limit allows (each reads every hour of its window)."""
     batch: list[str] = []
+    size = 0
     for value in dict.fromkeys(values):
-        batch.append(value)
-        if len(batch) == size:
+        cost = len(value.encode()) + value.count("'") + 4  # its quotes, a comma and a space
+        if batch and size + cost > budget:
             yield batch
-            batch = []
+            batch, size = [], 0
+        batch.append(value)
+        size += cost
     if batch:
         yield batch
 
