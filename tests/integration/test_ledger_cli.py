@@ -185,7 +185,9 @@ def test_reconcile_leaves_out_the_last_minutes_and_says_so(
     )
     assert code == 0
     assert "1 customers, 1 customer-windows with usage, 0 mismatches" in out
-    assert "(--settle-minutes 0)" in out
+    # nothing left for Stripe to settle: only the seconds of --until's (now's) minute
+    assert "Stripe's summaries are by whole minutes (--until cut to its minute)" in out
+    assert "eventually consistent" not in out
 
 
 def test_reconcile_refuses_what_it_cannot_do_in_one_line(

@@ -344,7 +344,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             progress.close()
     except StripeFailed as error:
         raise CliError(f"Stripe: {error}", stripe_exit(error.status)) from None
-    _report(args, result, until, end)
+    lagging = until > now - timedelta(minutes=args.settle_minutes)
+    _report(args, result, until, end, lagging=lagging)
     return Exit.STAYED if result.mismatches else Exit.DONE
 
 
@@ -353,8 +354,15 @@ def _unsettled(result: Reconciliation) -> str:
 
 
 def _report(
-    args: argparse.Namespace, result: Reconciliation, until: datetime, end: datetime
+    args: argparse.Namespace,
+    result: Reconciliation,
+    until: datetime,
+    end: datetime,
+    *,
+    lagging: bool,
 ) -> None:
+    """The table (or the document), then what was left out and why: the last minutes, which
+    Stripe's summaries may not have yet (`lagging`), or the seconds after --until's minute."""
     left_out = end < until
     for note in result.notes:
         console.warn(note)
@@ -385,10 +393,13 @@ def _report(
                 if note:
                     console.line(f"    {note}")
     if left_out:
-        said = (
-            f"left out: events after {end:%Y-%m-%dT%H:%M:%SZ}: Stripe's summaries are eventually "
-            f"consistent (--settle-minutes {args.settle_minutes:g})"
+        why = (
+            "Stripe's summaries are eventually consistent "
+            f"(--settle-minutes {args.settle_minutes:g})"
+            if lagging
+            else "Stripe's summaries are by whole minutes (--until cut to its minute)"
         )
+        said = f"left out: events after {end:%Y-%m-%dT%H:%M:%SZ}: {why}"
         if args.output == "json":
             console.warn(said)
         else:
