@@ -407,6 +407,25 @@ def test_a_value_too_large_to_sum_fails_its_window_not_the_query(ledger: LedgerB
     assert (totals[("cus_huge", hour)].events, totals[("cus_huge", hour)].total) == (1, Decimal(0))
 
 
+def test_values_whose_sum_would_overflow_fail_their_window_not_the_query(
+    ledger: LedgerBucket,
+) -> None:
+    """Each of 26 digits fits DECIMAL(38, 12) alone, their sum does not: summed, it failed the
+    query for every customer (exit 3). Values of more than 20 digits add nothing; 20 do."""
+    big, fits = "9" * 26, "9" * 20
+    deliver(
+        ledger,
+        at(10, 5),
+        "req-1",
+        *[line(f"o-{n}", "cus_over", big, iso(at(10, 1)), at(10, 5)) for n in range(20)],
+        *[line(f"f-{n}", "cus_fits", fits, iso(at(10, 1)), at(10, 5)) for n in range(3)],
+    )
+    totals = queries(ledger).reconcile("api_requests", [], at(10), at(11), 3600)
+    hour = int(at(10).timestamp())
+    assert (totals[("cus_over", hour)].events, totals[("cus_over", hour)].total) == (20, 0)
+    assert totals[("cus_fits", hour)].total == 3 * Decimal(fits)
+
+
 def test_reconcile_takes_a_cut_window_and_chosen_customers(ledger: LedgerBucket) -> None:
     deliver(
         ledger,

@@ -288,7 +288,7 @@ windowed AS (
   WHERE event_epoch >= {start} AND event_epoch < {end}
 )
 SELECT customer, window_start, count(CASE WHEN counts THEN 1 END) AS events,
-       sum(CASE WHEN counts THEN TRY_CAST(value AS DECIMAL(38, 12)) END) AS total,
+       sum(CASE WHEN counts THEN TRY_CAST(value AS DECIMAL(32, 12)) END) AS total,
        min(CASE WHEN counts AND newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END)
          AS last_value,
        max(CASE WHEN counts AND newest = 1 THEN TRY_CAST(value AS DECIMAL(38, 12)) END)
@@ -324,8 +324,9 @@ def reconcile(
     the latest such cancel). A window's last value is its newest event's (by timestamp, then
     delivery); events that tie on both (one invocation's, sent in concurrent calls) give the
     lowest and highest of their values and how many differ, since Stripe's order among them is
-    unknown. A value beyond DECIMAL(38, 12) (26 digits before the point) adds nothing, so its
-    window disagrees with Stripe's, rather than failing every window's query. Events of the
+    unknown. A value beyond DECIMAL(32, 12) (20 digits before the point) adds nothing to a sum,
+    so its window disagrees with Stripe's, rather than failing every window's query: a sum is
+    DECIMAL(38, 12), so a million such values of a window still fit. Events of the
     windows are delivered from 5 minutes before `start` (Stripe's future limit) until `now`:
     those partitions are read."""
     chosen = list(customers)
