@@ -133,6 +133,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "eventbridge": _eventbridge,
     "delivery_attempts": _count(1),
     "delivery_backoff_s": _number(0),
+    "summaries_lag_s": _number(0),
 }
 
 
@@ -154,6 +155,9 @@ class Settings:
     eventbridge: EventBridgeDestination | None = None
     delivery_attempts: int = 4
     delivery_backoff_s: float = 0.25  # before the 2nd attempt, doubling after each
+    # how long after its arrival an event shows in meter event summaries (Stripe aggregates
+    # asynchronously: its summaries are eventually consistent); 0: at once
+    summaries_lag_s: float = 0.0
 
     NAMES: ClassVar[frozenset[str]] = frozenset(_CHECKS)
 

@@ -754,13 +754,17 @@ class EmulatorState:
         timestamp in [start, end), in arrival order: no duplicate, no cancelled event, none
         rejected asynchronously. A meter has the events received while it was active
         (Meter.counts_received_at): a meter made for the event name of one deactivated before it
-        has none of the older one's."""
+        has none of the older one's. Events received in the last `summaries_lag_s` are not
+        in yet (Stripe's summaries lag its stream)."""
         self.drain()
         name, customer_key, value_key = meter.event_name, meter.customer_key, meter.value_key
+        shown_until = self.clock.now() - self.settings.summaries_lag_s
         rows: list[tuple[float, str]] = []
         with self._lock:
             for batch in self._batches:
-                if not meter.counts_received_at(batch.received_at):
+                if batch.received_at > shown_until or not meter.counts_received_at(
+                    batch.received_at
+                ):
                     continue
                 names, payloads, timestamps = batch.names, batch.payloads, batch.timestamps
                 for index, status in enumerate(batch.statuses):

@@ -190,6 +190,28 @@ def test_reconcile_leaves_out_the_last_minutes_and_says_so(
     assert "eventually consistent" not in out
 
 
+def test_a_backlog_stripe_has_not_summarised_yet_is_unsettled_until_it_has(
+    ledger: Relay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Against an emulator whose summaries lag its stream by 10 minutes, as Stripe's may: old-
+    stamped events delivered just now (a backlog) are in the ledger and not yet in Stripe's
+    summaries. By default their window is unsettled (exit 0); compared at once it would be a
+    false mismatch; once Stripe has them, it agrees."""
+    ledger.emulator.configure(summaries_lag_s=600)
+    forward(ledger, [usage("late-1", "cus_l", "9", 15)], ["m-late"])
+
+    code, waiting = reconcile(capsys)
+    assert (code, waiting["mismatches"]) == (0, [])
+    assert waiting["unsettled"] == [{"customer": "cus_l", "start": at(0), "end": at(60)}]
+    code, hasty = reconcile(capsys, "--settle-minutes", "0")
+    assert (code, mismatches(hasty)) == (1, {("cus_l", at(0), "9", "0")})
+
+    ledger.emulator.configure(summaries_lag_s=0)  # Stripe has caught up
+    code, caught_up = reconcile(capsys)
+    assert (code, caught_up["mismatches"], caught_up["unsettled"]) == (0, [], [])
+    assert caught_up["compared"] == 1
+
+
 def test_reconcile_refuses_what_it_cannot_do_in_one_line(
     ledger: Relay, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
