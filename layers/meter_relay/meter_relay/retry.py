@@ -91,6 +91,10 @@ class RateLimit:
         self._sleep = sleep
         self._clock = clock
 
+    def delay(self) -> float:
+        """Seconds until the next operation may start (what `wait` would sleep)."""
+        return max(0.0, self._next - self._clock()) if self._interval else 0.0
+
     def wait(self) -> None:
         if not self._interval:
             return

@@ -155,7 +155,8 @@ def cancel(
     now = datetime.now(UTC)
     limit = rate or RateLimit(None)
     for target in targets:
-        if remaining is not None and remaining() < 2 * TOOLS_RETRY.request_timeout:
+        wait = 0.0 if api is None else limit.delay()  # a dry run sends nothing to pace
+        if remaining is not None and remaining() - wait < 2 * TOOLS_RETRY.request_timeout:
             return audit, False
         late = target.first_seen is not None and now - target.first_seen > CANCEL_WINDOW
         if api is None:

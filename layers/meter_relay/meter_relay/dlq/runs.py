@@ -178,9 +178,10 @@ class Pass:
     skip: frozenset[str] = frozenset()
     reserve: float = SETTLE_SECONDS + MIN_ATTEMPT_SECONDS
 
-    def in_time(self, summary: RunSummary) -> bool:
-        """Whether there is time for one more message; if not, the pass says it stopped."""
-        if self.remaining is not None and self.remaining() < self.reserve:
+    def in_time(self, summary: RunSummary, after: float = 0.0) -> bool:
+        """Whether there is time for one more message (`after` a wait for the rate limit); if
+        not, the pass says it stopped."""
+        if self.remaining is not None and self.remaining() - after < self.reserve:
             summary.stopped = summary.stopped or Stop.TIME
             return False
         return True
@@ -200,7 +201,7 @@ class Pass:
             for window in windows:
                 taken = []
                 for message in window:
-                    if not self.in_time(summary):
+                    if not self.in_time(summary, after=limit.delay()):
                         break
                     limit.wait()
                     taken.append(message)

@@ -15,9 +15,9 @@ from meter_relay.dlq.cancel import (
     targets_from_file,
 )
 from meter_relay.dlq.selection import Filters
-from meter_relay.retry import TOOLS_RETRY
+from meter_relay.retry import TOOLS_RETRY, RateLimit
 from meter_relay.stripe_client import Kind, StripeAnswer
-from tests.fakes import StubCancelApi, StubSqs, answer, api_messages, sqs_message
+from tests.fakes import FakeClock, StubCancelApi, StubSqs, answer, api_messages, sqs_message
 from tests.unit.relay.dlq.builders import MID, reader
 
 
@@ -45,6 +45,24 @@ def test_cancel_gives_up_after_the_attempts_and_says_failed() -> None:
     audit, _ = cancel(api, [CancelTarget("evt-2", "api_requests")], sleep=lambda _: None)
     assert [line.status for line in audit] == [AuditStatus.FAILED]
     assert api.calls == TOOLS_RETRY.max_attempts
+
+
+def test_a_rate_slower_than_the_time_left_stops_the_cancels_in_time() -> None:
+    """At 1 cancel in 20 s with 30 s left, the second would start past the deadline (the
+    function killed mid-run, its audit never returned): the run stops after the first."""
+    clock = FakeClock()
+    done = StripeAnswer(Kind.OK, 200, body={"id": "mtradj_1", "status": "pending"})
+    api = StubCancelApi([done, done])
+    deadline = clock.monotonic() + 30
+    audit, complete = cancel(
+        api,
+        [CancelTarget("r-1", "api_requests"), CancelTarget("r-2", "api_requests")],
+        rate=RateLimit(0.05, sleep=clock.sleep, clock=clock.monotonic),
+        remaining=lambda: deadline - clock.monotonic(),
+    )
+    assert (api.cancelled, complete) == (["r-1"], False)
+    assert [line.identifier for line in audit] == ["r-1"]
+    assert clock.sleeps == []  # no wait begun that could not end in time
 
 
 def test_a_dry_run_sends_nothing_and_names_what_is_past_the_window() -> None:

@@ -33,7 +33,7 @@ from meter_relay.dlq.resend import UsageQueue
 from meter_relay.dlq.runs import Action, Outcome, RunSummary, Stop
 from meter_relay.dlq.selection import Filters, Fix
 from meter_relay.events import Rejection, format_timestamp
-from meter_relay.retry import TOOLS_RETRY
+from meter_relay.retry import TOOLS_RETRY, RateLimit
 from meter_relay.stripe_client import Kind, StripeAnswer
 from tests.fakes import (
     MAX_SQS_MESSAGE_BYTES,
@@ -506,6 +506,21 @@ def fake_dlq(limit: int) -> FakeSqs:
     sqs.create_queue(DLQ_URL)
     sqs.create_queue(USAGE_URL)
     return sqs
+
+
+def test_a_rate_slower_than_the_time_left_stops_the_pass_before_its_wait() -> None:
+    """At 1 message in 20 s with 15 s left, the second message's turn comes past the deadline
+    (the function would be killed in its wait, answering nothing): the pass stops for time
+    after the first, and sleeps no wait that could not end in time."""
+    clock = FakeClock()
+    deadline = clock.monotonic() + 15
+    bodies = [json.dumps(api_event(str(n + 1), identifier=f"r-{n}")) for n in range(2)]
+    sqs = StubSqs([[sqs_message(b, f"m{n}", sent=recent(hours=1)) for n, b in enumerate(bodies)]])
+    replayer = queue_replayer(sqs, rate=RateLimit(0.05, sleep=clock.sleep, clock=clock.monotonic))
+    summary = replayer.replay(Filters(), remaining=lambda: deadline - clock.monotonic())
+    assert [o.message_id for o in summary.outcomes if o.action is Action.REPLAYED] == ["m0"]
+    assert summary.stopped is Stop.TIME
+    assert clock.sleeps == []
 
 
 def test_a_queue_larger_than_the_in_flight_limit_is_replayed_whole() -> None:
