@@ -87,6 +87,16 @@ def api_event(identifier: str | None, name: str = "api_requests", customer: str 
     return body
 
 
+def delivered_and_redriven(relay: Relay, identifiers: list[str]) -> None:
+    """Events the forwarder delivered whose messages are in the DLQ all the same (redriven)."""
+    relay.put_session()
+    with relay.forwarder() as forwarder:
+        delivered = forwarder.invoke(relay.sqs_event([api_event(i) for i in identifiers]))
+    assert delivered.result == {"batchItemFailures": []}
+    for identifier in identifiers:
+        put_redriven(relay, api_event(identifier))
+
+
 def dlq_codes(relay: Relay) -> dict[str, str]:
     """SourceMessageId (or messageId) -> ErrorCode of every DLQ message; they stay visible."""
     sqs = relay.aws.client("sqs")
@@ -236,6 +246,56 @@ def test_bad_input_is_refused_before_anything_happens(
     assert list(dlq_codes(relay).values()) == ["max_receive_count_exceeded"]
 
 
+def test_a_cancel_that_chooses_nothing_is_refused_and_cancels_nothing(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    """Stripe cannot undo a cancel, and the function asks no one: an input that names no
+    event (empty, a stray event_name, an unset variable's empty customer, identifiers beside
+    filters) is refused; every delivered event of the DLQ only with "all": true."""
+    identifiers = ["c-0", "c-1"]
+    delivered_and_redriven(relay, identifiers)
+
+    refused = {
+        "{}": ({}, "a cancel chooses nothing by default"),
+        "event_name": ({"event_name": "api_requests"}, "a cancel chooses nothing by default"),
+        "empty filters": ({"filters": {}}, "a cancel chooses nothing by default"),
+        "empty customer": ({"filters": {"customer": ""}}, "customer is a text or a list"),
+        "both": (
+            {"identifiers": ["c-0"], "event_name": "api_requests", "filters": {"customer": "x"}},
+            "identifiers and filters are two ways to choose: give one",
+        ),
+        "all not true": ({"all": "yes"}, "all is true or false"),
+    }
+    for name, (event, said) in refused.items():
+        answer = tools[CANCEL].invoke(event)
+        assert answer.error is not None, name
+        assert said in answer.error["errorMessage"], name
+    assert relay.emulator.requests(endpoint="adjustments") == []
+
+    listed = invoke(tools[CANCEL], {"all": True, "dry_run": True})
+    assert sorted(a["identifier"] for a in listed["audit"]) == identifiers
+    assert {a["status"] for a in listed["audit"]} == {"would_cancel"}
+
+
+def test_a_dry_run_cancel_with_max_goes_through_with_next(
+    relay: Relay, tools: dict[str, LambdaFunction]
+) -> None:
+    """Each call of a dry run lists the next `max`: its `next` skips what it listed."""
+    for n in range(3):
+        put_redriven(relay, api_event(f"d-{n}"))
+    event: dict[str, Any] = {"filters": {"max": 1}, "all": True, "dry_run": True}
+    listed = []
+    for _ in range(5):
+        result = invoke(tools[CANCEL], event)
+        listed += [a["identifier"] for a in result["audit"]]
+        if result["complete"]:
+            break
+        event = result["next"]
+    assert sorted(listed) == ["d-0", "d-1", "d-2"]  # each once, then complete
+    assert result["complete"] is True
+    assert relay.emulator.requests(endpoint="adjustments") == []
+
+
 # ----- the Lambda deadline ----------------------------------------------------------------------
 
 
@@ -317,12 +377,7 @@ def test_cancel_by_filters_stops_at_max_and_its_next_input_continues_without_can
     relay: Relay, tools: dict[str, LambdaFunction]
 ) -> None:
     identifiers = [f"k-{n}" for n in range(7)]
-    relay.put_session()
-    with relay.forwarder() as forwarder:  # delivered, yet their messages were redriven
-        delivered = forwarder.invoke(relay.sqs_event([api_event(i) for i in identifiers]))
-    assert delivered.result == {"batchItemFailures": []}
-    for identifier in identifiers:
-        put_redriven(relay, api_event(identifier))
+    delivered_and_redriven(relay, identifiers)
 
     event: dict[str, Any] = {"filters": {"code": ["max_receive_count_exceeded"], "max": 3}}
     calls = []
@@ -422,8 +477,9 @@ def test_a_dry_run_too_long_for_one_call_goes_on_with_next(
     ids = [put_redriven(relay, api_event(None, customer=f"cus_{n}")) for n in range(9)]
     event: dict[str, Any] = {"dry_run": True, "rate": 1}
     seen: list[str] = []
-    for _ in range(5):
-        result = invoke(tools[REPLAY], event, timeout=13)  # about two messages a call
+    for _ in range(10):
+        # a message or two a call: none begun whose rate-limit wait would eat the reserve
+        result = invoke(tools[REPLAY], event, timeout=13)
         seen += [o["message_id"] for o in result["outcomes"]]
         if result["complete"]:
             break
@@ -439,12 +495,7 @@ def test_a_cancel_out_of_time_continues_with_next_and_cancels_nothing_twice(
     relay: Relay, tools: dict[str, LambdaFunction]
 ) -> None:
     identifiers = [f"t-{n}" for n in range(5)]
-    relay.put_session()
-    with relay.forwarder() as forwarder:  # delivered, yet their messages were redriven
-        delivered = forwarder.invoke(relay.sqs_event([api_event(i) for i in identifiers]))
-    assert delivered.result == {"batchItemFailures": []}
-    for identifier in identifiers:
-        put_redriven(relay, api_event(identifier))
+    delivered_and_redriven(relay, identifiers)
     relay.emulator.set_faults("adjustments", latency_ms=1500)
 
     event: dict[str, Any] = {"filters": {"code": ["max_receive_count_exceeded"]}}

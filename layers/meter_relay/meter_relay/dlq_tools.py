@@ -12,6 +12,7 @@ the input of the call that continues it. Invoking again with `next` does nothing
              "skip_messages": ["message id", ...]}
     cancel: {"identifiers": ["..."], "event_name": "...", "dry_run": false, "rate": 10}
             or {"filters": {...}, "skip": ["identifier", ...], "dry_run": false}
+            (filters that narrow, or "all": true: a cancel never chooses everything by default)
 
 What a replay sent has left the DLQ; its `next` adds to `skip_messages` the messages it left
 there as they were (nothing in them could be sent, or a dry run), so the next call goes on
@@ -30,6 +31,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from meter_relay.config import ToolsConfig
 from meter_relay.dlq.cancel import AuditLine, CancelTarget, cancel, record, targets_from_dlq
+from meter_relay.dlq.delivered import LEDGER_UNREADABLE
 from meter_relay.dlq.replay import OUT_OF_TIME, UNANSWERED_IN_TIME, Replayer, Resend
 from meter_relay.dlq.runs import Outcome, RunSummary
 from meter_relay.dlq.selection import Filters, Fix
@@ -40,7 +42,12 @@ from meter_relay.retry import SETTLE_SECONDS, RateLimit
 DEADLINE_MARGIN_SECONDS = 5.0
 MAX_OUTCOMES = 1000  # in an answer (Lambda's 6 MB): those that stay first; every one is logged
 _KNOWN_REPLAY = {"filters", "via", "fix", "dry_run", "rate", "skip_messages"}
-_KNOWN_CANCEL = {"filters", "identifiers", "event_name", "skip", "dry_run", "rate"}
+_KNOWN_CANCEL = {"filters", "identifiers", "event_name", "skip", "dry_run", "rate", "all"}
+NOTHING_CHOSEN = (
+    "a cancel chooses nothing by default: give identifiers (with event_name), or filters "
+    "(code, event_name, customer, since, until); to cancel every delivered event of the "
+    'letters in the DLQ, add "all": true'
+)
 
 
 @functools.cache
@@ -119,8 +126,12 @@ def replay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 def _left_as_it_was(outcome: Outcome) -> bool:
     """A message a replay handled that is still in the DLQ as it was, and that another call
-    would handle the same way (not one the time ran out on: that one the next call sends)."""
+    would handle the same way: not one the time ran out on, nor one kept whole because AWS
+    failed (the ledger's query too slow or refused, a write to SQS): the next call tries those
+    again."""
     if not (outcome.action.stays or outcome.action.value.startswith("would_")):
+        return False
+    if outcome.code == LEDGER_UNREADABLE:  # aws_error: whatever AWS call failed, it may pass
         return False
     return not any(e["detail"] in (OUT_OF_TIME, UNANSWERED_IN_TIME) for e in outcome.kept_events)
 
@@ -143,6 +154,8 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
     kit = _toolkit()
     scanned_all = True
     if event.get("identifiers") is not None:
+        if event.get("filters") is not None or event.get("all") is not None:
+            raise ValueError("identifiers and filters are two ways to choose: give one")
         name = event.get("event_name")
         identifiers = _strings(event, "identifiers")
         if not isinstance(name, str) or not name:
@@ -150,6 +163,11 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
         targets = [CancelTarget(i, name) for i in dict.fromkeys(identifiers) if i not in skip]
     else:
         filters = Filters.from_dict(event.get("filters") or {})
+        everything = event.get("all", False)
+        if not isinstance(everything, bool):
+            raise ValueError(f"all is true or false, not {everything!r}")
+        if not (filters.given or everything):  # Stripe cannot undo a cancel: never by default
+            raise ValueError(NOTHING_CHOSEN)
         # keep half of the time for the cancels themselves
         targets, scanned_all = targets_from_dlq(
             kit.reader(),
@@ -182,17 +200,18 @@ def _cancel_next(
     event: dict[str, Any], skip: list[str], targets: list[CancelTarget], audit: list[AuditLine]
 ) -> dict[str, Any]:
     """What is left, and the input of the call that continues: nothing handled here (audited)
-    is cancelled again."""
-    done = {(line.identifier, line.event_name) for line in audit if line.status.settled}
+    is cancelled again, and a dry run's next call lists the next ones."""
+    dry_run = bool(event.get("dry_run"))
+    handled_here = [line for line in audit if line.status.settled or dry_run]
+    done = {(line.identifier, line.event_name) for line in handled_here}
     left = [t for t in targets if (t.identifier, t.event_name) not in done]
-    options: dict[str, Any] = {k: event[k] for k in ("dry_run", "rate") if k in event}
+    options: dict[str, Any] = {k: event[k] for k in ("dry_run", "rate", "all") if k in event}
     following: dict[str, Any]
     if event.get("identifiers") is not None:
         ids = [t.identifier for t in left]
         following = {"identifiers": ids, "event_name": event["event_name"], **options}
     else:
-        settled = (line.identifier for line in audit if line.status.settled)
-        handled = list(dict.fromkeys([*skip, *settled]))
+        handled = list(dict.fromkeys([*skip, *(line.identifier for line in handled_here)]))
         following = {"filters": event.get("filters") or {}, "skip": handled, **options}
     return {
         "remaining": [{"identifier": t.identifier, "event_name": t.event_name} for t in left],

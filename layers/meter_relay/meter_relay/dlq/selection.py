@@ -96,8 +96,18 @@ class Filters:
             raise ValueError("filters is a JSON object")
 
         def names(key: str) -> set[str]:
-            value = data.get(key) or []
-            return {value} if isinstance(value, str) else {str(v) for v in value}
+            value = data.get(key)
+            if value is None:
+                return set()
+            values = [value] if isinstance(value, str) else value
+            if (
+                not isinstance(values, list)
+                or not values
+                or not all(isinstance(v, str) and v for v in values)
+            ):
+                # an empty text or list (an unset variable) would choose everything
+                raise ValueError(f"{key} is a text or a list of texts, none empty, not {value!r}")
+            return set(values)
 
         def moment(key: str) -> datetime | None:
             text = data.get(key)

@@ -118,6 +118,11 @@ def test_filters_from_the_lambda_input() -> None:
         ({"max": 2.5}, "max is a whole number above 0"),
         ({"max": True}, "max is a whole number above 0"),
         ([], "filters is a JSON object"),
+        ({"customer": ""}, "customer is a text or a list of texts, none empty, not ''"),
+        ({"customer": []}, "customer is a text or a list of texts, none empty"),
+        ({"code": 5}, "code is a text or a list of texts, none empty, not 5"),
+        ({"customer": {"cus_a": 1}}, "customer is a text or a list of texts"),
+        ({"event_name": ["api_requests", ""]}, "event_name is a text or a list of texts"),
     ],
 )
 def test_filters_refuse_unknown_keys_and_bad_dates(data: Any, message: str) -> None:
