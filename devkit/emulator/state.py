@@ -239,6 +239,9 @@ class EmulatorState:
         self._errors: list[ErrorReport] = []
         self._error_windows = ErrorWindows()
         self._adjustments: list[Adjustment] = []
+        # Idempotency-Key -> (the request, the first answer, when): Stripe answers a request
+        # again under its key as it answered it first, within 24 hours
+        self._idempotent: dict[str, tuple[tuple[str, str], dict[str, Any], float]] = {}
         self.thin_events.clear()
 
     def reset(self, *, meters: bool = False) -> None:
@@ -682,6 +685,27 @@ class EmulatorState:
             self._adjustments.append(adjustment)
         self._backlog.append(functools.partial(self._apply_cancel, adjustment, batch, index))
         return adjustment
+
+    def cancel_once(self, key: str, event_name: str, identifier: str) -> dict[str, Any]:
+        """A cancel under an Idempotency-Key: the same key and request within 24 hours get
+        the first answer again (a retry after a lost answer is not refused as a second
+        cancel); another request under the key is refused, as at Stripe."""
+        with self._lock:
+            seen = self._idempotent.get(key)
+        if seen is not None and self.clock.now() - seen[2] < DAY:
+            if seen[0] != (event_name, identifier):
+                raise ApiError(
+                    400,
+                    "idempotency_error",
+                    "Keys for idempotent requests can only be used with the same parameters "
+                    "they were first used with.",
+                    error_type="idempotency_error",
+                )
+            return seen[1]
+        answer = self.cancel(event_name, identifier).to_api()
+        with self._lock:
+            self._idempotent[key] = ((event_name, identifier), answer, self.clock.now())
+        return answer
 
     def _apply_cancel(self, adjustment: Adjustment, batch: _Batch, index: int) -> None:
         with self._lock:

@@ -279,6 +279,9 @@ class StripeApi:
                 "invalid_cancel_configuration",
                 "An adjustment needs type 'cancel', an event_name and cancel.identifier.",
             )
+        key = request.headers.get("idempotency-key")
+        if key:
+            return json_response(200, self.state.cancel_once(key, event_name, identifier))
         return json_response(200, self.state.cancel(event_name, identifier).to_api())
 
     # ----- v2 core events ------------------------------------------------------------------

@@ -23,6 +23,7 @@ from meter_relay.stripe_client import (
     StripeApi,
     StripeHttp,
     _retry_after,
+    cancel_key,
     classify,
 )
 
@@ -240,6 +241,33 @@ def test_a_timeout_is_transient_without_a_status(client: Client) -> None:
     answer = client.send(token, good_events(), timeout=0.1)
     assert (answer.kind, answer.status) == (Kind.TRANSIENT, 0)
     assert answer.message == "timed out after 0.1s"
+
+
+def test_a_cancel_retried_after_its_answer_was_lost_gets_stripes_first_answer(
+    client: Client,
+) -> None:
+    """Stripe applied the cancel, the connection dropped before its answer: the retry, under
+    the same Idempotency-Key, gets that answer (the adjustment's id, for the ledger), not a
+    refusal as a second cancel. Another event's cancel has a key of its own."""
+    events = good_events(2)
+    assert client.send(client.token(), events).kind is Kind.OK
+    assert client.emulator.identifiers()[events[0]["identifier"]]["counted"] == 1
+    identifier = events[0]["identifier"]
+    client.emulator.set_faults("adjustments", drop_after_rate=1.0)
+    lost = client.keep(client.api.cancel_meter_event("api_requests", identifier, TIMEOUT))
+    assert (lost.kind, lost.status) == (Kind.TRANSIENT, 0)
+    client.emulator.set_faults("adjustments")
+    (applied,) = client.emulator.adjustments()
+    again = client.keep(client.api.cancel_meter_event("api_requests", identifier, TIMEOUT))
+    assert (again.kind, (again.body or {}).get("id")) == (Kind.OK, applied["id"])
+    other = client.keep(
+        client.api.cancel_meter_event("api_requests", events[1]["identifier"], TIMEOUT)
+    )
+    assert other.kind is Kind.OK
+    assert len(client.emulator.adjustments()) == 2
+    sent = client.emulator.requests(endpoint="adjustments")
+    keys = [r.get("headers", {}).get("idempotency-key") for r in sent]
+    assert keys[0] == keys[1] == cancel_key("api_requests", identifier) != keys[2]
 
 
 def test_nothing_listening_is_transient() -> None:

@@ -8,6 +8,7 @@ message or an exception.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import os
 import time
@@ -168,9 +169,20 @@ class StripeHttp:
         self._base_path = urlsplit(self.base_url).path  # a gateway's prefix, if any
         self._headers: dict[str, str] = {}
 
-    def post_json(self, path: str, credential: str, body: Any, timeout: float) -> StripeAnswer:
+    def post_json(
+        self,
+        path: str,
+        credential: str,
+        body: Any,
+        timeout: float,
+        *,
+        idempotency_key: str | None = None,
+    ) -> StripeAnswer:
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        return self._send("POST", path, _headers(credential, data), data, timeout)
+        headers = _headers(credential, data)
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        return self._send("POST", path, headers, data, timeout)
 
     def post_pooled(self, path: str, credential: str, data: bytes, timeout: float) -> StripeAnswer:
         """A JSON body, already encoded, straight through the session's connection pool, for
@@ -315,6 +327,12 @@ def _about_the_events(answer: StripeAnswer) -> bool:
     return param is None or param == "events" or param.startswith("events[")
 
 
+def cancel_key(event_name: str, identifier: str) -> str:
+    """The Idempotency-Key of the cancel of one event: the same on every attempt, every run."""
+    digest = hashlib.sha256(f"{event_name}\0{identifier}".encode()).hexdigest()
+    return f"meter-relay-cancel-{digest[:40]}"
+
+
 class MeterEventStream:
     """POST /v2/billing/meter_event_stream on the meter events host, with a session token."""
 
@@ -372,7 +390,14 @@ class StripeApi:
         return self.http.post_json("/v2/billing/meter_events", self._secret_key, event, timeout)
 
     def cancel_meter_event(self, event_name: str, identifier: str, timeout: float) -> StripeAnswer:
+        """A cancel, under an Idempotency-Key of its own event: a retry after an answer that
+        was lost (a timeout, a reset) gets Stripe's first answer, not a refusal as a second
+        cancel (which would go unrecorded in the ledger)."""
         body = {"event_name": event_name, "type": "cancel", "cancel": {"identifier": identifier}}
         return self.http.post_json(
-            "/v2/billing/meter_event_adjustments", self._secret_key, body, timeout
+            "/v2/billing/meter_event_adjustments",
+            self._secret_key,
+            body,
+            timeout,
+            idempotency_key=cancel_key(event_name, identifier),
         )

@@ -250,6 +250,21 @@ def test_cancelling_twice_is_refused(state: EmulatorState) -> None:
         state.cancel("api_requests", "a")
 
 
+def test_a_cancel_under_its_idempotency_key_answers_again_as_first(state: EmulatorState) -> None:
+    """Within 24 hours the same key and request get the first answer; the key with another
+    request is refused; after 24 hours the key is forgotten (and the cancel refused as the
+    second it is)."""
+    stream(state, event("a"), event("b"))
+    first = state.cancel_once("k-a", "api_requests", "a")
+    assert state.cancel_once("k-a", "api_requests", "a") == first
+    with pytest.raises(ApiError) as caught:
+        state.cancel_once("k-a", "api_requests", "b")
+    assert caught.value.code == "idempotency_error"
+    state.clock.advance(86_401)
+    with pytest.raises(ApiError, match="already cancelled"):
+        state.cancel_once("k-a", "api_requests", "a")
+
+
 def test_summaries_aggregate_by_formula_and_window(state: EmulatorState) -> None:
     hour = int(state.clock.now()) // 3600 * 3600 - 3 * 3600
     for i, (offset, value) in enumerate([(60, "2"), (120, "3"), (3600 + 5, "10")]):
