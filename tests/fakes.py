@@ -558,11 +558,15 @@ class StubCancelApi:
     def __init__(self, answers: list[StripeAnswer]) -> None:
         self.answers = answers
         self.cancelled: list[str] = []
+        self.keys: list[str | None] = []  # each call's Idempotency-Key
 
     @property
     def calls(self) -> int:
         return len(self.cancelled)
 
-    def cancel_meter_event(self, event_name: str, identifier: str, timeout: float) -> StripeAnswer:
+    def cancel_meter_event(
+        self, event_name: str, identifier: str, timeout: float, *, idempotency_key: str | None
+    ) -> StripeAnswer:
         self.cancelled.append(identifier)
+        self.keys.append(idempotency_key)
         return self.answers.pop(0)

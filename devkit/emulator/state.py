@@ -310,7 +310,8 @@ class EmulatorState:
             deactivated_at=now if status == "inactive" else None,
             event_time_window=spec.get("event_time_window"),
             active_from=-math.inf if at_start else moment,
-            inactive_since=moment if status == "inactive" else None,
+            # inactive from the start: it never counts (whatever the clock is set to)
+            inactive_since=(-math.inf if at_start else moment) if status == "inactive" else None,
         )
         self._meters[meter.id] = meter
         return meter

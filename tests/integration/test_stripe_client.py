@@ -253,21 +253,29 @@ def test_a_cancel_retried_after_its_answer_was_lost_gets_stripes_first_answer(
     assert client.send(client.token(), events).kind is Kind.OK
     assert client.emulator.identifiers()[events[0]["identifier"]]["counted"] == 1
     identifier = events[0]["identifier"]
+    key = cancel_key("run-1", "api_requests", identifier)
+
+    def cancel(identifier: str, key: str) -> StripeAnswer:
+        return client.keep(
+            client.api.cancel_meter_event("api_requests", identifier, TIMEOUT, idempotency_key=key)
+        )
+
     client.emulator.set_faults("adjustments", drop_after_rate=1.0)
-    lost = client.keep(client.api.cancel_meter_event("api_requests", identifier, TIMEOUT))
+    lost = cancel(identifier, key)
     assert (lost.kind, lost.status) == (Kind.TRANSIENT, 0)
     client.emulator.set_faults("adjustments")
     (applied,) = client.emulator.adjustments()
-    again = client.keep(client.api.cancel_meter_event("api_requests", identifier, TIMEOUT))
+    again = cancel(identifier, key)
     assert (again.kind, (again.body or {}).get("id")) == (Kind.OK, applied["id"])
-    other = client.keep(
-        client.api.cancel_meter_event("api_requests", events[1]["identifier"], TIMEOUT)
+    other = cancel(
+        events[1]["identifier"], cancel_key("run-1", "api_requests", events[1]["identifier"])
     )
     assert other.kind is Kind.OK
     assert len(client.emulator.adjustments()) == 2
     sent = client.emulator.requests(endpoint="adjustments")
     keys = [r.get("headers", {}).get("idempotency-key") for r in sent]
-    assert keys[0] == keys[1] == cancel_key("api_requests", identifier) != keys[2]
+    assert keys[0] == keys[1] == key != keys[2]
+    assert cancel_key("run-2", "api_requests", identifier) != key  # another run's own
 
 
 def test_nothing_listening_is_transient() -> None:

@@ -12,7 +12,8 @@ STRIPE_API_VERSION, STRIPE_MODE, METER_KEYS, VALUE_RULE) or the matching flags. 
 secret key is read from Secrets Manager only, never from a flag or the environment.
 
 Exit status: 0 done; 1 something stayed in the DLQ, failed, or was not seen; 2 usage or
-configuration (also: not confirmed); 3 AWS or Stripe could not be reached; 130 interrupted.
+configuration (also: not confirmed); 3 AWS or Stripe could not be reached; 4 an internal
+error; 130 interrupted.
 Errors are one line on stderr naming what to fix (--debug shows the traceback).
 """
 

@@ -9,7 +9,7 @@ the input of the call that continues it. Invoking again with `next` does nothing
     replay: {"filters": {"code": [...], "event_name": [...], "customer": [...],
                          "since": "...", "until": "...", "max": 100},
              "via": "queue" | "sync", "fix": {...}, "dry_run": false, "rate": 10,
-             "skip_messages": ["message id", ...]}
+             "skip_messages": ["message id", ...], "retried_messages": [...]}
     cancel: {"identifiers": ["..."], "event_name": "...", "dry_run": false, "rate": 10}
             or {"filters": {...}, "skip": ["identifier", ...], "dry_run": false}
             (filters that narrow, or "all": true: a cancel never chooses everything by default)
@@ -41,7 +41,7 @@ from meter_relay.retry import SETTLE_SECONDS, RateLimit
 
 DEADLINE_MARGIN_SECONDS = 5.0
 MAX_OUTCOMES = 1000  # in an answer (Lambda's 6 MB): those that stay first; every one is logged
-_KNOWN_REPLAY = {"filters", "via", "fix", "dry_run", "rate", "skip_messages"}
+_KNOWN_REPLAY = {"filters", "via", "fix", "dry_run", "rate", "skip_messages", "retried_messages"}
 _KNOWN_CANCEL = {"filters", "identifiers", "event_name", "skip", "dry_run", "rate", "all"}
 NOTHING_CHOSEN = (
     "a cancel chooses nothing by default: give identifiers (with event_name), or filters "
@@ -116,24 +116,45 @@ def replay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.info("dlq replay", extra=outcome.to_json())
     result = _answer(summary)
     if not summary.complete:
-        done = [o.message_id for o in summary.outcomes if _left_as_it_was(o)]
-        result["next"] = {**event, "skip_messages": list(dict.fromkeys([*skip, *done]))}
+        result["next"] = replay_next(event, summary.outcomes)
     logger.info(
         "dlq replay run", extra={"counts": result["counts"], "complete": result["complete"]}
     )
     return result
 
 
+def replay_next(event: dict[str, Any], outcomes: list[Outcome]) -> dict[str, Any]:
+    """The input of the call that continues a replay: the messages it left as they were are
+    skipped; one kept because AWS failed is tried again by the next call, once, and skipped
+    if it fails again (a chain whose driver follows `next` always ends)."""
+    skip = _strings(event, "skip_messages")
+    retried = set(_strings(event, "retried_messages"))
+    failed = [o.message_id for o in outcomes if _aws_failed(o)]
+    done = [o.message_id for o in outcomes if _left_as_it_was(o)]
+    done += [m for m in failed if m in retried]
+    following = {k: v for k, v in event.items() if k != "retried_messages"}
+    following["skip_messages"] = list(dict.fromkeys([*skip, *done]))
+    again = [m for m in failed if m not in retried]
+    if again:
+        following["retried_messages"] = again
+    return following
+
+
 def _left_as_it_was(outcome: Outcome) -> bool:
     """A message a replay handled that is still in the DLQ as it was, and that another call
     would handle the same way: not one the time ran out on, nor one kept whole because AWS
-    failed (the ledger's query too slow or refused, a write to SQS): the next call tries those
-    again."""
+    failed (`_aws_failed`: the next call tries those again)."""
     if not (outcome.action.stays or outcome.action.value.startswith("would_")):
         return False
-    if outcome.code == LEDGER_UNREADABLE:  # aws_error: whatever AWS call failed, it may pass
+    if _aws_failed(outcome):
         return False
     return not any(e["detail"] in (OUT_OF_TIME, UNANSWERED_IN_TIME) for e in outcome.kept_events)
+
+
+def _aws_failed(outcome: Outcome) -> bool:
+    """Kept whole because an AWS call failed (the ledger's query too slow or refused, a write
+    to SQS), which may pass: worth one more try."""
+    return outcome.action.stays and outcome.code == LEDGER_UNREADABLE
 
 
 def _answer(summary: RunSummary) -> dict[str, Any]:

@@ -319,17 +319,21 @@ def error_param(answer: StripeAnswer) -> str | None:
 def _about_the_events(answer: StripeAnswer) -> bool:
     """A 400 is the events' fault unless Stripe names a parameter outside them (a header, a
     field of the request itself), or it is not Stripe's answer at all (a proxy's or a
-    firewall's page: no `{"error": {"code": ...}}`), which says nothing of the events."""
+    firewall's page: no `{"error": {"type": ...}}`; Stripe's `code` may be null, its `type`
+    is always there), which says nothing of the events."""
     error = (answer.body or {}).get("error")
-    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+    if not isinstance(error, dict) or not (
+        isinstance(error.get("type"), str) or isinstance(error.get("code"), str)
+    ):
         return False
     param = error_param(answer)
     return param is None or param == "events" or param.startswith("events[")
 
 
-def cancel_key(event_name: str, identifier: str) -> str:
-    """The Idempotency-Key of the cancel of one event: the same on every attempt, every run."""
-    digest = hashlib.sha256(f"{event_name}\0{identifier}".encode()).hexdigest()
+def cancel_key(run: str, event_name: str, identifier: str) -> str:
+    """The Idempotency-Key of one run's cancel of one event: the same on each of its attempts,
+    not across runs (an identifier Stripe counted again after 24 hours is cancelled anew)."""
+    digest = hashlib.sha256(f"{run}\0{event_name}\0{identifier}".encode()).hexdigest()
     return f"meter-relay-cancel-{digest[:40]}"
 
 
@@ -389,15 +393,22 @@ class StripeApi:
     def create_meter_event(self, event: dict[str, Any], timeout: float) -> StripeAnswer:
         return self.http.post_json("/v2/billing/meter_events", self._secret_key, event, timeout)
 
-    def cancel_meter_event(self, event_name: str, identifier: str, timeout: float) -> StripeAnswer:
-        """A cancel, under an Idempotency-Key of its own event: a retry after an answer that
-        was lost (a timeout, a reset) gets Stripe's first answer, not a refusal as a second
-        cancel (which would go unrecorded in the ledger)."""
+    def cancel_meter_event(
+        self,
+        event_name: str,
+        identifier: str,
+        timeout: float,
+        *,
+        idempotency_key: str | None = None,
+    ) -> StripeAnswer:
+        """A cancel; under an Idempotency-Key (cancel_key), a retry after an answer that was
+        lost (a timeout, a reset) gets Stripe's first answer, not a refusal as a second cancel
+        (which would go unrecorded in the ledger)."""
         body = {"event_name": event_name, "type": "cancel", "cancel": {"identifier": identifier}}
         return self.http.post_json(
             "/v2/billing/meter_event_adjustments",
             self._secret_key,
             body,
             timeout,
-            idempotency_key=cancel_key(event_name, identifier),
+            idempotency_key=idempotency_key,
         )

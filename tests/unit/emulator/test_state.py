@@ -332,6 +332,12 @@ def test_a_meter_given_at_start_counts_events_whenever_they_arrive(state: Emulat
     query = SummaryQuery("cus_1", hour, hour + 3600, None)
     [summary] = state.summaries(state.get_meter("mtr_api"), query)
     assert summary["aggregated_value"] == 4.0
+    # one given inactive counts nothing, however far back the clock goes; its successor does
+    state.load_meters([{"id": "mtr_new", "event_name": "legacy"}])
+    stream(state, event("legacy-1", value="4", name="legacy"), at=float(hour + 60))
+    [old] = state.summaries(state.get_meter("mtr_old"), query)
+    [new] = state.summaries(state.get_meter("mtr_new"), query)
+    assert (old["aggregated_value"], new["aggregated_value"]) == (0.0, 4.0)
 
 
 def test_sessions_expire_after_their_ttl(state: EmulatorState) -> None:

@@ -256,6 +256,19 @@ def test_a_400_that_is_not_stripes_answer_is_retried_not_blamed_on_the_events(
     assert len(stream.calls) == 1
 
 
+def test_a_stripe_400_whose_code_is_null_is_still_the_events() -> None:
+    """Stripe's error `code` may be null; its `type` is always there: still Stripe's answer."""
+    body = {"error": {"type": "invalid_request_error", "code": None, "message": "bad event"}}
+    refused = StripeAnswer(Kind.REJECTED, 400, None, "bad event", body=body)
+
+    class Http:
+        def post_pooled(self, *args: Any) -> StripeAnswer:
+            return refused
+
+    stream = MeterEventStream(cast("StripeHttp", Http()))
+    assert stream.send("token", [], 1.0).kind is Kind.REJECTED
+
+
 def test_an_expired_session_is_replaced_and_the_call_sent_again() -> None:
     def answer(token: str, events: Sequence[MeterEvent]) -> StripeAnswer:
         if token == "token_1":

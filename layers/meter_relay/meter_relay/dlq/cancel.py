@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from meter_relay.ledger_store import (
     record_cancellations,
 )
 from meter_relay.retry import TOOLS_RETRY, Jitter, RateLimit, with_retries
-from meter_relay.stripe_client import Kind, StripeAnswer
+from meter_relay.stripe_client import Kind, StripeAnswer, cancel_key
 
 CANCEL_WINDOW = timedelta(hours=24)
 
@@ -38,7 +39,7 @@ class AdjustmentsApi(Protocol):
     """Stripe's meter event adjustments (StripeApi has it)."""
 
     def cancel_meter_event(
-        self, event_name: str, identifier: str, timeout: float
+        self, event_name: str, identifier: str, timeout: float, *, idempotency_key: str | None
     ) -> StripeAnswer: ...
 
 
@@ -154,6 +155,7 @@ def cancel(
     audit: list[AuditLine] = []
     now = datetime.now(UTC)
     limit = rate or RateLimit(None)
+    run = uuid.uuid4().hex  # each cancel's attempts share its Idempotency-Key, not other runs
     for target in targets:
         wait = 0.0 if api is None else limit.delay()  # a dry run sends nothing to pace
         if remaining is not None and remaining() - wait < 2 * TOOLS_RETRY.request_timeout:
@@ -164,7 +166,12 @@ def cancel(
             line = AuditLine(target.identifier, target.event_name, status)
         else:
             limit.wait()
-            call = functools.partial(api.cancel_meter_event, target.event_name, target.identifier)
+            call = functools.partial(
+                api.cancel_meter_event,
+                target.event_name,
+                target.identifier,
+                idempotency_key=cancel_key(run, target.event_name, target.identifier),
+            )
             answer = with_retries(call, sleep=sleep, jitter=jitter, remaining=remaining)
             if answer is None:  # out of time before an answer: this one is not done
                 return audit, False

@@ -40,6 +40,21 @@ def test_cancel_retries_429_and_5xx_before_reporting() -> None:
     assert sleeps[0] == 2.0  # Retry-After honoured
 
 
+def test_a_cancels_attempts_share_its_idempotency_key_and_nothing_else_does() -> None:
+    """A retry after a lost answer gets Stripe's first answer; another event's cancel, or
+    another run's (an identifier Stripe counted again after 24 hours), is a cancel of its own."""
+    done = StripeAnswer(Kind.OK, 200, body={"id": "mtradj_1", "status": "pending"})
+    api = StubCancelApi([answer(503), done, done, done])
+    targets = [CancelTarget("evt-1", "api_requests"), CancelTarget("evt-2", "api_requests")]
+    cancel(api, targets, sleep=lambda _: None, jitter=lambda low, high: 0.0)
+    first, retried, other = api.keys
+    assert first == retried != other
+    assert first is not None
+    assert first.startswith("meter-relay-cancel-")
+    cancel(api, targets[:1], sleep=lambda _: None)
+    assert api.keys[-1] not in (first, other)
+
+
 def test_cancel_gives_up_after_the_attempts_and_says_failed() -> None:
     api = StubCancelApi([answer(503)] * TOOLS_RETRY.max_attempts)
     audit, _ = cancel(api, [CancelTarget("evt-2", "api_requests")], sleep=lambda _: None)
