@@ -434,12 +434,12 @@ def test_a_cancel_run_interrupted_records_what_stripe_took(
     calls: list[str] = []
 
     def interrupted_on_the_second(
-        self: StripeApi, event_name: str, identifier: str, timeout: float
+        self: StripeApi, event_name: str, identifier: str, timeout: float, **options: Any
     ) -> Any:
         calls.append(identifier)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return cancel_at(self, event_name, identifier, timeout)
+        return cancel_at(self, event_name, identifier, timeout, **options)
 
     monkeypatch.setattr(StripeApi, "cancel_meter_event", interrupted_on_the_second)
     code, _ = cancel(capsys, tmp_path, "i-1", "i-2")
