@@ -234,6 +234,9 @@ def test_bad_input_is_refused_before_anything_happens(
     bad_rate = tools[REPLAY].invoke({"rate": "fast"})
     assert bad_rate.error is not None
     assert "rate is a positive number" in bad_rate.error["errorMessage"]
+    bad_retried = tools[REPLAY].invoke({"retried_messages": "m-1"})
+    assert bad_retried.error is not None
+    assert "retried_messages is a list" in bad_retried.error["errorMessage"]
     bad_max = tools[REPLAY].invoke({"filters": {"max": 0}})
     assert bad_max.error is not None
     assert "max is a whole number above 0, not 0" in bad_max.error["errorMessage"]

@@ -101,6 +101,7 @@ def replay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     fix = Fix.from_dict(event.get("fix") or {})
     rate = RateLimit(_rate(event))
     skip = _strings(event, "skip_messages")
+    _strings(event, "retried_messages")  # checked now: replay_next reads it after the work
     kit = _toolkit()
     replayer = Replayer(
         kit.reader(),
