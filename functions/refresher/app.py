@@ -1,7 +1,8 @@
 """Scheduled refresher: keeps the meter event session token in SSM fresh.
 
 Invoked by EventBridge Scheduler (`{}`), by an operator (`{"force": true}`) or by the
-forwarder when Stripe refused the stored token (`{"replace_session_id": "..."}`).
+forwarder when its stored session went stale or Stripe refused it (`{"session_only": true,
+"replace_session_id": "..."}`: the meter catalog is left to the schedule).
 """
 
 from __future__ import annotations

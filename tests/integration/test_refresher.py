@@ -12,6 +12,7 @@ import requests
 
 from devkit.harness import Invocation
 from meter_relay.refresher import SECRET_PLACEHOLDER
+from meter_relay.secret_key import key_fingerprint
 from tests.plugins.relay import API_VERSION, ROOT, Relay, emf_metrics
 
 pytestmark = pytest.mark.integration
@@ -92,7 +93,8 @@ def test_first_run_creates_the_secure_string_parameter(relay: Relay) -> None:
     parameter = ssm.get_parameter(Name=relay.parameter, WithDecryption=True)["Parameter"]
     assert parameter["Type"] == "SecureString"
     value = json.loads(parameter["Value"])
-    assert set(value) == {"token", "session_id", "expires_at", "livemode"}
+    assert set(value) == {"token", "session_id", "expires_at", "livemode", "key_fingerprint"}
+    assert value["key_fingerprint"] == key_fingerprint(relay.secret_key)
     assert value["livemode"] is False  # the emulator's key is a test-mode key
     assert value["session_id"] == result["session_id"]
     assert value["session_id"].startswith("mtres_")
@@ -168,6 +170,98 @@ def test_replace_session_id_refreshes_only_the_current_session(relay: Relay) -> 
         late = _ok(refresher.invoke({"replace_session_id": stored["session_id"]}))
         assert late["refreshed"] is False
         assert late["session_id"] == current["session_id"]
+
+
+# ----- a new key ------------------------------------------------------------------------------
+
+NEW_KEY = "sk_test_" + "n3w" * 30  # what an operator rotating the key puts in the secret
+
+
+def _rotate_key(relay: Relay) -> None:
+    relay.aws.client("secretsmanager").put_secret_value(
+        SecretId=relay.secret_id, SecretString=NEW_KEY
+    )
+    relay.emulator.configure(accepted_keys=[NEW_KEY])  # the old key is revoked
+
+
+def test_a_forced_run_uses_the_key_just_put_in_the_secret(relay: Relay) -> None:
+    """The documented rotation: put the new key, then a forced run. The key was cached for
+    five minutes, so the forced run made its session with the old key (another account's,
+    perhaps) or failed on it."""
+    with relay.refresher() as refresher:
+        first = _ok(refresher.invoke({}))  # reads, and caches, the old key
+        _rotate_key(relay)
+        forced = _ok(refresher.invoke({"force": True}))
+    assert forced["refreshed"] is True
+    assert forced["session_id"] != first["session_id"]
+    stored = relay.stored_session()
+    assert stored is not None
+    assert stored["key_fingerprint"] == key_fingerprint(NEW_KEY)
+    assert _stream_accepts(relay, stored["token"]) == 200
+
+
+def test_a_failed_run_reads_the_secret_again_on_the_next(relay: Relay) -> None:
+    """A key Stripe refuses is not kept cached for five minutes after the operator mends it."""
+    relay.put_session(expires_at=_in(100))
+    relay.emulator.configure(accepted_keys=[NEW_KEY])
+    with relay.refresher() as refresher:
+        assert refresher.invoke({}).error is not None  # the old key, refused
+        relay.aws.client("secretsmanager").put_secret_value(
+            SecretId=relay.secret_id, SecretString=NEW_KEY
+        )
+        mended = _ok(refresher.invoke({}))
+    assert mended["refreshed"] is True
+
+
+def test_a_session_made_with_another_key_is_replaced_on_a_scheduled_run(relay: Relay) -> None:
+    """A rotated key, or a stack re-created under the same name with another account's key,
+    finds the parameter holding a live session of the old key: it is not kept to expiry."""
+    stored = relay.put_session()  # made with the old key, and says so
+    _rotate_key(relay)
+    with relay.refresher() as refresher:  # a new environment: the secret is read afresh
+        result = _ok(refresher.invoke({}))
+    assert result["refreshed"] is True
+    assert result["reason"] == "it was made with another key"
+    assert result["session_id"] != stored["session_id"]
+    latest = relay.stored_session()
+    assert latest is not None
+    assert latest["key_fingerprint"] == key_fingerprint(NEW_KEY)
+
+
+def test_a_session_stored_without_its_key_is_replaced_once(relay: Relay) -> None:
+    """Written before sessions recorded their key: replaced once, then kept."""
+    stored = relay.put_session()
+    ssm = relay.aws.client("ssm")
+    value = {k: v for k, v in stored.items() if k != "key_fingerprint"}
+    ssm.put_parameter(
+        Name=relay.parameter, Value=json.dumps(value), Type="SecureString", Overwrite=True
+    )
+    with relay.refresher() as refresher:
+        first = _ok(refresher.invoke({}))
+        again = _ok(refresher.invoke({}))
+    assert first["refreshed"] is True
+    assert first["reason"] == "the key that made it is not recorded"
+    assert again["refreshed"] is False
+
+
+def test_the_forwarders_call_renews_the_session_without_reading_the_catalog(
+    relay: Relay,
+) -> None:
+    """The forwarder waits for this answer: the meter catalog's pages would only lengthen the
+    wait (its own call, {"refresh_catalog": true}, and the schedule keep the catalog)."""
+    stored = relay.put_session()
+    before = len(relay.emulator.requests(endpoint="meters"))
+    with relay.refresher() as refresher:
+        result = _ok(
+            refresher.invoke({"session_only": True, "replace_session_id": stored["session_id"]})
+        )
+        after_forwarders = len(relay.emulator.requests(endpoint="meters"))
+        scheduled = _ok(refresher.invoke({}))
+    assert result["refreshed"] is True
+    assert "catalog" not in result
+    assert after_forwarders == before
+    assert scheduled["catalog"]["enabled"] is True
+    assert len(relay.emulator.requests(endpoint="meters")) > before  # the scheduled run's
 
 
 # ----- secrets stay secret --------------------------------------------------------------------

@@ -38,6 +38,7 @@ from devkit.emulator.client import EmulatorClient
 from devkit.harness import ACCOUNT_ID, STACK_NAME, LambdaFunction, load_function
 from devkit.lambda_endpoint import LambdaEndpoint
 from devkit.moto_server import DEFAULT_REGION, MotoServer, aws_env
+from meter_relay.secret_key import key_fingerprint
 from tests.plugins.aws import AwsEnv
 
 if TYPE_CHECKING:
@@ -326,6 +327,7 @@ class Relay:
             "session_id": session["id"],
             "expires_at": expires_at or session["expires_at"],
             "livemode": session["livemode"],
+            "key_fingerprint": key_fingerprint(self.secret_key),
         }
         self.aws.client("ssm").put_parameter(
             Name=self.parameter, Value=json.dumps(value), Type="SecureString", Overwrite=True

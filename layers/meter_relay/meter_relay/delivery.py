@@ -277,8 +277,14 @@ class StreamDelivery:
                 return None
             rate_limited = False
             try:
-                timeout = min(policy.request_timeout, budget)
-                session, answer = self._call(body, timeout, report)
+                session = self._tokens.current()
+                # the budget after the session: its renewal may have waited on SSM and the
+                # refresher, and the call must still end before the deadline margin
+                timeout = min(policy.request_timeout, remaining() - policy.deadline_margin)
+                if timeout < MIN_CALL_SECONDS:
+                    report.give_up(part, "deadline")
+                    return None
+                answer = self._call(session, body, timeout, report)
                 rate_limited = answer.kind is Kind.RATE_LIMITED
             except SessionUnavailable as error:
                 logger.warning("no usable session token: %s", error)
@@ -325,17 +331,16 @@ class StreamDelivery:
             self._sleep(delay)
 
     def _call(
-        self, body: bytes, timeout: float, report: CallReport
-    ) -> tuple[MeterEventSession, StripeAnswer]:
-        """One stream call with the current session (SessionUnavailable when there is none)."""
-        session = self._tokens.current()
+        self, session: MeterEventSession, body: bytes, timeout: float, report: CallReport
+    ) -> StripeAnswer:
+        """One stream call with `session`, counted in `report`."""
         answer = self._stream.post(session.token, body, timeout)
         report.calls += 1
         if answer.status:
             report.latencies_ms.append(answer.elapsed * 1000)
         if answer.kind is Kind.RATE_LIMITED:
             report.rate_limited_calls += 1
-        return session, answer
+        return answer
 
     def _rate_limited_delay(self, throttled: int, answer: StripeAnswer) -> float:
         """Retry-After when Stripe gives one, else exponential backoff up to a few seconds;

@@ -553,6 +553,7 @@ def _publish(
         "SessionRenewals": calls.session_renewals,
         "TokenParameterReads": tokens.parameter_reads,
         "TokenRefresherCalls": tokens.refresher_calls,
+        "TokenRenewalsFailed": tokens.renewals_failed,
         "SessionModeMismatch": tokens.mode_mismatches,
         "LedgerGap": settled.ledger_gap,
     }

@@ -23,7 +23,7 @@ from meter_relay.catalog import CatalogError, CatalogStore, read_meters
 from meter_relay.config import AWS_CLIENT_CONFIG, RefresherConfig
 from meter_relay.observability import logger, metrics
 from meter_relay.secret_key import SECRET_PLACEHOLDER as SECRET_PLACEHOLDER  # re-exported
-from meter_relay.secret_key import KeyModeError, SecretKeyError, read_secret_key
+from meter_relay.secret_key import KeyModeError, SecretKeyError, key_fingerprint, read_secret_key
 from meter_relay.session import (
     RefreshError,
     RefreshModeError,
@@ -61,11 +61,15 @@ class Refresher:
         catalog = CatalogStore(config.catalog_path, ssm) if config.catalog_path else None
         return cls(config, store, SecretsProvider(boto3_client=secretsmanager), catalog)
 
-    def _secret_key(self) -> str:
+    def _secret_key(self, *, fresh: bool = False) -> str:
         config = self.config
         try:
             return read_secret_key(
-                self._secrets, config.secret_id, api_base=config.api_base, mode=config.mode
+                self._secrets,
+                config.secret_id,
+                api_base=config.api_base,
+                mode=config.mode,
+                fresh=fresh,
             )
         except KeyModeError as error:
             raise RefreshModeError(str(error)) from None
@@ -73,13 +77,16 @@ class Refresher:
             raise RefreshError(str(error)) from None
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:
-        """The session (and, on every run, the meter catalog); only the catalog when the
-        forwarder asks for it ({"refresh_catalog": true}: an event_name it does not know)."""
+        """The session and the meter catalog; only the catalog when the forwarder asks for it
+        ({"refresh_catalog": true}: an event_name it does not know), only the session when the
+        forwarder waits for one ({"session_only": true}: the catalog's pages would make it
+        wait longer, and can wait for the next scheduled run)."""
         options = event if isinstance(event, dict) else {}
         if options.get("refresh_catalog"):
             return {"catalog": self.refresh_catalog(strict=True)}
         result = self._refresh_session(options)
-        result["catalog"] = self.refresh_catalog(strict=False)
+        if not options.get("session_only"):
+            result["catalog"] = self.refresh_catalog(strict=False)
         return result
 
     def refresh_catalog(self, *, strict: bool) -> dict[str, Any]:
@@ -112,16 +119,21 @@ class Refresher:
         force = bool(event.get("force"))
         replace = event.get("replace_session_id")
         try:
+            # forced: the operator may just have put a new key in the secret
+            key = self._secret_key(fresh=force)
             summary: RefreshSummary = refresh_session(
                 self.store,
-                StripeApi(self._http, self._secret_key()),
+                StripeApi(self._http, key),
                 margin=self.config.refresh_margin,
                 mode=self.config.mode,
                 force=force,
                 replace_session_id=replace if isinstance(replace, str) else None,
+                key_fingerprint=key_fingerprint(key),
                 timeout=self.config.request_timeout,
             )
         except (RefreshError, BotoCoreError, ClientError, GetParameterError) as error:
+            # the next run reads the secret again: it may be mended
+            self._secrets.clear_cache()  # type: ignore[no-untyped-call]
             metrics.add_metric("RefreshFailures", MetricUnit.Count, 1)
             if isinstance(error, RefreshModeError):
                 metrics.add_metric("SessionModeMismatch", MetricUnit.Count, 1)

@@ -6,6 +6,8 @@ same clear message. Messages name the secret, never its value.
 
 from __future__ import annotations
 
+import hashlib
+
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
@@ -24,13 +26,19 @@ class KeyModeError(SecretKeyError):
 
 
 def read_secret_key(
-    secrets: SecretsProvider, secret_id: str, *, api_base: str, mode: StripeMode | None = None
+    secrets: SecretsProvider,
+    secret_id: str,
+    *,
+    api_base: str,
+    mode: StripeMode | None = None,
+    fresh: bool = False,
 ) -> str:
     """The key, if it may be used here: a live key only with Stripe's own `api_base` (a local
     file naming an emulator must never make a live key leave for it), and only a key of `mode`
-    when a mode is set (the stack's StripeMode)."""
+    when a mode is set (the stack's StripeMode). `fresh`: read past the cache (an operator's
+    forced run right after putting a new key in the secret)."""
     try:
-        value = secrets.get(secret_id, max_age=SECRET_MAX_AGE_SECONDS)
+        value = secrets.get(secret_id, max_age=SECRET_MAX_AGE_SECONDS, force_fetch=fresh)
     except GetParameterError as error:
         if "ResourceNotFoundException" in str(error):
             raise SecretKeyError(
@@ -62,3 +70,10 @@ def read_secret_key(
             "the StripeMode of its key"
         )
     return key
+
+
+def key_fingerprint(key: str) -> str:
+    """Which key made a session, kept beside it: the first 16 hex digits of the key's SHA-256,
+    from which the key cannot be had. A session made with another key (rotated, perhaps of
+    another account) is then replaced on the refresher's next run."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]

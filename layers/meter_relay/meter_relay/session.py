@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -68,6 +68,7 @@ class MeterEventSession:
     expires_at: datetime
     token: str = field(repr=False)  # never in a repr, a log line or an exception
     livemode: bool | None = None  # None: written before sessions recorded their mode
+    key_fingerprint: str | None = None  # secret_key.key_fingerprint of the key that made it
 
     def seconds_left(self, now: float) -> float:
         return self.expires_at.timestamp() - now
@@ -82,6 +83,7 @@ class MeterEventSession:
                 "session_id": self.session_id,
                 "expires_at": format_timestamp(self.expires_at),
                 "livemode": self.livemode,
+                "key_fingerprint": self.key_fingerprint,
             }
         )
 
@@ -92,6 +94,7 @@ class MeterEventSession:
             expires_at = parse_rfc3339(data["expires_at"])
             token, session_id = data["token"], data["session_id"]
             livemode = data.get("livemode")
+            fingerprint = data.get("key_fingerprint")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise SessionFormatError("the session parameter is not the refresher's JSON") from None
         if (
@@ -101,7 +104,9 @@ class MeterEventSession:
             or not (livemode is None or isinstance(livemode, bool))
         ):
             raise SessionFormatError("the session parameter is not the refresher's JSON")
-        return cls(session_id, expires_at, _checked_token(token), livemode)
+        if not isinstance(fingerprint, str):
+            fingerprint = None  # written before sessions recorded their key: replaced once
+        return cls(session_id, expires_at, _checked_token(token), livemode, fingerprint)
 
     @classmethod
     def from_stripe(cls, body: dict[str, Any]) -> MeterEventSession:
@@ -163,6 +168,7 @@ class SessionStore:
 
 MIN_RENEWAL_WAIT = 1.0  # seconds: with less time left, no renewal is even started
 MIN_FRESH_SECONDS = 5.0  # a session the refresher has just made is used if it lives this long
+FALLBACK_SECONDS = 15.0  # a cached session is used while its renewal fails if it lives this long
 
 
 class LambdaRefresher:
@@ -173,7 +179,11 @@ class LambdaRefresher:
         self._client = client
 
     def __call__(self, stale_session_id: str | None) -> None:
-        self._invoke({"replace_session_id": stale_session_id} if stale_session_id else {})
+        """Only the session: the forwarder waits, so the refresher skips the meter catalog."""
+        payload: dict[str, Any] = {"session_only": True}
+        if stale_session_id:
+            payload["replace_session_id"] = stale_session_id
+        self._invoke(payload)
 
     def refresh_catalog(self) -> None:
         """Have the meter catalog read again now (an event_name the catalog lacks)."""
@@ -200,6 +210,7 @@ class TokenStats:
     parameter_reads: int = 0
     refresher_calls: int = 0
     mode_mismatches: int = 0  # stored sessions refused for not being in the stack's mode
+    renewals_failed: int = 0  # renewals that failed while the cached session was still used
 
 
 class SessionTokenSource:
@@ -248,7 +259,11 @@ class SessionTokenSource:
         return stats
 
     def current(self) -> MeterEventSession:
-        """A session good for at least `margin` seconds; no SSM call while the cache is."""
+        """A session good for at least `margin` seconds; no SSM call while the cache is.
+
+        If the renewal fails (SSM throttled, the refresher down), a cached session that still
+        lives `FALLBACK_SECONDS` is used meanwhile: it is good, and dropping it would send the
+        batch back to wait out its visibility timeout."""
         cached = self._cached
         if cached is not None and cached.seconds_left(self._clock()) > self._margin:
             return cached
@@ -256,7 +271,13 @@ class SessionTokenSource:
             cached = self._cached
             if cached is not None and cached.seconds_left(self._clock()) > self._margin:
                 return cached
-            return self._renew(refused=None)
+            try:
+                return self._renew(refused=None)
+            except SessionUnavailable:
+                if cached is None or cached.seconds_left(self._clock()) <= FALLBACK_SECONDS:
+                    raise
+                self._stats.renewals_failed += 1
+                return cached
 
     def expired(self, session: MeterEventSession) -> MeterEventSession:
         """Stripe refused `session`: get another one (once for all threads that saw it fail)."""
@@ -317,10 +338,14 @@ class SessionTokenSource:
         raise SessionUnavailable(f"the stored session is stale ({after})")
 
     def _read(self) -> MeterEventSession | None:
+        """The stored session; None when there is none or it is not the refresher's JSON (the
+        refresher writes over such a value, so it is asked to, as for a missing one)."""
         self._stats.parameter_reads += 1
         try:
             return self._store.read()
-        except (GetParameterError, SessionFormatError) as error:
+        except SessionFormatError:
+            return None
+        except GetParameterError as error:
             raise SessionUnavailable(f"cannot read the session parameter: {error}") from None
 
     def _usable(
@@ -363,11 +388,13 @@ def refresh_session(
     mode: StripeMode,
     force: bool = False,
     replace_session_id: str | None = None,
+    key_fingerprint: str | None = None,
     timeout: float = 10.0,
     now: Callable[[], float] = time.time,
 ) -> RefreshSummary:
     """Create a session when the stored one is missing, near expiry, refused, not in the
-    stack's `mode`, or forced. A new session not in `mode` is never stored."""
+    stack's `mode`, made with another key than `key_fingerprint`'s, or forced. A new session
+    not in `mode` is never stored."""
     try:
         stored = store.read()
     except SessionFormatError:
@@ -380,6 +407,12 @@ def refresh_session(
         reason = "forced"
     elif not stored.in_mode(mode):
         reason = f"the stored session is in {mode_of(stored.livemode)} mode, not {mode}"
+    elif key_fingerprint is not None and stored.key_fingerprint != key_fingerprint:
+        reason = (
+            "it was made with another key"
+            if stored.key_fingerprint
+            else "the key that made it is not recorded"
+        )
     elif replace_session_id is not None and stored.session_id == replace_session_id:
         reason = "the forwarder reported it expired"
     elif stored.seconds_left(now()) <= margin:
@@ -395,7 +428,7 @@ def refresh_session(
     answer = api.create_session(timeout)
     if answer.kind is not Kind.OK or answer.body is None:
         raise RefreshError(f"Stripe refused a new meter event session: {answer.error}")
-    session = MeterEventSession.from_stripe(answer.body)
+    session = replace(MeterEventSession.from_stripe(answer.body), key_fingerprint=key_fingerprint)
     if not session.in_mode(mode):
         raise RefreshModeError(
             f"Stripe made a {mode_of(session.livemode)}-mode session with the stack's key, but "

@@ -464,3 +464,27 @@ def test_no_call_bodies_are_given_when_some_events_were_not_delivered() -> None:
     report = run.deliver([event(f"e{i}") for i in range(250)], plenty)
     assert report.retry == set(range(100, 200))  # the 500, not sent again: for the queue
     assert report.delivered_bodies() is None
+
+
+def test_a_call_after_a_slow_session_renewal_still_ends_before_the_deadline_margin() -> None:
+    """The call's timeout is set after the session is had: a renewal that waited on SSM (or
+    the refresher) must not leave the call a timeout reckoned from before it."""
+    left = [8.0]
+
+    class SlowStore(FakeStore):
+        def read(self) -> MeterEventSession:
+            left[0] -= 4.0  # SSM took four seconds to answer
+            return super().read()
+
+    stream = FakeStream(lambda token, events: OK)
+    tokens = SessionTokenSource(cast("SessionStore", SlowStore()), None)
+    run = StreamDelivery(
+        cast("MeterEventStream", stream),
+        tokens,
+        RetryPolicy(),
+        ThreadPoolExecutor(1),
+        sleep=lambda seconds: None,
+    )
+    run.deliver([event("e1")], lambda: left[0])
+    [(_, _, timeout)] = stream.calls
+    assert timeout <= left[0] - RetryPolicy().deadline_margin  # 4 s left, 3 s of margin: 1 s

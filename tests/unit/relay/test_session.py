@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import pytest
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
 from meter_relay.config import StripeMode
 from meter_relay.session import (
@@ -30,7 +32,7 @@ def session(name: str, lives: float, livemode: bool | None = False) -> MeterEven
 class FakeStore:
     """The SSM parameter: what `read()` gives, with an optional gate that holds reads."""
 
-    def __init__(self, *stored: MeterEventSession | None) -> None:
+    def __init__(self, *stored: MeterEventSession | Exception | None) -> None:
         self.stored = list(stored)
         self.reads = 0
         self.gate: threading.Event | None = None
@@ -39,7 +41,10 @@ class FakeStore:
         if self.gate is not None:
             self.gate.wait(timeout=30)
         self.reads += 1
-        return self.stored[min(self.reads, len(self.stored)) - 1]
+        found = self.stored[min(self.reads, len(self.stored)) - 1]
+        if isinstance(found, Exception):
+            raise found
+        return found
 
 
 class FakeRefresher:
@@ -215,3 +220,55 @@ def test_the_stored_value_keeps_the_sessions_mode() -> None:
     for livemode in (True, False):
         made = session("a", 900, livemode)
         assert MeterEventSession.from_parameter_value(made.to_parameter_value()) == made
+
+
+# ----- when the renewal fails -----------------------------------------------------------------
+
+
+def _throttled() -> GetParameterError:
+    return GetParameterError("An error occurred (ThrottlingException) when calling GetParameter")
+
+
+def test_a_failed_re_read_keeps_the_cached_session_while_it_lives() -> None:
+    """Every environment re-reads the same stored session at about the same moment; one whose
+    read SSM throttles keeps a session that is still good instead of failing its batch."""
+    store = FakeStore(session("a", 900), _throttled())
+    now = [NOW]
+    tokens = SessionTokenSource(cast("SessionStore", store), None, 60, clock=lambda: now[0])
+    assert tokens.current().session_id == "mtres_a"
+
+    now[0] = NOW + 850  # 50 s left: within the margin, so read again; SSM refuses
+    assert tokens.current().session_id == "mtres_a"
+    assert tokens.current().session_id == "mtres_a"  # the next chunk too, no second read
+    assert store.reads == 2
+    assert tokens.take_stats().renewals_failed == 2
+
+    now[0] = NOW + 890  # 10 s left: too little to start a call with it
+    with pytest.raises(SessionUnavailable, match="already failed"):
+        tokens.current()
+
+
+def test_a_failed_re_read_with_nothing_cached_is_unavailable() -> None:
+    tokens = source(FakeStore(_throttled()))
+    with pytest.raises(SessionUnavailable, match="cannot read the session parameter"):
+        tokens.current()
+    assert tokens.take_stats().renewals_failed == 0
+
+
+def test_a_parameter_that_is_not_the_refreshers_json_asks_the_refresher() -> None:
+    """The refresher writes over such a value: the forwarder asks for it at once, as for a
+    missing parameter, instead of waiting for the next scheduled run."""
+    store = FakeStore(SessionFormatError("the session parameter is not the refresher's JSON"))
+    refresher = FakeRefresher(store, session("b", 900))
+    tokens = source(store, refresher)
+    assert tokens.current().session_id == "mtres_b"
+    assert refresher.asked == [None]
+
+
+def test_the_stored_value_keeps_the_key_fingerprint() -> None:
+    made = replace(session("a", 900), key_fingerprint="0123456789abcdef")
+    assert MeterEventSession.from_parameter_value(made.to_parameter_value()) == made
+    written_before = json.loads(made.to_parameter_value())
+    del written_before["key_fingerprint"]
+    read = MeterEventSession.from_parameter_value(json.dumps(written_before))
+    assert read.key_fingerprint is None
