@@ -629,9 +629,10 @@ def test_cancel_identifiers_inside_and_outside_24_hours(
     assert code == 0
     assert [json.loads(line)["status"] for line in out.splitlines()[:2]] == ["would_cancel"] * 2
     assert cli.emulator.requests(endpoint="adjustments") == []
-    # a run in parts: --max takes the first, --skip the audit of what was done
+    # a run in parts: --max takes the first, --skip the audit of what was done; a run that
+    # stopped early exits 1, as replay and discard do, so a script knows more is left
     code, part = run_json(capsys, *cancel, "--dry-run", "--max", "1")
-    assert (code, [a["identifier"] for a in part["audit"]], part["complete"]) == (0, ["c-1"], False)
+    assert (code, [a["identifier"] for a in part["audit"]], part["complete"]) == (1, ["c-1"], False)
     done = tmp_path / "done.txt"
     done.write_text("c-1\n")
     code, rest = run_json(capsys, *cancel, "--dry-run", "--skip", str(done))
@@ -724,13 +725,22 @@ def test_cancel_events_of_dlq_messages_chosen_by_filters(
     # delivered, yet their messages kept failing until SQS moved them
     put_redriven(cli, api_event("dq-1", "cus_a"))
     put_redriven(cli, api_event("dq-2", "cus_b"))
-    put_letter(cli, api_event("dq-old", "cus_o"), "payload_invalid_value", ago(hours=25))
+    # Stripe's answer never came (a 5xx): it counted the event
+    put_letter(cli, api_event("dq-old", "cus_o"), "http_503", ago(hours=25))
+    # refused before sending: never counted, and another event holds its identifier
+    put_letter(cli, api_event("dq-2", "cus_b", value="7"), "duplicate_identifier_in_batch", ago())
+    put_letter(cli, api_event("dq-3", "cus_b"), "payload_invalid_value", ago())
     before = snapshot(cli)
 
     code, result = run_json(capsys, "dlq", "cancel", "--customer", "cus_b", "--dry-run")
     assert code == 0
     assert [(a["identifier"], a["status"]) for a in result["audit"]] == [("dq-2", "would_cancel")]
+    assert result["never_sent"] == {"duplicate_identifier_in_batch": 1, "payload_invalid_value": 1}
     assert cli.emulator.requests(endpoint="adjustments") == []
+    code, out, _ = run(capsys, "dlq", "cancel", "--code", "payload_invalid_value", "--dry-run")
+    assert code == 0
+    assert "letters whose events never reached Stripe" in out
+    assert "would_cancel" not in out
 
     by_filters = ["--code", "max_receive_count_exceeded", "--customer", "cus_a"]
     code, result = run_json(capsys, "dlq", "cancel", "--yes", *by_filters)
@@ -743,7 +753,7 @@ def test_cancel_events_of_dlq_messages_chosen_by_filters(
     }
 
     cli.emulator.advance_clock(86401)
-    code, out, _ = run(capsys, "dlq", "cancel", "--yes", "--code", "payload_invalid_value")
+    code, out, _ = run(capsys, "dlq", "cancel", "--yes", "--code", "http_503")
     assert code == 1
     (line,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert (line["identifier"], line["status"]) == ("dq-old", "past_cancel_window")
@@ -760,7 +770,7 @@ def test_cancel_stopped_by_max_continues_with_its_audit_file_and_cancels_nothing
     audit = tmp_path / "audit.jsonl"
 
     code, result = run_json(capsys, "dlq", "cancel", "--yes", "--max", "2", "--audit", str(audit))
-    assert code == 0
+    assert code == 1  # stopped early: more is left
     assert result["complete"] is False  # a third message matched
     assert len(result["audit"]) == 2
     code, _, err = run(

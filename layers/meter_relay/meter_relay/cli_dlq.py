@@ -394,9 +394,13 @@ def cmd_discard(args: argparse.Namespace) -> int:
 
 
 # ----- cancel ----------------------------------------------------------------------------------
+NEVER_SENT_TITLE = "not cancelled: letters whose events never reached Stripe, by reason"
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     kit = toolkit(args)
     scanned_all = True
+    never_sent: Counter[str] = Counter()
     skip = _skipped(args.skip) if args.skip else []
     if args.identifiers:
         if len(args.event_names or []) != 1:
@@ -416,7 +420,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             targets, scanned_all = targets[: args.max], False
     else:
         need(kit, DLQ)
-        targets, scanned_all = targets_from_dlq(kit.reader(), _filters(args), skip=skip)
+        chosen = targets_from_dlq(kit.reader(), _filters(args), skip=skip)
+        targets, scanned_all, never_sent = chosen.targets, chosen.complete, chosen.never_sent
     api = None
     if not args.dry_run:
         need(kit, SECRET)
@@ -434,12 +439,19 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     statuses = Counter(line.status.value for line in audit)
     if _json(args):
         console.document(
-            {"complete": complete, "counts": statuses, "audit": [a.to_json() for a in audit]}
+            {
+                "complete": complete,
+                "counts": statuses,
+                "audit": [a.to_json() for a in audit],
+                "never_sent": dict(never_sent),
+            }
         )
     else:
         for line in audit:
             console.line(json.dumps(line.to_json()))
         table(f"cancel ({'dry run' if args.dry_run else 'done'})", sorted(statuses.items()))
+        if never_sent:
+            table(NEVER_SENT_TITLE, sorted(never_sent.items()))
     if not complete:
         console.warn(
             "stopped early (--max, or the DLQ could not be read whole): more events match; run "
@@ -451,7 +463,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if any(line.status is AuditStatus.FAILED for line in audit):
         return Exit.UNREACHABLE
     bad = unrecorded or any(line.status.bad for line in audit)
-    return Exit.STAYED if bad else Exit.DONE
+    return Exit.STAYED if bad or not complete else Exit.DONE
 
 
 def _cancel(

@@ -45,8 +45,8 @@ _KNOWN_REPLAY = {"filters", "via", "fix", "dry_run", "rate", "skip_messages", "r
 _KNOWN_CANCEL = {"filters", "identifiers", "event_name", "skip", "dry_run", "rate", "all"}
 NOTHING_CHOSEN = (
     "a cancel chooses nothing by default: give identifiers (with event_name), or filters "
-    "(code, event_name, customer, since, until); to cancel every delivered event of the "
-    'letters in the DLQ, add "all": true'
+    "(code, event_name, customer, since, until); to cancel every event of the DLQ's letters "
+    'that may have reached Stripe, add "all": true'
 )
 
 
@@ -175,6 +175,7 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
     skip = _strings(event, "skip")
     kit = _toolkit()
     scanned_all = True
+    never_sent: dict[str, int] = {}
     if event.get("identifiers") is not None:
         if event.get("filters") is not None or event.get("all") is not None:
             raise ValueError("identifiers and filters are two ways to choose: give one")
@@ -191,13 +192,15 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
         if not (filters.given or everything):  # Stripe cannot undo a cancel: never by default
             raise ValueError(NOTHING_CHOSEN)
         # keep half of the time for the cancels themselves
-        targets, scanned_all = targets_from_dlq(
+        chosen = targets_from_dlq(
             kit.reader(),
             filters,
             remaining=lambda: _remaining(context),
             reserve=_remaining(context) / 2,
             skip=skip,
         )
+        targets, scanned_all = chosen.targets, chosen.complete
+        never_sent = dict(chosen.never_sent)
     audit, cancelled_all = cancel(
         None if dry_run else kit.stripe_api(),
         targets,
@@ -211,6 +214,8 @@ def cancel_events(event: dict[str, Any], context: LambdaContext) -> dict[str, An
         logger.error("ledger: %s", unrecorded)
     complete = scanned_all and cancelled_all
     result: dict[str, Any] = {"complete": complete, "audit": [line.to_json() for line in audit]}
+    if never_sent:
+        result["never_sent"] = never_sent  # letters chosen, but never counted by Stripe
     if unrecorded:
         result["ledger_error"] = unrecorded
     if not complete:

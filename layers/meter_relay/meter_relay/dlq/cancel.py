@@ -3,7 +3,10 @@
 
 Choosing from the DLQ reads it without consuming it and takes exactly the events every filter
 chooses: a message SQS moved whole can be an envelope of many customers, and the other
-customers' delivered usage must not be cancelled with it.
+customers' delivered usage must not be cancelled with it. Only letters whose events may have
+reached Stripe are chosen (SQS moved them after maxReceiveCount, or Stripe's answer never came
+or was a 5xx): the others' events Stripe never counted, and a cancel by their identifier
+would cancel another event that Stripe did count under it (a duplicate in a batch).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import functools
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -98,26 +102,41 @@ def targets_from_file(path: str | Path, event_name: str) -> list[CancelTarget]:
     return [CancelTarget(identifier, event_name) for identifier in identifiers]
 
 
+@dataclass
+class DlqTargets:
+    """What a pass over the DLQ chose to cancel, and what it left alone."""
+
+    targets: list[CancelTarget] = field(default_factory=list)
+    complete: bool = True  # every letter the filters choose was seen, none left for `max`
+    # letters the filters choose whose events never reached Stripe, by reason
+    never_sent: Counter[str] = field(default_factory=Counter)
+
+
 def targets_from_dlq(
     reader: DeadLetterReader,
     filters: Filters,
     remaining: Callable[[], float] | None = None,
     reserve: float = 0.0,
     skip: Iterable[str] = (),
-) -> tuple[list[CancelTarget], bool]:
-    """The events the filters choose in the DLQ's messages, each once, but those whose
-    identifier is in `skip` (done by an earlier call); and whether that is all of them. A
-    message whose chosen events are all skipped does not count toward `max`. With
-    `remaining` (seconds left), the scan stops once only `reserve` seconds are left: the rest
-    is for cancelling. A pass that could not see the whole queue is not complete either."""
+) -> DlqTargets:
+    """The events the filters choose in the DLQ's letters that may have reached Stripe, each
+    once, but those whose identifier is in `skip` (done by an earlier call); and whether that
+    is all of them. A message whose chosen events are all skipped does not count toward `max`.
+    With `remaining` (seconds left), the scan stops once only `reserve` seconds are left: the
+    rest is for cancelling. A pass that could not see the whole queue is not complete either."""
     skipped = set(skip)
-    targets: list[CancelTarget] = []
+    found = DlqTargets()
+    targets = found.targets
     taken = 0
     with closing(reader.scan(when_full=WhenFull.STOP)) as messages:  # gives every message back
         for message in messages:
             if remaining is not None and remaining() < reserve:
-                return targets, False
+                found.complete = False
+                return found
             if not filters.matches(message):
+                continue
+            if not message.outcome_unknown:
+                found.never_sent[message.code] += 1
                 continue
             new: dict[str, CancelTarget] = {}  # the same event twice is cancelled once
             for event in filters.chosen_events(message):
@@ -131,11 +150,13 @@ def targets_from_dlq(
             if not new:
                 continue
             if filters.max_count is not None and taken >= filters.max_count:
-                return targets, False  # more match than `max` took
+                found.complete = False  # more match than `max` took
+                return found
             taken += 1
             skipped.update(new)
             targets.extend(new.values())
-    return targets, reader.stats.shortfall(reader.max_held) is None
+    found.complete = reader.stats.shortfall(reader.max_held) is None
+    return found
 
 
 def cancel(

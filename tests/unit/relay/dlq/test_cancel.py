@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+from meter_relay.dead_letter import ATTR_ERROR_CODE, ATTR_EVENT_INDEX, ATTR_IDENTIFIER
 from meter_relay.dlq.cancel import (
     AuditStatus,
     CancelTarget,
@@ -18,7 +20,7 @@ from meter_relay.dlq.selection import Filters
 from meter_relay.retry import TOOLS_RETRY, RateLimit
 from meter_relay.stripe_client import Kind, StripeAnswer
 from tests.fakes import FakeClock, StubCancelApi, StubSqs, answer, api_messages, sqs_message
-from tests.unit.relay.dlq.builders import MID, reader
+from tests.unit.relay.dlq.builders import MID, api_event, reader
 
 
 def test_cancel_retries_429_and_5xx_before_reporting() -> None:
@@ -103,24 +105,23 @@ def test_identifiers_from_a_file_each_once(tmp_path: Path) -> None:
 def test_choosing_cancel_targets_stops_when_only_the_reserve_is_left() -> None:
     sqs = StubSqs([api_messages("a", "b"), api_messages("c")])
     clock = iter([100.0, 100.0, 10.0, 10.0, 10.0])  # seconds left, at each message
-    targets, complete = targets_from_dlq(
-        reader(sqs), Filters(), remaining=lambda: next(clock), reserve=50.0
-    )
+    chosen = targets_from_dlq(reader(sqs), Filters(), remaining=lambda: next(clock), reserve=50.0)
+    targets, complete = chosen.targets, chosen.complete
     assert [t.identifier for t in targets] == ["a-0", "b-0"]
     assert complete is False  # the caller is told: it must not answer complete
     assert set(sqs.released()) == {"rh-a", "rh-b", "rh-c"}  # all it received is given back
-    unlimited, complete = targets_from_dlq(
+    unlimited = targets_from_dlq(
         reader(StubSqs([api_messages("a", "b"), api_messages("c")])), Filters()
     )
-    assert [t.identifier for t in unlimited] == ["a-0", "b-0", "c-0"]
-    assert complete is True
+    assert [t.identifier for t in unlimited.targets] == ["a-0", "b-0", "c-0"]
+    assert unlimited.complete is True
 
 
 def test_choosing_cancel_targets_continues_past_what_an_earlier_call_handled() -> None:
     def choose(max_count: int, skip: list[str]) -> tuple[list[str], bool]:
         sqs = StubSqs([api_messages("a", "b", "a"), api_messages("c", "d")])  # "a" twice: once
-        targets, complete = targets_from_dlq(reader(sqs), Filters(max_count=max_count), skip=skip)
-        return [t.identifier for t in targets], complete
+        chosen = targets_from_dlq(reader(sqs), Filters(max_count=max_count), skip=skip)
+        return [t.identifier for t in chosen.targets], chosen.complete
 
     assert choose(2, []) == (["a-0", "b-0"], False)  # more match than max
     # the handled ones do not count toward max: the next two, then the last one
@@ -146,9 +147,9 @@ def test_a_mixed_envelope_gives_exactly_the_events_every_filter_chooses() -> Non
 
     def chosen(filters: Filters) -> list[tuple[str, str, str | None]]:
         sqs = StubSqs([[sqs_message(body, MID)]])
-        targets, complete = targets_from_dlq(reader(sqs), filters)
-        assert complete
-        return [(t.identifier, t.event_name, t.customer) for t in targets]
+        chosen = targets_from_dlq(reader(sqs), filters)
+        assert chosen.complete
+        return [(t.identifier, t.event_name, t.customer) for t in chosen.targets]
 
     assert chosen(Filters(customers={"cus_a"}, event_names={"api_requests"})) == [
         (f"{MID}-0", "api_requests", "cus_a"),
@@ -157,3 +158,43 @@ def test_a_mixed_envelope_gives_exactly_the_events_every_filter_chooses() -> Non
     assert chosen(Filters(customers={"cus_b"})) == [(f"{MID}-1", "api_requests", "cus_b")]
     assert chosen(Filters(event_names={"search_calls"})) == [(f"{MID}-2", "search_calls", "cus_a")]
     assert len(chosen(Filters())) == 4  # no event filter: the whole message
+
+
+def _letter(code: str, identifier: str, value: str = "1") -> dict[str, Any]:
+    """A forwarder's one-event letter with the given reason, as ReceiveMessage returns it."""
+    body = {
+        "event_name": "api_requests",
+        "identifier": identifier,
+        "payload": {"stripe_customer_id": "cus_z", "value": value},
+    }
+    attributes = {
+        ATTR_ERROR_CODE: {"DataType": "String", "StringValue": code},
+        ATTR_EVENT_INDEX: {"DataType": "Number", "StringValue": "0"},
+        ATTR_IDENTIFIER: {"DataType": "String", "StringValue": identifier},
+    }
+    letter: dict[str, Any] = sqs_message(
+        json.dumps(body), f"letter-{identifier}-{code}", attributes
+    )
+    return letter
+
+
+def test_only_letters_whose_events_may_have_reached_stripe_are_chosen() -> None:
+    """A letter the forwarder wrote for an event it never sent (refused before sending, or a
+    second event of a batch under a delivered identifier) holds nothing Stripe counted, and a
+    cancel by its identifier would cancel the other event, the delivered one. Letters SQS
+    moved after maxReceiveCount, and those of a 5xx or no answer, may hold counted events."""
+    sqs = StubSqs(
+        [
+            [
+                _letter("duplicate_identifier_in_batch", "dup-2", value="2"),
+                _letter("payload_invalid_value", "bad-now"),
+                _letter("http_503", "maybe-1"),
+                _letter("no_answer", "maybe-2"),
+                sqs_message(json.dumps(api_event("3", "cus_z")), "redriven"),
+            ]
+        ]
+    )
+    chosen = targets_from_dlq(reader(sqs), Filters(customers={"cus_z"}))
+    assert [t.identifier for t in chosen.targets] == ["maybe-1", "maybe-2", "redriven-0"]
+    assert chosen.never_sent == {"duplicate_identifier_in_batch": 1, "payload_invalid_value": 1}
+    assert chosen.complete
