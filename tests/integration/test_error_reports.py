@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ from meter_relay.dead_letter import DeadLetterQueue
 from meter_relay.error_reports import (
     IDEMPOTENCY_KEY_PREFIX,
     EventUnavailable,
+    FetchFailed,
     ReportProcessor,
     StripeEvents,
     TimeBudget,
@@ -414,10 +416,15 @@ def test_the_samples_run_through_the_function(reports: Reports) -> None:
 
 
 # ----- errors pull --------------------------------------------------------------------------------
+def stripe_api(reports: Reports) -> StripeApi:
+    relay = reports.relay
+    return StripeApi(StripeHttp(relay.emulator_url, "2026-09-30.preview"), relay.secret_key)
+
+
 def puller(reports: Reports) -> tuple[StripeEvents, ReportProcessor]:
     relay = reports.relay
     session = boto3.session.Session(region_name=relay.aws.region)
-    api = StripeApi(StripeHttp(relay.emulator_url, "2026-09-30.preview"), relay.secret_key)
+    api = stripe_api(reports)
     events = StripeEvents(lambda: api, 10.0)
     processor = ReportProcessor(
         events,
@@ -476,6 +483,44 @@ def test_errors_pull_finds_the_same_events_and_writes_nothing_twice(reports: Rep
     }
     later = pull(events, processor, datetime.now(UTC) + timedelta(days=2))
     assert later.outcomes == []
+
+
+class ListedWithoutData(StripeEvents):
+    """A list whose events come without their data object (null)."""
+
+    def listed(
+        self, types: Sequence[str], since: datetime, until: datetime | None = None
+    ) -> Iterator[dict[str, Any]]:
+        for event in super().listed(types, since, until):
+            yield {**event, "data": None}
+
+
+def test_a_listed_event_without_its_data_is_fetched_by_id_not_remembered_empty(
+    reports: Reports,
+) -> None:
+    """Taken as it was, it made a report of no samples, remembered for 31 days: every later
+    pull or delivery a duplicate, its letters never written."""
+    since = datetime.now(UTC) - timedelta(hours=1)
+    reports.emulator.set_webhooks()
+    reports.reject(usage("listed-bare", name="nobody_meters_this"))
+    _, processor = puller(reports)
+    api = stripe_api(reports)
+    bare = ListedWithoutData(lambda: api, 10.0)
+
+    outcome = pull(bare, processor, since)
+
+    assert [o.status for o in outcome.outcomes] == ["processed"]
+    assert codes_and_identifiers(reports.letters()) == {"listed-bare": "no_meter"}
+
+
+def test_an_event_stripe_answers_without_its_data_is_retried(reports: Reports) -> None:
+    class AnsweredBare(StripeEvents):
+        def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+            return {"id": "evt_bare", "object": "v2.core.event", "data": None}
+
+    api = stripe_api(reports)
+    with pytest.raises(FetchFailed, match="without its data"):
+        AnsweredBare(lambda: api, 10.0).fetch("evt_bare")
 
 
 def test_an_unknown_code_is_written_as_stripe_gave_it(reports: Reports) -> None:

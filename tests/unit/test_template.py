@@ -745,9 +745,35 @@ def test_sustained_rate_limiting_is_a_share_of_calls_over_fifteen_minutes(
     )
 
 
+def test_a_delivery_that_keeps_failing_pages_whatever_the_queues_age_shows(
+    production: Deployed,
+) -> None:
+    """SQS leaves a message received three times or more out of the usage queue's age, and a
+    failing forwarder receives each one every 6 minutes: the age alarm alone may never fire
+    during an outage. Most received events sent back to the queue for 15 minutes pages."""
+    (alarm,) = [
+        a for a in production.alarms().values() if a["AlarmName"] == "production-delivery-failing"
+    ]
+    (returned,) = [m for m in alarm["Metrics"] if m.get("ReturnData", True)]
+    assert returned["Expression"] == "IF(received > 0, 100 * retried / received, 0)"
+    assert metric_of(alarm, "retried") == ("MeterRelay", "EventsRetried", SERVICE)
+    assert metric_of(alarm, "received") == ("MeterRelay", "EventsReceived", SERVICE)
+    periods = {m["Id"]: m["MetricStat"]["Period"] for m in alarm["Metrics"] if "MetricStat" in m}
+    assert set(periods.values()) == {300}
+    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"], alarm["Threshold"]) == (
+        3,
+        3,
+        50,
+    )
+    assert (alarm["ComparisonOperator"], alarm["TreatMissingData"]) == (
+        "GreaterThanThreshold",
+        "notBreaching",
+    )
+
+
 def test_every_alarm_is_named_after_the_stack_and_reaches_its_topic(production: Deployed) -> None:
     alarms = production.alarms()
-    assert len(alarms) == len(PLAIN_ALARMS) + 2
+    assert len(alarms) == len(PLAIN_ALARMS) + 3
     topics = production.of_type("AWS::SNS::Topic")
     assert list(topics) == ["AlarmTopic"]
     assert topics["AlarmTopic"]["TopicName"] == "production-alarms"

@@ -219,6 +219,8 @@ def summed(found: dict[str, Any], expression: str, period: int) -> list[str]:
     assert shown["Expression"] == expression
     names = []
     for metric_id in re.findall(r"FILL\((\w+), 0\)", expression):
+        if queries[metric_id]["MetricStat"]["Metric"]["Namespace"] == "AWS/Lambda":
+            continue  # the function's own errors, checked by the test
         stat = queries[metric_id]["MetricStat"]
         assert (stat["Metric"]["Namespace"], stat["Metric"]["Dimensions"]) == (
             "MeterRelay",
@@ -271,10 +273,18 @@ def test_a_function_that_keeps_failing_on_the_webhook_route_reaches_a_person(
     by_webhook: Deployed,
 ) -> None:
     """The webhook route has no queue that would fill: Stripe retries, then drops the report.
-    Failures and refused webhooks (a rolled signing secret) page, three in an hour."""
+    Failures, crashes and timeouts (Lambda's Errors: they emit no metric of their own), and
+    refused webhooks (a rolled signing secret) page, three in an hour."""
     failing = alarm(by_webhook, "production-error-reports-failing")
-    expression = "FILL(failed, 0) + FILL(refused, 0)"
+    expression = "MAX([FILL(failed, 0), FILL(errors, 0)]) + FILL(refused, 0)"
     assert summed(failing, expression, 3600) == ["ErrorReportsFailed", "WebhooksRefused"]
+    (errors,) = [m for m in failing["Metrics"] if m["Id"] == "errors"]
+    assert errors["MetricStat"]["Metric"] == {
+        "Namespace": "AWS/Lambda",
+        "MetricName": "Errors",
+        "Dimensions": [{"Name": "FunctionName", "Value": "<ErrorReportsFunction>"}],
+    }
+    assert (errors["MetricStat"]["Period"], errors["MetricStat"]["Stat"]) == (3600, "Sum")
     assert (failing["ComparisonOperator"], failing["Threshold"]) == (
         "GreaterThanOrEqualToThreshold",
         3,
@@ -302,7 +312,7 @@ def test_the_metrics_the_alarm_watches_are_ones_the_function_emits(
         m["MetricStat"]["Metric"]["MetricName"]
         for name in ("production-stripe-rejected-events", "production-error-reports-failing")
         for m in alarm(by_webhook, name)["Metrics"]
-        if "MetricStat" in m
+        if "MetricStat" in m and m["MetricStat"]["Metric"]["Namespace"] == "MeterRelay"
     }
     assert watched <= emitted
     assert "StripeRejectedEventsByCode" in emitted

@@ -347,8 +347,12 @@ class StripeEvents:
         raise FetchFailed(answer.error, answer.status)
 
     def fetch(self, event_id: str) -> dict[str, Any]:
-        """The event with its data; EventUnavailable or FetchFailed."""
-        return self._get(f"{EVENTS_PATH}/{quote(event_id, safe='')}", {})
+        """The event with its data; EventUnavailable or FetchFailed. An event without its data
+        object is not processed (it would be remembered as a report of no samples)."""
+        event = self._get(f"{EVENTS_PATH}/{quote(event_id, safe='')}", {})
+        if not isinstance(event.get("data"), dict):
+            raise FetchFailed(f"Stripe answered event {event_id} without its data")
+        return event
 
     def listed(
         self, types: Sequence[str], since: datetime, until: datetime | None = None
@@ -511,7 +515,8 @@ class ReportProcessor:
         fetched: Mapping[str, Any] | None,
         time_left: Callable[[], float],
     ) -> dict[str, Any]:
-        event = fetched if fetched is not None and "data" in fetched else None
+        # a listed event is used as it is only with its data object: else fetched by its id
+        event = fetched if fetched is not None and isinstance(fetched.get("data"), dict) else None
         event = event or self.events.fetch(event_id)  # EventUnavailable: see process()
         report = ErrorReport.from_event({**event, "id": event_id})
         letters = report_letters(report, self.bodies)

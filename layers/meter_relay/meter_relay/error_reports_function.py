@@ -201,6 +201,9 @@ class ErrorReportsFunction:
                 json.loads(detail) if isinstance(detail, str) else detail
             )
         except (NotificationError, ValueError) as error:
+            # Stripe's own source and an error report's type: a report lost (retrying the same
+            # detail would not mend it), found again by `errors pull`
+            metrics.add_metric("ErrorReportsFailed", MetricUnit.Count, 1)
             logger.error("ignored: the detail is not a notification", extra={"why": str(error)})
             return {"ignored": f"detail: {error}"}
         if notification.type != detail_type:
@@ -209,6 +212,14 @@ class ErrorReportsFunction:
 
     def webhook(self, request: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         headers = {str(k).lower(): str(v) for k, v in (request.get("headers") or {}).items()}
+        method = str(((request.get("requestContext") or {}).get("http") or {}).get("method", ""))
+        if method.upper() != "POST" or SIGNATURE_HEADER.lower() not in headers:
+            # the URL is public: scanners' requests are not Stripe's, and must not page anyone
+            # (WebhooksRefused is for a signed request whose signature does not match)
+            why = "not a POST" if method.upper() != "POST" else "no Stripe-Signature header"
+            metrics.add_metric("WebhooksUnsigned", MetricUnit.Count, 1)
+            logger.info("refused: not a signed POST", extra={"why": why})
+            return response(400, {"error": f"{why}: not a Stripe webhook"})
         try:
             body = _raw_body(request)
             verify_signature(body, headers.get(SIGNATURE_HEADER.lower()), self._webhook_secret())

@@ -113,7 +113,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         ) from None
     except LettersNotSent as error:
         raise CliError(
-            f"{error}: run the same pull again (nothing is written twice)", Exit.UNREACHABLE
+            f"{error}: run the same pull again (it sends that report's letters again: those "
+            "SQS took may be in the DLQ twice, with the same Identifier and StripeEventId)",
+            Exit.UNREACHABLE,
         ) from None
     except IdempotencyPersistenceLayerError as error:
         raise _table_failure(error, table) from None

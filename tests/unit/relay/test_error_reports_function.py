@@ -142,6 +142,59 @@ def test_what_is_not_stripes_notification_gets_400_and_no_work(make: Any, why: s
     assert processor.asked == []
 
 
+@pytest.mark.parametrize("secret", [SECRET, "REPLACE_ME"])
+def test_requests_not_signed_are_refused_apart_from_the_alarm(
+    capfd: pytest.CaptureFixture[str], secret: str
+) -> None:
+    """The Function URL is public: a scanner's GET or unsigned POST gets 400 and its own
+    metric, before the signing secret is even read, and never the ones the alarm watches
+    (WebhooksRefused: a signature that does not match, a rolled secret; ErrorReportsFailed)."""
+    handler, processor = function(secret=secret)
+    body = json.dumps(NOTIFICATION).encode()
+    scanner = {**request(b"", None), "requestContext": {"http": {"method": "GET", "path": "/.env"}}}
+    capfd.readouterr()
+    answers = [handler.handle(r, cast(Any, None)) for r in (scanner, request(body, None))]
+    metrics.flush_metrics()
+    out = capfd.readouterr().out
+    assert [a["statusCode"] for a in answers] == [400, 400]
+    assert "not a POST" in json.loads(answers[0]["body"])["error"]
+    assert emf_sums(out)["WebhooksUnsigned"] == 2
+    assert "WebhooksRefused" not in emf_metrics(out)
+    assert "ErrorReportsFailed" not in emf_metrics(out)
+    assert processor.asked == []
+
+
+def test_a_signature_that_does_not_match_is_counted_for_the_alarm(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    handler, _ = function()
+    body = json.dumps(NOTIFICATION).encode()
+    capfd.readouterr()
+    answer = handler.handle(request(body, signed(body, "whsec_rolled")), cast(Any, None))
+    metrics.flush_metrics()
+    assert answer["statusCode"] == 400
+    assert emf_sums(capfd.readouterr().out)["WebhooksRefused"] == 1
+
+
+def test_an_unreadable_report_from_stripes_source_is_counted_as_failed(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Stripe's own source and an error report's type, but a detail that cannot be read: a
+    report lost, which the alarm must see (an `errors pull` finds it again)."""
+    handler, processor = function()
+    event = {
+        "detail-type": "v1.billing.meter.no_meter_found",
+        "source": "aws.partner/stripe.com/ed_1",
+        "detail": "{not json",
+    }
+    capfd.readouterr()
+    answer = handler.handle(event, cast(Any, None))
+    metrics.flush_metrics()
+    assert "ignored" in answer
+    assert emf_sums(capfd.readouterr().out)["ErrorReportsFailed"] == 1
+    assert processor.asked == []
+
+
 def test_a_signing_secret_not_set_yet_is_a_500_that_stripe_retries() -> None:
     handler, processor = function(secret="REPLACE_ME")
     body = json.dumps(NOTIFICATION).encode()
