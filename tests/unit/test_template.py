@@ -728,21 +728,34 @@ def test_the_dead_letter_alarm_counts_hidden_letters_too(production: Deployed) -
     assert "billed twice" in text
 
 
+def share_alarm(
+    production: Deployed, name: str, part: tuple[str, str], whole: tuple[str, str]
+) -> float:
+    """A math alarm on `part` as a percentage of `whole` ((id, metric name) of this stack's
+    metrics), both summed over 5 minutes, fired by 3 periods of 3 above its threshold, which
+    it returns."""
+    (alarm,) = [a for a in production.alarms().values() if a["AlarmName"] == name]
+    (returned,) = [m for m in alarm["Metrics"] if m.get("ReturnData", True)]
+    (part_id, part_name), (whole_id, whole_name) = part, whole
+    assert returned["Expression"] == f"IF({whole_id} > 0, 100 * {part_id} / {whole_id}, 0)"
+    assert metric_of(alarm, part_id) == ("MeterRelay", part_name, SERVICE)
+    assert metric_of(alarm, whole_id) == ("MeterRelay", whole_name, SERVICE)
+    stats = {(m["MetricStat"]["Period"], m["MetricStat"]["Stat"]) for m in alarm["Metrics"][1:]}
+    assert stats == {(300, "Sum")}
+    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (3, 3)
+    assert (alarm["ComparisonOperator"], alarm["TreatMissingData"]) == (
+        "GreaterThanThreshold",
+        "notBreaching",
+    )
+    threshold: float = alarm["Threshold"]
+    return threshold
+
+
 def test_sustained_rate_limiting_is_a_share_of_calls_over_fifteen_minutes(
     production: Deployed,
 ) -> None:
-    (alarm,) = [a for a in production.alarms().values() if a["AlarmName"].endswith("-limiting")]
-    (returned,) = [m for m in alarm["Metrics"] if m.get("ReturnData", True)]
-    assert returned["Expression"] == "IF(calls > 0, 100 * limited / calls, 0)"
-    assert metric_of(alarm, "limited") == ("MeterRelay", "StreamCallsRateLimited", SERVICE)
-    assert metric_of(alarm, "calls") == ("MeterRelay", "StreamCalls", SERVICE)
-    periods = {m["Id"]: m["MetricStat"]["Period"] for m in alarm["Metrics"] if "MetricStat" in m}
-    assert set(periods.values()) == {300}
-    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"], alarm["Threshold"]) == (
-        3,
-        3,
-        10,
-    )
+    calls = ("limited", "StreamCallsRateLimited"), ("calls", "StreamCalls")
+    assert share_alarm(production, "production-stripe-rate-limiting", *calls) == 10
 
 
 def test_a_delivery_that_keeps_failing_pages_whatever_the_queues_age_shows(
@@ -751,24 +764,8 @@ def test_a_delivery_that_keeps_failing_pages_whatever_the_queues_age_shows(
     """SQS leaves a message received three times or more out of the usage queue's age, and a
     failing forwarder receives each one every 6 minutes: the age alarm alone may never fire
     during an outage. Most received events sent back to the queue for 15 minutes pages."""
-    (alarm,) = [
-        a for a in production.alarms().values() if a["AlarmName"] == "production-delivery-failing"
-    ]
-    (returned,) = [m for m in alarm["Metrics"] if m.get("ReturnData", True)]
-    assert returned["Expression"] == "IF(received > 0, 100 * retried / received, 0)"
-    assert metric_of(alarm, "retried") == ("MeterRelay", "EventsRetried", SERVICE)
-    assert metric_of(alarm, "received") == ("MeterRelay", "EventsReceived", SERVICE)
-    periods = {m["Id"]: m["MetricStat"]["Period"] for m in alarm["Metrics"] if "MetricStat" in m}
-    assert set(periods.values()) == {300}
-    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"], alarm["Threshold"]) == (
-        3,
-        3,
-        50,
-    )
-    assert (alarm["ComparisonOperator"], alarm["TreatMissingData"]) == (
-        "GreaterThanThreshold",
-        "notBreaching",
-    )
+    events = ("retried", "EventsRetried"), ("received", "EventsReceived")
+    assert share_alarm(production, "production-delivery-failing", *events) == 50
 
 
 def test_every_alarm_is_named_after_the_stack_and_reaches_its_topic(production: Deployed) -> None:
