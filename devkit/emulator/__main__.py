@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stripe-emulator",
         description="Emulates Stripe's meter event APIs on a local port. "
-        "Inspection API under /_emulator/ (see README).",
+        "Inspection API under /_emulator/ (see docs/development.md).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=12111, help="port (0 picks a free one)")

@@ -8,8 +8,10 @@
 `--region` choose the AWS credentials and region as the AWS CLI does (the standard AWS
 variables, AWS_ENDPOINT_URL included, work too). Without a stack, the variables of the tools'
 configuration (DEAD_LETTER_QUEUE_URL, USAGE_QUEUE_URL, STRIPE_SECRET_ID, STRIPE_API_BASE,
-STRIPE_API_VERSION, STRIPE_MODE, METER_KEYS, VALUE_RULE) or the matching flags. The Stripe
-secret key is read from Secrets Manager only, never from a flag or the environment.
+STRIPE_API_VERSION, STRIPE_MODE, METER_KEYS, VALUE_RULE, METER_CATALOG_PATH,
+ERROR_REPORTS_TABLE, LEDGER_BUCKET, LEDGER_WORKGROUP, LEDGER_DATABASE) or the matching
+flags. The Stripe secret key is read from Secrets Manager only, never from a flag or the
+environment.
 
 Exit status: 0 done; 1 something stayed in the DLQ, failed, or was not seen; 2 usage or
 configuration (also: not confirmed); 3 AWS or Stripe could not be reached; 4 an internal
@@ -198,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "exit status: 0 done; 1 something stayed, failed, or was not seen; 2 usage or "
             "configuration (also: not confirmed); 3 AWS or Stripe unreachable; 4 an internal "
-            "error"
+            "error; 130 interrupted"
         ),
         parents=[_global_options(top=True)],
     )

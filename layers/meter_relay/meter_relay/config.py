@@ -1,7 +1,8 @@
 """Configuration from the environment (docs/design.md's contract), checked once at start-up.
 
 A missing or malformed variable fails loudly with its name, never with a default that would
-send usage somewhere unexpected. Tuning variables have safe defaults, documented in README.
+send usage somewhere unexpected. Tuning variables have safe defaults, documented in
+docs/design.md.
 """
 
 from __future__ import annotations
