@@ -513,6 +513,39 @@ def test_a_listed_event_without_its_data_is_fetched_by_id_not_remembered_empty(
     assert codes_and_identifiers(reports.letters()) == {"listed-bare": "no_meter"}
 
 
+def test_a_pull_sets_aside_an_event_stripe_gives_without_its_data_and_goes_on(
+    reports: Reports,
+) -> None:
+    since = datetime.now(UTC) - timedelta(hours=1)
+    reports.emulator.set_webhooks()
+    bare_id = reports.reject(usage("bare", name="nobody_meters_this"))[0]["id"]
+    reports.reject(usage("whole", value="0"))
+    api = stripe_api(reports)
+
+    class OneBare(StripeEvents):
+        """Stripe gives one event without its data, listed or fetched."""
+
+        def listed(
+            self, types: Sequence[str], since: datetime, until: datetime | None = None
+        ) -> Iterator[dict[str, Any]]:
+            for event in super().listed(types, since, until):
+                yield {**event, "data": None} if event["id"] == bare_id else event
+
+        def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+            found = super()._get(path, params)
+            return {**found, "data": None} if path.endswith(bare_id) else found
+
+    _, processor = puller(reports)
+    processor.events = OneBare(lambda: api, 10.0)
+    outcome = pull(OneBare(lambda: api, 10.0), processor, since)
+
+    assert outcome.incomplete == [bare_id]
+    assert [o.status for o in outcome.outcomes] == ["processed"]
+    assert codes_and_identifiers(reports.letters()) == {"whole": "meter_event_invalid_value"}
+    again = pull(StripeEvents(lambda: api, 10.0), processor, since)  # Stripe gives it whole
+    assert Counter(o.status for o in again.outcomes) == {"processed": 1, "duplicate": 1}
+
+
 def test_an_event_stripe_answers_without_its_data_is_retried(reports: Reports) -> None:
     class AnsweredBare(StripeEvents):
         def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -228,6 +228,28 @@ def test_a_session_made_with_another_key_is_replaced_on_a_scheduled_run(relay: R
     assert latest["key_fingerprint"] == key_fingerprint(NEW_KEY)
 
 
+def test_an_environment_still_caching_the_old_key_does_not_undo_a_rotation(
+    relay: Relay,
+) -> None:
+    """Two warm refresher environments: one is forced after the rotation and makes the new
+    key's session; the other, its cache still holding the old key, must not replace that
+    session with one of the old key (another account's, perhaps) on its next run."""
+    relay.emulator.configure(accepted_keys=[relay.secret_key, NEW_KEY])  # both still valid
+    with relay.refresher() as behind, relay.refresher() as forced:
+        _ok(behind.invoke({}))  # reads, and caches, the old key
+        _ok(forced.invoke({}))
+        relay.aws.client("secretsmanager").put_secret_value(
+            SecretId=relay.secret_id, SecretString=NEW_KEY
+        )
+        rotated = _ok(forced.invoke({"force": True}))
+        scheduled = _ok(behind.invoke({}))
+    assert scheduled["refreshed"] is False
+    assert scheduled["session_id"] == rotated["session_id"]
+    stored = relay.stored_session()
+    assert stored is not None
+    assert stored["key_fingerprint"] == key_fingerprint(NEW_KEY)
+
+
 def test_a_session_stored_without_its_key_is_replaced_once(relay: Relay) -> None:
     """Written before sessions recorded their key: replaced once, then kept."""
     stored = relay.put_session()

@@ -276,7 +276,7 @@ def test_a_function_that_keeps_failing_on_the_webhook_route_reaches_a_person(
     Failures, crashes and timeouts (Lambda's Errors: they emit no metric of their own), and
     refused webhooks (a rolled signing secret) page, three in an hour."""
     failing = alarm(by_webhook, "production-error-reports-failing")
-    expression = "MAX([FILL(failed, 0), FILL(errors, 0)]) + FILL(refused, 0)"
+    expression = "FILL(failed, 0) + FILL(errors, 0) + FILL(refused, 0)"
     assert summed(failing, expression, 3600) == ["ErrorReportsFailed", "WebhooksRefused"]
     (errors,) = [m for m in failing["Metrics"] if m["Id"] == "errors"]
     assert errors["MetricStat"]["Metric"] == {

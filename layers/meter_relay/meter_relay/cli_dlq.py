@@ -624,7 +624,9 @@ def add_commands(dlq: argparse.ArgumentParser, global_options: argparse.Argument
     add_engine(replay)
     replay.set_defaults(run=cmd_replay)
 
-    cancel_cmd = command("cancel", "cancel delivered events (Stripe's 24-hour window)")
+    cancel_cmd = command(
+        "cancel", "cancel events Stripe counted (by identifier, or the DLQ's that it may have)"
+    )
     _add_settings(cancel_cmd, stripe=True)
     _add_filters(cancel_cmd)
     cancel_cmd.add_argument("--identifiers", metavar="FILE", help="one identifier per line")

@@ -282,7 +282,7 @@ class StreamDelivery:
                 # refresher, and the call must still end before the deadline margin
                 timeout = min(policy.request_timeout, remaining() - policy.deadline_margin)
                 if timeout < MIN_CALL_SECONDS:
-                    report.give_up(part, "deadline")
+                    report.give_up(part, "rate_limited" if throttled else "deadline")
                     return None
                 answer = self._call(session, body, timeout, report)
                 rate_limited = answer.kind is Kind.RATE_LIMITED

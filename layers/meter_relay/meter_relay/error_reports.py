@@ -97,6 +97,11 @@ class FetchFailed(Exception):
         self.status = status
 
 
+class EventIncomplete(FetchFailed):
+    """Stripe answered the event without its data: retried by the function (Stripe and
+    EventBridge deliver it again), set aside by a pull, which goes on with the others."""
+
+
 class LettersNotSent(Exception):
     """SQS did not take every letter of a report: the report is retried whole (the letters
     sent already come again: a duplicate letter, never a lost one)."""
@@ -351,7 +356,7 @@ class StripeEvents:
         object is not processed (it would be remembered as a report of no samples)."""
         event = self._get(f"{EVENTS_PATH}/{quote(event_id, safe='')}", {})
         if not isinstance(event.get("data"), dict):
-            raise FetchFailed(f"Stripe answered event {event_id} without its data")
+            raise EventIncomplete(f"Stripe answered event {event_id} without its data")
         return event
 
     def listed(
@@ -564,6 +569,7 @@ PULL_CLAIM_SECONDS = 120  # how long a pull holds one event before another run m
 class PullSummary:
     outcomes: list[Outcome] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # held by another run: pull again later
+    incomplete: list[str] = field(default_factory=list)  # Stripe gave them without their data
 
 
 def pull(
@@ -586,6 +592,9 @@ def pull(
             outcome = processor.process(event_id, TimeBudget(PULL_CLAIM_SECONDS), fetched=event)
         except IdempotencyAlreadyInProgressError:
             summary.busy.append(event_id)
+            continue
+        except EventIncomplete:  # not remembered: a later pull tries it again
+            summary.incomplete.append(event_id)
             continue
         summary.outcomes.append(outcome)
         if on_outcome is not None:

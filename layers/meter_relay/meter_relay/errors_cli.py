@@ -149,6 +149,7 @@ def _report(args: argparse.Namespace, summary: PullSummary) -> int:
                 "duplicates": statuses[DUPLICATE],
                 "unavailable": statuses[UNAVAILABLE],
                 "busy": summary.busy,
+                "incomplete": summary.incomplete,
                 "letters": letters,
                 "rejected": sum(o.rejected for o in processed),
                 "rejected_by_code": by_code,
@@ -180,5 +181,11 @@ def _report(args: argparse.Namespace, summary: PullSummary) -> int:
         console.warn(
             f"{len(summary.busy)} reports were being processed by another run: pull again later"
         )
-    # exit 1 as documented: something stayed (busy, unrecorded) or does not add up
-    return Exit.STAYED if summary.busy or mismatched or unrecorded else Exit.DONE
+    if summary.incomplete:
+        console.warn(
+            f"{len(summary.incomplete)} reports came from Stripe without their data, not "
+            f"processed: pull again later ({', '.join(summary.incomplete)})"
+        )
+    # exit 1 as documented: something stayed (busy, incomplete, unrecorded) or does not add up
+    stayed = summary.busy or summary.incomplete or mismatched or unrecorded
+    return Exit.STAYED if stayed else Exit.DONE

@@ -121,6 +121,10 @@ class Refresher:
         try:
             # forced: the operator may just have put a new key in the secret
             key = self._secret_key(fresh=force)
+            if not force and self._made_with_another_key(key):
+                # another environment may have read a newer key: this one's cache may be the
+                # stale one, which must not replace the new key's session with its own
+                key = self._secret_key(fresh=True)
             summary: RefreshSummary = refresh_session(
                 self.store,
                 StripeApi(self._http, key),
@@ -152,6 +156,15 @@ class Refresher:
         result = summary.to_dict()
         logger.info("session checked", extra=result)
         return result
+
+    def _made_with_another_key(self, key: str) -> bool:
+        """Whether the stored session names another key than `key` (unreadable: no)."""
+        try:
+            stored = self.store.read()
+        except (SessionFormatError, GetParameterError, BotoCoreError, ClientError):
+            return False
+        made_with = stored.key_fingerprint if stored is not None else None
+        return made_with is not None and made_with != key_fingerprint(key)
 
     def _usable_seconds(self) -> float:
         """What the forwarder has left to work with after a failed run (the alarm on

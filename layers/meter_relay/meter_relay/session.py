@@ -271,21 +271,30 @@ class SessionTokenSource:
             cached = self._cached
             if cached is not None and cached.seconds_left(self._clock()) > self._margin:
                 return cached
+            failed_before = self._renewal_failed
             try:
                 return self._renew(refused=None)
             except SessionUnavailable:
                 if cached is None or cached.seconds_left(self._clock()) <= FALLBACK_SECONDS:
                     raise
-                self._stats.renewals_failed += 1
+                if not failed_before:
+                    self._stats.renewals_failed += 1  # once per failed renewal, not per call
                 return cached
 
     def expired(self, session: MeterEventSession) -> MeterEventSession:
-        """Stripe refused `session`: get another one (once for all threads that saw it fail)."""
+        """Stripe refused `session`: get another one (once for all threads that saw it fail).
+        A refused session is dropped from the cache if no other comes: never used again, not
+        even as `current()`'s stand-in while renewals fail."""
         with self._lock:
             cached = self._cached
             if cached is not None and cached.session_id != session.session_id:
                 return cached  # another thread already replaced it
-            return self._renew(refused=session)
+            try:
+                return self._renew(refused=session)
+            except SessionUnavailable:
+                if self._cached is not None and self._cached.session_id == session.session_id:
+                    self._cached = None
+                raise
 
     def _renew(self, refused: MeterEventSession | None) -> MeterEventSession:
         """Re-read the parameter; if that is stale too, have the refresher replace it.

@@ -241,7 +241,7 @@ def test_a_failed_re_read_keeps_the_cached_session_while_it_lives() -> None:
     assert tokens.current().session_id == "mtres_a"
     assert tokens.current().session_id == "mtres_a"  # the next chunk too, no second read
     assert store.reads == 2
-    assert tokens.take_stats().renewals_failed == 2
+    assert tokens.take_stats().renewals_failed == 1  # one renewal failed, used twice
 
     now[0] = NOW + 890  # 10 s left: too little to start a call with it
     with pytest.raises(SessionUnavailable, match="already failed"):
@@ -272,3 +272,18 @@ def test_the_stored_value_keeps_the_key_fingerprint() -> None:
     del written_before["key_fingerprint"]
     read = MeterEventSession.from_parameter_value(json.dumps(written_before))
     assert read.key_fingerprint is None
+
+
+@pytest.mark.parametrize("left", [50.0, 300.0])
+def test_a_session_stripe_refused_is_not_used_while_its_renewal_fails(left: float) -> None:
+    """Within the margin (50 s left) it would be current()'s stand-in; beyond it (300 s) it
+    would simply be served from the cache: either way every call with it is refused."""
+    store = FakeStore(session("a", 900), _throttled())
+    now = [NOW]
+    tokens = SessionTokenSource(cast("SessionStore", store), None, 60, clock=lambda: now[0])
+    refused = tokens.current()
+    now[0] = NOW + 900 - left
+    with pytest.raises(SessionUnavailable):
+        tokens.expired(refused)  # Stripe answered 401; SSM then refuses the re-read
+    with pytest.raises(SessionUnavailable, match="already failed"):
+        tokens.current()  # not mtres_a again

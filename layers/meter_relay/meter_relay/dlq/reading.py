@@ -145,6 +145,13 @@ class DlqMessage:
         return self.code in _OUTCOME_UNKNOWN_CODES or HTTP_5XX.fullmatch(self.code) is not None
 
     @property
+    def may_be_counted(self) -> bool:
+        """Whether Stripe may have counted some of its events: its reason leaves it open, or a
+        sync replay wrote it after Stripe kept failing (the letter it came from, perhaps moved
+        by SQS after deliveries, gave way to Stripe's code). What `dlq cancel` may take back."""
+        return self.outcome_unknown or self.error_message.startswith(SYNC_REPLAY_PREFIX)
+
+    @property
     def rejected_until(self) -> datetime | None:
         """A letter of Stripe's error report: Stripe dropped the delivery of its event made by
         the end of the report's window (ValidationEnd; else by when the letter was written), so

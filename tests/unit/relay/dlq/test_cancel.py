@@ -8,7 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from meter_relay.dead_letter import ATTR_ERROR_CODE, ATTR_EVENT_INDEX, ATTR_IDENTIFIER
+from meter_relay.dead_letter import (
+    ATTR_ERROR_CODE,
+    ATTR_ERROR_MESSAGE,
+    ATTR_EVENT_INDEX,
+    ATTR_IDENTIFIER,
+)
 from meter_relay.dlq.cancel import (
     AuditStatus,
     CancelTarget,
@@ -16,6 +21,7 @@ from meter_relay.dlq.cancel import (
     targets_from_dlq,
     targets_from_file,
 )
+from meter_relay.dlq.reading import SYNC_REPLAY_PREFIX
 from meter_relay.dlq.selection import Filters
 from meter_relay.retry import TOOLS_RETRY, RateLimit
 from meter_relay.stripe_client import Kind, StripeAnswer
@@ -160,8 +166,8 @@ def test_a_mixed_envelope_gives_exactly_the_events_every_filter_chooses() -> Non
     assert len(chosen(Filters())) == 4  # no event filter: the whole message
 
 
-def _letter(code: str, identifier: str, value: str = "1") -> dict[str, Any]:
-    """A forwarder's one-event letter with the given reason, as ReceiveMessage returns it."""
+def _letter(code: str, identifier: str, value: str = "1", reason: str = "") -> dict[str, Any]:
+    """A one-event letter with the given code (and reason), as ReceiveMessage returns it."""
     body = {
         "event_name": "api_requests",
         "identifier": identifier,
@@ -172,6 +178,8 @@ def _letter(code: str, identifier: str, value: str = "1") -> dict[str, Any]:
         ATTR_EVENT_INDEX: {"DataType": "Number", "StringValue": "0"},
         ATTR_IDENTIFIER: {"DataType": "String", "StringValue": identifier},
     }
+    if reason:
+        attributes[ATTR_ERROR_MESSAGE] = {"DataType": "String", "StringValue": reason}
     letter: dict[str, Any] = sqs_message(
         json.dumps(body), f"letter-{identifier}-{code}", attributes
     )
@@ -191,10 +199,22 @@ def test_only_letters_whose_events_may_have_reached_stripe_are_chosen() -> None:
                 _letter("http_503", "maybe-1"),
                 _letter("no_answer", "maybe-2"),
                 sqs_message(json.dumps(api_event("3", "cus_z")), "redriven"),
+                # a sync replay of a moved message met 429s: Stripe's code replaced "moved"
+                _letter("rate_limit", "maybe-3", reason=f"{SYNC_REPLAY_PREFIX}HTTP 429"),
+                _letter("rate_limit", "refused-429"),  # the forwarder's own: never counted
             ]
         ]
     )
     chosen = targets_from_dlq(reader(sqs), Filters(customers={"cus_z"}))
-    assert [t.identifier for t in chosen.targets] == ["maybe-1", "maybe-2", "redriven-0"]
-    assert chosen.never_sent == {"duplicate_identifier_in_batch": 1, "payload_invalid_value": 1}
+    assert [t.identifier for t in chosen.targets] == [
+        "maybe-1",
+        "maybe-2",
+        "redriven-0",
+        "maybe-3",
+    ]
+    assert chosen.never_sent == {
+        "duplicate_identifier_in_batch": 1,
+        "payload_invalid_value": 1,
+        "rate_limit": 1,
+    }
     assert chosen.complete
