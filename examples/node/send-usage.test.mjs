@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { sendBodies } from "./send-usage.mjs";
-import { batches, MAX_MESSAGE_BYTES, messageBodies, usageEvent } from "./usage-messages.mjs";
+import { batches, MAX_MESSAGE_BYTES, messageBodies, messageBody, usageEvent } from "./usage-messages.mjs";
 
 /** An SQS client answering from a script (an Error is thrown), recording each call's entry ids. */
 function scripted(answers) {
@@ -72,5 +72,14 @@ test("an event without an identifier gets one before it is sent", () => {
   const [first, second] = [0, 1].map(() => usageEvent({ eventName: "e", customer: "c", value: 2 }));
   assert.match(first.identifier, /^[0-9a-f-]{36}$/);
   assert.notEqual(first.identifier, second.identifier);
-  assert.equal(first.payload.value, "2");
+  assert.equal(first.payload.value, 2);
+  // and a timestamp, so that a resend of the same event is the same event
+  assert.match(first.timestamp, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+});
+
+test("values keep their digits: numbers as JSON numbers, BigInts as their text", () => {
+  const body = (value) => JSON.parse(messageBody([usageEvent({ eventName: "e", customer: "c", value })]));
+  assert.equal(body(1e21).payload.value, 1e21); // String() would send "1e+21", refused
+  assert.equal(body(2n ** 53n + 1n).payload.value, "9007199254740993");
+  assert.equal(body("12.5").payload.value, "12.5");
 });

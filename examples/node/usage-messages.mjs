@@ -9,7 +9,8 @@
 import { randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 
-export const MAX_MESSAGE_BYTES = 256 * 1024; // the largest message the relay is built for
+// the largest message sent: SQS's 256 KiB, less room for what its dead letter would add
+export const MAX_MESSAGE_BYTES = 248 * 1024;
 export const MAX_BATCH_ENTRIES = 10; // SendMessageBatch: entries a call,
 export const MAX_BATCH_BYTES = 256 * 1024; // and their bodies together
 const ENVELOPE_BYTES = MAX_MESSAGE_BYTES / 2; // so a batch takes at least two envelopes
@@ -18,18 +19,21 @@ const ENVELOPE_BYTES = MAX_MESSAGE_BYTES / 2; // so a batch takes at least two e
  * One usage event. `identifier` makes a retry count once: give one you can reproduce (an order
  * or request id); without one, a random one is given here, before the first send, so a batch
  * sent again after a lost answer carries the same identifiers. `timestamp`: when the usage
- * happened (RFC 3339 or epoch seconds); left out, the time the message reached the queue.
+ * happened (RFC 3339, epoch seconds or a Date); left out, now (so that a resend carries the
+ * same one). `value`: a number goes as a JSON number, which the forwarder writes as plain
+ * decimal text; give a string or a BigInt for more digits than a double holds.
  */
 export function usageEvent({ eventName, customer, value, identifier, timestamp }) {
-  const event = {
+  const at = timestamp ?? new Date();
+  return {
     event_name: eventName,
-    payload: { stripe_customer_id: customer, value: String(value) },
+    payload: {
+      stripe_customer_id: customer,
+      value: typeof value === "bigint" ? value.toString() : value,
+    },
     identifier: identifier ?? randomUUID(),
+    timestamp: at instanceof Date ? at.toISOString() : at,
   };
-  if (timestamp !== undefined) {
-    event.timestamp = timestamp instanceof Date ? timestamp.toISOString() : timestamp;
-  }
-  return event;
 }
 
 /** One event as itself; several as an envelope. */

@@ -85,7 +85,7 @@ def test_node_example_sends_valid_messages_to_the_queue(
     assert sorted(event["identifier"] for event in events) == sorted(
         f"node-example-{i}" for i in range(25)
     )
-    assert {event["payload"]["value"] for event in events} == {"1", "2", "3", "4"}
+    assert {event["payload"]["value"] for event in events} == {1, 2, 3, 4}  # JSON numbers
 
 
 def test_node_example_own_tests_pass(node_modules: Path) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from botocore.exceptions import ReadTimeoutError
 from botocore.stub import Stubber
 
-from meter_relay.producer import MAX_MESSAGE_BYTES, UsageProducer, message_body
+from meter_relay.producer import MAX_MESSAGE_BYTES, SendInterrupted, UsageProducer, message_body
 from tests.message_schema import events_in
 from tests.plugins.aws import AwsEnv
 
@@ -164,8 +166,8 @@ def test_an_event_too_big_for_a_message_is_reported_and_the_rest_sent(aws: AwsEn
     big = {**big, "payload": {**big["payload"], "note": "x" * MAX_MESSAGE_BYTES}}
     report = UsageProducer(url, sqs).send([small, big, other])
     [(events, reason)] = report.failed
-    assert events == (big,)
-    assert reason.startswith(f"MessageTooLong: {len(message_body([big]))} bytes")
+    assert [{k: v for k, v in e.items() if k != "timestamp"} for e in events] == [big]
+    assert reason.startswith(f"MessageTooLong: {len(message_body(events))} bytes")
     assert sorted(json.loads(body)["identifier"] for body in drain(aws, url)) == ["p-0", "p-2"]
 
 
@@ -218,7 +220,59 @@ def test_a_batch_sent_twice_after_a_lost_answer_carries_the_same_identifiers(
     # each event's identifier appears twice, so Stripe counts the repeated envelope once
     assert len(set(identifiers)) == 4
     assert all(identifiers.count(i) == 2 for i in identifiers)
-    assert all("identifier" not in e for e in events)  # the caller's events untouched
+    # and with the same timestamp: a copy stamped by its own message's send would differ,
+    # and two copies in one forwarder batch would dead-letter the second as a duplicate
+    copies = {(e["identifier"], e["timestamp"]) for body in bodies for e in body["events"]}
+    assert len(copies) == 4
+    assert all("identifier" not in e and "timestamp" not in e for e in events)  # untouched
+
+
+def test_events_the_forwarder_could_only_dead_letter_are_reported_not_sent(
+    aws: AwsEnv,
+) -> None:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="usage-unsendable")["QueueUrl"]
+    good, *others = usage(6)
+    bad = [
+        {**others[0], "identifier": 12345},  # an order id given as a number
+        {**others[1], "identifier": "x" * 101},
+        {**others[2], "payload": {**others[2]["payload"], "value": float("nan")}},
+        {**others[3], "timestamp": datetime(2026, 12, 1, tzinfo=UTC)},
+    ]
+    dynamo = {**others[4], "payload": {**others[4]["payload"], "value": Decimal("25")}}
+    report = UsageProducer(url, sqs, envelope_size=10).send([good, *bad, dynamo])
+    reasons = [reason for _, reason in report.failed]
+    assert [events[0]["identifier"] for events, _ in report.failed] == [
+        12345,
+        "x" * 101,
+        "p-3",
+        "p-4",
+    ]
+    assert reasons[:2] == ["identifier is a string of 1 to 100 characters"] * 2
+    assert reasons[2].startswith("not JSON: Out of range float values")
+    assert reasons[3].startswith("not JSON: Object of type datetime")
+    [body] = drain(aws, url)
+    sent = json.loads(body)["events"]
+    assert [(e["identifier"], e["payload"]["value"]) for e in sent] == [("p-0", "1"), ("p-5", "25")]
+
+
+def test_a_send_that_stops_part_way_says_what_it_sent(aws: AwsEnv) -> None:
+    """Sent again from the caller's own dicts, events without an identifier would get new
+    ones and be counted twice: the report of what went is kept on the exception."""
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="usage-interrupted")["QueueUrl"]
+
+    def stream() -> Iterator[dict[str, Any]]:
+        yield from [{k: v for k, v in e.items() if k != "identifier"} for e in usage(25)]
+        raise ConnectionError("the database went away")
+
+    with pytest.raises(SendInterrupted) as interrupted:
+        UsageProducer(url, sqs).send(stream())
+    report = interrupted.value.report
+    assert isinstance(interrupted.value.__cause__, ConnectionError)
+    assert report.events_sent == 20  # two batches of ten went before the stream failed
+    on_queue = sorted(json.loads(body)["identifier"] for body in drain(aws, url))
+    assert on_queue == sorted(m.events[0]["identifier"] for m in report.sent)
 
 
 def test_identifiers_can_be_left_to_the_forwarder(aws: AwsEnv) -> None:

@@ -8,21 +8,31 @@ into SendMessageBatch calls of at most 10 messages and 256 KiB, and entries SQS 
 transient reason are sent again with backoff. What is not sent is in the report, with the reason:
 nothing is dropped silently.
 
-An event without an `identifier` gets one here, before its first send: a batch whose answer
-was lost (a timeout after SQS took it) is sent again with the same identifiers, and Stripe
-counts it once. Better still, give every event an identifier you can reproduce (an order id,
-a request id): then a retry on your side, across processes, is never counted twice either.
+An event without an `identifier` gets one here, before its first send, and one without a
+`timestamp` gets the time of the send: a batch whose answer was lost (a timeout after SQS took
+it) is sent again with the same identifiers and contents, and Stripe counts it once. The
+events in `report.failed` are those copies: send them again, not your own dicts, and within
+24 hours (Stripe's deduplication window), for some of them may be on the queue already.
+Better still, give every event an identifier you can reproduce (an order id, a request id):
+then a retry on your side, across processes, is never counted twice either.
+
+An event the forwarder could only dead-letter (an identifier that is not a text of 1 to 100
+characters, a value JSON cannot carry such as NaN, an object JSON cannot write) is not sent:
+it is in the report too. A `Decimal` (what DynamoDB gives) is written as its plain text.
 """
 
 # Python 3.9: no `X | Y` outside annotations, no match, no dataclass(slots=...), no `def f[T]`.
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,11 +41,25 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
-# the largest message the relay is built for, its dead letters included (SQS's classic limit)
-MAX_MESSAGE_BYTES = 256 * 1024
+# the largest message sent: SQS's classic limit, 256 KiB, less room for what its dead letter
+# adds (the identifier and timestamp written in, the reason's attributes), so that a message
+# the forwarder refuses can be a letter of its own
+MAX_MESSAGE_BYTES = 248 * 1024
 MAX_BATCH_ENTRIES = 10  # SendMessageBatch's limits: entries a call,
 MAX_BATCH_BYTES = 256 * 1024  # and their bodies together
 MAX_ENVELOPE_EVENTS = 1000
+MAX_IDENTIFIER_LENGTH = 100  # Stripe's
+
+
+def _plain(value: Any) -> Any:
+    """What json.dumps cannot write by itself: a finite Decimal, as its plain text."""
+    if isinstance(value, Decimal) and value.is_finite():
+        return format(value, "f")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# NaN and Infinity are not JSON: the forwarder could not read the message at all
+_dumps = functools.partial(json.dumps, allow_nan=False, default=_plain)
 
 Event = dict[str, Any]
 _Item = TypeVar("_Item")
@@ -65,9 +89,21 @@ class SendReport:
         return sum(len(events) for events, _ in self.failed)
 
 
+class SendInterrupted(Exception):
+    """`send` stopped part way (the events' iterable raised, or something unforeseen): the
+    `report` says what was sent already, with the identifiers given here."""
+
+    def __init__(self, report: SendReport) -> None:
+        super().__init__(
+            f"send interrupted after {report.events_sent} events sent "
+            f"({report.events_failed} not sent): see the report"
+        )
+        self.report = report
+
+
 def message_body(events: Sequence[Event]) -> str:
     """One event as itself; several as an envelope."""
-    return json.dumps(events[0] if len(events) == 1 else {"events": list(events)})
+    return _dumps(events[0] if len(events) == 1 else {"events": list(events)})
 
 
 @dataclass(frozen=True)
@@ -111,32 +147,60 @@ class UsageProducer:
         self.assign_identifiers = assign_identifiers
 
     def send(self, events: Iterable[Event]) -> SendReport:
-        """Send every event; what could not be sent after retries is in `report.failed`."""
+        """Send every event; what could not be sent after retries is in `report.failed`.
+        SendInterrupted, with the report so far, if it stops part way."""
         report = SendReport()
         messages = self._sendable(events, report)  # lazily: batches go as the events come
-        for batch in _groups(messages, lambda m: m.size, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES):
-            self._send_batch(batch, report)
+        try:
+            for batch in _groups(messages, lambda m: m.size, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES):
+                self._send_batch(batch, report)
+        except Exception as error:  # the batches sent already must not be lost with it
+            raise SendInterrupted(report) from error
         return report
 
     def _sendable(self, events: Iterable[Event], report: SendReport) -> Iterator[_Message]:
         """The events' messages; one too big to send (a single huge event) goes in the report."""
-        for message in self._messages(events):
+        for message in self._messages(events, report):
             if message.size > MAX_MESSAGE_BYTES:
                 reason = f"MessageTooLong: {message.size} bytes, the most is {MAX_MESSAGE_BYTES}"
                 report.failed.append((message.events, reason))
             else:
                 yield message
 
-    def _messages(self, events: Iterable[Event]) -> Iterator[_Message]:
-        if self.assign_identifiers:
-            # a copy: the caller's dicts are left untouched
-            events = (
-                e if e.get("identifier") is not None else {**e, "identifier": uuid.uuid4().hex}
-                for e in events
-            )
+    def _messages(self, events: Iterable[Event], report: SendReport) -> Iterator[_Message]:
         # an envelope is kept to half the largest message, so that a batch takes at least two
-        for group in _groups(events, _event_size, self.envelope_size, MAX_MESSAGE_BYTES // 2):
-            yield _Message.of(group)
+        sized = self._checked(events, report)
+        for group in _groups(sized, lambda e: e[1], self.envelope_size, MAX_MESSAGE_BYTES // 2):
+            yield _Message.of([event for event, _ in group])
+
+    def _checked(self, events: Iterable[Event], report: SendReport) -> Iterator[tuple[Event, int]]:
+        """Each event that can be sent, as it will be (a copy: the caller's dicts are left
+        untouched), with its size in an envelope; the others go in the report."""
+        for event in events:
+            if not isinstance(event, dict):
+                report.failed.append(((event,), "not an event: a dict is"))
+                continue
+            if self.assign_identifiers:
+                given = {}
+                if event.get("identifier") is None:
+                    given["identifier"] = uuid.uuid4().hex
+                if event.get("timestamp") is None:  # a resend must carry the same one
+                    given["timestamp"] = _now()
+                if given:
+                    event = {**event, **given}
+            identifier = event.get("identifier")
+            if identifier is not None and not (
+                isinstance(identifier, str) and 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH
+            ):
+                reason = f"identifier is a string of 1 to {MAX_IDENTIFIER_LENGTH} characters"
+                report.failed.append(((event,), reason))
+                continue
+            try:
+                size = len(_dumps(event)) + 2  # in an envelope, with the separator
+            except (TypeError, ValueError) as error:
+                report.failed.append(((event,), f"not JSON: {error}"))
+                continue
+            yield event, size
 
     def _send_batch(self, batch: list[_Message], report: SendReport) -> None:
         pending = {f"m{i}": message for i, message in enumerate(batch)}
@@ -171,8 +235,10 @@ class UsageProducer:
         report.failed.extend((m.events, last_error or "not sent") for m in pending.values())
 
 
-def _event_size(event: Event) -> int:
-    return len(json.dumps(event)) + 2  # its text in an envelope, with the separator
+def _now() -> str:
+    """RFC 3339 in UTC, to the millisecond, as the forwarder writes timestamps."""
+    moment = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return moment.replace("+00:00", "Z")
 
 
 def _groups(

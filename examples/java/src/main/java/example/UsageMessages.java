@@ -2,6 +2,7 @@ package example;
 
 import java.nio.charset.StandardCharsets;
 import java.time.Instant;
+import java.time.temporal.ChronoUnit;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Objects;
@@ -19,8 +20,8 @@ import java.util.function.ToIntFunction;
  * java example.UsageMessages EVENTS SIZE   EVENTS generated events, SIZE to an envelope</pre>
  */
 public final class UsageMessages {
-    /** The largest message the relay is built for. */
-    public static final int MAX_MESSAGE_BYTES = 256 * 1024;
+    /** The largest message sent: SQS's 256 KiB, less room for what its dead letter adds. */
+    public static final int MAX_MESSAGE_BYTES = 248 * 1024;
     /** SendMessageBatch's limits: entries a call, and their bodies together. */
     public static final int MAX_BATCH_ENTRIES = 10;
     public static final int MAX_BATCH_BYTES = 256 * 1024;
@@ -33,7 +34,7 @@ public final class UsageMessages {
      * One usage event. The identifier makes a retry count once: give one you can reproduce (an
      * order or request id); null gets a random one here, before the first send, so a batch sent
      * again after a lost answer carries the same identifiers. The timestamp says when the usage
-     * happened; null means when the message reached the queue.
+     * happened; null means now (to the millisecond), so that a resend carries the same one.
      */
     public record UsageEvent(
             String eventName, String customer, long value, String identifier, Instant timestamp) {
@@ -42,6 +43,9 @@ public final class UsageMessages {
             Objects.requireNonNull(customer, "customer");
             if (identifier == null) {
                 identifier = UUID.randomUUID().toString();
+            }
+            if (timestamp == null) {
+                timestamp = Instant.now().truncatedTo(ChronoUnit.MILLIS);
             }
         }
 
