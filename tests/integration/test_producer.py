@@ -239,7 +239,11 @@ def test_events_the_forwarder_could_only_dead_letter_are_reported_not_sent(
         {**others[2], "payload": {**others[2]["payload"], "value": float("nan")}},
         {**others[3], "timestamp": datetime(2026, 12, 1, tzinfo=UTC)},
     ]
-    dynamo = {**others[4], "payload": {**others[4]["payload"], "value": Decimal("25")}}
+    dynamo = {  # as DynamoDB gives numbers
+        **others[4],
+        "payload": {**others[4]["payload"], "value": Decimal("25"), "rate": Decimal("2.50")},
+        "timestamp": Decimal("1780315200"),
+    }
     report = UsageProducer(url, sqs, envelope_size=10).send([good, *bad, dynamo])
     reasons = [reason for _, reason in report.failed]
     assert [events[0]["identifier"] for events, _ in report.failed] == [
@@ -252,8 +256,13 @@ def test_events_the_forwarder_could_only_dead_letter_are_reported_not_sent(
     assert reasons[2].startswith("not JSON: Out of range float values")
     assert reasons[3].startswith("not JSON: Object of type datetime")
     [body] = drain(aws, url)
-    sent = json.loads(body)["events"]
-    assert [(e["identifier"], e["payload"]["value"]) for e in sent] == [("p-0", "1"), ("p-5", "25")]
+    good_sent, dynamo_sent = json.loads(body)["events"]
+    assert (good_sent["identifier"], good_sent["payload"]["value"]) == ("p-0", "1")
+    # whole numbers as integers (epoch seconds stay a number), the others as their exact text
+    assert (dynamo_sent["payload"], dynamo_sent["timestamp"]) == (
+        {"stripe_customer_id": "cus_2", "value": 25, "rate": "2.50"},
+        1780315200,
+    )
 
 
 def test_a_send_that_stops_part_way_says_what_it_sent(aws: AwsEnv) -> None:
@@ -273,6 +282,11 @@ def test_a_send_that_stops_part_way_says_what_it_sent(aws: AwsEnv) -> None:
     assert report.events_sent == 20  # two batches of ten went before the stream failed
     on_queue = sorted(json.loads(body)["identifier"] for body in drain(aws, url))
     assert on_queue == sorted(m.events[0]["identifier"] for m in report.sent)
+    # the five read but not sent yet are in the report, with the identifiers they were given
+    [(unsent, reason)] = report.failed
+    assert len(unsent) == 5
+    assert reason.startswith("not sent: send interrupted")
+    assert not {e["identifier"] for e in unsent} & set(on_queue)
 
 
 def test_identifiers_can_be_left_to_the_forwarder(aws: AwsEnv) -> None:

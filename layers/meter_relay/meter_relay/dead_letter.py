@@ -49,6 +49,10 @@ ATTR_METER_ID = "MeterId"
 ATTR_VALIDATION_START = "ValidationStart"
 ATTR_VALIDATION_END = "ValidationEnd"
 ATTR_REPORTED_BY = "ReportedBy"
+# "true" on a letter a DLQ tool wrote for events of one whose reason left open whether Stripe
+# counted them (moved by SQS, no answer, a 5xx), under a reason that no longer says so (a sync
+# replay's 429): `dlq cancel` may still take them back.
+ATTR_OUTCOME_UNKNOWN = "OutcomeUnknown"
 
 
 @functools.cache

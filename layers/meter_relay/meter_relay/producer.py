@@ -18,7 +18,8 @@ then a retry on your side, across processes, is never counted twice either.
 
 An event the forwarder could only dead-letter (an identifier that is not a text of 1 to 100
 characters, a value JSON cannot carry such as NaN, an object JSON cannot write) is not sent:
-it is in the report too. A `Decimal` (what DynamoDB gives) is written as its plain text.
+it is in the report too. A `Decimal` (what DynamoDB gives) is written as an integer when it is
+whole, else as its plain text.
 """
 
 # Python 3.9: no `X | Y` outside annotations, no match, no dataclass(slots=...), no `def f[T]`.
@@ -52,9 +53,11 @@ MAX_IDENTIFIER_LENGTH = 100  # Stripe's
 
 
 def _plain(value: Any) -> Any:
-    """What json.dumps cannot write by itself: a finite Decimal, as its plain text."""
+    """What json.dumps cannot write by itself: a finite Decimal (what DynamoDB gives), a whole
+    one as an integer (a value, epoch seconds), another as its plain text (no float's
+    rounding)."""
     if isinstance(value, Decimal) and value.is_finite():
-        return format(value, "f")
+        return int(value) if value == value.to_integral_value() else format(value, "f")
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
@@ -150,44 +153,56 @@ class UsageProducer:
         """Send every event; what could not be sent after retries is in `report.failed`.
         SendInterrupted, with the report so far, if it stops part way."""
         report = SendReport()
-        messages = self._sendable(events, report)  # lazily: batches go as the events come
+        taken: list[Event] = []  # every copy made, so that none goes unreported
+        messages = self._sendable(events, report, taken)  # lazily: batches go as events come
         try:
             for batch in _groups(messages, lambda m: m.size, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES):
                 self._send_batch(batch, report)
         except Exception as error:  # the batches sent already must not be lost with it
+            reported = {id(e) for m in report.sent for e in m.events}
+            reported.update(id(e) for events, _ in report.failed for e in events)
+            unsent = tuple(e for e in taken if id(e) not in reported)
+            if unsent:
+                report.failed.append((unsent, f"not sent: send interrupted ({error!r})"))
             raise SendInterrupted(report) from error
         return report
 
-    def _sendable(self, events: Iterable[Event], report: SendReport) -> Iterator[_Message]:
+    def _sendable(
+        self, events: Iterable[Event], report: SendReport, taken: list[Event]
+    ) -> Iterator[_Message]:
         """The events' messages; one too big to send (a single huge event) goes in the report."""
-        for message in self._messages(events, report):
+        for message in self._messages(events, report, taken):
             if message.size > MAX_MESSAGE_BYTES:
                 reason = f"MessageTooLong: {message.size} bytes, the most is {MAX_MESSAGE_BYTES}"
                 report.failed.append((message.events, reason))
             else:
                 yield message
 
-    def _messages(self, events: Iterable[Event], report: SendReport) -> Iterator[_Message]:
+    def _messages(
+        self, events: Iterable[Event], report: SendReport, taken: list[Event]
+    ) -> Iterator[_Message]:
         # an envelope is kept to half the largest message, so that a batch takes at least two
-        sized = self._checked(events, report)
+        sized = self._checked(events, report, taken)
         for group in _groups(sized, lambda e: e[1], self.envelope_size, MAX_MESSAGE_BYTES // 2):
             yield _Message.of([event for event, _ in group])
 
-    def _checked(self, events: Iterable[Event], report: SendReport) -> Iterator[tuple[Event, int]]:
-        """Each event that can be sent, as it will be (a copy: the caller's dicts are left
-        untouched), with its size in an envelope; the others go in the report."""
-        for event in events:
-            if not isinstance(event, dict):
-                report.failed.append(((event,), "not an event: a dict is"))
+    def _checked(
+        self, events: Iterable[Event], report: SendReport, taken: list[Event]
+    ) -> Iterator[tuple[Event, int]]:
+        """Each event that can be sent, as it will be, with its size in an envelope; the others
+        go in the report. Always a copy, added to `taken`: the caller's dicts are left
+        untouched, and one changed or yielded again after it was read changes nothing sent."""
+        for given in events:
+            if not isinstance(given, dict):
+                report.failed.append(((given,), "not an event: a dict is"))
                 continue
+            event = dict(given)
             if self.assign_identifiers:
-                given = {}
                 if event.get("identifier") is None:
-                    given["identifier"] = uuid.uuid4().hex
+                    event["identifier"] = uuid.uuid4().hex
                 if event.get("timestamp") is None:  # a resend must carry the same one
-                    given["timestamp"] = _now()
-                if given:
-                    event = {**event, **given}
+                    event["timestamp"] = _now()
+            taken.append(event)
             identifier = event.get("identifier")
             if identifier is not None and not (
                 isinstance(identifier, str) and 0 < len(identifier) <= MAX_IDENTIFIER_LENGTH

@@ -23,7 +23,7 @@ from meter_relay.catalog import CatalogError, CatalogStore, read_meters
 from meter_relay.config import AWS_CLIENT_CONFIG, RefresherConfig
 from meter_relay.observability import logger, metrics
 from meter_relay.secret_key import SECRET_PLACEHOLDER as SECRET_PLACEHOLDER  # re-exported
-from meter_relay.secret_key import KeyModeError, SecretKeyError, key_fingerprint, read_secret_key
+from meter_relay.secret_key import KeyModeError, SecretKeyError, read_secret_key
 from meter_relay.session import (
     RefreshError,
     RefreshModeError,
@@ -119,20 +119,14 @@ class Refresher:
         force = bool(event.get("force"))
         replace = event.get("replace_session_id")
         try:
-            # forced: the operator may just have put a new key in the secret
-            key = self._secret_key(fresh=force)
-            if not force and self._made_with_another_key(key):
-                # another environment may have read a newer key: this one's cache may be the
-                # stale one, which must not replace the new key's session with its own
-                key = self._secret_key(fresh=True)
             summary: RefreshSummary = refresh_session(
                 self.store,
-                StripeApi(self._http, key),
+                lambda fresh: self._secret_key(fresh=fresh),  # forced: a new key, perhaps
+                lambda key: StripeApi(self._http, key),
                 margin=self.config.refresh_margin,
                 mode=self.config.mode,
                 force=force,
                 replace_session_id=replace if isinstance(replace, str) else None,
-                key_fingerprint=key_fingerprint(key),
                 timeout=self.config.request_timeout,
             )
         except (RefreshError, BotoCoreError, ClientError, GetParameterError) as error:
@@ -156,15 +150,6 @@ class Refresher:
         result = summary.to_dict()
         logger.info("session checked", extra=result)
         return result
-
-    def _made_with_another_key(self, key: str) -> bool:
-        """Whether the stored session names another key than `key` (unreadable: no)."""
-        try:
-            stored = self.store.read()
-        except (SessionFormatError, GetParameterError, BotoCoreError, ClientError):
-            return False
-        made_with = stored.key_fingerprint if stored is not None else None
-        return made_with is not None and made_with != key_fingerprint(key)
 
     def _usable_seconds(self) -> float:
         """What the forwarder has left to work with after a failed run (the alarm on

@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from meter_relay.config import StripeMode
 from meter_relay.events import format_timestamp, parse_rfc3339
+from meter_relay.secret_key import key_fingerprint
 from meter_relay.stripe_client import Kind, StripeApi
 
 if TYPE_CHECKING:
@@ -290,7 +291,12 @@ class SessionTokenSource:
             if cached is not None and cached.session_id != session.session_id:
                 return cached  # another thread already replaced it
             try:
-                return self._renew(refused=session)
+                renewed = self._renew(refused=session)
+                if renewed.session_id == session.session_id:
+                    # it joined a renewal begun before the refusal, which took the stored
+                    # session as it was: one more, that knows what Stripe refused
+                    renewed = self._renew(refused=session)
+                return renewed
             except SessionUnavailable:
                 if self._cached is not None and self._cached.session_id == session.session_id:
                     self._cached = None
@@ -391,42 +397,40 @@ class RefreshSummary:
 
 def refresh_session(
     store: SessionStore,
-    api: StripeApi,
+    secret_key: Callable[[bool], str],
+    api_for: Callable[[str], StripeApi],
     *,
     margin: float,
     mode: StripeMode,
     force: bool = False,
     replace_session_id: str | None = None,
-    key_fingerprint: str | None = None,
     timeout: float = 10.0,
     now: Callable[[], float] = time.time,
 ) -> RefreshSummary:
     """Create a session when the stored one is missing, near expiry, refused, not in the
-    stack's `mode`, made with another key than `key_fingerprint`'s, or forced. A new session
-    not in `mode` is never stored."""
+    stack's `mode`, made with another key, or forced. A new session not in `mode` is never
+    stored. `secret_key(fresh)` gives the key, read past its cache when `fresh`: a session is
+    replaced, and made, only by the key as the secret holds it now (this environment's cached
+    one may be older than the one another environment just made a session with)."""
+    key, fresh = secret_key(force), force
     try:
-        stored = store.read()
+        stored: MeterEventSession | None = store.read()
     except SessionFormatError:
         stored, unreadable = None, True
     else:
         unreadable = False
-    if stored is None:
-        reason = "the stored value is unreadable" if unreadable else "no stored session"
-    elif force:
-        reason = "forced"
-    elif not stored.in_mode(mode):
-        reason = f"the stored session is in {mode_of(stored.livemode)} mode, not {mode}"
-    elif key_fingerprint is not None and stored.key_fingerprint != key_fingerprint:
-        reason = (
-            "it was made with another key"
-            if stored.key_fingerprint
-            else "the key that made it is not recorded"
+
+    def why(key: str) -> str | None:
+        return _why_replace(
+            stored, unreadable, key_fingerprint(key), force, mode, replace_session_id, margin, now()
         )
-    elif replace_session_id is not None and stored.session_id == replace_session_id:
-        reason = "the forwarder reported it expired"
-    elif stored.seconds_left(now()) <= margin:
-        reason = f"expires within {margin:.0f}s"
-    else:
+
+    reason = why(key)
+    if reason is not None and not fresh:
+        key = secret_key(True)
+        reason = why(key)
+    if reason is None:
+        assert stored is not None
         return RefreshSummary(
             False,
             "still valid",
@@ -434,10 +438,13 @@ def refresh_session(
             format_timestamp(stored.expires_at),
             stored.seconds_left(now()),
         )
+    api = api_for(key)
     answer = api.create_session(timeout)
     if answer.kind is not Kind.OK or answer.body is None:
         raise RefreshError(f"Stripe refused a new meter event session: {answer.error}")
-    session = replace(MeterEventSession.from_stripe(answer.body), key_fingerprint=key_fingerprint)
+    session = replace(
+        MeterEventSession.from_stripe(answer.body), key_fingerprint=key_fingerprint(key)
+    )
     if not session.in_mode(mode):
         raise RefreshModeError(
             f"Stripe made a {mode_of(session.livemode)}-mode session with the stack's key, but "
@@ -452,3 +459,31 @@ def refresh_session(
         format_timestamp(session.expires_at),
         session.seconds_left(now()),
     )
+
+
+def _why_replace(
+    stored: MeterEventSession | None,
+    unreadable: bool,
+    fingerprint: str,
+    force: bool,
+    mode: StripeMode,
+    replace_session_id: str | None,
+    margin: float,
+    now: float,
+) -> str | None:
+    """Why the stored session must be replaced, or None when it serves."""
+    if stored is None:
+        return "the stored value is unreadable" if unreadable else "no stored session"
+    if force:
+        return "forced"
+    if not stored.in_mode(mode):
+        return f"the stored session is in {mode_of(stored.livemode)} mode, not {mode}"
+    if stored.key_fingerprint != fingerprint:
+        if stored.key_fingerprint:
+            return "it was made with another key"
+        return "the key that made it is not recorded"
+    if replace_session_id is not None and stored.session_id == replace_session_id:
+        return "the forwarder reported it expired"
+    if stored.seconds_left(now) <= margin:
+        return f"expires within {margin:.0f}s"
+    return None

@@ -287,3 +287,20 @@ def test_a_session_stripe_refused_is_not_used_while_its_renewal_fails(left: floa
         tokens.expired(refused)  # Stripe answered 401; SSM then refuses the re-read
     with pytest.raises(SessionUnavailable, match="already failed"):
         tokens.current()  # not mtres_a again
+
+
+def test_a_refusal_that_joins_a_renewal_begun_before_it_gets_another_session() -> None:
+    """A renewal that outlasted its invocation's wait is still reading the stored session when
+    Stripe refuses it: that renewal knows nothing of the refusal and brings the same session
+    back, so the refusal starts one more, which asks the refresher."""
+    store = FakeStore(session("a", 900))
+    store.gate = threading.Event()  # SSM is slow
+    refresher = FakeRefresher(store, session("b", 900))
+    tokens = source(store, refresher)
+    tokens.begin_invocation(time_left=lambda: 1.2)
+    with pytest.raises(SessionUnavailable, match="did not finish"):
+        tokens.current()  # the renewal goes on in the background
+    tokens.begin_invocation(time_left=lambda: 30)
+    threading.Timer(0.3, store.gate.set).start()  # SSM answers while the refusal waits
+    assert tokens.expired(session("a", 900)).session_id == "mtres_b"
+    assert refresher.asked == ["mtres_a"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from meter_relay.dead_letter import (
+    ATTR_OUTCOME_UNKNOWN,
     ATTR_REPORTED_BY,
     ATTR_VALIDATION_END,
     DeadLetter,
@@ -27,7 +28,12 @@ def _first_seen(message: DlqMessage) -> str:
 
 
 def _kept(message: DlqMessage) -> tuple[tuple[str, str], ...]:
-    return tuple((n, message.attributes[n]) for n in REPORT_ATTRIBUTES if n in message.attributes)
+    """What a letter written for a message's events keeps of it: a Stripe report's marks, and
+    that Stripe may have counted them (whatever reason the new letter gives)."""
+    kept = [(n, message.attributes[n]) for n in REPORT_ATTRIBUTES if n in message.attributes]
+    if message.may_be_counted:
+        kept.append((ATTR_OUTCOME_UNKNOWN, "true"))
+    return tuple(kept)
 
 
 def event_letter(message: DlqMessage, event: ParsedEvent, rejection: Rejection) -> DeadLetter:

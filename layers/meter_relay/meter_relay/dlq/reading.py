@@ -21,6 +21,7 @@ from meter_relay.dead_letter import (
     ATTR_ERROR_MESSAGE,
     ATTR_EVENT_INDEX,
     ATTR_FIRST_SEEN,
+    ATTR_OUTCOME_UNKNOWN,
     ATTR_REPORTED_BY,
     ATTR_SOURCE_MESSAGE_ID,
     ATTR_VALIDATION_END,
@@ -146,10 +147,10 @@ class DlqMessage:
 
     @property
     def may_be_counted(self) -> bool:
-        """Whether Stripe may have counted some of its events: its reason leaves it open, or a
-        sync replay wrote it after Stripe kept failing (the letter it came from, perhaps moved
-        by SQS after deliveries, gave way to Stripe's code). What `dlq cancel` may take back."""
-        return self.outcome_unknown or self.error_message.startswith(SYNC_REPLAY_PREFIX)
+        """Whether Stripe may have counted some of its events: its reason leaves it open, or it
+        was written for events of a letter whose reason did (ATTR_OUTCOME_UNKNOWN: a sync
+        replay's 429 in place of "moved by SQS"). What `dlq cancel` may take back."""
+        return self.outcome_unknown or self.attributes.get(ATTR_OUTCOME_UNKNOWN) == "true"
 
     @property
     def rejected_until(self) -> datetime | None:

@@ -36,7 +36,7 @@ def past_dedup_warning(message: DlqMessage, has_ledger: bool) -> str | None:
         return None
     if not has_ledger:
         return PAST_DEDUP_WINDOW
-    return OUTCOME_UNKNOWN_PAST_DEDUP if message.outcome_unknown else None
+    return OUTCOME_UNKNOWN_PAST_DEDUP if message.may_be_counted else None
 
 
 _UNREACHABLE = frozenset({"aws_error", "no_answer"})

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from meter_relay.dead_letter import (
     ATTR_ERROR_CODE,
     ATTR_ERROR_MESSAGE,
     ATTR_EVENT_INDEX,
     ATTR_IDENTIFIER,
+    ATTR_OUTCOME_UNKNOWN,
 )
 from meter_relay.dlq.cancel import (
     AuditStatus,
@@ -21,12 +22,17 @@ from meter_relay.dlq.cancel import (
     targets_from_dlq,
     targets_from_file,
 )
-from meter_relay.dlq.reading import SYNC_REPLAY_PREFIX
+from meter_relay.dlq.letters import rest_letters
+from meter_relay.dlq.reading import SYNC_REPLAY_PREFIX, read_message
 from meter_relay.dlq.selection import Filters
+from meter_relay.events import Rejection
 from meter_relay.retry import TOOLS_RETRY, RateLimit
 from meter_relay.stripe_client import Kind, StripeAnswer
 from tests.fakes import FakeClock, StubCancelApi, StubSqs, answer, api_messages, sqs_message
-from tests.unit.relay.dlq.builders import MID, api_event, reader
+from tests.unit.relay.dlq.builders import MID, RULES, api_event, reader
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 
 def test_cancel_retries_429_and_5xx_before_reporting() -> None:
@@ -166,8 +172,11 @@ def test_a_mixed_envelope_gives_exactly_the_events_every_filter_chooses() -> Non
     assert len(chosen(Filters())) == 4  # no event filter: the whole message
 
 
-def _letter(code: str, identifier: str, value: str = "1", reason: str = "") -> dict[str, Any]:
-    """A one-event letter with the given code (and reason), as ReceiveMessage returns it."""
+def _letter(
+    code: str, identifier: str, value: str = "1", reason: str = "", **more: str
+) -> dict[str, Any]:
+    """A one-event letter with the given code (and reason, and further attributes), as
+    ReceiveMessage returns it."""
     body = {
         "event_name": "api_requests",
         "identifier": identifier,
@@ -180,6 +189,8 @@ def _letter(code: str, identifier: str, value: str = "1", reason: str = "") -> d
     }
     if reason:
         attributes[ATTR_ERROR_MESSAGE] = {"DataType": "String", "StringValue": reason}
+    for name, text in more.items():
+        attributes[name] = {"DataType": "String", "StringValue": text}
     letter: dict[str, Any] = sqs_message(
         json.dumps(body), f"letter-{identifier}-{code}", attributes
     )
@@ -200,8 +211,15 @@ def test_only_letters_whose_events_may_have_reached_stripe_are_chosen() -> None:
                 _letter("no_answer", "maybe-2"),
                 sqs_message(json.dumps(api_event("3", "cus_z")), "redriven"),
                 # a sync replay of a moved message met 429s: Stripe's code replaced "moved"
-                _letter("rate_limit", "maybe-3", reason=f"{SYNC_REPLAY_PREFIX}HTTP 429"),
+                _letter(
+                    "rate_limit",
+                    "maybe-3",
+                    reason=f"{SYNC_REPLAY_PREFIX}HTTP 429",
+                    **{ATTR_OUTCOME_UNKNOWN: "true"},
+                ),
                 _letter("rate_limit", "refused-429"),  # the forwarder's own: never counted
+                # a sync replay of a duplicate's letter (its identifier kept) met 429s
+                _letter("rate_limit", "dup-3", reason=f"{SYNC_REPLAY_PREFIX}HTTP 429"),
             ]
         ]
     )
@@ -215,6 +233,23 @@ def test_only_letters_whose_events_may_have_reached_stripe_are_chosen() -> None:
     assert chosen.never_sent == {
         "duplicate_identifier_in_batch": 1,
         "payload_invalid_value": 1,
-        "rate_limit": 1,
+        "rate_limit": 2,
     }
     assert chosen.complete
+
+
+def test_a_letter_written_for_events_stripe_may_have_counted_says_so_whatever_its_reason() -> None:
+    """A sync replay that keeps a moved message's events after 429s writes them under Stripe's
+    code: the letter still says Stripe may have counted them, and cancel may take them back.
+    One written for a refused event's letter does not."""
+    moved = read_message(sqs_message(json.dumps(api_event("3", "cus_z")), "moved"), RULES)
+    refused = read_message(
+        cast("MessageTypeDef", _letter("duplicate_identifier_in_batch", "dup-1")), RULES
+    )
+    after_429 = Rejection("rate_limit", f"{SYNC_REPLAY_PREFIX}HTTP 429")
+    for message, counted in ((moved, True), (refused, False)):
+        (letter,) = rest_letters(message, [e.parsed for e in message.events], after_429)
+        written = read_message(
+            sqs_message(letter.body, f"{message.message_id}-rest", letter.attributes()), RULES
+        )
+        assert (written.code, written.may_be_counted) == ("rate_limit", counted)
