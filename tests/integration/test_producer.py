@@ -265,6 +265,24 @@ def test_events_the_forwarder_could_only_dead_letter_are_reported_not_sent(
     )
 
 
+def test_an_event_is_sent_as_it_was_read_whatever_its_caller_does_next(aws: AwsEnv) -> None:
+    """A producer that fills one payload dict again for each event (a template) sends each
+    event's own value: the helper copies an event, payload and all, when it reads it."""
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName="usage-template")["QueueUrl"]
+    payload: dict[str, Any] = {"stripe_customer_id": "cus_1"}
+
+    def stream() -> Iterator[dict[str, Any]]:
+        for i in range(3):
+            payload["value"] = str(i + 1)
+            yield {"event_name": "api_requests", "identifier": f"t-{i}", "payload": payload}
+
+    report = UsageProducer(url, sqs, envelope_size=3).send(stream())
+    assert report.events_sent == 3
+    [body] = drain(aws, url)
+    assert [e["payload"]["value"] for e in json.loads(body)["events"]] == ["1", "2", "3"]
+
+
 def test_a_send_that_stops_part_way_says_what_it_sent(aws: AwsEnv) -> None:
     """Sent again from the caller's own dicts, events without an identifier would get new
     ones and be counted twice: the report of what went is kept on the exception."""
@@ -285,7 +303,7 @@ def test_a_send_that_stops_part_way_says_what_it_sent(aws: AwsEnv) -> None:
     # the five read but not sent yet are in the report, with the identifiers they were given
     [(unsent, reason)] = report.failed
     assert len(unsent) == 5
-    assert reason.startswith("not sent: send interrupted")
+    assert reason.startswith("not sent, or sent without an answer: send interrupted")
     assert not {e["identifier"] for e in unsent} & set(on_queue)
 
 

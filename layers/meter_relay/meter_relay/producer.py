@@ -25,6 +25,7 @@ whole, else as its plain text.
 # Python 3.9: no `X | Y` outside annotations, no match, no dataclass(slots=...), no `def f[T]`.
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import random
@@ -163,7 +164,9 @@ class UsageProducer:
             reported.update(id(e) for events, _ in report.failed for e in events)
             unsent = tuple(e for e in taken if id(e) not in reported)
             if unsent:
-                report.failed.append((unsent, f"not sent: send interrupted ({error!r})"))
+                # a batch under way when it stopped may have reached the queue
+                why = f"not sent, or sent without an answer: send interrupted ({error!r})"
+                report.failed.append((unsent, why))
             raise SendInterrupted(report) from error
         return report
 
@@ -196,7 +199,7 @@ class UsageProducer:
             if not isinstance(given, dict):
                 report.failed.append(((given,), "not an event: a dict is"))
                 continue
-            event = dict(given)
+            event = copy.deepcopy(given)  # its payload too: a template reused is no trap
             if self.assign_identifiers:
                 if event.get("identifier") is None:
                     event["identifier"] = uuid.uuid4().hex

@@ -23,8 +23,14 @@ from meter_relay.catalog import CatalogError, CatalogStore, read_meters
 from meter_relay.config import AWS_CLIENT_CONFIG, RefresherConfig
 from meter_relay.observability import logger, metrics
 from meter_relay.secret_key import SECRET_PLACEHOLDER as SECRET_PLACEHOLDER  # re-exported
-from meter_relay.secret_key import KeyModeError, SecretKeyError, read_secret_key
+from meter_relay.secret_key import (
+    KeyModeError,
+    SecretKeyError,
+    SecretUnreadable,
+    read_secret_key,
+)
 from meter_relay.session import (
+    KeyUnreadable,
     RefreshError,
     RefreshModeError,
     RefreshSummary,
@@ -73,6 +79,8 @@ class Refresher:
             )
         except KeyModeError as error:
             raise RefreshModeError(str(error)) from None
+        except SecretUnreadable as error:
+            raise KeyUnreadable(str(error)) from None
         except SecretKeyError as error:
             raise RefreshError(str(error)) from None
 

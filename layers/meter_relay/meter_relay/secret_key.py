@@ -25,6 +25,11 @@ class KeyModeError(SecretKeyError):
     """The key is not in the stack's StripeMode."""
 
 
+class SecretUnreadable(SecretKeyError):
+    """Secrets Manager could not be read (throttled, down, refused): nothing is known of the
+    key, unlike the other errors, which say what is wrong with it."""
+
+
 def read_secret_key(
     secrets: SecretsProvider,
     secret_id: str,
@@ -45,7 +50,7 @@ def read_secret_key(
                 f"the secret {secret_id} has no value yet (or does not exist): set the Stripe "
                 "secret key (see docs/deploy.md)"
             ) from None
-        raise SecretKeyError(
+        raise SecretUnreadable(
             f"cannot read the Stripe secret key from {secret_id}: "
             f"{type(error.__cause__ or error).__name__}"
         ) from None

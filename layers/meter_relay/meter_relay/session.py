@@ -59,6 +59,11 @@ class RefreshModeError(RefreshError):
     """The key, or the session Stripe made with it, is not in the stack's StripeMode."""
 
 
+class KeyUnreadable(RefreshError):
+    """The secret could not be read (Secrets Manager throttled or down): nothing is known of
+    the key."""
+
+
 def mode_of(livemode: bool | None) -> str:
     return "unknown" if livemode is None else ("live" if livemode else "test")
 
@@ -427,7 +432,13 @@ def refresh_session(
 
     reason = why(key)
     if reason is not None and not fresh:
-        key = secret_key(True)
+        try:
+            key = secret_key(True)
+        except KeyUnreadable:
+            # Secrets Manager is down: if nothing points to a rotation (the stored session is
+            # this key's), the cached key serves, as it did before the fresh read
+            if stored is None or stored.key_fingerprint != key_fingerprint(key):
+                raise
         reason = why(key)
     if reason is None:
         assert stored is not None

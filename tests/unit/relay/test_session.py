@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -12,14 +13,18 @@ import pytest
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
 from meter_relay.config import StripeMode
+from meter_relay.secret_key import key_fingerprint
 from meter_relay.session import (
+    KeyUnreadable,
     MeterEventSession,
     SessionFormatError,
     SessionModeMismatch,
     SessionStore,
     SessionTokenSource,
     SessionUnavailable,
+    refresh_session,
 )
+from meter_relay.stripe_client import Kind, StripeAnswer, StripeApi
 
 NOW = 1_800_000_000.0
 
@@ -304,3 +309,69 @@ def test_a_refusal_that_joins_a_renewal_begun_before_it_gets_another_session() -
     threading.Timer(0.3, store.gate.set).start()  # SSM answers while the refusal waits
     assert tokens.expired(session("a", 900)).session_id == "mtres_b"
     assert refresher.asked == ["mtres_a"]
+
+
+# ----- the refresher's key ----------------------------------------------------------------------
+
+
+class WritableStore(FakeStore):
+    def write(self, made: MeterEventSession) -> None:
+        self.stored.append(made)
+
+    @property
+    def written(self) -> MeterEventSession:
+        last = self.stored[-1]
+        assert isinstance(last, MeterEventSession)
+        return last
+
+
+class SessionsApi:
+    def create_session(self, timeout: float) -> StripeAnswer:
+        expires = datetime.fromtimestamp(NOW + 900, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        body = {"id": "mtres_new", "authentication_token": "tok", "expires_at": expires}
+        return StripeAnswer(Kind.OK, 200, body={**body, "livemode": False})
+
+
+def _secret(cached: str, fresh: str | Exception) -> Callable[[bool], str]:
+    def read(past_cache: bool) -> str:
+        if not past_cache:
+            return cached
+        if isinstance(fresh, Exception):
+            raise fresh
+        return fresh
+
+    return read
+
+
+def _refresh(store: WritableStore, secret: Callable[[bool], str]) -> str:
+    summary = refresh_session(
+        cast("SessionStore", store),
+        secret,
+        lambda key: cast("StripeApi", SessionsApi()),
+        margin=420,
+        mode="test",
+        now=lambda: NOW,
+    )
+    return summary.reason if summary.refreshed else "still valid"
+
+
+def test_a_session_is_made_with_the_key_the_secret_holds_now() -> None:
+    """The renewal reads the secret past this environment's cache: another may have just made
+    a session with a newer key, which the cached one must not replace."""
+    old, new = "sk_test_old", "sk_test_new"
+    stored = replace(session("a", 300), key_fingerprint=key_fingerprint(new))
+    store = WritableStore(stored)
+    assert _refresh(store, _secret(cached=old, fresh=new)) == "expires within 420s"
+    assert store.written.key_fingerprint == key_fingerprint(new)
+
+
+def test_secrets_manager_down_renews_with_the_cached_key_if_nothing_points_to_a_rotation() -> None:
+    key = "sk_test_same"
+    down = KeyUnreadable("cannot read the Stripe secret key from s: ThrottlingException")
+    store = WritableStore(replace(session("a", 300), key_fingerprint=key_fingerprint(key)))
+    assert _refresh(store, _secret(cached=key, fresh=down)) == "expires within 420s"
+    assert store.written.session_id == "mtres_new"
+    # but a stored session of another key: the cached one may be the stale one, so no guess
+    other = WritableStore(replace(session("a", 300), key_fingerprint="0" * 16))
+    with pytest.raises(KeyUnreadable):
+        _refresh(other, _secret(cached=key, fresh=down))

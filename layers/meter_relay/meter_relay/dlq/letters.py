@@ -17,7 +17,8 @@ from meter_relay.sqs_batches import MAX_MESSAGE_BYTES, envelopes
 
 # a Stripe report's letter stays one: replays count only deliveries after its window. Only
 # what they read is kept: with the one-event letter's own attributes (EventIndex, ErrorParam)
-# the report's five would pass SQS's limit of 10 attributes a message.
+# the report's five would pass SQS's limit of 10 attributes a message. With these two and
+# ATTR_OUTCOME_UNKNOWN, a tool's letter carries 10 at the most (test_replay.py pins it).
 REPORT_ATTRIBUTES = (ATTR_VALIDATION_END, ATTR_REPORTED_BY)
 
 

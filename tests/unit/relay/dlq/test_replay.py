@@ -567,3 +567,30 @@ def test_skip_leaves_the_messages_an_earlier_call_handled() -> None:
     sqs = StubSqs([api_messages("a", "b", "c")])
     summary: RunSummary = queue_replayer(sqs, dry_run=True).replay(Filters(), skip=frozenset({"b"}))
     assert [o.message_id for o in summary.outcomes] == ["a", "c"]
+
+
+def test_a_letter_the_tools_write_keeps_to_sqss_ten_attributes() -> None:
+    """The most a tool's letter can carry: one written for an event of a Stripe report's letter
+    (its marks kept) whose sync replay got no answer (OutcomeUnknown kept), refused this time
+    for a field (ErrorParam). SQS refuses a message of more than ten."""
+    body = json.dumps(
+        {**api_event("1"), "identifier": "rep-1", "timestamp": "2026-12-08T00:00:00Z"}
+    )
+    text = {"DataType": "String", "StringValue": ""}
+    attributes = {
+        "ErrorCode": {**text, "StringValue": "no_answer"},
+        "ErrorMessage": {**text, "StringValue": "sync replay: timed out after 10.0s"},
+        "EventIndex": {"DataType": "Number", "StringValue": "0"},
+        "FirstSeen": {**text, "StringValue": "2026-12-08T00:00:01.000Z"},
+        "EventName": {**text, "StringValue": "api_requests"},
+        "Identifier": {**text, "StringValue": "rep-1"},
+        "ReportedBy": {**text, "StringValue": "stripe"},
+        "ValidationEnd": {**text, "StringValue": "2026-12-08T00:00:10.000Z"},
+        "OutcomeUnknown": {**text, "StringValue": "true"},
+    }
+    message = read_message(sqs_message(body, "letter-of-a-letter", attributes), RULES)
+    assert message.may_be_counted
+    refusal = Rejection("payload_invalid_value", "HTTP 400: value", param="payload.value")
+    written = event_letter(message, message.events[0].parsed, refusal).attributes()
+    assert {"ReportedBy", "ValidationEnd", "OutcomeUnknown", "ErrorParam"} <= set(written)
+    assert len(written) <= 10
