@@ -248,6 +248,7 @@ class SessionTokenSource:
         self._time_left: Callable[[], float] | None = None
         self._cached: MeterEventSession | None = None
         self._renewal_failed = False
+        self._unreadable: str | None = None  # why the last read found no usable value
         self._renewing: Future[MeterEventSession] | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="session")
         self._lock = threading.Lock()
@@ -350,6 +351,8 @@ class SessionTokenSource:
         return stored
 
     def _raise_unusable(self, stored: MeterEventSession | None, after: str) -> NoReturn:
+        if stored is None and self._unreadable is not None:
+            raise SessionUnavailable(f"{self._unreadable} ({after})")
         if stored is not None and not stored.in_mode(self._mode):
             raise SessionModeMismatch(
                 f"the stored session is in {mode_of(stored.livemode)} mode and this stack's "
@@ -361,9 +364,11 @@ class SessionTokenSource:
         """The stored session; None when there is none or it is not the refresher's JSON (the
         refresher writes over such a value, so it is asked to, as for a missing one)."""
         self._stats.parameter_reads += 1
+        self._unreadable = None
         try:
             return self._store.read()
-        except SessionFormatError:
+        except SessionFormatError as error:
+            self._unreadable = str(error)  # said if no session comes of asking the refresher
             return None
         except GetParameterError as error:
             raise SessionUnavailable(f"cannot read the session parameter: {error}") from None
