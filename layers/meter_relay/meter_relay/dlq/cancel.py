@@ -4,10 +4,10 @@
 Choosing from the DLQ reads it without consuming it and takes exactly the events every filter
 chooses: a message SQS moved whole can be an envelope of many customers, and the other
 customers' delivered usage must not be cancelled with it. Only letters whose events may have
-reached Stripe are chosen (SQS moved them after maxReceiveCount, Stripe's answer never came or
-was a 5xx, or a sync replay wrote them after Stripe kept failing): the others' events Stripe
-never counted, and a cancel by their identifier would cancel another event that Stripe did
-count under it (a duplicate in a batch).
+reached Stripe are chosen (DlqMessage.may_be_counted: SQS moved them after maxReceiveCount,
+Stripe's answer never came or was a 5xx, or the tools wrote them for events of such a letter):
+the others' events Stripe never counted, and a cancel by their identifier would cancel another
+event that Stripe did count under it (a duplicate in a batch).
 """
 
 from __future__ import annotations
